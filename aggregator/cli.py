@@ -1,0 +1,145 @@
+"""``tallyd-aggregator`` / ``python -m aggregator``: parse settings, then run `serve`.
+
+Settings come from, lowest precedence first: the defaults, ``--etsy-config FILE`` (an
+existing Etsy statsd config), ``--config FILE`` (tallyd's TOML), then flags. Every setting
+has a flag; ``--print-config`` shows the result as TOML, ``--check-config`` validates it.
+
+Exit codes: 0 after a clean (graceful) stop or a passed check; 2 for a bad configuration
+or command line; 1 when the process fails while running.
+
+ENTRY.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from functools import partial
+
+import trio
+
+from common.config import (
+    add_arguments,
+    apply_arguments,
+    config_from_mapping,
+    format_toml,
+    load_toml,
+)
+from common.errors import ConfigError
+from common.logging import configure_logging, log_event
+from common.signals import run_signal_handler
+
+from .config import AggregatorConfig, plain_value
+from .etsyconfig import map_etsy_config, parse_etsy_config
+from .server import serve
+
+LOGGER = logging.getLogger("aggregator")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tallyd-aggregator",
+        description="StatsD aggregator: receives StatsD lines, flushes aggregates to Carbon.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML config file")
+    parser.add_argument("--etsy-config", metavar="FILE",
+                        help="an Etsy statsd config file (JS object) to migrate from")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration and exit")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the effective configuration as TOML and exit")
+    add_arguments(parser, AggregatorConfig)
+    return parser
+
+
+def load_config(args: argparse.Namespace) -> tuple[AggregatorConfig, list[str]]:
+    """Build the effective config from files and flags; also return migration warnings."""
+    values: dict[str, object] = {}
+    warnings: list[str] = []
+    if args.etsy_config:
+        try:
+            with open(args.etsy_config, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise ConfigError(f"cannot read {args.etsy_config}: {e.strerror}") from e
+        mapped, warnings = map_etsy_config(parse_etsy_config(text, source=args.etsy_config),
+                                           source=args.etsy_config)
+        values.update(mapped)
+    if args.config:
+        values.update(load_toml(args.config))
+    source = " + ".join(p for p in (args.etsy_config, args.config) if p) or "defaults"
+    config = config_from_mapping(AggregatorConfig, values, source=source)
+    return apply_arguments(config, args), warnings
+
+
+async def run(config: AggregatorConfig, args: argparse.Namespace) -> None:
+    stop = trio.Event()
+    reload_send, reload_receive = trio.open_memory_channel[AggregatorConfig](4)
+
+    def on_reload() -> None:
+        try:
+            new, _ = load_config(args)
+        except ConfigError as e:
+            log_event(LOGGER, "reload_failed", level=logging.ERROR, error=str(e))
+            return
+        try:
+            reload_send.send_nowait(new)
+        except trio.WouldBlock:
+            log_event(LOGGER, "reload_skipped", level=logging.WARNING, reason="reload_in_progress")
+
+    def on_force() -> None:
+        log_event(LOGGER, "forced_exit", level=logging.WARNING)
+        os._exit(1)
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(run_signal_handler, on_stop=stop.set, on_force=on_force,
+                                   on_reload=on_reload))
+        await serve(config, shutdown_trigger=shutdown_trigger,
+                    reload_trigger=reload_receive.receive)
+        nursery.cancel_scope.cancel()
+
+
+def find_config_error(exc: BaseException) -> ConfigError | None:
+    """The ConfigError inside ``exc`` (trio wraps task errors in exception groups)."""
+    if isinstance(exc, ConfigError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = find_config_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config, warnings = load_config(args)
+    except ConfigError as e:
+        print(f"tallyd-aggregator: configuration error: {e}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level)
+    for warning in warnings:
+        log_event(LOGGER, "config_warning", level=logging.WARNING, detail=warning)
+    if args.print_config:
+        sys.stdout.write(format_toml(config, plain=plain_value))
+        return 0
+    if args.check_config:
+        print("configuration ok", file=sys.stderr)
+        return 0
+    try:
+        trio.run(run, config, args)
+    except (Exception, KeyboardInterrupt) as e:
+        error = find_config_error(e)
+        if error is None:
+            raise
+        log_event(LOGGER, "config_error", level=logging.ERROR, error=str(error))
+        return 2
+    return 0

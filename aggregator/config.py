@@ -1,0 +1,291 @@
+"""The aggregator's settings: one frozen attrs class, one declaration per setting.
+
+Every Etsy statsd option that shapes the output has a snake_case key here with Etsy's
+default (``flushInterval`` -> ``flush_interval``, in seconds; ``legacyNamespace`` ->
+``legacy_namespace``, ...). `aggregator.etsyconfig` maps an existing Etsy config file onto
+these keys. The table in docs/configuration.md is generated from the declarations below.
+
+Pure: no file is opened here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Final
+
+import attrs
+from attrs import validators as v
+
+from common.address import Endpoint, ListenURL, parse_endpoint, parse_listen_url
+from common.config import setting
+from common.errors import ConfigError
+from common.ring import RING_HASHES, CarbonNode, parse_carbon_node
+
+from .flush import Naming
+from .ledger import LedgerOptions
+from .timers import Bound, timer_metric_filter
+
+# Defaults, with why.
+DEFAULT_LISTEN: Final = ["udp://0.0.0.0:8125"]  # Etsy: UDP port 8125 on every interface
+DEFAULT_FLUSH_INTERVAL_SECONDS: Final = 10.0  # Etsy's flushInterval, 10000 ms
+DEFAULT_MGMT_ADDRESS: Final = "127.0.0.1"  # Etsy binds all interfaces; admin stays local here
+DEFAULT_MGMT_PORT: Final = 8126  # Etsy's mgmt_port
+DEFAULT_MAX_LINE_BYTES: Final = 65_536  # a UDP datagram's maximum; longer is never real data
+DEFAULT_MAX_TCP_CONNECTIONS: Final = 1024  # each costs a task and a buffer
+#: Kernel receive buffer asked for on UDP sockets: 32 MiB holds ~1 s of 1 Gbit/s, enough
+#: to ride out a flush or a GC pause. Raised past net.core.rmem_max with SO_RCVBUFFORCE
+#: when running as root.
+DEFAULT_UDP_RECEIVE_BUFFER_BYTES: Final = 32 * 1024 * 1024
+DEFAULT_CARBON_BUFFER_BYTES: Final = 256 * 1024 * 1024  # ~3M lines waiting for one node
+DEFAULT_GRACEFUL_TIMEOUT_SECONDS: Final = 10.0  # final flush + delivery on SIGTERM
+
+
+def _float_list(values: Sequence[Any]) -> tuple[float, ...]:
+    out = []
+    for item in values:
+        try:
+            out.append(float(item))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{item!r} is not a number", key="percent_threshold") from None
+    return tuple(out)
+
+
+def _check_percentiles(_obj: object, _attr: object, values: tuple[float, ...]) -> None:
+    for p in values:
+        if not (math.isfinite(p) and p != 0 and -100 <= p <= 100):
+            raise ConfigError(
+                f"{p!r} is not a percent threshold: use a number in (0, 100], or in "
+                "[-100, 0) for the top values", key="percent_threshold")
+
+
+def parse_histogram_rule(item: Any) -> tuple[str, tuple[Bound, ...]]:
+    """One histogram rule, from TOML ``{metric = "api.", bins = [10, 100, "inf"]}``
+    or from the flag form ``METRIC=10,100,inf`` (an empty METRIC matches every timer)."""
+    if isinstance(item, tuple) and len(item) == 2:
+        metric, bins = item
+    elif isinstance(item, str):
+        metric, sep, bins_text = item.rpartition("=")
+        if not sep:
+            raise ConfigError(f"{item!r}: expected METRIC=BIN,BIN,...", key="histogram")
+        bins = [b for b in bins_text.split(",") if b]
+    elif isinstance(item, dict):
+        if set(item) != {"metric", "bins"}:
+            raise ConfigError(f"{item!r}: a rule has exactly the keys metric and bins",
+                              key="histogram")
+        metric, bins = item["metric"], item["bins"]
+    else:
+        raise ConfigError(f"{item!r}: not a histogram rule", key="histogram")
+    if not isinstance(metric, str) or not isinstance(bins, (list, tuple)):
+        raise ConfigError(f"{item!r}: metric must be a string and bins a list", key="histogram")
+    bounds: list[Bound] = []
+    for b in bins:
+        if b == "inf":
+            bounds.append("inf")
+            continue
+        try:
+            bound = float(b)
+        except (TypeError, ValueError):
+            raise ConfigError(f"bin {b!r} is neither a number nor \"inf\"", key="histogram") from None
+        if not math.isfinite(bound):
+            raise ConfigError(f"bin {b!r} must be finite (use \"inf\")", key="histogram")
+        bounds.append(bound)
+    return metric, tuple(bounds)
+
+
+def _histograms(values: Sequence[Any]) -> tuple[tuple[str, tuple[Bound, ...]], ...]:
+    return tuple(parse_histogram_rule(item) for item in values)
+
+
+def _listen(values: Sequence[Any]) -> tuple[ListenURL, ...]:
+    return tuple(parse_listen_url(x) for x in values)
+
+
+def _carbon(values: Sequence[Any]) -> tuple[CarbonNode, ...]:
+    return tuple(x if isinstance(x, CarbonNode) else parse_carbon_node(str(x)) for x in values)
+
+
+def _strings(values: Sequence[Any]) -> tuple[str, ...]:
+    return tuple(str(x) for x in values)
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+@attrs.frozen
+class AggregatorConfig:
+    """Everything a `tallyd-aggregator` process is configured with."""
+
+    listen: tuple[ListenURL, ...] = setting(
+        DEFAULT_LISTEN, kind="list", converter=_listen, metavar="URL",
+        validator=v.min_len(1),
+        help="where to receive metrics: udp://HOST:PORT, tcp://HOST:PORT, unix:///PATH, "
+             "unixgram:///PATH (repeatable)", etsy="servers, port, address")
+    carbon: tuple[CarbonNode, ...] = setting(
+        [], kind="list", converter=_carbon, metavar="HOST:PORT[:INSTANCE]",
+        help="Carbon plaintext receivers, in ring order (repeatable); none: no Graphite output",
+        etsy="graphiteHost, graphitePort")
+    ring_hash: str = setting(
+        "carbon_ch", kind="str", validator=v.in_(RING_HASHES), metavar="|".join(RING_HASHES),
+        help="how output paths are placed on the Carbon nodes")
+    replication_factor: int = setting(
+        1, kind="int", converter=int, validator=v.ge(1),
+        help="Carbon nodes (on distinct hosts) each path is written to")
+    console: bool = setting(
+        False, kind="bool",
+        help="also print every flush to standard output (Graphite plaintext)", etsy="backends")
+    flush_interval: float = setting(
+        DEFAULT_FLUSH_INTERVAL_SECONDS, kind="float", converter=float,
+        validator=[v.ge(0.1), v.le(86400)], metavar="SECONDS",
+        help="seconds between flushes; flushes happen at wall-clock multiples of it",
+        etsy="flushInterval (ms)")
+    percent_threshold: tuple[float, ...] = setting(
+        [90.0], kind="list", converter=_float_list, validator=_check_percentiles,
+        metavar="N", reloadable=True,
+        help="timer percent thresholds (several allowed; decimals; negative for the top N%)",
+        etsy="percentThreshold")
+    histogram: tuple[tuple[str, tuple[Bound, ...]], ...] = setting(
+        [], kind="table", converter=_histograms, metavar="METRIC=BIN,...,inf", reloadable=True,
+        help="timer histograms: the first rule whose metric occurs in the name gives the bins",
+        etsy="histogram")
+    calculated_timer_metrics: tuple[str, ...] = setting(
+        [], kind="list", converter=_strings, metavar="STAT", reloadable=True,
+        help="emit only these timer statistics (mean, upper, mean_percent, histogram, ...); "
+             "empty: all", etsy="calculatedTimerMetrics")
+    flush_counts: bool = setting(
+        True, kind="bool", reloadable=True,
+        help="emit counters' counts as well as their rates", etsy="flush_counts")
+    delete_idle_stats: bool = setting(
+        False, kind="bool", reloadable=True,
+        help="stop reporting names that got no data (sets every delete_* not set explicitly)",
+        etsy="deleteIdleStats")
+    delete_counters: bool | None = setting(
+        None, kind="optional_bool", reloadable=True,
+        help="stop reporting idle counters (default: delete_idle_stats)", etsy="deleteCounters")
+    delete_timers: bool | None = setting(
+        None, kind="optional_bool", reloadable=True,
+        help="stop reporting idle timers (default: delete_idle_stats)", etsy="deleteTimers")
+    delete_sets: bool | None = setting(
+        None, kind="optional_bool", reloadable=True,
+        help="stop reporting idle sets (default: delete_idle_stats)", etsy="deleteSets")
+    delete_gauges: bool | None = setting(
+        None, kind="optional_bool", reloadable=True,
+        help="stop reporting gauges gauges_max_ttl flushes after their last update "
+             "(default: delete_idle_stats)", etsy="deleteGauges")
+    gauges_max_ttl: int = setting(
+        1, kind="int", converter=int, validator=v.ge(1), reloadable=True,
+        help="flushes a deleted-when-idle gauge is still reported after its last update",
+        etsy="gaugesMaxTTL")
+    prefix_stats: str = setting(
+        "statsd", kind="str", validator=v.min_len(1),
+        help="namespace of the aggregator's own metrics", etsy="prefixStats")
+    key_name_sanitize: bool = setting(
+        True, kind="bool",
+        help="clean names at intake (white space to _, / to -, other symbols removed)",
+        etsy="keyNameSanitize")
+    legacy_namespace: bool = setting(
+        True, kind="bool", reloadable=True,
+        help="Etsy's legacy names (stats.X, stats_counts.X, stats.timers.X)",
+        etsy="graphite.legacyNamespace")
+    global_prefix: str = setting("stats", kind="str", reloadable=True,
+                                 help="first path component (non-legacy namespace only)",
+                                 etsy="graphite.globalPrefix")
+    prefix_counter: str = setting("counters", kind="str", reloadable=True,
+                                  help="counters' component (non-legacy namespace only)",
+                                  etsy="graphite.prefixCounter")
+    prefix_timer: str = setting("timers", kind="str", reloadable=True,
+                                help="timers' component (non-legacy namespace only)",
+                                etsy="graphite.prefixTimer")
+    prefix_gauge: str = setting("gauges", kind="str", reloadable=True,
+                                help="gauges' component (non-legacy namespace only)",
+                                etsy="graphite.prefixGauge")
+    prefix_set: str = setting("sets", kind="str", reloadable=True,
+                              help="sets' component (non-legacy namespace only)",
+                              etsy="graphite.prefixSet")
+    global_suffix: str | None = setting(
+        None, kind="optional_str", converter=_optional_str, reloadable=True,
+        help="last path component of every name (before any tags)", etsy="graphite.globalSuffix")
+    mgmt_address: str = setting(
+        DEFAULT_MGMT_ADDRESS, kind="str", metavar="ADDRESS",
+        help="address of the Etsy-compatible admin TCP interface", etsy="mgmt_address")
+    mgmt_port: int = setting(
+        DEFAULT_MGMT_PORT, kind="int", converter=int, validator=[v.ge(0), v.le(65535)],
+        metavar="PORT", help="port of the admin TCP interface (0: any free port)",
+        etsy="mgmt_port")
+    health_status: str = setting(
+        "up", kind="str", validator=v.in_(("up", "down")),
+        help="health reported at start (admin 'health down' drains a node first)",
+        etsy="healthStatus")
+    max_line_bytes: int = setting(
+        DEFAULT_MAX_LINE_BYTES, kind="int", converter=int, validator=v.ge(64),
+        metavar="BYTES", help="longer lines are dropped and counted as bad lines")
+    max_tcp_connections: int = setting(
+        DEFAULT_MAX_TCP_CONNECTIONS, kind="int", converter=int, validator=v.ge(1),
+        metavar="N", help="stream connections served at once; more are refused and logged")
+    udp_receive_buffer_bytes: int = setting(
+        DEFAULT_UDP_RECEIVE_BUFFER_BYTES, kind="int", converter=int, validator=v.ge(0),
+        metavar="BYTES", help="kernel receive buffer asked for on UDP sockets (0: system default)")
+    carbon_buffer_bytes: int = setting(
+        DEFAULT_CARBON_BUFFER_BYTES, kind="int", converter=int, validator=v.ge(0),
+        metavar="BYTES", help="output held per Carbon node while it is down or slow; "
+                              "beyond it the oldest flushes are dropped and counted")
+    carbon_connect_timeout: float = setting(
+        5.0, kind="float", converter=float, validator=v.gt(0), metavar="SECONDS",
+        help="seconds allowed for a TCP connect to a Carbon node")
+    carbon_write_timeout: float = setting(
+        10.0, kind="float", converter=float, validator=v.gt(0), metavar="SECONDS",
+        help="seconds a write to a Carbon node may stall before the connection is dropped")
+    graceful_timeout: float = setting(
+        DEFAULT_GRACEFUL_TIMEOUT_SECONDS, kind="float", converter=float, validator=v.gt(0),
+        metavar="SECONDS", help="on SIGTERM: seconds allowed for the final flush and delivery")
+    log_level: str = setting(
+        "info", kind="str", validator=v.in_(("debug", "info", "warning", "error")),
+        reloadable=True, help="debug, info, warning or error")
+
+    @property
+    def ledger_options(self) -> LedgerOptions:
+        idle = self.delete_idle_stats
+
+        def pick(value: bool | None) -> bool:
+            return idle if value is None else value
+
+        return LedgerOptions(
+            prefix_stats=self.prefix_stats,
+            key_name_sanitize=self.key_name_sanitize,
+            delete_counters=pick(self.delete_counters),
+            delete_timers=pick(self.delete_timers),
+            delete_sets=pick(self.delete_sets),
+            delete_gauges=pick(self.delete_gauges),
+            gauges_max_ttl=self.gauges_max_ttl,
+            max_line_bytes=self.max_line_bytes,
+        )
+
+    @property
+    def naming(self) -> Naming:
+        return Naming(
+            legacy_namespace=self.legacy_namespace,
+            global_prefix=self.global_prefix,
+            prefix_counter=self.prefix_counter,
+            prefix_timer=self.prefix_timer,
+            prefix_gauge=self.prefix_gauge,
+            prefix_set=self.prefix_set,
+            global_suffix=self.global_suffix,
+            prefix_stats=self.prefix_stats,
+            flush_counts=self.flush_counts,
+            key_name_sanitize=self.key_name_sanitize,
+            percent_threshold=self.percent_threshold,
+            histogram=self.histogram,
+            calculated_timer_metrics=timer_metric_filter(self.calculated_timer_metrics),
+        )
+
+
+def plain_value(name: str, value: Any) -> Any:
+    """Field values as TOML-ready data (for ``--print-config``)."""
+    if name in ("listen", "carbon"):
+        return [str(x) for x in value]
+    if name == "histogram":
+        return [{"metric": m, "bins": list(b)} for m, b in value]
+    if isinstance(value, Endpoint):
+        return str(value)
+    return value

@@ -1,0 +1,132 @@
+"""The flush ticker: at every wall-clock multiple of the interval, swap the ledger and ship it.
+
+Timing: flush *k* happens at the first wall-clock instant ``t`` with ``t % interval == 0``
+after the previous one, and every line of it carries that instant as its timestamp. Several
+aggregators (or workers) with the same interval therefore stamp one interval's points with
+one timestamp, whatever moment they started.
+
+Intake is never paused for long: `Aggregator.swap` is a few dict operations, and rendering
+runs in chunks with a checkpoint between them, so the receive loops get the CPU every few
+milliseconds while a large flush is being computed.
+
+SHELL.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import trio
+
+from common.logging import log_event
+
+from .flush import GraphiteRenderer
+from .ledger import Aggregator
+
+LOGGER = logging.getLogger(__name__)
+
+
+class Output(Protocol):
+    """Where rendered lines go (Carbon senders, the console)."""
+
+    def offer(self, payload: bytes) -> None: ...
+
+
+class FlushStatistics:
+    """What the last flush took (shown by the admin ``stats`` command)."""
+
+    def __init__(self) -> None:
+        self.flushes = 0
+        self.last_flush_timestamp = 0
+        self.last_duration_ms = 0.0
+        self.last_render_ms = 0.0
+        self.last_lines = 0
+        self.last_names = 0
+
+
+def next_boundary(now: float, interval: float) -> float:
+    """The first multiple of ``interval`` strictly after ``now``."""
+    return (math.floor(now / interval) + 1) * interval
+
+
+def flush_timestamp(boundary: float) -> int:
+    """A flush's Graphite timestamp: its boundary in whole seconds."""
+    return int(round(boundary))
+
+
+class Flusher:
+    """Swaps, renders and ships one aggregator's data.
+
+    Args:
+        aggregator: the ledger owner.
+        renderer: the Graphite naming in force (replaced on reload).
+        outputs: where every rendered chunk goes.
+        internal_values: extra internal metrics (name -> value) appended to each flush,
+            e.g. the Graphite backend's figures; called once per flush.
+    """
+
+    def __init__(self, aggregator: Aggregator, renderer: GraphiteRenderer,
+                 outputs: Sequence[Output], interval: float, *,
+                 internal_values: Callable[[], dict[str, float]] = dict) -> None:
+        self.aggregator = aggregator
+        self.renderer = renderer
+        self.outputs = outputs
+        self.interval = interval
+        self.internal_values = internal_values
+        self.stats = FlushStatistics()
+        self._lock = trio.Lock()
+
+    def _ship(self, payload: bytes) -> None:
+        for output in self.outputs:
+            output.offer(payload)
+
+    async def flush(self, timestamp: int) -> None:
+        """Flush once, stamped ``timestamp``. Not cancellable half-way: a flush that started
+        always reaches the outputs."""
+        with trio.CancelScope(shield=True):
+            async with self._lock:
+                started = time.perf_counter()
+                snapshot = self.aggregator.swap(timestamp, self.interval)
+                swapped = time.perf_counter()
+                lines = 0
+                for chunk in self.renderer.render_chunks(snapshot):
+                    lines += chunk.count(b"\n")
+                    self._ship(chunk)
+                    await trio.lowlevel.checkpoint()
+                done = time.perf_counter()
+                render_ms = (done - swapped) * 1000
+                internal = {
+                    "processing_time": round((done - started) * 1000),
+                    "graphiteStats.calculationtime": round(self.stats.last_render_ms),
+                    **self.internal_values(),
+                }
+                tail = self.renderer.render_internal(timestamp, internal)
+                self._ship(tail)
+                stats = self.stats
+                stats.flushes += 1
+                stats.last_flush_timestamp = timestamp
+                stats.last_duration_ms = (time.perf_counter() - started) * 1000
+                stats.last_render_ms = render_ms
+                stats.last_lines = lines + tail.count(b"\n")
+                stats.last_names = snapshot.key_count
+                log_event(LOGGER, "flush_completed", level=logging.DEBUG, timestamp=timestamp,
+                          names=snapshot.key_count, lines=stats.last_lines,
+                          duration_ms=f"{stats.last_duration_ms:.1f}")
+
+    async def run(self, *, wall_clock: Callable[[], float] = time.time) -> None:
+        """Flush at every interval boundary until cancelled."""
+        while True:
+            boundary = next_boundary(wall_clock(), self.interval)
+            # trio sleeps on the monotonic clock; re-check the wall clock on waking.
+            while (left := boundary - wall_clock()) > 0:
+                await trio.sleep(left)
+            await self.flush(flush_timestamp(boundary))
+
+    def final_timestamp(self, now: float) -> int:
+        """The timestamp of a shutdown flush: the end of the interval in progress, which is
+        where the data received since the last flush belongs."""
+        return flush_timestamp(next_boundary(now, self.interval))

@@ -1,0 +1,260 @@
+"""The aggregation ledger: what one worker accumulates between two flushes.
+
+`Aggregator` owns the live `Ledger` and everything that outlives an interval (gauge values,
+the names of idle counters, timers and sets, gauge TTLs). Intake calls `ingest` for each
+packet; the flusher calls `swap`, which installs a fresh ledger in O(1)-ish time (a few
+C-level dict/set operations, no Python loop over the names unless idle deletion needs one)
+and returns a `FlushSnapshot` of the old one. All the expensive work (sorting timers,
+formatting lines) then runs on the snapshot while intake goes on into the new ledger.
+
+Reset rules at each flush, as Etsy statsd applies them:
+
+* counters: zeroed (still reported, as 0) unless ``delete_counters``; even then a counter
+  whose name contains ``packets_received``, ``metrics_received`` or ``bad_lines_seen`` is
+  only zeroed;
+* timers and sets: emptied (an idle timer reports count 0, an idle set count 0) unless
+  ``delete_timers`` / ``delete_sets``;
+* gauges: kept forever, or, with ``delete_gauges``, reported for ``gauges_max_ttl``
+  flushes after their last update and then forgotten.
+
+Pure: no I/O, no clock (the flush timestamp comes in as an argument).
+"""
+
+from __future__ import annotations
+
+from array import array
+from typing import Final
+
+import attrs
+
+from common.errors import ParseError
+from common.protocol import COUNTER, GAUGE, GAUGE_DELTA, HISTOGRAM, SET, TIMER, LineParser
+
+#: Bad lines kept per interval for the shell to log; the rest are only counted.
+MAX_KEPT_ERRORS: Final = 20
+
+_KEEP_ON_DELETE: Final = (b"packets_received", b"metrics_received", b"bad_lines_seen")
+
+
+@attrs.frozen
+class LedgerOptions:
+    """The parts of the aggregator's configuration the ledger needs."""
+
+    prefix_stats: str = "statsd"
+    key_name_sanitize: bool = True
+    delete_counters: bool = False
+    delete_timers: bool = False
+    delete_sets: bool = False
+    delete_gauges: bool = False
+    gauges_max_ttl: int = 1
+    max_line_bytes: int = 65_536
+
+
+class Ledger:
+    """One interval's counters, timers and sets (gauges live on the `Aggregator`)."""
+
+    __slots__ = ("bad_lines", "counters", "gauges_touched", "lines", "packets", "sets",
+                 "timer_counts", "timers")
+
+    def __init__(self) -> None:
+        self.counters: dict[bytes, float] = {}
+        self.timers: dict[bytes, array[float]] = {}
+        self.timer_counts: dict[bytes, float] = {}
+        self.sets: dict[bytes, set[bytes]] = {}
+        self.gauges_touched: set[bytes] = set()
+        self.packets = 0
+        self.lines = 0
+        self.bad_lines = 0
+
+
+@attrs.frozen
+class FlushSnapshot:
+    """Everything one flush reports, detached from the live state.
+
+    ``idle_timers`` and ``idle_sets`` are known names that got no sample this interval.
+    """
+
+    timestamp: int
+    interval: float
+    counters: dict[bytes, float]
+    timers: dict[bytes, array[float]]
+    timer_counts: dict[bytes, float]
+    idle_timers: frozenset[bytes]
+    sets: dict[bytes, set[bytes]]
+    idle_sets: frozenset[bytes]
+    gauges: dict[bytes, float]
+
+    @property
+    def key_count(self) -> int:
+        """Etsy's ``numStats``: counters + timers (idle ones too) + gauges + sets."""
+        return (len(self.counters) + len(self.timers) + len(self.idle_timers)
+                + len(self.gauges) + len(self.sets) + len(self.idle_sets))
+
+
+class Aggregator:
+    """The aggregation state machine of one worker.
+
+    Args:
+        options: reset rules and internal metric names.
+    """
+
+    def __init__(self, options: LedgerOptions) -> None:
+        self.options = options
+        self.parser = LineParser(
+            sanitize=options.key_name_sanitize, max_line_bytes=options.max_line_bytes
+        )
+        self.ledger = Ledger()
+        self.gauges: dict[bytes, float] = {}
+        self.gauge_ttl: dict[bytes, int] = {}
+        self.known_timers: set[bytes] = set()
+        self.known_sets: set[bytes] = set()
+        self.recent_errors: list[ParseError] = []
+        self.bad_lines_total = 0
+        self.last_timestamp: int | None = None
+        prefix = options.prefix_stats.encode()
+        self.internal_keys = (
+            prefix + b".bad_lines_seen",
+            prefix + b".packets_received",
+            prefix + b".metrics_received",
+        )
+        self.lag_key = prefix + b".timestamp_lag"
+        for key in self.internal_keys:
+            self.ledger.counters[key] = 0.0
+
+    def ingest(self, packet: bytes) -> None:
+        """Aggregate one packet (a datagram, or a block of complete lines from a stream)."""
+        ledger = self.ledger
+        ledger.packets += 1
+        parse = self.parser.parse_line
+        counters = ledger.counters
+        for line in packet.split(b"\n"):
+            if not line:
+                continue
+            ledger.lines += 1
+            samples, errors = parse(line)
+            if errors:
+                ledger.bad_lines += len(errors)
+                self.bad_lines_total += len(errors)
+                if len(self.recent_errors) < MAX_KEPT_ERRORS:
+                    self.recent_errors.extend(errors[: MAX_KEPT_ERRORS - len(self.recent_errors)])
+            for kind, key, value, rate in samples:
+                if kind == COUNTER:
+                    if rate != 1.0:
+                        value = value * (1.0 / rate)  # type: ignore[operator]
+                    counters[key] = counters.get(key, 0.0) + value  # type: ignore[operator]
+                elif kind == TIMER or kind == HISTOGRAM:
+                    timer = ledger.timers.get(key)
+                    if timer is None:
+                        timer = ledger.timers[key] = array("d")
+                    timer.append(value)  # type: ignore[arg-type]
+                    counts = ledger.timer_counts
+                    counts[key] = counts.get(key, 0.0) + (1.0 / rate)
+                elif kind == GAUGE:
+                    self.gauges[key] = value  # type: ignore[assignment]
+                    ledger.gauges_touched.add(key)
+                elif kind == GAUGE_DELTA:
+                    self.gauges[key] = self.gauges.get(key, 0.0) + value  # type: ignore[operator]
+                    ledger.gauges_touched.add(key)
+                elif kind == SET:
+                    members = ledger.sets.get(key)
+                    if members is None:
+                        members = ledger.sets[key] = set()
+                    members.add(value)  # type: ignore[arg-type]
+
+    def take_errors(self) -> list[ParseError]:
+        """Hand the kept bad lines to the caller (for rate-limited logging)."""
+        errors, self.recent_errors = self.recent_errors, []
+        return errors
+
+    def swap(self, timestamp: int, interval: float) -> FlushSnapshot:
+        """End the interval: detach its data as a snapshot and apply the reset rules.
+
+        Args:
+            timestamp: the flush's timestamp (epoch seconds), shared by all its lines.
+            interval: the flush interval in seconds.
+        """
+        opts = self.options
+        old, new = self.ledger, Ledger()
+        counters = old.counters
+        for key, count in zip(self.internal_keys, (old.bad_lines, old.packets, old.lines),
+                              strict=True):
+            counters[key] = counters.get(key, 0.0) + count
+        if self.last_timestamp is not None:
+            self.gauges[self.lag_key] = timestamp - self.last_timestamp - interval
+        self.last_timestamp = timestamp
+
+        if opts.delete_counters:
+            new.counters = dict.fromkeys(
+                (k for k in counters if any(mark in k for mark in _KEEP_ON_DELETE)), 0.0
+            )
+        else:
+            new.counters = dict.fromkeys(counters, 0.0)
+        if opts.delete_timers:
+            idle_timers: frozenset[bytes] = frozenset()
+        else:
+            idle_timers = frozenset(self.known_timers.difference(old.timers))
+            self.known_timers.update(old.timers)
+        if opts.delete_sets:
+            idle_sets: frozenset[bytes] = frozenset()
+        else:
+            idle_sets = frozenset(self.known_sets.difference(old.sets))
+            self.known_sets.update(old.sets)
+
+        snapshot = FlushSnapshot(
+            timestamp=timestamp,
+            interval=interval,
+            counters=counters,
+            timers=old.timers,
+            timer_counts=old.timer_counts,
+            idle_timers=idle_timers,
+            sets=old.sets,
+            idle_sets=idle_sets,
+            gauges=dict(self.gauges),
+        )
+        if opts.delete_gauges:
+            ttl = self.gauge_ttl
+            ttl.update(dict.fromkeys(old.gauges_touched, opts.gauges_max_ttl))
+            for key in list(ttl):
+                left = ttl[key] - 1
+                if left < 1:
+                    del ttl[key]
+                    self.gauges.pop(key, None)
+                else:
+                    ttl[key] = left
+        self.ledger = new
+        return snapshot
+
+    def delete(self, kind: str, keys: list[bytes]) -> list[bytes]:
+        """Forget live names (the admin ``delcounters`` family).
+
+        Args:
+            kind: ``counters``, ``timers`` or ``gauges``.
+            keys: exact names, or a prefix ending in ``.*`` (every name under it).
+
+        Returns:
+            The names deleted.
+        """
+        if kind == "counters":
+            stores: list[dict[bytes, object] | set[bytes]] = [self.ledger.counters]
+        elif kind == "timers":
+            stores = [self.ledger.timers, self.ledger.timer_counts, self.known_timers]
+        else:
+            stores = [self.gauges, self.gauge_ttl]
+        primary = stores[0]
+        deleted: list[bytes] = []
+        for pattern in keys:
+            matches = [pattern] if pattern in primary else []
+            if kind == "timers" and pattern in self.known_timers and not matches:
+                matches = [pattern]
+            if pattern.endswith(b".*"):
+                stem = pattern[:-1]
+                pool = set(primary) | (self.known_timers if kind == "timers" else set())
+                matches += [k for k in pool if k.startswith(stem) and k != pattern]
+            for key in matches:
+                for store in stores:
+                    if isinstance(store, set):
+                        store.discard(key)
+                    else:
+                        store.pop(key, None)
+                deleted.append(key)
+        return deleted

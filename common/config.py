@@ -1,0 +1,211 @@
+"""Configuration machinery shared by every tallyd role.
+
+A role declares its settings once, as fields of a frozen attrs class built with `setting`.
+That one declaration drives everything else:
+
+* `config_from_mapping` builds the config from a TOML document (or any mapping), refusing
+  unknown keys by name;
+* `add_arguments` generates the command-line flags (``flush_interval`` ->
+  ``--flush-interval``; booleans get ``--x`` / ``--no-x``; lists are repeatable and take
+  several values);
+* `apply_arguments` lays the flags that were actually given over the file's values
+  (defaults < file < flags);
+* `format_toml` prints a config back as TOML (``--print-config``) and `format_reference`
+  renders the settings table of docs/configuration.md.
+
+Pure: reading the file happens in the entry layer (`load_toml` is called from the CLIs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, TypeVar
+
+import attrs
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+#: Marks a flag that was not given (so it does not override the file).
+UNSET: Final = argparse.SUPPRESS
+
+KINDS: Final = ("bool", "optional_bool", "int", "float", "str", "optional_str", "list", "table")
+
+
+def setting(
+    default: Any,
+    *,
+    help: str,
+    kind: str,
+    converter: Callable[[Any], Any] | None = None,
+    validator: Any = None,
+    metavar: str | None = None,
+    reloadable: bool = False,
+    etsy: str | None = None,
+) -> Any:
+    """Declare one setting.
+
+    Args:
+        default: the value when neither the file nor a flag sets it.
+        help: one sentence for ``--help`` and the docs.
+        kind: one of `KINDS`; decides the flag's shape and the TOML type accepted.
+        converter: turns a TOML or command-line value into the field's value.
+        validator: an attrs validator.
+        metavar: the placeholder shown in ``--help``.
+        reloadable: whether SIGHUP applies a changed value without a restart.
+        etsy: the Etsy statsd option this setting corresponds to, for the docs.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown setting kind {kind!r}")
+    factory_default: Any = attrs.Factory(lambda: default) if isinstance(default, list) else default
+    return attrs.field(
+        default=factory_default,
+        converter=converter,
+        validator=validator,
+        metadata={"help": help, "kind": kind, "metavar": metavar,
+                  "reloadable": reloadable, "etsy": etsy},
+    )
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """Read a TOML file, turning every failure into a `ConfigError` naming the file."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from e
+
+
+def _check_type(name: str, kind: str, value: Any) -> None:
+    expected: dict[str, tuple[type, ...]] = {
+        "bool": (bool,), "optional_bool": (bool,), "int": (int,), "float": (int, float),
+        "str": (str,), "optional_str": (str,), "list": (list, tuple), "table": (list, tuple),
+    }
+    ok = isinstance(value, expected[kind])
+    if kind in ("int", "float") and isinstance(value, bool):
+        ok = False
+    if not ok:
+        wanted = {"optional_bool": "bool", "optional_str": "str", "table": "list"}.get(kind, kind)
+        raise ConfigError(f"expected a {wanted}, got {type(value).__name__} {value!r}", key=name)
+
+
+def build(cls: type[T], values: Mapping[str, Any]) -> T:
+    """Construct ``cls`` from already-typed values, turning failures into `ConfigError`."""
+    fields = {f.name: f for f in attrs.fields(cls)}  # type: ignore[misc]
+    for name, value in values.items():
+        conv = fields[name].converter
+        if conv is not None:
+            try:
+                conv(value)  # type: ignore[operator]
+            except ConfigError as e:
+                raise ConfigError(e.message, key=e.key or name) from None
+            except (TypeError, ValueError) as e:
+                raise ConfigError(str(e), key=name) from None
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def config_from_mapping(cls: type[T], mapping: Mapping[str, Any], *, source: str = "config") -> T:
+    """Build ``cls`` from a mapping (a parsed TOML file), strictly.
+
+    Raises:
+        ConfigError: for unknown keys (all of them named at once), values of the wrong
+            type, or values a converter or validator refuses.
+    """
+    fields = {f.name: f for f in attrs.fields(cls)}  # type: ignore[misc]
+    unknown = sorted(set(mapping) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {source}: {', '.join(unknown)}")
+    for name, value in mapping.items():
+        _check_type(name, fields[name].metadata["kind"], value)
+    return build(cls, mapping)
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
+    """Add one flag per setting of ``cls`` to ``parser`` (all defaulting to `UNSET`)."""
+    group = parser.add_argument_group("settings (each also a key of the TOML config file)")
+    for f in attrs.fields(cls):
+        meta = f.metadata
+        kind = meta["kind"]
+        flag = flag_name(f.name)
+        common: dict[str, Any] = {"dest": f.name, "default": UNSET,
+                                  "help": meta["help"].replace("%", "%%")}
+        if kind in ("bool", "optional_bool"):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+        elif kind in ("list", "table"):
+            group.add_argument(flag, action="extend", nargs="+", metavar=meta["metavar"] or "VALUE",
+                               **common)
+        else:
+            group.add_argument(flag, metavar=meta["metavar"] or kind.upper().replace("OPTIONAL_", ""),
+                               **common)
+
+
+def apply_arguments(config: T, args: argparse.Namespace) -> T:
+    """Lay the flags that were given over ``config`` (a frozen attrs instance)."""
+    given = {f.name: getattr(args, f.name) for f in attrs.fields(type(config))
+             if hasattr(args, f.name)}
+    if not given:
+        return config
+    merged = attrs.asdict(config, recurse=False)
+    merged.update(given)
+    return build(type(config), merged)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, Iterable):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return _toml_value(str(value))
+
+
+def format_toml(config: Any, *, plain: Callable[[str, Any], Any] | None = None) -> str:
+    """Render ``config`` as a TOML document that `config_from_mapping` reads back.
+
+    Args:
+        plain: maps (field name, value) to a TOML-ready value, for fields holding
+            objects (endpoints, nodes); the default uses ``str()`` on those.
+    """
+    lines = []
+    for f in attrs.fields(type(config)):
+        value = getattr(config, f.name)
+        if plain is not None:
+            value = plain(f.name, value)
+        if value is None:
+            lines.append(f"# {f.name} is not set")
+            continue
+        lines.append(f"{f.name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def format_reference(cls: type[Any]) -> str:
+    """A Markdown table of every setting of ``cls``: key, flag, default, meaning."""
+    rows = ["| key / flag | default | Etsy option | reload | meaning |", "|---|---|---|---|---|"]
+    for f in attrs.fields(cls):
+        meta = f.metadata
+        default = f.default.factory() if isinstance(f.default, attrs.Factory) else f.default  # type: ignore[arg-type]
+        shown = "(unset)" if default is None else _toml_value(default)
+        rows.append(
+            f"| `{f.name}` `{flag_name(f.name)}` | `{shown}` | {meta['etsy'] or ''} | "
+            f"{'yes' if meta['reloadable'] else 'restart'} | {meta['help']} |"
+        )
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,262 @@
+"""The StatsD line protocol, parsed from bytes the way Etsy statsd reads it.
+
+Grammar, in the order the parser applies it::
+
+    line     := body [ "|#" tags ]          split at the FIRST "|#"; a second "|#" and what
+                                            follows it are ignored, as in Etsy statsd
+    body     := key ( ":" segment )+        one key, one or more value segments
+    segment  := value "|" type [ "|" "@" rate ] ( "|" ignored )*
+    tags     := tag ( "," tag )*            DogStatsD tags
+    type     := "c" | "g" | "ms" | "h" | "s"   (surrounding white space is ignored: CRLF senders)
+
+Examples::
+
+    api.requests:1|c                 counter +1
+    api.requests:1|c|@0.1            counter +10: the value is scaled by 1/rate
+    db.pool:7|g   db.pool:-2|g       gauge: an unsigned value sets, a signed one is a delta
+    api.latency:320|ms|@0.5          timer sample; it counts as 2 events in `count`
+    api.size:1024|h                  histogram: aggregated exactly like a timer
+    api.users:alice|s                set member (any bytes; an empty value means "0")
+    a:1|c:2|c:7|ms                   several segments share one key
+    req:1|c|#env:prod,az:b           key "req;env=prod;az=b" (Graphite 1.1 tags)
+
+The key, tags included, is then sanitised as Etsy statsd does: each run of white space
+becomes one ``_``, ``/`` becomes ``-``, and every byte outside ``[A-Za-z0-9_.;=-]`` is
+removed. In a DogStatsD tag only the first ``;`` becomes ``_`` and the first ``:`` becomes
+``=`` (Etsy's rule, kept so series names stay identical after a migration).
+
+A bad segment never spoils the others: each one is reported as its own `ParseError`
+and the valid segments of the same line are still returned::
+
+    good:1|c:oops|c:2|x
+         ^^^ valid  ^^^^^^ bad_value    ^^^ unknown_type
+
+Where Etsy statsd accepts garbage, this parser refuses it (docs/compatibility.md has the
+full list): unknown or empty types, non-finite values, sample rates that are not a finite
+number above 0, and keys that sanitise to nothing are all bad segments.
+
+This module is pure: no I/O, no clock, no logging.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final, TypeAlias
+
+from .errors import ParseError
+
+# Sample kinds. Plain ints: they are compared on the hot path.
+COUNTER: Final = 0
+GAUGE: Final = 1  # sets the gauge
+GAUGE_DELTA: Final = 2  # adds to the gauge
+TIMER: Final = 3  # "ms"
+HISTOGRAM: Final = 4  # "h": aggregated as a timer, may be negative
+SET: Final = 5
+
+KIND_NAMES: Final = {
+    COUNTER: "c",
+    GAUGE: "g",
+    GAUGE_DELTA: "g",
+    TIMER: "ms",
+    HISTOGRAM: "h",
+    SET: "s",
+}
+
+#: One parsed value: (kind, key, value, sample rate). The value is a float, or the raw
+#: member bytes for a set.
+Sample: TypeAlias = tuple[int, bytes, "float | bytes", float]
+
+_TYPES: Final = {b"c": COUNTER, b"g": GAUGE, b"ms": TIMER, b"h": HISTOGRAM, b"s": SET}
+_ASCII_WS: Final = b" \t\n\v\f\r"
+_SIGNS: Final = (0x2B, 0x2D)  # "+" and "-"
+_INF: Final = float("inf")
+
+# The bytes the sanitiser deletes: everything but [A-Za-z0-9_.;=-].
+_KEEP: Final = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.;=-"
+)
+_DELETE: Final = bytes(b for b in range(256) if b not in _KEEP)
+_ASCII_WS_RUN: Final = re.compile(rb"[ \t\n\v\f\r]+")
+# JavaScript's \s, which Etsy's sanitiser uses on the decoded UTF-8 text.
+_JS_WS_RUN: Final = re.compile(
+    "[\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]+"
+)
+
+#: Distinct raw keys remembered by one parser before its cache is cleared. Sanitising is
+#: a regex plus two byte passes; the cache turns it into one dict lookup per line. 200k
+#: entries of ~60 bytes is ~30 MB at worst, and real traffic has far fewer distinct keys.
+DEFAULT_KEY_CACHE_SIZE: Final = 200_000
+
+
+def sanitize_key(raw: bytes) -> bytes:
+    """Apply Etsy statsd's key sanitising to ``raw``.
+
+    Args:
+        raw: the key as received (UTF-8; invalid bytes are dropped like any non-ASCII).
+
+    Returns:
+        The key with white-space runs turned into ``_``, ``/`` into ``-``, and every byte
+        outside ``[A-Za-z0-9_.;=-]`` removed. May be empty.
+    """
+    if raw.isascii():
+        if _ASCII_WS_RUN.search(raw) is not None:
+            raw = _ASCII_WS_RUN.sub(b"_", raw)
+        return raw.replace(b"/", b"-").translate(None, _DELETE)
+    text = _JS_WS_RUN.sub("_", raw.decode("utf-8", "replace")).replace("/", "-")
+    return text.encode("ascii", "ignore").translate(None, _DELETE)
+
+
+def _dogstatsd_tag(tag: bytes) -> bytes:
+    # Etsy replaces only the first ";" and the first ":" of each tag.
+    return tag.replace(b";", b"_", 1).replace(b":", b"=", 1)
+
+
+def parse_number(text: bytes) -> float | None:
+    """Read a value the way JavaScript's ``Number()`` does, finite values only.
+
+    Accepts decimal and exponent notation with surrounding white space, and the unsigned
+    ``0x``/``0o``/``0b`` integer literals. Refuses ``_`` digit separators (Python allows
+    them, JavaScript does not), the empty string, and anything non-finite (``Infinity``,
+    ``NaN``, ``1e400``).
+
+    Returns:
+        The value, or None when ``text`` is not a usable number.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        stripped = text.strip(_ASCII_WS)
+        prefix = stripped[:2].lower()
+        if prefix not in (b"0x", b"0o", b"0b") or b"_" in stripped:
+            return None
+        try:
+            value = float(int(stripped[2:], {b"0x": 16, b"0o": 8, b"0b": 2}[prefix]))
+        except (ValueError, OverflowError):
+            return None
+    if not -_INF < value < _INF or b"_" in text:
+        return None
+    return value
+
+
+def parse_sample_rate(field: bytes) -> float | None:
+    """Read a ``@rate`` field. Returns the rate, or None unless it is finite and above 0."""
+    if field[:1] != b"@":
+        return None
+    rate = parse_number(field[1:])
+    if rate is None or rate <= 0.0:
+        return None
+    return rate
+
+
+class LineParser:
+    """Parses StatsD lines into samples, remembering sanitised keys.
+
+    One parser belongs to one owner (a listener, a ledger): it keeps a cache of raw key
+    -> stored key, so it is not shared between threads or processes.
+
+    Args:
+        sanitize: apply Etsy's key sanitising at intake (``key_name_sanitize``). When
+            false the key is stored as sent and only the Graphite name is cleaned on
+            output, as Etsy does.
+        max_line_bytes: longer lines are refused whole (``line_too_long``).
+        cache_size: see `DEFAULT_KEY_CACHE_SIZE`.
+    """
+
+    def __init__(
+        self,
+        *,
+        sanitize: bool = True,
+        max_line_bytes: int = 65_536,
+        cache_size: int = DEFAULT_KEY_CACHE_SIZE,
+    ) -> None:
+        self.sanitize = sanitize
+        self.max_line_bytes = max_line_bytes
+        self._cache_size = cache_size
+        self._keys: dict[bytes, bytes] = {}
+
+    def stored_key(self, raw: bytes, tagpart: bytes = b"") -> bytes:
+        """Return the key a ledger stores for ``raw`` with DogStatsD ``tagpart``.
+
+        Empty when the key's name (the part before any ``;``) sanitises to nothing.
+        """
+        cache_key = raw + b"|#" + tagpart if tagpart else raw
+        key = self._keys.get(cache_key)
+        if key is None:
+            key = raw
+            if tagpart:
+                tagpart = tagpart.split(b"|#", 1)[0]
+                key += b";" + b";".join(_dogstatsd_tag(t) for t in tagpart.split(b","))
+            if self.sanitize:
+                key = sanitize_key(key)
+            name = key.split(b";", 1)[0]
+            if not (sanitize_key(name) if not self.sanitize else name):
+                key = b""
+            if len(self._keys) >= self._cache_size:
+                self._keys.clear()
+            self._keys[cache_key] = key
+        return key
+
+    def name_of(self, line: bytes) -> bytes:
+        """The Graphite name a line's samples are stored under, tags excluded.
+
+        This is what sharding hashes: two spellings that sanitise to one Graphite path
+        give the same name, and every tag variant of a series gives the same name.
+        Empty when the line has no usable key.
+        """
+        body, _, tagpart = line.partition(b"|#")
+        key = self.stored_key(body.split(b":", 1)[0], tagpart)
+        name = key.split(b";", 1)[0]
+        return name if self.sanitize else sanitize_key(name)
+
+    def parse_line(self, line: bytes) -> tuple[list[Sample], list[ParseError]]:
+        """Parse one line (without its newline).
+
+        Returns:
+            ``(samples, errors)``: every valid segment as a `Sample`, and one `ParseError`
+            per bad segment (or one for the whole line when it has no usable key).
+        """
+        if len(line) > self.max_line_bytes:
+            return [], [ParseError("line_too_long", line, f"over {self.max_line_bytes} bytes")]
+        body, _, tagpart = line.partition(b"|#")
+        segments = body.split(b":")
+        key = self.stored_key(segments[0], tagpart)
+        if len(segments) == 1:
+            return [], [ParseError("missing_value", line, "no ':' after the key")]
+        if not key:
+            return [], [ParseError("empty_key", line)] * (len(segments) - 1)
+        samples: list[Sample] = []
+        errors: list[ParseError] = []
+        for segment in segments[1:]:
+            fields = segment.split(b"|")
+            if len(fields) < 2:
+                errors.append(ParseError("missing_type", line))
+                continue
+            kind = _TYPES.get(fields[1])
+            if kind is None:
+                kind = _TYPES.get(fields[1].strip(_ASCII_WS))
+                if kind is None:
+                    errors.append(ParseError("unknown_type", line, repr(fields[1])))
+                    continue
+            rate = 1.0
+            if len(fields) > 2:
+                parsed_rate = parse_sample_rate(fields[2])
+                if parsed_rate is None:
+                    errors.append(ParseError("bad_sample_rate", line, repr(fields[2])))
+                    continue
+                rate = parsed_rate
+            raw = fields[0]
+            if kind == SET:
+                samples.append((SET, key, raw or b"0", rate))
+                continue
+            value = parse_number(raw)
+            if value is None:
+                errors.append(ParseError("bad_value", line, repr(raw)))
+                continue
+            if kind == GAUGE:
+                if raw and raw[0] in _SIGNS:
+                    kind = GAUGE_DELTA
+            elif kind == TIMER and value < 0.0:
+                errors.append(ParseError("negative_timer", line))
+                continue
+            samples.append((kind, key, value, rate))
+        return samples, errors

@@ -1,0 +1,127 @@
+"""AggregatorConfig: strict mapping, converters, validators, flags, TOML round trip."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from aggregator.cli import build_parser, load_config
+from aggregator.config import AggregatorConfig, plain_value
+from common.address import ListenURL, parse_listen_url
+from common.config import config_from_mapping, format_reference, format_toml
+from common.errors import ConfigError
+
+
+def from_map(**values) -> AggregatorConfig:
+    return config_from_mapping(AggregatorConfig, values)
+
+
+def test_defaults_equal_etsy_defaults() -> None:
+    c = AggregatorConfig()
+    assert c.flush_interval == 10.0
+    assert c.percent_threshold == (90.0,)
+    assert c.legacy_namespace and c.flush_counts and c.key_name_sanitize
+    assert c.prefix_stats == "statsd" and c.global_prefix == "stats"
+    assert c.gauges_max_ttl == 1 and not c.delete_idle_stats
+    assert c.listen == (ListenURL("udp", "0.0.0.0", 8125),)
+    assert c.mgmt_port == 8126
+
+
+def test_unknown_keys_are_named() -> None:
+    with pytest.raises(ConfigError, match="flushInterval, nope"):
+        from_map(flushInterval=1, nope=2)
+
+
+@pytest.mark.parametrize(("values", "key"), [
+    ({"flush_interval": "ten"}, "flush_interval"),
+    ({"flush_interval": 0}, "flush_interval"),
+    ({"percent_threshold": [0]}, "percent_threshold"),
+    ({"percent_threshold": [101]}, "percent_threshold"),
+    ({"percent_threshold": ["x"]}, "percent_threshold"),
+    ({"listen": ["http://x:1"]}, "listen"),
+    ({"listen": ["udp://:1"]}, "listen"),
+    ({"carbon": ["nohost"]}, "carbon"),
+    ({"histogram": [{"metric": "a", "bins": ["x"]}]}, "histogram"),
+    ({"histogram": [{"metric": "a"}]}, "histogram"),
+    ({"legacy_namespace": "yes"}, "legacy_namespace"),
+    ({"gauges_max_ttl": 0}, None),
+    ({"health_status": "sideways"}, None),
+])
+def test_bad_values_raise_config_error(values: dict, key: str | None) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_map(**values)
+    if key is not None:
+        assert info.value.key == key or key in str(info.value)
+
+
+def test_delete_idle_stats_sets_unset_delete_options() -> None:
+    opts = from_map(delete_idle_stats=True, delete_gauges=False).ledger_options
+    assert opts.delete_counters and opts.delete_timers and opts.delete_sets
+    assert not opts.delete_gauges
+
+
+def test_listen_urls_parse_every_kind() -> None:
+    assert parse_listen_url("udp://[::1]:0") == ListenURL("udp", "::1", 0)
+    assert parse_listen_url("unix:///tmp/a.sock") == ListenURL("unix", path="/tmp/a.sock")
+    assert str(parse_listen_url("unixgram:///tmp/b")) == "unixgram:///tmp/b"
+    with pytest.raises(ConfigError, match="absolute"):
+        parse_listen_url("unix://relative")
+
+
+def test_print_config_output_reads_back(tmp_path) -> None:
+    config = from_map(listen=["tcp://127.0.0.1:0"], carbon=["127.0.0.1:2003:a"],
+                      percent_threshold=[90, -10, 99.9], global_suffix="x",
+                      histogram=[{"metric": "", "bins": [1, "inf"]}])
+    text = format_toml(config, plain=plain_value)
+    again = config_from_mapping(AggregatorConfig, tomllib.loads(text))
+    assert again == config
+
+
+def test_flags_override_file_which_overrides_defaults(tmp_path) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text('flush_interval = 5\npercent_threshold = [95]\nlegacy_namespace = false\n')
+    args = build_parser().parse_args(["--config", str(path), "--flush-interval", "2",
+                                      "--percent-threshold", "50", "99", "--legacy-namespace"])
+    config, warnings = load_config(args)
+    assert config.flush_interval == 2.0
+    assert config.percent_threshold == (50.0, 99.0)
+    assert config.legacy_namespace is True
+    assert warnings == []
+    args = build_parser().parse_args(["--config", str(path)])
+    assert load_config(args)[0].flush_interval == 5.0
+
+
+@pytest.mark.parametrize(("flag", "field", "value"), [
+    (["--listen", "udp://127.0.0.1:1", "tcp://127.0.0.1:2"], "listen",
+     (ListenURL("udp", "127.0.0.1", 1), ListenURL("tcp", "127.0.0.1", 2))),
+    (["--flush-interval", "0.5"], "flush_interval", 0.5),
+    (["--no-legacy-namespace"], "legacy_namespace", False),
+    (["--delete-counters"], "delete_counters", True),
+    (["--gauges-max-ttl", "3"], "gauges_max_ttl", 3),
+    (["--global-suffix", "sfx"], "global_suffix", "sfx"),
+    (["--histogram", "api=10,inf"], "histogram", (("api", (10.0, "inf")),)),
+    (["--calculated-timer-metrics", "mean", "upper"], "calculated_timer_metrics",
+     ("mean", "upper")),
+    (["--console"], "console", True),
+    (["--mgmt-port", "0"], "mgmt_port", 0),
+])
+def test_flag_sets_field(flag: list[str], field: str, value: object) -> None:
+    config, _ = load_config(build_parser().parse_args(flag))
+    assert getattr(config, field) == value
+
+
+def test_bad_toml_file_is_a_config_error(tmp_path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("flush_interval = = 3")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(build_parser().parse_args(["--config", str(path)]))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(build_parser().parse_args(["--config", str(tmp_path / "missing.toml")]))
+
+
+def test_reference_table_lists_every_setting() -> None:
+    table = format_reference(AggregatorConfig)
+    for name in ("flush_interval", "percent_threshold", "delete_gauges", "global_suffix"):
+        assert f"`{name}`" in table
+    assert "%%" not in table
