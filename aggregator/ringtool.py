@@ -10,9 +10,9 @@ Subcommands (one argparse sub-parser each; more will join ``lookup``):
     ``ring_hash`` and ``replication_factor`` keys of an aggregator TOML file (others are
     ignored); flags override the file, and ``--carbon`` replaces the file's whole list.
 
-Exit status: 0 on success, 2 on bad input (flags, config file or carbon nodes), with one
-``tallyd-ring: error: ...`` line on stderr. This is an entry module: argparse, file reading
-and printing only; placement lives in common/ring.py.
+Exit status: 0 on success; 2 on bad input (flags, config file or carbon nodes), with one
+``tallyd-ring: error: ...`` line on stderr; 1 when the reader of stdout goes away. This is an
+entry module: argparse, file reading and printing only; placement lives in common/ring.py.
 """
 
 from __future__ import annotations

@@ -51,16 +51,12 @@ _NODE_RE: Final = re.compile(
     r"(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:\[\]]*)):(?P<port>[0-9]{1,5})(?::(?P<instance>.*))?"
 )
 _NODE_SYNTAX: Final = "expected HOST:PORT[:INSTANCE], IPv6 as [ADDR]:PORT[:INSTANCE]"
-
-
-def _is_token(value: object, forbidden: str) -> bool:
-    return bool(value) and isinstance(value, str) and not any(
-        char.isspace() or char in forbidden for char in value
-    )
+_HOST_RE: Final = re.compile(r"[^\s\[\],]+")
+_INSTANCE_RE: Final = re.compile(r"[^\s:,]+")
 
 
 def _check_host(_node: object, _attribute: object, host: str) -> None:
-    if not _is_token(host, "[],"):
+    if not isinstance(host, str) or not _HOST_RE.fullmatch(host):
         raise ConfigError(f"bad host {host!r}", key="carbon")
     if ":" in host:  # kept as written: carbon compares host strings, not addresses
         try:
@@ -75,7 +71,9 @@ def _check_port(_node: object, _attribute: object, port: int) -> None:
 
 
 def _check_instance(_node: object, _attribute: object, instance: str | None) -> None:
-    if instance is not None and not _is_token(instance, ":,"):
+    if instance is not None and not (
+        isinstance(instance, str) and _INSTANCE_RE.fullmatch(instance)
+    ):
         raise ConfigError(f"bad instance name {instance!r}", key="carbon")
 
 
@@ -200,12 +198,13 @@ def _replica_tuples(owners: Sequence[CarbonNode], factor: int) -> list[tuple[Car
     return result
 
 
-def _check_unique(nodes: Sequence[CarbonNode], key: Callable[[CarbonNode], Any], why: str) -> None:
+def _check_unique(nodes: Sequence[CarbonNode], attribute: str, why: str) -> None:
     seen: dict[object, CarbonNode] = {}
     for node in nodes:
-        if key(node) in seen:
-            raise ConfigError(f"{seen[key(node)]} and {node} {why}", key="carbon")
-        seen[key(node)] = node
+        value = getattr(node, attribute)
+        if value in seen:
+            raise ConfigError(f"{seen[value]} and {node} {why}", key="carbon")
+        seen[value] = node
 
 
 def _check_layout(nodes: Sequence[CarbonNode], hash_type: str, factor: int) -> None:
@@ -215,14 +214,14 @@ def _check_layout(nodes: Sequence[CarbonNode], hash_type: str, factor: int) -> N
         raise ConfigError(f"{factor!r} is not an integer >= 1", key="replication_factor")
     if not nodes:
         raise ConfigError("the ring needs at least one carbon node", key="carbon")
-    _check_unique(nodes, lambda node: node.identity, "are one ring node: same (host, instance), "
-                  "and the port is not part of a node's identity; give them distinct instances")
+    why = "are one ring node: the same (host, instance), as the port is not part of a node's "
+    _check_unique(nodes, "identity", why + "identity; give them distinct instance names")
     if hash_type == "fnv1a_ch":
         for node in nodes:
             if node.instance is None:
                 raise ConfigError(f"fnv1a_ch hashes instance names; {node} has none", key="carbon")
-        _check_unique(nodes, lambda node: node.instance, "share an instance name, and fnv1a_ch "
-                      "hashes only that, so their points would pile up together")
+        why = "share an instance name, the only thing fnv1a_ch hashes, so all their points "
+        _check_unique(nodes, "instance", why + "would collide; give them distinct instance names")
 
 
 @attrs.frozen

@@ -12,7 +12,9 @@ and returns at once. A task (`run`) moves the buffer to the socket:
 * watch the connection for EOF while idle, so a Carbon restart is noticed before the next
   flush is written into a dead socket;
 * when the buffer would exceed its limit, the oldest chunks are dropped and counted
-  (``dropped_lines``, reason ``buffer_full``): recent data is the most useful.
+  (``dropped_lines``, reason ``buffer_full``): recent data is the most useful. The chunk
+  being written and the newest one are kept, so memory stays below the limit plus one
+  chunk, and no line is both counted as dropped and delivered.
 
 SHELL.
 """
@@ -35,6 +37,8 @@ LOGGER = logging.getLogger(__name__)
 
 BACKOFF_START_SECONDS: Final = 0.1
 BACKOFF_MAX_SECONDS: Final = 30.0
+#: Drops are logged at most this often per node, with the count since the last log line.
+DROP_LOG_PERIOD_SECONDS: Final = 10.0
 
 
 @attrs.frozen
@@ -88,6 +92,9 @@ class CarbonSender:
         self.last_exception = 0.0
         self.flush_time_ms = 0.0
         self.flush_length = 0
+        self._dropped_logged = 0
+        self._sending = False
+        self._drop_logged_at = -DROP_LOG_PERIOD_SECONDS
 
     def offer(self, payload: bytes) -> None:
         """Queue ``payload`` (whole lines) for delivery; never blocks."""
@@ -96,14 +103,25 @@ class CarbonSender:
         self._queue.append(payload)
         self._queued_bytes += len(payload)
         self._queued_lines += payload.count(b"\n")
-        while self._queued_bytes > self.buffer_bytes and self._queue:
-            dropped = self._queue.popleft()
+        # Drop the oldest chunks, but never the one being written (it is partly on the wire)
+        # nor the newest: the bound is buffer_bytes plus one flush chunk.
+        while self._queued_bytes > self.buffer_bytes:
+            index = 1 if self._sending else 0
+            if len(self._queue) - index <= 1:
+                break
+            dropped = self._queue[index]
+            del self._queue[index]
             self._queued_bytes -= len(dropped)
             lines = dropped.count(b"\n")
             self._queued_lines -= lines
             self.dropped_lines += lines
-            log_event(LOGGER, "carbon_dropped", level=logging.WARNING, node=str(self.node),
-                      reason="buffer_full", lines=lines, limit_bytes=self.buffer_bytes)
+        if self.dropped_lines > self._dropped_logged:
+            now = time.monotonic()
+            if now - self._drop_logged_at >= DROP_LOG_PERIOD_SECONDS:
+                log_event(LOGGER, "carbon_dropped", level=logging.WARNING, node=str(self.node),
+                          reason="buffer_full", lines=self.dropped_lines - self._dropped_logged,
+                          total=self.dropped_lines, limit_bytes=self.buffer_bytes)
+                self._dropped_logged, self._drop_logged_at = self.dropped_lines, now
         if self._queue:
             self._empty = trio.Event() if self._empty.is_set() else self._empty
             self._wakeup.set()
@@ -189,14 +207,17 @@ class CarbonSender:
                 continue
             chunk = self._queue[0]
             started = time.perf_counter()
-            with trio.fail_after(self.write_timeout):
-                await stream.send_all(chunk)
-            if self._queue and self._queue[0] is chunk:
-                self._queue.popleft()
-                self._queued_bytes -= len(chunk)
-                lines = chunk.count(b"\n")
-                self._queued_lines -= lines
-                self.sent_lines += lines
+            self._sending = True
+            try:
+                with trio.fail_after(self.write_timeout):
+                    await stream.send_all(chunk)
+            finally:
+                self._sending = False
+            self._queue.popleft()
+            self._queued_bytes -= len(chunk)
+            lines = chunk.count(b"\n")
+            self._queued_lines -= lines
+            self.sent_lines += lines
             self.sent_bytes += len(chunk)
             self.flush_time_ms = (time.perf_counter() - started) * 1000
             self.flush_length = len(chunk)

@@ -33,8 +33,8 @@ from typing import Any
 
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
     """Build carbon's router for one layout and place every name of the case."""
-    from carbon.routers import ConsistentHashingRouter
-    from carbon.util import parseDestination
+    from carbon.routers import ConsistentHashingRouter  # type: ignore[import-not-found]
+    from carbon.util import parseDestination  # type: ignore[import-not-found]
 
     settings = types.SimpleNamespace(
         REPLICATION_FACTOR=case["replication_factor"],
@@ -51,7 +51,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         # carbon calls this once per point while adding a node, before it looks for a free
         # slot; a position already on the ring at that moment is one carbon will bump.
         nonlocal bumped
-        position = original(key)
+        position = int(original(key))
         hashed_keys.append(key)
         bumped += any(entry[0] == position for entry in ring.ring)
         return position

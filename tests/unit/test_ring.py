@@ -138,7 +138,7 @@ def test_placement_matches_carbon_for_every_name(
     for name, placement in zip(answer["names"], answer["placements"], strict=True):
         mismatched_first += triple(ring.node_for(name)) != placement[0]
         mismatched_all += [triple(node) for node in ring.nodes_for(name)] != placement
-    for name, walk in zip(answer["names"], answer["successors"]):
+    for name, walk in zip(answer["names"], answer["successors"], strict=False):
         mismatched_walk += [[node.host, node.instance] for node in ring.successors(name)] != walk
     assert len(answer["successors"]) == WALKS_PER_LAYOUT
     assert (mismatched_first, mismatched_all, mismatched_walk) == (0, 0, 0)
@@ -187,6 +187,27 @@ def test_graphite_web_vectors() -> None:
     assert str(ring.node_for("hosts.worker1.cpu")) == "127.0.0.1:2303:cache2"
     walk = [node.instance for node in ring.successors("hosts.worker1.cpu")]
     assert walk == ["cache2", "cache0", "cache1"]
+
+
+def markdown_table(text: str, name: str) -> list[list[str]]:
+    """The body rows of the table between ``<!-- name: begin -->`` and its end marker."""
+    block = text.split(f"<!-- {name}: begin -->")[1].split(f"<!-- {name}: end -->")[0]
+    rows = [line.strip().strip("|").split("|") for line in block.strip().splitlines()[2:]]
+    return [[cell.strip().strip("`") for cell in row] for row in rows]
+
+
+def test_docs_golden_tables_match_the_ring() -> None:
+    text = (ROOT / "docs" / "ring.md").read_text(encoding="utf-8")
+    layouts = {
+        name: nodes(*spec.replace("`", "").split())
+        for name, spec in markdown_table(text, "ring-layouts")
+    }
+    rows = markdown_table(text, "ring-vectors")
+    assert len(rows) >= 10
+    for layout, mode, factor, path, position, placed in rows:
+        ring = Ring.from_nodes(layouts[layout], hash_type=mode, replication_factor=int(factor))
+        assert hash_position(path, mode) == int(position), path
+        assert ",".join(str(node) for node in ring.nodes_for(path)) == placed, path
 
 
 # --- ketama: uhashring's own ring ---------------------------------------------------------

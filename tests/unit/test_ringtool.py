@@ -68,7 +68,7 @@ def test_lookup_takes_ring_settings_from_config_and_flags_override(
     config.write_text(
         'flush_interval_seconds = 10\nring_hash = "ketama"\nreplication_factor = 1\n'
         f"carbon = {GRAPHITE_WEB!r}\n".replace("'", '"')
-        + "[admin]\nlisten = \"127.0.0.1:8126\"\n"
+        + '[admin]\nlisten = "127.0.0.1:8126"\n'
     )
     paths = [f"stats.counters.svc{i}.count" for i in range(40)]
     _, from_file, _ = run(capsys, "lookup", "--config", str(config), *paths)

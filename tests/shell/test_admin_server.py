@@ -1,0 +1,51 @@
+"""The admin TCP server against a live aggregator: health, stats, delete, quit."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import trio
+
+from aggregator.config import AggregatorConfig
+from aggregator.server import serve
+from common.config import config_from_mapping
+
+
+async def ask(stream: trio.SocketStream, command: bytes, end: bytes) -> str:
+    await stream.send_all(command)
+    reply = b""
+    while not reply.endswith(end):
+        chunk = await stream.receive_some(65536)
+        assert chunk, f"connection closed after {reply!r}"
+        reply += chunk
+    return reply.decode()
+
+
+async def test_admin_commands_on_live_aggregator(nursery, wall_clock, autojump_clock) -> None:
+    config = config_from_mapping(AggregatorConfig, {"listen": ["udp://127.0.0.1:0"],
+                                                    "mgmt_port": 0, "health_status": "down"})
+    addrs = await nursery.start(partial(serve, config, wall_clock=wall_clock))
+    host, port = addrs.first("udp").rsplit(":", 1)
+    with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as s:
+        await s.sendto(b"app.a:1|c\napp.b:2|c\nbad\ng:5|g\nt:3|ms", (host, int(port)))
+    await trio.sleep(0.1)
+    mhost, mport = addrs.mgmt.rsplit(":", 1)
+    stream = await trio.open_tcp_stream(mhost, int(mport))
+    async with stream:
+        assert await ask(stream, b"health", b"\n") == "health: down\n"
+        assert await ask(stream, b"health up\n", b"\n") == "health: up\n"
+        stats = await ask(stream, b"stats\n", b"END\n\n")
+        assert "messages.bad_lines_seen: 1\n" in stats and stats.startswith("uptime: ")
+        counters = await ask(stream, b"counters\n", b"END\n\n")
+        assert '"app.a": 1.0' in counters and '"app.b": 2.0' in counters
+        assert '"t": [\n    3.0\n  ]' in await ask(stream, b"timers\n", b"END\n\n")
+        assert await ask(stream, b"delcounters app.*\n", b"END\n\n") in (
+            "deleted: app.a\ndeleted: app.b\nEND\n\n", "deleted: app.b\ndeleted: app.a\nEND\n\n")
+        assert await ask(stream, b"delgauges nope\n", b"END\n\n") == (
+            "metric nope not found\nEND\n\n")
+        assert '"app.a"' not in await ask(stream, b"counters\n", b"END\n\n")
+        config_reply = await ask(stream, b"config\n", b"\"info\"\n")  # log_level is last
+        assert config_reply.startswith("\n") and "\nflush_interval: 10.0\n" in config_reply
+        assert await ask(stream, b"nonsense\n", b"\n") == "ERROR\n"
+        await stream.send_all(b"quit\n")
+        assert await stream.receive_some(10) == b""

@@ -1,0 +1,297 @@
+"""proxy.server.serve in-process, with fake aggregators (UDP/TCP sinks) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket as stdsocket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from common.config import config_from_mapping
+from common.shard import shard_index
+from proxy.config import ProxyConfig
+from proxy.server import BoundAddresses, serve
+
+
+class UdpSink:
+    """A fake aggregator: records every datagram it receives."""
+
+    def __init__(self) -> None:
+        self.sock = trio.socket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+        self.datagrams: list[bytes] = []
+        self.port = 0
+
+    async def bind(self, port: int = 0) -> UdpSink:
+        await self.sock.bind(("127.0.0.1", port))
+        self.port = self.sock.getsockname()[1]
+        return self
+
+    async def run(self) -> None:
+        while True:
+            data = await self.sock.recv(65_535)
+            if data:
+                self.datagrams.append(data)
+
+    @property
+    def lines(self) -> list[bytes]:
+        return [line for d in self.datagrams for line in d.split(b"\n")]
+
+
+def make_config(aggregators: list[str], **values: Any) -> ProxyConfig:
+    mapping = {"listen": ["udp://127.0.0.1:0"], "aggregator": aggregators, "mgmt_port": 0,
+               "udp_receive_buffer_bytes": 0, "retry_base": 0.02, "retry_max": 0.1, **values}
+    return config_from_mapping(ProxyConfig, mapping)
+
+
+@asynccontextmanager
+async def running_proxy(config: ProxyConfig, sinks: list[UdpSink] = ()  # type: ignore[assignment]
+                        ) -> AsyncIterator[tuple[BoundAddresses, trio.Event]]:
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        for sink in sinks:
+            nursery.start_soon(sink.run)
+        addresses = await nursery.start(lambda task_status: serve(
+            config, task_status=task_status, shutdown_trigger=stop.wait))
+        yield addresses, stop
+        stop.set()
+        await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    for sink in sinks:
+        sink.sock.close()
+
+
+async def send_udp(address: str, packets: list[bytes]) -> None:
+    host, _, port = address.rpartition(":")
+    sock = trio.socket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+    with sock:
+        for packet in packets:
+            await sock.sendto(packet, (host, int(port)))
+
+
+async def wait_for(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Poll a condition on state that other tasks and the kernel change."""
+    with trio.fail_after(seconds):
+        while not predicate():  # noqa: ASYNC110
+            await trio.sleep(0.01)
+
+
+async def admin_stats(address: str) -> dict[str, str]:
+    host, _, port = address.rpartition(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(b"stats\n")
+        reply = b""
+        while not reply.endswith(b"END\n\n"):
+            reply += await stream.receive_some(65_536)
+    return dict(line.split(": ", 1) for line in reply.decode().splitlines() if ": " in line)
+
+
+def lines_for(n: int, count: int, start: int = 0) -> list[bytes]:
+    return [b"svc.m%d:%d|c" % (i % 37, i) for i in range(start, start + count)]
+
+
+async def test_serve_routes_each_line_to_its_aggregator_unchanged_in_order() -> None:
+    sinks = [await UdpSink().bind() for _ in range(3)]
+    config = make_config([f"127.0.0.1:{s.port}" for s in sinks])
+    lines = [*lines_for(3, 300), b"a b/c:1|c|#k:v", b"a_b-c:2|c"]
+    async with running_proxy(config, sinks) as (addresses, _):
+        await send_udp(addresses.first("udp"),
+                       [b"\n".join(lines[i:i + 20]) for i in range(0, len(lines), 20)])
+        await wait_for(lambda: sum(len(s.lines) for s in sinks) == len(lines))
+    for index, sink in enumerate(sinks):
+        expected = [line for line in lines
+                    if shard_index(line.split(b":")[0].replace(b" ", b"_").replace(b"/", b"-"),
+                                   3) == index]
+        assert sink.lines == expected
+    assert sum(b"a b/c:1|c|#k:v" in s.lines and b"a_b-c:2|c" in s.lines for s in sinks) == 1
+
+
+async def test_serve_packs_datagrams_within_limit() -> None:
+    sink = await UdpSink().bind()
+    config = make_config([f"127.0.0.1:{sink.port}"], max_datagram_bytes=100)
+    lines = lines_for(1, 200)
+    async with running_proxy(config, [sink]) as (addresses, _):
+        await send_udp(addresses.first("udp"), [b"\n".join(lines[i:i + 50])
+                                                for i in range(0, 200, 50)])
+        await wait_for(lambda: len(sink.lines) == 200)
+    assert sink.lines == lines
+    assert all(len(d) <= 100 for d in sink.datagrams)
+    assert len(sink.datagrams) < 200 / 2  # packed, not one line per datagram
+
+
+async def test_serve_down_aggregator_buffers_drops_counted_and_recovers() -> None:
+    sinks = [await UdpSink().bind() for _ in range(2)]
+    config = make_config([f"127.0.0.1:{s.port}" for s in sinks],
+                         aggregator_buffer_bytes=300, max_batch_delay_ms=0)
+    down_port = sinks[1].port
+    sinks[1].sock.close()
+    lines = [b"k%d:1|c" % i for i in range(400)]
+    mine = [line for line in lines if shard_index(line.split(b":")[0], 2) == 0]
+    async with running_proxy(config, sinks[:1]) as (addresses, _):
+        for start in range(0, 400, 10):
+            await send_udp(addresses.first("udp"), [b"\n".join(lines[start:start + 10])])
+            await trio.sleep(0.002)
+        await wait_for(lambda: len(sinks[0].lines) == len(mine))
+        stats = await admin_stats(addresses.mgmt)
+        assert stats["aggregator.1.state"] == "down"
+        assert int(stats["aggregator.1.dropped.destination_down"]) > 0
+        assert stats["aggregator.0.state"] == "up"
+        assert int(stats["aggregator.0.dropped.destination_down"]) == 0
+        dropped = int(stats["aggregator.1.dropped.destination_down"])
+        buffered = int(stats["aggregator.1.buffered_lines"])
+        sent = int(stats["aggregator.1.sent_lines"])
+        assert sent + buffered + dropped == len(lines) - len(mine)
+
+        back = await UdpSink().bind(down_port)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(back.run)
+            await wait_for(lambda: len(back.lines) >= buffered)
+            extra = [b"late%d:1|c" % i for i in range(40)
+                     if shard_index(b"late%d" % i, 2) == 1]
+            await send_udp(addresses.first("udp"), [b"\n".join(extra)])
+            await wait_for(lambda: back.lines[-len(extra):] == extra)
+            nursery.cancel_scope.cancel()
+        back.sock.close()
+        stats = await admin_stats(addresses.mgmt)
+        assert stats["aggregator.1.state"] == "up"
+    assert sinks[0].lines == mine
+
+
+async def test_serve_tcp_forwarding_uses_one_newline_framed_connection() -> None:
+    received: list[bytes] = []
+    connections = 0
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        async for chunk in stream:
+            received.append(chunk)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, handler, 0)
+        port = listeners[0].socket.getsockname()[1]
+        config = make_config([f"127.0.0.1:{port}"], forward="tcp")
+        lines = lines_for(1, 500)
+        async with running_proxy(config) as (addresses, _):
+            for start in range(0, 500, 25):
+                await send_udp(addresses.first("udp"), [b"\n".join(lines[start:start + 25])])
+            await wait_for(lambda: b"".join(received).count(b"\n") == 500)
+        nursery.cancel_scope.cancel()
+    data = b"".join(received)
+    assert data.endswith(b"\n")
+    assert data.split(b"\n")[:-1] == lines
+    assert connections == 1
+
+
+async def test_serve_token_auth_forwards_only_authenticated_lines_stripped() -> None:
+    sink = await UdpSink().bind()
+    config = make_config([f"127.0.0.1:{sink.port}"], auth="token", auth_tokens=["tok"],
+                         auth_revoked_tokens=["old"])
+    async with running_proxy(config, [sink]) as (addresses, _):
+        await send_udp(addresses.first("udp"), [b"tok.a:1|c\nold.b:1|c\nc:1|c\nx.d:1|c",
+                                                b"tok.e:2|g"])
+        await wait_for(lambda: len(sink.lines) == 2)
+        stats = await admin_stats(addresses.mgmt)
+    assert sink.lines == [b"a:1|c", b"e:2|g"]
+    assert (stats["proxy.auth.missing"], stats["proxy.auth.invalid"],
+            stats["proxy.auth.revoked"], stats["proxy.dropped.auth"]) == ("1", "1", "1", "3")
+
+
+async def test_serve_graceful_stop_sends_lines_still_held_back() -> None:
+    sink = await UdpSink().bind()
+    config = make_config([f"127.0.0.1:{sink.port}"], max_batch_delay_ms=1000)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sink.run)
+        stop = trio.Event()
+        addresses = await nursery.start(lambda task_status: serve(
+            config, task_status=task_status, shutdown_trigger=stop.wait))
+        await send_udp(addresses.first("udp"), [b"held:1|c"])
+        await trio.sleep(0.1)
+        assert sink.lines == []  # still waiting for more lines
+        stop.set()
+        await wait_for(lambda: sink.lines == [b"held:1|c"])
+        nursery.cancel_scope.cancel()
+    sink.sock.close()
+
+
+async def test_serve_stream_listener_forwards_tcp_client_lines() -> None:
+    sink = await UdpSink().bind()
+    config = make_config([f"127.0.0.1:{sink.port}"], listen=["tcp://127.0.0.1:0"])
+    async with running_proxy(config, [sink]) as (addresses, _):
+        host, _, port = addresses.first("tcp").rpartition(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(b"a:1|c\nb:2|c\nc:3")
+            await stream.send_all(b"|c\n")
+        await wait_for(lambda: len(sink.lines) == 3)
+    assert sink.lines == [b"a:1|c", b"b:2|c", b"c:3|c"]
+
+
+async def test_serve_follows_dns_change_without_moving_names(monkeypatch: Any) -> None:
+    first = await UdpSink().bind()
+    second = UdpSink()
+    await second.sock.bind(("127.0.0.2", first.port))
+    second.port = first.port
+    other = await UdpSink().bind()
+    current = {"ip": "127.0.0.1"}
+
+    async def fake_resolve(host: str, port: int) -> tuple[int, tuple[Any, ...]]:
+        if host == "agg.example":
+            return stdsocket.AF_INET, (current["ip"], port)
+        return stdsocket.AF_INET, ("127.0.0.1", port)
+
+    monkeypatch.setattr("proxy.resolver.resolve", fake_resolve)
+    config = make_config([f"agg.example:{first.port}", f"127.0.0.1:{other.port}"],
+                         resolve_interval=0.05, max_batch_delay_ms=0)
+    names = [b"n%d" % i for i in range(60)]
+    mine = [n + b":1|c" for n in names if shard_index(n, 2) == 0]
+    async with running_proxy(config, [first, second, other]) as (addresses, _):
+        await send_udp(addresses.first("udp"), [b"\n".join(n + b":1|c" for n in names)])
+        await wait_for(lambda: first.lines == mine)
+        current["ip"] = "127.0.0.2"
+        with trio.fail_after(5):
+            while (await admin_stats(addresses.mgmt))["aggregator.0.address"] != (  # noqa: ASYNC110
+                    f"127.0.0.2:{first.port}"):
+                await trio.sleep(0.02)
+        await send_udp(addresses.first("udp"), [b"\n".join(n + b":1|c" for n in names)])
+        await wait_for(lambda: second.lines == mine)
+    assert first.lines == mine  # nothing more went to the old address
+    assert len(other.lines) == 2 * (len(names) - len(mine))
+
+
+async def test_serve_tcp_forwarding_reconnects_after_aggregator_restart() -> None:
+    received: list[bytes] = []
+
+    async def handler(stream: trio.SocketStream) -> None:
+        async for chunk in stream:
+            received.append(chunk)
+
+    async def run_aggregator(scope: trio.CancelScope, port: int,
+                             task_status: trio.TaskStatus[Any]) -> None:
+        with scope:
+            await trio.serve_tcp(handler, port, host="127.0.0.1", task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        first = trio.CancelScope()
+        listeners = await nursery.start(run_aggregator, first, 0)
+        port = listeners[0].socket.getsockname()[1]
+        config = make_config([f"127.0.0.1:{port}"], forward="tcp")
+        async with running_proxy(config) as (addresses, _):
+            await send_udp(addresses.first("udp"), [b"before:1|c"])
+            await wait_for(lambda: b"".join(received) == b"before:1|c\n")
+            first.cancel()  # the aggregator goes away; its connections close
+            with trio.fail_after(5):
+                while (await admin_stats(addresses.mgmt))["aggregator.0.state"] != (  # noqa: ASYNC110
+                        "down"):
+                    await trio.sleep(0.02)
+            await send_udp(addresses.first("udp"), [b"during:1|c\nduring:2|c"])
+            await trio.sleep(0.2)
+            await nursery.start(run_aggregator, trio.CancelScope(), port)
+            await wait_for(lambda: b"".join(received).endswith(b"during:1|c\nduring:2|c\n"))
+            stats = await admin_stats(addresses.mgmt)
+            assert stats["aggregator.0.state"] == "up"
+            assert int(stats["aggregator.0.connects"]) == 2
+        nursery.cancel_scope.cancel()
+    assert b"".join(received) == b"before:1|c\nduring:1|c\nduring:2|c\n"

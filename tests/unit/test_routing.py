@@ -1,0 +1,174 @@
+"""Tests for proxy.routing: which aggregator gets a line, and datagram packing."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from common.auth import TokenAuth
+from common.protocol import LineParser
+from common.shard import shard_index
+from proxy.routing import BAD, Router, count_lines, pack_lines
+
+LINE = st.from_regex(rb"[a-zA-Z0-9_. /;=#:|@,+-]{1,60}", fullmatch=True)
+
+
+def routed(router: Router) -> list[list[bytes]]:
+    """Every aggregator's pending lines, unpacked."""
+    return [[line for chunk in pending for line in chunk.split(b"\n")]
+            for pending in router.pending]
+
+
+def test_route_sends_each_line_to_shard_index_of_its_name() -> None:
+    router = Router(3, max_chunk_bytes=1432)
+    lines = [b"api.requests:1|c", b"hosts.web-01.cpu.load:0.5|g", b"db.query:12|ms|@0.1"]
+    router.route(b"\n".join(lines))
+    for line in lines:
+        index = shard_index(line.split(b":")[0], 3)
+        assert line in router.pending[index]
+    assert router.stats.lines == 3
+
+
+@pytest.mark.parametrize("spelling", [b"a b.c", b"a_b.c", b"a\tb.c", b"a  b.c", b"a+_b.c"])
+def test_route_spellings_of_one_graphite_path_go_to_one_aggregator(spelling: bytes) -> None:
+    router = Router(7, max_chunk_bytes=1432)
+    assert router.index_of(spelling + b":1|c") == shard_index(b"a_b.c", 7)
+
+
+@pytest.mark.parametrize("line", [b"req:1|c|#env:prod", b"req;dc=eu:1|c", b"req:1|c|#a:b,c:d",
+                                  b"req:1|c"])
+def test_route_tags_do_not_change_the_aggregator(line: bytes) -> None:
+    router = Router(5, max_chunk_bytes=1432)
+    assert router.index_of(line) == shard_index(b"req", 5)
+
+
+def test_route_forwards_lines_unchanged() -> None:
+    router = Router(1, max_chunk_bytes=1432)
+    packet = b"a b/c:1|c|#k:v\r\nweird+name:2|g"
+    router.route(packet)
+    assert router.pending[0] == [b"a b/c:1|c|#k:v\r", b"weird+name:2|g"]
+
+
+def test_route_counts_lines_without_usable_name_as_bad() -> None:
+    router = Router(2, max_chunk_bytes=1432)
+    router.route(b"nocolon\n+++:1|c\n:1|c\ngood:1|c\n")
+    assert router.stats.bad_lines == 3
+    assert router.stats.lines == 4
+    assert sum(len(p) for p in router.pending) == 1
+
+
+def test_route_skips_empty_lines_without_counting() -> None:
+    router = Router(2, max_chunk_bytes=1432)
+    router.route(b"\n\na:1|c\n\n")
+    router.route(b":1|c\n\n")  # caches nothing for the empty key
+    router.route(b"\n")
+    assert (router.stats.lines, router.stats.bad_lines) == (2, 1)
+
+
+def test_route_drops_line_longer_than_a_datagram_as_too_long() -> None:
+    router = Router(1, max_chunk_bytes=100)
+    long_line = b"x" * 100 + b":1|c"
+    router.route(long_line + b"\nshort:1|c")
+    assert router.stats.too_long == 1
+    assert router.pending[0] == [b"short:1|c"]
+
+
+def test_route_with_auth_strips_tokens_and_refuses_others() -> None:
+    auth = TokenAuth(["tok"])
+    router = Router(1, max_chunk_bytes=1432, auth=auth)
+    router.route(b"tok.a:1|c\nbad.b:1|c\nc:1|c")
+    assert router.pending[0] == [b"a:1|c"]
+    assert auth.stats.refused == 2
+    assert router.stats.lines == 1
+
+
+def test_route_hashes_unsanitized_name_when_aggregators_do_not_sanitize() -> None:
+    # With key_name_sanitize off the aggregator still writes the sanitised Graphite name.
+    router = Router(7, max_chunk_bytes=1432, sanitize=False)
+    assert router.index_of(b"a b.c:1|c") == shard_index(b"a_b.c", 7)
+
+
+@given(st.lists(LINE, max_size=30), st.integers(min_value=1, max_value=6))
+def test_route_agrees_with_name_of_for_any_line(lines: list[bytes], n: int) -> None:
+    router = Router(n, max_chunk_bytes=65_536)
+    parser = LineParser()
+    for line in lines:
+        name = parser.name_of(line)
+        expected = shard_index(name, n) if name and b":" in line else BAD
+        assert router.index_of(line) == expected
+        assert router.index_of(line) == expected  # cached
+
+
+@given(st.lists(LINE, max_size=200), st.integers(min_value=60, max_value=400))
+def test_pack_lines_reproduces_input_in_order_and_respects_limit(
+    lines: list[bytes], limit: int
+) -> None:
+    chunks = pack_lines(lines, limit)
+    assert all(0 < len(c) <= limit for c in chunks)
+    assert [line for c in chunks for line in c.split(b"\n")] == lines
+    assert sum(count_lines(c) for c in chunks) == len(lines)
+
+
+@given(st.lists(LINE, min_size=1, max_size=200), st.integers(min_value=60, max_value=300))
+def test_pack_lines_fills_each_chunk_greedily(lines: list[bytes], limit: int) -> None:
+    chunks = pack_lines(lines, limit)
+    for chunk, following in itertools.pairwise(chunks):
+        next_line = following.split(b"\n")[0]
+        assert len(chunk) + 1 + len(next_line) > limit
+
+
+def test_pack_lines_refuses_element_over_limit() -> None:
+    with pytest.raises(ValueError):
+        pack_lines([b"a" * 10, b"b" * 20], 15)
+
+
+@given(st.lists(st.lists(LINE, max_size=40), max_size=8), st.integers(min_value=2, max_value=4),
+       st.integers(min_value=60, max_value=300))
+def test_take_chunks_keeps_per_aggregator_order_across_packets(
+    packets: list[list[bytes]], n: int, limit: int
+) -> None:
+    router = Router(n, max_chunk_bytes=limit)
+    sent: list[list[bytes]] = [[] for _ in range(n)]
+    for packet in packets:
+        router.route(b"\n".join(packet))
+        for index in range(n):
+            sent[index] += router.take_chunks(index, keep_tail=True)
+    for index in range(n):
+        sent[index] += router.take_chunks(index, keep_tail=False)
+    assert not router.has_pending()
+    parser = LineParser()
+    for index in range(n):
+        expected = [line for packet in packets for line in packet
+                    if b":" in line and parser.name_of(line)
+                    and shard_index(parser.name_of(line), n) == index]
+        assert all(len(c) <= limit for c in sent[index])
+        assert [line for c in sent[index] for line in c.split(b"\n")] == expected
+
+
+def test_take_chunks_keep_tail_holds_back_last_partial_datagram() -> None:
+    router = Router(1, max_chunk_bytes=20)
+    router.route(b"aaaa:1|c\nbbbb:1|c\ncccc:1|c")
+    assert router.take_chunks(0, keep_tail=True) == [b"aaaa:1|c\nbbbb:1|c"]
+    assert router.pending[0] == [b"cccc:1|c"]
+    assert router.take_chunks(0, keep_tail=True) == []
+    assert router.take_chunks(0, keep_tail=False) == [b"cccc:1|c"]
+    assert routed(router) == [[]]
+
+
+@pytest.mark.parametrize("module", ["common/shard.py", "common/auth.py", "proxy/routing.py",
+                                    "proxy/membership.py", "proxy/config.py"])
+def test_core_module_imports_no_io(module: str) -> None:
+    import ast
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[2] / module).read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            imported.add(node.module.split(".")[0])
+    assert not imported & {"trio", "socket", "time", "logging", "os", "asyncio"}, imported
