@@ -20,6 +20,7 @@ from attrs import validators as v
 from common.address import Endpoint, ListenURL, parse_endpoint, parse_listen_url
 from common.config import setting
 from common.errors import ConfigError
+from common.protocol import sanitize_key
 from common.ring import RING_HASHES, CarbonNode, parse_carbon_node
 
 from .flush import Naming
@@ -39,6 +40,9 @@ DEFAULT_MAX_TCP_CONNECTIONS: Final = 1024  # each costs a task and a buffer
 DEFAULT_UDP_RECEIVE_BUFFER_BYTES: Final = 32 * 1024 * 1024
 DEFAULT_CARBON_BUFFER_BYTES: Final = 256 * 1024 * 1024  # ~3M lines waiting for one node
 DEFAULT_GRACEFUL_TIMEOUT_SECONDS: Final = 10.0  # final flush + delivery on SIGTERM
+DEFAULT_CARBON_SPOOL_MAX_BYTES: Final = 4 * 1024**3  # hours of a busy aggregator's output
+#: A carbon-cache takes some 100k points/s; half of it leaves room for live traffic.
+DEFAULT_CARBON_REPLAY_LINES_PER_SECOND: Final = 50_000
 
 
 def _float_list(values: Sequence[Any]) -> tuple[float, ...]:
@@ -107,6 +111,18 @@ def _carbon(values: Sequence[Any]) -> tuple[CarbonNode, ...]:
 
 def _strings(values: Sequence[Any]) -> tuple[str, ...]:
     return tuple(str(x) for x in values)
+
+
+def identity_from_hostname(hostname: str) -> str:
+    """The default identity: the host name cleaned into one path component."""
+    return sanitize_key(hostname.encode()).replace(b".", b"_").replace(b";", b"_").decode() or "aggregator"
+
+
+def _check_identity(_obj: object, _attr: object, value: str | None) -> None:
+    if value is None:
+        return
+    if not value or sanitize_key(value.encode()).decode() != value or "." in value or ";" in value:
+        raise ConfigError(f"{value!r}: use letters, digits, _ and - only", key="identity")
 
 
 def _optional_str(value: Any) -> str | None:
@@ -230,6 +246,26 @@ class AggregatorConfig:
         DEFAULT_CARBON_BUFFER_BYTES, kind="int", converter=int, validator=v.ge(0),
         metavar="BYTES", help="output held per Carbon node while it is down or slow; "
                               "beyond it the oldest flushes are dropped and counted")
+    carbon_spool_dir: str | None = setting(
+        None, kind="optional_str", converter=_optional_str, metavar="DIR",
+        help="spill output that does not fit carbon_buffer_bytes to files here (one folder per "
+             "node); what is left at shutdown is sent after the next start")
+    carbon_spool_max_bytes: int = setting(
+        DEFAULT_CARBON_SPOOL_MAX_BYTES, kind="int", converter=int, validator=v.ge(0),
+        metavar="BYTES", help="disk used per node by the spool; beyond it the oldest spooled "
+                              "output is dropped and counted")
+    carbon_replay_lines_per_second: int = setting(
+        DEFAULT_CARBON_REPLAY_LINES_PER_SECOND, kind="int", converter=int, validator=v.ge(0),
+        metavar="N", help="after a reconnect, send the backlog at most this fast (0: no limit), "
+                          "so a recovering carbon-cache is not flattened")
+    identity: str | None = setting(
+        None, kind="optional_str", converter=_optional_str, validator=_check_identity,
+        metavar="NAME",
+        help="this aggregator's name in its own metrics (<prefix_stats>.tallyd.<identity>.*); "
+             "default: the host name")
+    self_metrics: bool = setting(
+        True, kind="bool", reloadable=True,
+        help="publish tallyd's own per-node Carbon metrics beside Etsy's internal ones")
     carbon_connect_timeout: float = setting(
         5.0, kind="float", converter=float, validator=v.gt(0), metavar="SECONDS",
         help="seconds allowed for a TCP connect to a Carbon node")

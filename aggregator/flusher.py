@@ -78,6 +78,7 @@ class Flusher:
         self.interval = interval
         self.internal_values = internal_values
         self.stats = FlushStatistics()
+        self.self_metrics = True
         self._lock = trio.Lock()
 
     def _ship(self, payload: bytes) -> None:

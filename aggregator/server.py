@@ -23,6 +23,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -44,12 +45,13 @@ from common.netstat import udp_socket_drops
 from common.ring import CarbonNode, Ring
 
 from .backends.console import ConsoleOutput
-from .backends.graphite import CarbonSender
-from .config import AggregatorConfig
+from .backends.graphite import CarbonSender, SenderStatistics
+from .config import AggregatorConfig, identity_from_hostname
 from .flush import GraphiteRenderer
 from .flusher import Flusher
 from .ledger import Aggregator
 from .placement import Placement
+from .spool import Spool
 
 LOGGER = logging.getLogger(__name__)
 
@@ -68,6 +70,11 @@ class BoundAddresses:
         return next(address for k, address in self.intake if k == kind)
 
 
+def node_component(node: CarbonNode) -> str:
+    """A Carbon node as one Graphite path component: ``127_0_0_1_2003_a``."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(node))
+
+
 class CarbonOutput:
     """Places each line on the Carbon ring and hands it to that node's sender."""
 
@@ -75,12 +82,18 @@ class CarbonOutput:
         ring = Ring.from_nodes(config.carbon, hash_type=config.ring_hash,
                                replication_factor=config.replication_factor)
         self.placement = Placement(ring)
+        spool_root = Path(config.carbon_spool_dir) if config.carbon_spool_dir else None
         self.senders: dict[CarbonNode, CarbonSender] = {
-            node: CarbonSender(node, buffer_bytes=config.carbon_buffer_bytes,
-                               connect_timeout=config.carbon_connect_timeout,
-                               write_timeout=config.carbon_write_timeout)
+            node: CarbonSender(
+                node, buffer_bytes=config.carbon_buffer_bytes,
+                connect_timeout=config.carbon_connect_timeout,
+                write_timeout=config.carbon_write_timeout,
+                spool=(Spool(spool_root / node_component(node), config.carbon_spool_max_bytes)
+                       if spool_root is not None else None),
+                replay_lines_per_second=config.carbon_replay_lines_per_second)
             for node in ring.nodes
         }
+        self._last: dict[CarbonNode, SenderStatistics] = {}
 
     def offer(self, payload: bytes) -> None:
         for node, block in self.placement.split(payload).items():
@@ -88,7 +101,10 @@ class CarbonOutput:
 
     async def wait_delivered(self) -> None:
         for sender in self.senders.values():
-            await sender.wait_empty()
+            await sender.wait_idle()
+
+    def spill_to_spool(self) -> int:
+        return sum(sender.spill_to_spool() for sender in self.senders.values())
 
     def graphite_stats(self) -> dict[str, float]:
         """Etsy's four graphite backend figures, summed or worst-of over the nodes."""
@@ -99,6 +115,25 @@ class CarbonOutput:
             "graphiteStats.flush_time": round(max(s.flush_time_ms for s in stats)),
             "graphiteStats.flush_length": sum(s.flush_length for s in stats),
         }
+
+    def self_metrics(self, identity: str) -> dict[str, float]:
+        """Per-node figures for this flush, under ``tallyd.<identity>.carbon.<node>.``:
+        counts since the previous flush, and the current levels."""
+        out: dict[str, float] = {}
+        for node, sender in self.senders.items():
+            now = sender.statistics()
+            before = self._last.get(node)
+            self._last[node] = now
+            head = f"tallyd.{identity}.carbon.{node_component(node)}."
+            out[head + "sent_lines"] = now.sent_lines - (before.sent_lines if before else 0)
+            out[head + "reconnects"] = now.reconnects - (before.reconnects if before else 0)
+            for reason in ("buffer_full", "spool_full", "shutdown"):
+                out[head + "dropped_lines." + reason] = (
+                    now.dropped.get(reason, 0) - (before.dropped.get(reason, 0) if before else 0))
+            out[head + "buffered_lines"] = now.buffered_lines
+            out[head + "spooled_lines"] = now.spooled_lines
+            out[head + "connected"] = int(now.connected)
+        return out
 
 
 class AggregatorAdmin:
@@ -131,7 +166,9 @@ class AggregatorAdmin:
                     (f"graphite.{s.node}.connected", int(s.connected)),
                     (f"graphite.{s.node}.sent_lines", s.sent_lines),
                     (f"graphite.{s.node}.buffered_lines", s.buffered_lines),
+                    (f"graphite.{s.node}.spooled_lines", s.spooled_lines),
                     (f"graphite.{s.node}.dropped_lines", s.dropped_lines),
+                    (f"graphite.{s.node}.reconnects", s.reconnects),
                     (f"graphite.{s.node}.last_flush", round(now - s.last_flush)),
                     (f"graphite.{s.node}.last_exception",
                      round(now - s.last_exception) if s.last_exception else "never"),
@@ -178,6 +215,7 @@ async def _run_reloads(
         ignored = [f.name for f in changed if not f.metadata["reloadable"]]
         current = attrs.evolve(current, **{name: getattr(new, name) for name in applied})
         flusher.renderer = GraphiteRenderer(current.naming)
+        flusher.self_metrics = current.self_metrics
         aggregator.options = current.ledger_options
         set_level(current.log_level)
         log_event(LOGGER, "reloaded", applied=",".join(applied) or "none",
@@ -244,11 +282,19 @@ async def serve(
     def handle(packet: bytes) -> None:
         aggregator.ingest(packet)
 
+    identity = config.identity or identity_from_hostname(socket.gethostname())
+
     def internal_values() -> dict[str, float]:
-        return carbon.graphite_stats() if carbon is not None else {}
+        if carbon is None:
+            return {}
+        values = carbon.graphite_stats()
+        if flusher.self_metrics:
+            values.update(carbon.self_metrics(identity))
+        return values
 
     flusher = Flusher(aggregator, GraphiteRenderer(config.naming), outputs,
                       config.flush_interval, internal_values=internal_values)
+    flusher.self_metrics = config.self_metrics
     mgmt_host, mgmt_port = mgmt_listeners[0].socket.getsockname()[:2]
     addresses = BoundAddresses(
         intake=tuple((b.url.scheme, b.address) for b in bound),
@@ -318,10 +364,11 @@ async def serve(
                     await carbon.wait_delivered()
                 if console is not None:
                     await console.drain()
-            undelivered = sum(s.pending_lines for s in carbon.senders.values()) if carbon else 0
+            spooled = carbon.spill_to_spool() if carbon is not None else 0
+            lost = sum(s.dropped["shutdown"] for s in carbon.senders.values()) if carbon else 0
             log_event(LOGGER, "stopped", deadline_hit=deadline.cancelled_caught,
-                      undelivered_lines=undelivered,
-                      level=logging.WARNING if undelivered else logging.INFO)
+                      spooled_lines=spooled, lost_lines=lost,
+                      level=logging.WARNING if lost else logging.INFO)
             nursery.cancel_scope.cancel()
     finally:
         for b in bound:

@@ -1,8 +1,8 @@
 """Delivery of flushed Graphite plaintext to one Carbon node over a long-lived TCP connection.
 
 `CarbonSender` keeps one connection open across flushes (Etsy statsd opens one per flush),
-and never makes its caller wait: `offer` appends the bytes to a bounded in-memory buffer
-and returns at once. A task (`run`) moves the buffer to the socket:
+and never makes its caller wait: `offer` appends the bytes to a bounded in-memory queue and
+returns at once. A task (`run`) moves the backlog to the socket:
 
 * connect with a timeout; on failure back off exponentially (0.1 s doubling to 30 s) with
   jitter, so many aggregators restarting together do not hammer a recovering Carbon;
@@ -11,10 +11,13 @@ and returns at once. A task (`run`) moves the buffer to the socket:
   the same path, timestamp and value overwrite themselves);
 * watch the connection for EOF while idle, so a Carbon restart is noticed before the next
   flush is written into a dead socket;
-* when the buffer would exceed its limit, the oldest chunks are dropped and counted
-  (``dropped_lines``, reason ``buffer_full``): recent data is the most useful. The chunk
-  being written and the newest one are kept, so memory stays below the limit plus one
-  chunk, and no line is both counted as dropped and delivered.
+* after a reconnect, send the backlog no faster than ``replay_lines_per_second``; live
+  flushes go out at full speed once the backlog is gone;
+* when the queue passes ``buffer_bytes``, its oldest chunks move to the disk `Spool` if
+  there is one, or are dropped and counted (reason ``buffer_full``). The chunk being written
+  and the newest one always stay, so memory is bounded by the limit plus one chunk, and no
+  line is both counted as dropped and delivered. Spooled chunks are older than anything in
+  memory, so they are sent first.
 
 SHELL.
 """
@@ -24,7 +27,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Final
 
 import attrs
@@ -32,6 +35,8 @@ import trio
 
 from common.logging import log_event
 from common.ring import CarbonNode
+
+from ..spool import Spool
 
 LOGGER = logging.getLogger(__name__)
 
@@ -51,7 +56,9 @@ class SenderStatistics:
     sent_bytes: int
     buffered_lines: int
     buffered_bytes: int
-    dropped_lines: int
+    spooled_lines: int
+    spooled_bytes: int
+    dropped: dict[str, int]
     reconnects: int
     connect_failures: int
     last_flush: float
@@ -59,42 +66,57 @@ class SenderStatistics:
     flush_time_ms: float
     flush_length: int
 
+    @property
+    def dropped_lines(self) -> int:
+        return sum(self.dropped.values())
+
 
 class CarbonSender:
-    """Buffers output for one Carbon node and keeps a connection to it.
+    """Queues output for one Carbon node and keeps a connection to it.
 
     Args:
         node: where to connect.
-        buffer_bytes: the most output held while the node is slow or down.
+        buffer_bytes: the most output held in memory while the node is slow or down.
         connect_timeout: seconds for a TCP connect.
         write_timeout: seconds a write may stall.
+        spool: where output that does not fit in memory goes (None: it is dropped).
+        replay_lines_per_second: the pace of a backlog after a reconnect (0: no limit).
     """
 
     def __init__(self, node: CarbonNode, *, buffer_bytes: int, connect_timeout: float,
-                 write_timeout: float) -> None:
+                 write_timeout: float, spool: Spool | None = None,
+                 replay_lines_per_second: int = 0) -> None:
         self.node = node
         self.buffer_bytes = buffer_bytes
         self.connect_timeout = connect_timeout
         self.write_timeout = write_timeout
+        self.spool = spool
+        self.replay_lines_per_second = replay_lines_per_second
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._queued_lines = 0
+        self._sending_queue_head = False
         self._wakeup = trio.Event()
-        self._empty = trio.Event()
-        self._empty.set()
+        self._idle = trio.Event()
         self.connected = False
         self.sent_lines = 0
         self.sent_bytes = 0
-        self.dropped_lines = 0
-        self.reconnects = 0
+        self.dropped: Counter[str] = Counter()
+        self.connects = 0
         self.connect_failures = 0
         self.last_flush = time.time()
         self.last_exception = 0.0
         self.flush_time_ms = 0.0
         self.flush_length = 0
         self._dropped_logged = 0
-        self._sending = False
         self._drop_logged_at = -DROP_LOG_PERIOD_SECONDS
+        if not self.pending_lines:
+            self._idle.set()
+
+    @property
+    def pending_lines(self) -> int:
+        """Lines waiting, in memory and in the spool."""
+        return self._queued_lines + (self.spool.lines if self.spool is not None else 0)
 
     def offer(self, payload: bytes) -> None:
         """Queue ``payload`` (whole lines) for delivery; never blocks."""
@@ -103,65 +125,100 @@ class CarbonSender:
         self._queue.append(payload)
         self._queued_bytes += len(payload)
         self._queued_lines += payload.count(b"\n")
-        # Drop the oldest chunks, but never the one being written (it is partly on the wire)
-        # nor the newest: the bound is buffer_bytes plus one flush chunk.
         while self._queued_bytes > self.buffer_bytes:
-            index = 1 if self._sending else 0
+            index = 1 if self._sending_queue_head else 0
             if len(self._queue) - index <= 1:
                 break
-            dropped = self._queue[index]
+            chunk = self._queue[index]
             del self._queue[index]
-            self._queued_bytes -= len(dropped)
-            lines = dropped.count(b"\n")
+            self._queued_bytes -= len(chunk)
+            lines = chunk.count(b"\n")
             self._queued_lines -= lines
-            self.dropped_lines += lines
-        if self.dropped_lines > self._dropped_logged:
-            now = time.monotonic()
-            if now - self._drop_logged_at >= DROP_LOG_PERIOD_SECONDS:
-                log_event(LOGGER, "carbon_dropped", level=logging.WARNING, node=str(self.node),
-                          reason="buffer_full", lines=self.dropped_lines - self._dropped_logged,
-                          total=self.dropped_lines, limit_bytes=self.buffer_bytes)
-                self._dropped_logged, self._drop_logged_at = self.dropped_lines, now
-        if self._queue:
-            self._empty = trio.Event() if self._empty.is_set() else self._empty
-            self._wakeup.set()
+            if self.spool is not None:
+                self.dropped["spool_full"] += self.spool.append(chunk)
+            else:
+                self.dropped["buffer_full"] += lines
+        self._log_drops()
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        self._wakeup.set()
 
-    @property
-    def pending_lines(self) -> int:
-        return self._queued_lines
+    def _log_drops(self) -> None:
+        total = sum(self.dropped.values())
+        now = time.monotonic()
+        if total > self._dropped_logged and now - self._drop_logged_at >= DROP_LOG_PERIOD_SECONDS:
+            log_event(LOGGER, "carbon_dropped", level=logging.WARNING, node=str(self.node),
+                      lines=total - self._dropped_logged, total=total,
+                      reasons=",".join(f"{k}:{v}" for k, v in sorted(self.dropped.items())),
+                      limit_bytes=self.buffer_bytes)
+            self._dropped_logged, self._drop_logged_at = total, now
 
-    async def wait_empty(self) -> None:
-        """Return once everything offered so far has been written to the socket."""
-        await self._empty.wait()
+    async def wait_idle(self) -> None:
+        """Return once everything offered so far (and the spool) has been written."""
+        await self._idle.wait()
+
+    def spill_to_spool(self) -> int:
+        """At shutdown: move what is still in memory to the spool; return the lines kept.
+
+        Without a spool nothing can be kept, and the lines are counted as dropped
+        (reason ``shutdown``)."""
+        lines = 0
+        while self._queue:
+            chunk = self._queue.popleft()
+            count = chunk.count(b"\n")
+            if self.spool is not None:
+                self.dropped["spool_full"] += self.spool.append(chunk)
+                lines += count
+            else:
+                self.dropped["shutdown"] += count
+        self._queued_bytes = self._queued_lines = 0
+        return lines
 
     def statistics(self) -> SenderStatistics:
+        spool = self.spool
         return SenderStatistics(
             node=str(self.node), connected=self.connected, sent_lines=self.sent_lines,
             sent_bytes=self.sent_bytes, buffered_lines=self._queued_lines,
-            buffered_bytes=self._queued_bytes, dropped_lines=self.dropped_lines,
-            reconnects=self.reconnects, connect_failures=self.connect_failures,
-            last_flush=self.last_flush, last_exception=self.last_exception,
-            flush_time_ms=self.flush_time_ms, flush_length=self.flush_length)
+            buffered_bytes=self._queued_bytes,
+            spooled_lines=spool.lines if spool is not None else 0,
+            spooled_bytes=spool.bytes if spool is not None else 0,
+            dropped={k: v for k, v in self.dropped.items() if v},
+            reconnects=max(self.connects - 1, 0),
+            connect_failures=self.connect_failures, last_flush=self.last_flush,
+            last_exception=self.last_exception, flush_time_ms=self.flush_time_ms,
+            flush_length=self.flush_length)
 
     async def run(self) -> None:
         """Connect and deliver until cancelled."""
         backoff = BACKOFF_START_SECONDS
         while True:
             stream = await self._connect()
-            if stream is None:
-                await trio.sleep(backoff * random.uniform(0.5, 1.0))
-                backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
-                continue
-            backoff = BACKOFF_START_SECONDS
-            self.connected = True
-            self.reconnects += 1
-            log_event(LOGGER, "carbon_connected", node=str(self.node))
-            error = await self._serve_connection(stream)
-            self.connected = False
-            self.last_exception = time.time()
-            log_event(LOGGER, "carbon_disconnected", level=logging.WARNING,
-                      node=str(self.node), reason=error)
+            if stream is not None:
+                backoff = BACKOFF_START_SECONDS
+                self.connected = True
+                self.connects += 1
+                log_event(LOGGER, "carbon_connected", node=str(self.node),
+                          backlog_lines=self.pending_lines)
+                reason = await self._serve_connection(stream)
+                self.connected = False
+                self.last_exception = time.time()
+                log_event(LOGGER, "carbon_disconnected", level=logging.WARNING,
+                          node=str(self.node), reason=reason)
             await trio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+
+    async def _connect(self) -> trio.SocketStream | None:
+        try:
+            with trio.fail_after(self.connect_timeout):
+                return await trio.open_tcp_stream(self.node.host, self.node.port)
+        except (OSError, trio.TooSlowError) as e:
+            self.connect_failures += 1
+            self.last_exception = time.time()
+            if self.connect_failures in (1, 10, 100) or self.connect_failures % 1000 == 0:
+                log_event(LOGGER, "carbon_connect_failed", level=logging.WARNING,
+                          node=str(self.node), failures=self.connect_failures,
+                          error=type(e).__name__, detail=str(e))
+            return None
 
     async def _serve_connection(self, stream: trio.SocketStream) -> str:
         """Deliver on one connection until it fails; return why it ended."""
@@ -185,40 +242,49 @@ class CarbonSender:
             reason = f"{type(group.exceptions[0]).__name__}: {group.exceptions[0]}"
         return reason
 
-    async def _connect(self) -> trio.SocketStream | None:
-        try:
-            with trio.fail_after(self.connect_timeout):
-                return await trio.open_tcp_stream(self.node.host, self.node.port)
-        except (OSError, trio.TooSlowError) as e:
-            self.connect_failures += 1
-            self.last_exception = time.time()
-            if self.connect_failures in (1, 10, 100) or self.connect_failures % 1000 == 0:
-                log_event(LOGGER, "carbon_connect_failed", level=logging.WARNING,
-                          node=str(self.node), failures=self.connect_failures,
-                          error=type(e).__name__, detail=str(e))
-            return None
+    def _next_chunk(self) -> tuple[bytes, bool] | None:
+        """The next chunk to write and whether it comes from the spool (oldest first)."""
+        if self.spool is not None and len(self.spool):
+            chunk = self.spool.peek()
+            if chunk is not None:
+                return chunk, True
+        if self._queue:
+            return self._queue[0], False
+        return None
+
+    def _delivered(self, chunk: bytes, from_spool: bool) -> None:
+        lines = chunk.count(b"\n")
+        if from_spool:
+            assert self.spool is not None
+            self.spool.commit()
+        else:
+            self._queue.popleft()
+            self._queued_bytes -= len(chunk)
+            self._queued_lines -= lines
+        self.sent_lines += lines
+        self.sent_bytes += len(chunk)
+        self.flush_length = len(chunk)
+        self.last_flush = time.time()
 
     async def _deliver(self, stream: trio.SocketStream) -> None:
+        catching_up = self.pending_lines > 0
         while True:
-            if not self._queue:
-                self._empty.set()
+            item = self._next_chunk()
+            if item is None:
+                catching_up = False
+                self._idle.set()
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
                 continue
-            chunk = self._queue[0]
+            chunk, from_spool = item
             started = time.perf_counter()
-            self._sending = True
+            self._sending_queue_head = not from_spool
             try:
                 with trio.fail_after(self.write_timeout):
                     await stream.send_all(chunk)
             finally:
-                self._sending = False
-            self._queue.popleft()
-            self._queued_bytes -= len(chunk)
-            lines = chunk.count(b"\n")
-            self._queued_lines -= lines
-            self.sent_lines += lines
-            self.sent_bytes += len(chunk)
+                self._sending_queue_head = False
             self.flush_time_ms = (time.perf_counter() - started) * 1000
-            self.flush_length = len(chunk)
-            self.last_flush = time.time()
+            self._delivered(chunk, from_spool)
+            if catching_up and self.replay_lines_per_second:
+                await trio.sleep(chunk.count(b"\n") / self.replay_lines_per_second)
