@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -35,6 +36,11 @@ from common.signals import run_signal_handler
 from .config import AggregatorConfig, plain_value
 from .etsyconfig import map_etsy_config, parse_etsy_config
 from .server import serve
+from .supervisor import supervise
+from .worker import WorkerContext, worker_context_from_env
+
+#: Set by the supervisor for its worker processes (JSON: index, sockets, ...).
+WORKER_ENV = "TALLYD_WORKER"
 
 LOGGER = logging.getLogger("aggregator")
 
@@ -75,7 +81,8 @@ def load_config(args: argparse.Namespace) -> tuple[AggregatorConfig, list[str]]:
     return apply_arguments(config, args), warnings
 
 
-async def run(config: AggregatorConfig, args: argparse.Namespace) -> None:
+async def run(config: AggregatorConfig, args: argparse.Namespace,
+              worker: WorkerContext | None = None) -> None:
     stop = trio.Event()
     reload_send, reload_receive = trio.open_memory_channel[AggregatorConfig](4)
 
@@ -101,7 +108,7 @@ async def run(config: AggregatorConfig, args: argparse.Namespace) -> None:
         nursery.start_soon(partial(run_signal_handler, on_stop=stop.set, on_force=on_force,
                                    on_reload=on_reload))
         await serve(config, shutdown_trigger=shutdown_trigger,
-                    reload_trigger=reload_receive.receive)
+                    reload_trigger=reload_receive.receive, worker=worker)
         nursery.cancel_scope.cancel()
 
 
@@ -118,6 +125,7 @@ def find_config_error(exc: BaseException) -> ConfigError | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -134,8 +142,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_config:
         print("configuration ok", file=sys.stderr)
         return 0
+    worker_env = os.environ.get(WORKER_ENV)
+    workers = config.workers or os.cpu_count() or 1
     try:
-        trio.run(run, config, args)
+        if worker_env:
+            trio.run(run, config, args, worker_context_from_env(worker_env, len(config.listen)))
+        elif workers > 1:
+            return trio.run(supervise, config, argv, workers)
+        else:
+            trio.run(run, config, args)
+        # Stopped: a late duplicate SIGTERM (service managers signal the whole group) must
+        # not turn a clean exit into a death by signal.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     except (Exception, KeyboardInterrupt) as e:
         error = find_config_error(e)
         if error is None:

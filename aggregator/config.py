@@ -148,6 +148,10 @@ class AggregatorConfig:
     replication_factor: int = setting(
         1, kind="int", converter=int, validator=v.ge(1),
         help="Carbon nodes (on distinct hosts) each path is written to")
+    workers: int | None = setting(
+        None, kind="int", converter=lambda x: None if x is None else int(x),
+        validator=v.optional(v.ge(1)), metavar="N",
+        help="worker processes, each owning a share of the names (default: one per core)")
     console: bool = setting(
         False, kind="bool",
         help="also print every flush to standard output (Graphite plaintext)", etsy="backends")

@@ -112,10 +112,14 @@ class GraphiteRenderer:
             self._stat_names[stat] = name = b"." + stat.encode() if keep else None
             return name
 
-    def render_chunks(self, snap: FlushSnapshot) -> Iterator[bytes]:
+    def render_chunks(self, snap: FlushSnapshot, *, num_stats: int | None = None
+                      ) -> Iterator[bytes]:
         """Yield the flush's data lines in chunks of at most ``chunk_names`` names.
 
-        The last chunk holds ``numStats``; `render_internal` adds the rest.
+        Args:
+            num_stats: the ``numStats`` value to report (Etsy: the snapshot's name count;
+                with several workers, worker 0 reports all workers' total), or None to
+                leave the line out (the other workers). `render_internal` adds the rest.
         """
         tail = b" " + str(snap.timestamp).encode() + b"\n"
         sfx = self.suffix
@@ -187,8 +191,10 @@ class GraphiteRenderer:
                 yield b"".join(chunk)
                 chunk, names = [], 0
 
-        chunk.append(self.num_stats + sfx + b" " + str(snap.key_count).encode() + tail)
-        yield b"".join(chunk)
+        if num_stats is not None:
+            chunk.append(self.num_stats + sfx + b" " + str(num_stats).encode() + tail)
+        if chunk:
+            yield b"".join(chunk)
 
     def render_internal(self, timestamp: int, values: Mapping[str, float]) -> bytes:
         """Lines for tallyd's own timing metrics, under ``stats.<prefix_stats>.``.

@@ -36,6 +36,14 @@ class Output(Protocol):
     def offer(self, payload: bytes) -> None: ...
 
 
+class Coordinator(Protocol):
+    """Keeps the workers of one aggregator in step at each flush (`aggregator.worker`)."""
+
+    async def before_swap(self, timestamp: int) -> None: ...
+
+    async def num_stats(self, timestamp: int, own: int) -> int | None: ...
+
+
 class FlushStatistics:
     """What the last flush took (shown by the admin ``stats`` command)."""
 
@@ -71,12 +79,15 @@ class Flusher:
 
     def __init__(self, aggregator: Aggregator, renderer: GraphiteRenderer,
                  outputs: Sequence[Output], interval: float, *,
-                 internal_values: Callable[[], dict[str, float]] = dict) -> None:
+                 internal_values: Callable[[], dict[str, float]] = dict,
+                 coordinator: Coordinator | None = None) -> None:
         self.aggregator = aggregator
         self.renderer = renderer
         self.outputs = outputs
         self.interval = interval
         self.internal_values = internal_values
+        self.coordinator = coordinator
+        self.report_internal = aggregator.options.report_internal
         self.stats = FlushStatistics()
         self.self_metrics = True
         self._lock = trio.Lock()
@@ -90,21 +101,26 @@ class Flusher:
         always reaches the outputs."""
         with trio.CancelScope(shield=True):
             async with self._lock:
+                if self.coordinator is not None:
+                    await self.coordinator.before_swap(timestamp)
                 started = time.perf_counter()
                 snapshot = self.aggregator.swap(timestamp, self.interval)
                 swapped = time.perf_counter()
+                num_stats: int | None = snapshot.key_count
+                if self.coordinator is not None:
+                    num_stats = await self.coordinator.num_stats(timestamp, snapshot.key_count)
                 lines = 0
-                for chunk in self.renderer.render_chunks(snapshot):
+                for chunk in self.renderer.render_chunks(snapshot, num_stats=num_stats):
                     lines += chunk.count(b"\n")
                     self._ship(chunk)
                     await trio.lowlevel.checkpoint()
                 done = time.perf_counter()
                 render_ms = (done - swapped) * 1000
-                internal = {
-                    "processing_time": round((done - started) * 1000),
-                    "graphiteStats.calculationtime": round(self.stats.last_render_ms),
-                    **self.internal_values(),
-                }
+                internal: dict[str, float] = {}
+                if self.report_internal:
+                    internal["processing_time"] = round((done - started) * 1000)
+                    internal["graphiteStats.calculationtime"] = round(self.stats.last_render_ms)
+                internal.update(self.internal_values())
                 tail = self.renderer.render_internal(timestamp, internal)
                 self._ship(tail)
                 stats = self.stats

@@ -48,6 +48,10 @@ class LedgerOptions:
     delete_gauges: bool = False
     gauges_max_ttl: int = 1
     max_line_bytes: int = 65_536
+    #: Whether this ledger reports Etsy's internal metrics (bad_lines_seen,
+    #: packets_received, metrics_received, timestamp_lag). With several workers only
+    #: worker 0 does, with the other workers' counts added in (`add_intake`).
+    report_internal: bool = True
 
 
 class Ledger:
@@ -118,19 +122,26 @@ class Aggregator:
             prefix + b".metrics_received",
         )
         self.lag_key = prefix + b".timestamp_lag"
-        for key in self.internal_keys:
-            self.ledger.counters[key] = 0.0
+        if options.report_internal:
+            for key in self.internal_keys:
+                self.ledger.counters[key] = 0.0
 
-    def ingest(self, packet: bytes) -> None:
-        """Aggregate one packet (a datagram, or a block of complete lines from a stream)."""
+    def ingest(self, packet: bytes, *, intake: bool = True) -> None:
+        """Aggregate one packet (a datagram, or a block of complete lines from a stream).
+
+        Args:
+            intake: count the packet and its lines as received here (``packets_received``,
+                ``metrics_received``); false for lines another worker received and
+                forwarded, which that worker already counted.
+        """
         ledger = self.ledger
-        ledger.packets += 1
         parse = self.parser.parse_line
         counters = ledger.counters
+        lines = 0
         for line in packet.split(b"\n"):
             if not line:
                 continue
-            ledger.lines += 1
+            lines += 1
             samples, errors = parse(line)
             if errors:
                 ledger.bad_lines += len(errors)
@@ -160,6 +171,21 @@ class Aggregator:
                     if members is None:
                         members = ledger.sets[key] = set()
                     members.add(value)  # type: ignore[arg-type]
+        if intake:
+            ledger.packets += 1
+            ledger.lines += lines
+
+    def add_intake(self, packets: int, lines: int, bad_lines: int) -> None:
+        """Count intake that happened elsewhere (another worker's share) in this interval."""
+        ledger = self.ledger
+        ledger.packets += packets
+        ledger.lines += lines
+        ledger.bad_lines += bad_lines
+
+    def intake_counts(self) -> tuple[int, int, int]:
+        """This interval's ``(packets, lines, bad_lines)`` so far."""
+        ledger = self.ledger
+        return ledger.packets, ledger.lines, ledger.bad_lines
 
     def take_errors(self) -> list[ParseError]:
         """Hand the kept bad lines to the caller (for rate-limited logging)."""
@@ -176,11 +202,12 @@ class Aggregator:
         opts = self.options
         old, new = self.ledger, Ledger()
         counters = old.counters
-        for key, count in zip(self.internal_keys, (old.bad_lines, old.packets, old.lines),
-                              strict=True):
-            counters[key] = counters.get(key, 0.0) + count
-        if self.last_timestamp is not None:
-            self.gauges[self.lag_key] = timestamp - self.last_timestamp - interval
+        if opts.report_internal:
+            for key, count in zip(self.internal_keys, (old.bad_lines, old.packets, old.lines),
+                                  strict=True):
+                counters[key] = counters.get(key, 0.0) + count
+            if self.last_timestamp is not None:
+                self.gauges[self.lag_key] = timestamp - self.last_timestamp - interval
         self.last_timestamp = timestamp
 
         if opts.delete_counters:

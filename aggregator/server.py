@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -42,16 +43,16 @@ from common.listener import (
 )
 from common.logging import log_event, set_level
 from common.netstat import udp_socket_drops
-from common.ring import CarbonNode, Ring
+from common.address import format_host_port
 
+from .admin import AggregatorAdmin
 from .backends.console import ConsoleOutput
-from .backends.graphite import CarbonSender, SenderStatistics
+from .carbon import CarbonOutput
 from .config import AggregatorConfig, identity_from_hostname
 from .flush import GraphiteRenderer
 from .flusher import Flusher
 from .ledger import Aggregator
-from .placement import Placement
-from .spool import Spool
+from .worker import Exchange, WorkerContext
 
 LOGGER = logging.getLogger(__name__)
 
@@ -68,135 +69,6 @@ class BoundAddresses:
 
     def first(self, kind: str) -> str:
         return next(address for k, address in self.intake if k == kind)
-
-
-def node_component(node: CarbonNode) -> str:
-    """A Carbon node as one Graphite path component: ``127_0_0_1_2003_a``."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(node))
-
-
-class CarbonOutput:
-    """Places each line on the Carbon ring and hands it to that node's sender."""
-
-    def __init__(self, config: AggregatorConfig) -> None:
-        ring = Ring.from_nodes(config.carbon, hash_type=config.ring_hash,
-                               replication_factor=config.replication_factor)
-        self.placement = Placement(ring)
-        spool_root = Path(config.carbon_spool_dir) if config.carbon_spool_dir else None
-        self.senders: dict[CarbonNode, CarbonSender] = {
-            node: CarbonSender(
-                node, buffer_bytes=config.carbon_buffer_bytes,
-                connect_timeout=config.carbon_connect_timeout,
-                write_timeout=config.carbon_write_timeout,
-                spool=(Spool(spool_root / node_component(node), config.carbon_spool_max_bytes)
-                       if spool_root is not None else None),
-                replay_lines_per_second=config.carbon_replay_lines_per_second)
-            for node in ring.nodes
-        }
-        self._last: dict[CarbonNode, SenderStatistics] = {}
-
-    def offer(self, payload: bytes) -> None:
-        for node, block in self.placement.split(payload).items():
-            self.senders[node].offer(block)
-
-    async def wait_delivered(self) -> None:
-        for sender in self.senders.values():
-            await sender.wait_idle()
-
-    def spill_to_spool(self) -> int:
-        return sum(sender.spill_to_spool() for sender in self.senders.values())
-
-    def graphite_stats(self) -> dict[str, float]:
-        """Etsy's four graphite backend figures, summed or worst-of over the nodes."""
-        stats = [s.statistics() for s in self.senders.values()]
-        return {
-            "graphiteStats.last_exception": round(max(s.last_exception for s in stats)),
-            "graphiteStats.last_flush": round(min(s.last_flush for s in stats)),
-            "graphiteStats.flush_time": round(max(s.flush_time_ms for s in stats)),
-            "graphiteStats.flush_length": sum(s.flush_length for s in stats),
-        }
-
-    def self_metrics(self, identity: str) -> dict[str, float]:
-        """Per-node figures for this flush, under ``tallyd.<identity>.carbon.<node>.``:
-        counts since the previous flush, and the current levels."""
-        out: dict[str, float] = {}
-        for node, sender in self.senders.items():
-            now = sender.statistics()
-            before = self._last.get(node)
-            self._last[node] = now
-            head = f"tallyd.{identity}.carbon.{node_component(node)}."
-            out[head + "sent_lines"] = now.sent_lines - (before.sent_lines if before else 0)
-            out[head + "reconnects"] = now.reconnects - (before.reconnects if before else 0)
-            for reason in ("buffer_full", "spool_full", "shutdown"):
-                out[head + "dropped_lines." + reason] = (
-                    now.dropped.get(reason, 0) - (before.dropped.get(reason, 0) if before else 0))
-            out[head + "buffered_lines"] = now.buffered_lines
-            out[head + "spooled_lines"] = now.spooled_lines
-            out[head + "connected"] = int(now.connected)
-        return out
-
-
-class AggregatorAdmin:
-    """The aggregator as the management protocol sees it."""
-
-    def __init__(self, config: AggregatorConfig, aggregator: Aggregator,
-                 carbon: CarbonOutput | None, intake: IntakeStatistics) -> None:
-        self.config = config
-        self.aggregator = aggregator
-        self.carbon = carbon
-        self.intake = intake
-        self.health = config.health_status
-        self.started = time.time()
-        self.last_msg_seen = self.started
-
-    def stats_lines(self) -> Sequence[tuple[str, object]]:
-        now = time.time()
-        agg = self.aggregator
-        lines: list[tuple[str, object]] = [
-            ("uptime", round(now - self.started)),
-            ("messages.last_msg_seen", round(now - self.last_msg_seen)),
-            ("messages.bad_lines_seen", agg.bad_lines_total),
-            ("intake.stream_connections", self.intake.stream_connections),
-            ("intake.stream_connections_refused", self.intake.stream_connections_refused),
-        ]
-        if self.carbon is not None:
-            for sender in self.carbon.senders.values():
-                s = sender.statistics()
-                lines += [
-                    (f"graphite.{s.node}.connected", int(s.connected)),
-                    (f"graphite.{s.node}.sent_lines", s.sent_lines),
-                    (f"graphite.{s.node}.buffered_lines", s.buffered_lines),
-                    (f"graphite.{s.node}.spooled_lines", s.spooled_lines),
-                    (f"graphite.{s.node}.dropped_lines", s.dropped_lines),
-                    (f"graphite.{s.node}.reconnects", s.reconnects),
-                    (f"graphite.{s.node}.last_flush", round(now - s.last_flush)),
-                    (f"graphite.{s.node}.last_exception",
-                     round(now - s.last_exception) if s.last_exception else "never"),
-                ]
-        return lines
-
-    def config_lines(self) -> Sequence[tuple[str, object]]:
-        from .config import plain_value
-
-        return [(f.name, json.dumps(plain_value(f.name, getattr(self.config, f.name))))
-                for f in attrs.fields(AggregatorConfig)]
-
-    def dump(self, kind: str) -> str | None:
-        agg = self.aggregator
-        data: dict[bytes, Any]
-        if kind == "counters":
-            data = agg.ledger.counters
-        elif kind == "gauges":
-            data = agg.gauges
-        else:
-            data = {k: list(v) for k, v in agg.ledger.timers.items()}
-            data.update({k: [] for k in agg.known_timers if k not in data})
-        return json.dumps({k.decode("ascii", "replace"): v for k, v in data.items()},
-                          indent=2, sort_keys=True)
-
-    def delete(self, kind: str, names: Sequence[str]) -> list[str]:
-        deleted = self.aggregator.delete(kind, [n.encode() for n in names])
-        return [d.decode("ascii", "replace") for d in deleted]
 
 
 async def _run_reloads(
@@ -216,7 +88,8 @@ async def _run_reloads(
         current = attrs.evolve(current, **{name: getattr(new, name) for name in applied})
         flusher.renderer = GraphiteRenderer(current.naming)
         flusher.self_metrics = current.self_metrics
-        aggregator.options = current.ledger_options
+        aggregator.options = attrs.evolve(
+            current.ledger_options, report_internal=aggregator.options.report_internal)
         set_level(current.log_level)
         log_event(LOGGER, "reloaded", applied=",".join(applied) or "none",
                   restart_required=",".join(ignored) or "none",
@@ -249,6 +122,19 @@ def bind_all(config: AggregatorConfig) -> list[BoundSocket]:
     return bound
 
 
+def adopt_sockets(config: AggregatorConfig, sockets: Sequence[socket.socket]) -> list[BoundSocket]:
+    """Wrap sockets bound by the supervisor, in listen order."""
+    bound = []
+    for url, sock in zip(config.listen, sockets, strict=True):
+        if url.scheme in ("unix", "unixgram"):
+            address = url.path
+        else:
+            host, port = sock.getsockname()[:2]
+            address = format_host_port(host, port)
+        bound.append(BoundSocket(url=url, sock=sock, address=address))
+    return bound
+
+
 async def serve(
     config: AggregatorConfig,
     *,
@@ -256,6 +142,7 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     reload_trigger: Callable[[], Awaitable[AggregatorConfig]] | None = None,
     wall_clock: Callable[[], float] = time.time,
+    worker: WorkerContext | None = None,
 ) -> None:
     """Run an aggregator until ``shutdown_trigger`` returns (or forever), then stop gracefully.
 
@@ -266,40 +153,54 @@ async def serve(
         reload_trigger: awaited repeatedly; each config it returns is applied (the
             reloadable settings; the others are logged as needing a restart).
         wall_clock: epoch seconds (tests inject a fake one).
+        worker: set when this process is one worker of several (`aggregator.supervisor`
+            bound the sockets); None for a single-process aggregator.
 
     Raises:
         ConfigError: when a socket cannot be bound or the ring is invalid.
     """
-    aggregator = Aggregator(config.ledger_options)
+    first = worker is None or worker.index == 0
+    options = attrs.evolve(config.ledger_options, report_internal=first)
+    aggregator = Aggregator(options)
     carbon = CarbonOutput(config) if config.carbon else None
     console = ConsoleOutput() if config.console else None
     outputs: list[Any] = [o for o in (carbon, console) if o is not None]
     intake = IntakeStatistics()
-    bound = bind_all(config)
-    mgmt_listeners = await trio.open_tcp_listeners(config.mgmt_port, host=config.mgmt_address)
+    identity = config.identity or identity_from_hostname(socket.gethostname())
+    exchange: Exchange | None = None
+    if worker is None:
+        bound = bind_all(config)
+        mgmt_listeners = await trio.open_tcp_listeners(config.mgmt_port, host=config.mgmt_address)
+        handle: Callable[[bytes], None] = aggregator.ingest
+    else:
+        bound = adopt_sockets(config, worker.sockets)
+        mgmt_listeners = ([trio.SocketListener(trio.socket.from_stdlib_socket(worker.mgmt))]
+                          if worker.mgmt is not None else [])
+        identity = f"{identity}-w{worker.index}"
+        exchange = Exchange(worker, aggregator, config.flush_interval)
+        handle = exchange.handle
     admin = AggregatorAdmin(config, aggregator, carbon, intake)
 
-    def handle(packet: bytes) -> None:
-        aggregator.ingest(packet)
-
-    identity = config.identity or identity_from_hostname(socket.gethostname())
-
     def internal_values() -> dict[str, float]:
-        if carbon is None:
-            return {}
-        values = carbon.graphite_stats()
-        if flusher.self_metrics:
-            values.update(carbon.self_metrics(identity))
+        values: dict[str, float] = {}
+        if carbon is not None:
+            if first:
+                values.update(carbon.graphite_stats())
+            if flusher.self_metrics:
+                values.update(carbon.self_metrics(identity))
+        if exchange is not None and flusher.self_metrics:
+            values.update(exchange_metrics(exchange, identity))
         return values
 
     flusher = Flusher(aggregator, GraphiteRenderer(config.naming), outputs,
-                      config.flush_interval, internal_values=internal_values)
+                      config.flush_interval, internal_values=internal_values,
+                      coordinator=exchange)
     flusher.self_metrics = config.self_metrics
-    mgmt_host, mgmt_port = mgmt_listeners[0].socket.getsockname()[:2]
-    addresses = BoundAddresses(
-        intake=tuple((b.url.scheme, b.address) for b in bound),
-        mgmt=f"{mgmt_host}:{mgmt_port}",
-    )
+    mgmt = ""
+    if mgmt_listeners:
+        mgmt_host, mgmt_port = mgmt_listeners[0].socket.getsockname()[:2]
+        mgmt = format_host_port(mgmt_host, mgmt_port)
+    addresses = BoundAddresses(intake=tuple((b.url.scheme, b.address) for b in bound), mgmt=mgmt)
     try:
         async with trio.open_nursery() as nursery:
             for output in outputs:
@@ -308,7 +209,10 @@ async def serve(
                         nursery.start_soon(sender.run)
                 else:
                     nursery.start_soon(output.run)
-            await nursery.start(run_admin_server, mgmt_listeners, admin)
+            if mgmt_listeners:
+                await nursery.start(run_admin_server, mgmt_listeners, admin)
+            if exchange is not None:
+                nursery.start_soon(exchange.run)
             intake_scope = trio.CancelScope()
 
             async def run_intake() -> None:
@@ -334,14 +238,12 @@ async def serve(
             nursery.start_soon(_report_bad_lines, aggregator)
             if reload_trigger is not None:
                 nursery.start_soon(_run_reloads, reload_trigger, config, flusher, aggregator)
-            for kind, address in addresses.intake:
-                log_event(LOGGER, "listening", kind=kind, address=address)
-            log_event(LOGGER, "listening", kind="mgmt", address=addresses.mgmt)
-            for b in bound:
-                if b.url.scheme == "udp":
-                    log_event(LOGGER, "udp_receive_buffer", address=b.address,
-                              bytes=b.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), drops=udp_socket_drops(b.sock))
-            log_event(LOGGER, "started", flush_interval=config.flush_interval,
+            if worker is None:
+                log_listening(config, bound, addresses.mgmt)
+            log_event(LOGGER, "started" if worker is None else "worker_started",
+                      worker=worker.index if worker else 0, pid=os.getpid(),
+                      generation=worker.generation if worker else 0,
+                      flush_interval=config.flush_interval,
                       carbon=",".join(str(n) for n in config.carbon) or "none",
                       ring=carbon.placement.ring.fingerprint() if carbon else "none")
             task_status.started(addresses)
@@ -371,5 +273,30 @@ async def serve(
                       level=logging.WARNING if lost else logging.INFO)
             nursery.cancel_scope.cancel()
     finally:
-        for b in bound:
-            close_listener(b)
+        if worker is None:
+            for b in bound:
+                close_listener(b)
+
+
+def log_listening(config: AggregatorConfig, bound: Sequence[BoundSocket], mgmt: str) -> None:
+    """The ``event=listening`` lines scripts and tests read to find the bound ports."""
+    for b in bound:
+        log_event(LOGGER, "listening", kind=b.url.scheme, address=b.address)
+    log_event(LOGGER, "listening", kind="mgmt", address=mgmt)
+    for b in bound:
+        if b.url.scheme == "udp":
+            log_event(LOGGER, "udp_receive_buffer", address=b.address,
+                      bytes=b.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+                      drops=udp_socket_drops(b.sock))
+
+
+def exchange_metrics(exchange: Exchange, identity: str) -> dict[str, float]:
+    """A worker's exchange figures (totals since start), under ``tallyd.<identity>.``."""
+    head = f"tallyd.{identity}.exchange."
+    return {
+        head + "forwarded_lines": exchange.forwarded_lines,
+        head + "received_lines": exchange.received_lines,
+        head + "dropped_lines.worker_down": exchange.dropped["worker_down"],
+        head + "dropped_lines.exchange_full": exchange.dropped["exchange_full"],
+        f"tallyd.{identity}.worker.generation": exchange.context.generation,
+    }

@@ -15,7 +15,8 @@ def render(packets: list[bytes], naming: Naming = Naming(), *, flushes: int = 1,
     renderer = GraphiteRenderer(naming, chunk_names=chunk_names)
     out = b""
     for i in range(flushes):
-        out = b"".join(renderer.render_chunks(a.swap(1000 + 10 * i, interval)))
+        snap = a.swap(1000 + 10 * i, interval)
+        out = b"".join(renderer.render_chunks(snap, num_stats=snap.key_count))
     lines = out.decode().splitlines()
     assert all(line.endswith(f" {1000 + 10 * (flushes - 1)}") for line in lines)
     return {line.rsplit(" ", 1)[0] for line in lines}
@@ -92,7 +93,8 @@ def test_calculated_timer_metrics_filters_stats_but_counts_the_timer() -> None:
 def test_chunks_split_large_flushes() -> None:
     a = Aggregator(LedgerOptions())
     a.ingest(b"".join(b"c%d:1|c\n" % i for i in range(25)))
-    chunks = list(GraphiteRenderer(Naming(), chunk_names=10).render_chunks(a.swap(10, 10.0)))
+    snap = a.swap(10, 10.0)
+    chunks = list(GraphiteRenderer(Naming(), chunk_names=10).render_chunks(snap, num_stats=28))
     assert len(chunks) == 3
     assert sum(c.count(b"\n") for c in chunks) == 2 * 28 + 1
 
@@ -103,3 +105,10 @@ def test_render_internal_names() -> None:
     r2 = GraphiteRenderer(Naming(legacy_namespace=False, global_prefix=""))
     assert r2.render_internal(5, {"graphiteStats.flush_length": 10}) == (
         b"statsd.graphiteStats.flush_length 10 5\n")
+
+
+def test_without_num_stats_the_line_is_left_out() -> None:
+    a = Aggregator(LedgerOptions(report_internal=False))
+    a.ingest(b"c:1|c")
+    out = b"".join(GraphiteRenderer(Naming()).render_chunks(a.swap(10, 10.0)))
+    assert out == b"stats.c 0.1 10\nstats_counts.c 1 10\n"

@@ -1,0 +1,80 @@
+"""The aggregator as the Etsy management protocol sees it (`common.admin.AdminTarget`).
+
+SHELL (reads live state; the protocol itself is the pure `common.admin`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from common.listener import IntakeStatistics
+
+from .carbon import CarbonOutput
+from .config import AggregatorConfig, plain_value
+from .ledger import Aggregator
+
+
+class AggregatorAdmin:
+    """The aggregator as the management protocol sees it."""
+
+    def __init__(self, config: AggregatorConfig, aggregator: Aggregator,
+                 carbon: CarbonOutput | None, intake: IntakeStatistics) -> None:
+        self.config = config
+        self.aggregator = aggregator
+        self.carbon = carbon
+        self.intake = intake
+        self.health = config.health_status
+        self.started = time.time()
+        self.last_msg_seen = self.started
+
+    def stats_lines(self) -> Sequence[tuple[str, object]]:
+        now = time.time()
+        agg = self.aggregator
+        lines: list[tuple[str, object]] = [
+            ("uptime", round(now - self.started)),
+            ("messages.last_msg_seen", round(now - self.last_msg_seen)),
+            ("messages.bad_lines_seen", agg.bad_lines_total),
+            ("intake.stream_connections", self.intake.stream_connections),
+            ("intake.stream_connections_refused", self.intake.stream_connections_refused),
+        ]
+        if self.carbon is not None:
+            for sender in self.carbon.senders.values():
+                s = sender.statistics()
+                lines += [
+                    (f"graphite.{s.node}.connected", int(s.connected)),
+                    (f"graphite.{s.node}.sent_lines", s.sent_lines),
+                    (f"graphite.{s.node}.buffered_lines", s.buffered_lines),
+                    (f"graphite.{s.node}.spooled_lines", s.spooled_lines),
+                    (f"graphite.{s.node}.dropped_lines", s.dropped_lines),
+                    (f"graphite.{s.node}.reconnects", s.reconnects),
+                    (f"graphite.{s.node}.last_flush", round(now - s.last_flush)),
+                    (f"graphite.{s.node}.last_exception",
+                     round(now - s.last_exception) if s.last_exception else "never"),
+                ]
+        return lines
+
+    def config_lines(self) -> Sequence[tuple[str, object]]:
+        return [(f.name, json.dumps(plain_value(f.name, getattr(self.config, f.name))))
+                for f in attrs.fields(AggregatorConfig)]
+
+    def dump(self, kind: str) -> str | None:
+        agg = self.aggregator
+        data: dict[bytes, Any]
+        if kind == "counters":
+            data = agg.ledger.counters
+        elif kind == "gauges":
+            data = agg.gauges
+        else:
+            data = {k: list(v) for k, v in agg.ledger.timers.items()}
+            data.update({k: [] for k in agg.known_timers if k not in data})
+        return json.dumps({k.decode("ascii", "replace"): v for k, v in data.items()},
+                          indent=2, sort_keys=True)
+
+    def delete(self, kind: str, names: Sequence[str]) -> list[str]:
+        deleted = self.aggregator.delete(kind, [n.encode() for n in names])
+        return [d.decode("ascii", "replace") for d in deleted]

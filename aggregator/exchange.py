@@ -1,0 +1,111 @@
+"""Worker ledgers: which worker owns a line, and the messages workers exchange.
+
+With ``workers = W > 1`` an aggregator runs W processes that all read the same intake
+sockets. A worker that reads a packet keeps the lines whose name it owns (H2, see
+`common.shard.worker_index`) and forwards the others, batched, to their owners. So every
+name is aggregated by exactly one worker, whichever worker read it.
+
+Messages (Unix datagrams; the first byte says which):
+
+* ``D`` + lines: forwarded lines, newline-separated, for the receiver to aggregate;
+* ``M`` + (sender, timestamp, packets, lines, bad_lines): "flush mark": the sender has forwarded
+  everything it read before the flush at ``timestamp``, and this is its intake count
+  for the interval;
+* ``S`` + (sender, timestamp, names): after its swap, a worker's number of reported names
+  (Etsy's ``numStats`` is the total over all workers, reported by worker 0).
+
+Each flush is a barrier: a worker sends its mark to every peer, waits (boundedly) for
+every peer's mark, then swaps. Channels between two workers are FIFO, so all lines a
+peer read before the flush instant are in the interval, and worker 0 can report Etsy's
+internal counters exactly summed over the workers.
+
+Pure: encoding and splitting only.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from common.protocol import LineParser
+from common.shard import worker_index
+
+DATA: Final = b"D"
+MARK: Final = b"M"
+STATS: Final = b"S"
+_MARK: Final = struct.Struct("!HqQQQ")
+_STATS: Final = struct.Struct("!HqQ")
+
+#: Names whose owner is remembered; the cache starts over past it.
+MAX_CACHED_OWNERS: Final = 1_000_000
+
+
+def encode_mark(sender: int, timestamp: int, packets: int, lines: int, bad_lines: int) -> bytes:
+    return MARK + _MARK.pack(sender, timestamp, packets, lines, bad_lines)
+
+
+def decode_mark(message: bytes) -> tuple[int, int, int, int, int]:
+    """(sender, timestamp, packets, lines, bad_lines) of a mark message."""
+    return _MARK.unpack(message[1:])  # type: ignore[return-value]
+
+
+def encode_stats(sender: int, timestamp: int, names: int) -> bytes:
+    return STATS + _STATS.pack(sender, timestamp, names)
+
+
+def decode_stats(message: bytes) -> tuple[int, int, int]:
+    """(sender, timestamp, names) of a stats message."""
+    return _STATS.unpack(message[1:])  # type: ignore[return-value]
+
+
+class Splitter:
+    """Splits packets between the worker that read them and the names' owners.
+
+    Args:
+        parser: gives each line's Graphite name (and caches it).
+        index: this worker's number.
+        workers: how many workers there are.
+    """
+
+    def __init__(self, parser: LineParser, index: int, workers: int) -> None:
+        self.parser = parser
+        self.index = index
+        self.workers = workers
+        self._owners: dict[bytes, int] = {}
+
+    def owner(self, name: bytes) -> int:
+        owner = self._owners.get(name)
+        if owner is None:
+            if len(self._owners) >= MAX_CACHED_OWNERS:
+                self._owners.clear()
+            owner = self._owners[name] = worker_index(name, self.workers)
+        return owner
+
+    def split(self, packet: bytes) -> tuple[bytes, dict[int, list[bytes]], int]:
+        """Returns ``(own lines, {worker: lines}, number of lines)``.
+
+        A line without a usable name stays here, where the parser will count it as bad.
+        """
+        name_of = self.parser.name_of
+        owners = self._owners
+        own: list[bytes] = []
+        foreign: dict[int, list[bytes]] = {}
+        count = 0
+        me = self.index
+        for line in packet.split(b"\n"):
+            if not line:
+                continue
+            count += 1
+            name = name_of(line)
+            owner = owners.get(name)
+            if owner is None:
+                owner = self.owner(name) if name else me
+            if owner == me:
+                own.append(line)
+            else:
+                batch = foreign.get(owner)
+                if batch is None:
+                    foreign[owner] = [line]
+                else:
+                    batch.append(line)
+        return b"\n".join(own), foreign, count

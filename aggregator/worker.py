@@ -1,0 +1,236 @@
+"""One worker of a multi-process aggregator: the exchange between workers and the flush barrier.
+
+Every worker binds a Unix datagram socket in the abstract namespace
+(``@<exchange>-<index>``) and sends its peers their lines (see `aggregator.exchange`).
+Outgoing messages go through one FIFO queue per peer, so a mark never overtakes the
+lines sent before it; a peer whose socket is full is retried every few milliseconds, and
+past `MAX_PENDING_BYTES` the oldest lines for it are dropped and counted (reason
+``exchange_full``); lines for a worker that is down (restarting) are dropped and counted
+(reason ``worker_down``).
+
+SHELL.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+from collections import Counter, deque
+from typing import Final
+
+import attrs
+import trio
+
+from common.listener import set_receive_buffer
+from common.logging import log_event
+
+from .exchange import (
+    DATA,
+    MARK,
+    STATS,
+    Splitter,
+    decode_mark,
+    decode_stats,
+    encode_mark,
+    encode_stats,
+)
+from .ledger import Aggregator
+
+LOGGER = logging.getLogger(__name__)
+
+#: Forwarded lines are batched up to this size per message (Unix datagrams may be larger,
+#: but smaller messages keep the receiver's per-message work short).
+BATCH_BYTES: Final = 60_000
+#: How long forwarded lines may wait for their batch to fill.
+BATCH_SECONDS: Final = 0.002
+#: Queued for one peer before its oldest lines are dropped.
+MAX_PENDING_BYTES: Final = 64 * 1024 * 1024
+#: Kernel buffers of the exchange sockets.
+EXCHANGE_BUFFER_BYTES: Final = 32 * 1024 * 1024
+#: The longest a flush waits for a peer's mark or name count: a dead or stuck worker
+#: delays the others' flushes by at most this.
+MAX_BARRIER_SECONDS: Final = 1.0
+
+
+@attrs.frozen
+class WorkerContext:
+    """What the supervisor hands a worker process."""
+
+    index: int
+    count: int
+    exchange: str
+    generation: int
+    sockets: tuple[socket.socket, ...]
+    mgmt: socket.socket | None
+
+    def address(self, index: int) -> bytes:
+        return f"\0{self.exchange}-{index}".encode()
+
+
+class Exchange:
+    """Moves lines and flush marks between this worker and its peers."""
+
+    def __init__(self, context: WorkerContext, aggregator: Aggregator, interval: float) -> None:
+        self.context = context
+        self.aggregator = aggregator
+        self.peers = [i for i in range(context.count) if i != context.index]
+        self.splitter = Splitter(aggregator.parser, context.index, context.count)
+        self.barrier_seconds = min(MAX_BARRIER_SECONDS, interval / 4)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(context.address(context.index))
+        self.sock.setblocking(False)
+        set_receive_buffer(self.sock, EXCHANGE_BUFFER_BYTES)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        self._batch: dict[int, list[bytes]] = {p: [] for p in self.peers}
+        self._batch_bytes: dict[int, int] = dict.fromkeys(self.peers, 0)
+        self._queue: dict[int, deque[bytes]] = {p: deque() for p in self.peers}
+        self._queued_bytes: dict[int, int] = dict.fromkeys(self.peers, 0)
+        self._marks: dict[int, dict[int, tuple[int, int, int]]] = {}
+        self._stats: dict[int, dict[int, int]] = {}
+        self._arrived = trio.Event()
+        self.dropped: Counter[str] = Counter()
+        self.forwarded_lines = 0
+        self.received_lines = 0
+
+    # Intake side ------------------------------------------------------------------------
+    def handle(self, packet: bytes) -> None:
+        """The intake callback: keep own lines, batch the others for their owners."""
+        own, foreign, count = self.splitter.split(packet)
+        self.aggregator.add_intake(1, count, 0)
+        if own:
+            self.aggregator.ingest(own, intake=False)
+        for peer, lines in foreign.items():
+            batch = self._batch[peer]
+            batch.extend(lines)
+            self._batch_bytes[peer] += sum(map(len, lines)) + len(lines)
+            if self._batch_bytes[peer] >= BATCH_BYTES:
+                self._close_batch(peer)
+
+    def _close_batch(self, peer: int) -> None:
+        lines = self._batch[peer]
+        if lines:
+            self.forwarded_lines += len(lines)
+            self._enqueue(peer, DATA + b"\n".join(lines))
+            self._batch[peer] = []
+            self._batch_bytes[peer] = 0
+
+    def _enqueue(self, peer: int, message: bytes) -> None:
+        queue = self._queue[peer]
+        queue.append(message)
+        self._queued_bytes[peer] += len(message)
+        while self._queued_bytes[peer] > MAX_PENDING_BYTES and len(queue) > 1:
+            old = queue.popleft()
+            self._queued_bytes[peer] -= len(old)
+            if old[:1] == DATA:
+                self.dropped["exchange_full"] += old.count(b"\n") + 1
+        self._pump(peer)
+
+    def _pump(self, peer: int) -> None:
+        queue = self._queue[peer]
+        address = self.context.address(peer)
+        while queue:
+            message = queue[0]
+            try:
+                self.sock.sendto(message, address)
+            except BlockingIOError:
+                return  # the peer's buffer is full: retried by run()
+            except OSError as e:
+                if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                    raise
+                if message[:1] == DATA:  # peer down (restarting): count what it misses
+                    self.dropped["worker_down"] += message.count(b"\n") + 1
+            queue.popleft()
+            self._queued_bytes[peer] -= len(message)
+
+    # Receiving side ---------------------------------------------------------------------
+    def _receive_all(self) -> None:
+        recv = self.sock.recv
+        while True:
+            try:
+                message = recv(1 << 20)
+            except (BlockingIOError, InterruptedError):
+                return
+            kind = message[:1]
+            if kind == DATA:
+                self.received_lines += message.count(b"\n") + 1
+                self.aggregator.ingest(message[1:], intake=False)
+            elif kind == MARK:
+                sender, timestamp, packets, lines, bad = decode_mark(message)
+                self._marks.setdefault(timestamp, {})[sender] = (packets, lines, bad)
+                self._arrived.set()
+            elif kind == STATS:
+                sender, timestamp, names = decode_stats(message)
+                self._stats.setdefault(timestamp, {})[sender] = names
+                self._arrived.set()
+
+    async def run(self) -> None:
+        """Receive peers' messages and send batches, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._receive_loop)
+            while True:
+                await trio.sleep(BATCH_SECONDS)
+                for peer in self.peers:
+                    self._close_batch(peer)
+                    self._pump(peer)
+
+    async def _receive_loop(self) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(self.sock)
+            self._receive_all()
+            await trio.lowlevel.checkpoint()
+
+    # Flush barrier ----------------------------------------------------------------------
+    async def _wait(self, table: dict[int, dict[int, object]], timestamp: int,
+                    what: str) -> dict[int, object]:
+        with trio.move_on_after(self.barrier_seconds):
+            while len(table.get(timestamp, {})) < len(self.peers):
+                self._receive_all()
+                if len(table.get(timestamp, {})) >= len(self.peers):
+                    break
+                self._arrived = trio.Event()
+                await self._arrived.wait()
+        got = table.pop(timestamp, {})
+        for old in [t for t in table if t < timestamp]:
+            del table[old]
+        if len(got) < len(self.peers):
+            log_event(LOGGER, "worker_barrier_timeout", level=logging.WARNING, what=what,
+                      timestamp=timestamp, missing=len(self.peers) - len(got),
+                      worker=self.context.index)
+        return got
+
+    async def before_swap(self, timestamp: int) -> None:
+        """Mark the flush to every peer, wait for theirs; worker 0 adds their intake."""
+        mark = encode_mark(self.context.index, timestamp, *self.aggregator.intake_counts())
+        for peer in self.peers:
+            self._close_batch(peer)
+            self._enqueue(peer, mark)
+        marks = await self._wait(self._marks, timestamp, "mark")  # type: ignore[arg-type]
+        if self.context.index == 0:
+            for packets, lines, bad in marks.values():  # type: ignore[misc]
+                self.aggregator.add_intake(packets, lines, bad)
+
+    async def num_stats(self, timestamp: int, own: int) -> int | None:
+        """Worker 0: the total name count over all workers; the others send theirs."""
+        if self.context.index != 0:
+            self._enqueue(0, encode_stats(self.context.index, timestamp, own))
+            return None
+        counts = await self._wait(self._stats, timestamp, "names")  # type: ignore[arg-type]
+        return own + sum(counts.values())  # type: ignore[arg-type]
+
+
+def worker_context_from_env(value: str, listen_count: int) -> WorkerContext:
+    """Rebuild the context the supervisor put in ``TALLYD_WORKER`` (JSON)."""
+    import json
+
+    data = json.loads(value)
+    fds = data["fds"]
+    if len(fds) != listen_count:
+        raise RuntimeError(f"supervisor passed {len(fds)} sockets for {listen_count} listeners")
+    sockets = tuple(socket.socket(fileno=fd) for fd in fds)
+    mgmt = socket.socket(fileno=data["mgmt_fd"]) if data.get("mgmt_fd") is not None else None
+    for s in (*sockets, *([mgmt] if mgmt else [])):
+        os.set_blocking(s.fileno(), False)
+    return WorkerContext(index=data["index"], count=data["count"], exchange=data["exchange"],
+                         generation=data["generation"], sockets=sockets, mgmt=mgmt)

@@ -1,0 +1,100 @@
+"""Worker ledgers with real processes: ownership, equality with one process, restarts."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import defaultdict
+
+import pytest
+
+from support.procs import AggregatorProcess, send_udp, start_aggregator, wait_until
+from support.sink import GraphiteSink
+
+pytestmark = [pytest.mark.e2e]
+
+NAMES = 300
+
+
+def packets(rounds: int) -> list[bytes]:
+    out = []
+    for r in range(rounds):
+        lines = [f"w.c{i}:{(i % 7) + 1}|c" for i in range(NAMES)]
+        lines += [f"w.t{i % 20}:{i}|ms" for i in range(r, r + 40)]
+        lines += [f"w.g{i % 5}:+{i}|g" for i in range(10)] + [f"w.s{r % 3}:{r}|s", "bad"]
+        for j in range(0, len(lines), 25):
+            out.append("\n".join(lines[j:j + 25]).encode())
+    return out
+
+
+def run(workers: int, sink: GraphiteSink, datagrams: list[bytes]) -> dict[str, float]:
+    """Send ``datagrams`` between two flushes; return that flush's values by path."""
+    args = ["--listen", "udp://127.0.0.1:0", "--carbon", f"127.0.0.1:{sink.port}",
+            "--flush-interval", "1", "--mgmt-port", "0", "--workers", str(workers),
+            "--no-self-metrics"]
+    with start_aggregator(args) as agg:
+        wait_until(lambda: sink.records(), 15, message="a first flush")
+        start = len(sink.records())
+        before = {r.timestamp for r in sink.records()}
+        send_udp(agg.udp, datagrams)
+        wait_until(lambda: any(r.line.startswith("stats_counts.w.c0 ") and r.timestamp not in before
+                               and r.line.split()[1] != "0" for r in sink.records()[start:]), 15)
+        records = sink.records()[start:]
+        assert agg.stop() == 0
+    ts = next(r.timestamp for r in records if r.line.startswith("stats_counts.w.c0 ")
+              and r.line.split()[1] != "0")
+    values = {}
+    for r in records:
+        if r.timestamp == ts:
+            path, value, _ = r.line.split(" ")
+            assert path not in values, f"{path} written twice in one flush"
+            values[path] = value
+    return values
+
+
+def test_two_workers_equal_one_process_and_own_disjoint_names() -> None:
+    datagrams = packets(3)
+    with GraphiteSink() as sink1:
+        single = run(1, sink1, datagrams)
+    with GraphiteSink() as sink2:
+        double = run(2, sink2, datagrams)
+        by_conn: dict[str, set[int]] = defaultdict(set)
+        for r in sink2.records():
+            by_conn[r.line.split(" ")[0]].add(r.connection)
+    timing = ("processing_time", "calculationtime", "graphiteStats", "timestamp_lag")
+    strip = lambda d: {k: v for k, v in d.items() if not any(t in k for t in timing)}  # noqa: E731
+    assert strip(double) == strip(single)
+    assert single["stats_counts.w.c6"] == "21"
+    assert single["stats_counts.statsd.metrics_received"] == str(3 * (NAMES + 40 + 10 + 2))
+    assert single["stats_counts.statsd.packets_received"] == str(len(datagrams))
+    assert single["statsd.numStats"] == double["statsd.numStats"]
+    assert int(single["stats_counts.statsd.bad_lines_seen"]) == 3
+    shared = {p for p, conns in by_conn.items() if len(conns) > 1}
+    assert not {p for p in shared if p.startswith(("stats.w.", "stats_counts.w.", "stats.timers.w.",
+                                                   "stats.gauges.w.", "stats.sets.w."))}
+    assert len({c for conns in by_conn.values() for c in conns}) >= 2  # both workers wrote
+
+
+def test_killed_worker_is_restarted_and_counted() -> None:
+    with GraphiteSink() as sink:
+        args = ["--listen", "udp://127.0.0.1:0", "--carbon", f"127.0.0.1:{sink.port}",
+                "--flush-interval", "1", "--mgmt-port", "0", "--workers", "2",
+                "--identity", "wtest"]
+        with start_aggregator(args) as agg:
+            agg.wait_for_log(r"event=worker_started worker=1 ", 15)
+            line = agg.wait_for_log(r"event=worker_started worker=1 .*pid=\d+", 15)
+            pid = int(line.split("pid=")[1].split()[0])
+            os.kill(pid, signal.SIGKILL)
+            agg.wait_for_log(r"event=worker_died worker=1 .*restarts=1", 15)
+            agg.wait_for_log(r"event=worker_started worker=1 pid=\d+ generation=1", 15)
+            wait_until(lambda: any(r.line.startswith("stats.statsd.tallyd.wtest-w1.worker.generation 1 ")
+                                   for r in sink.records()), 15)
+            send_udp(agg.udp, [b"\n".join(f"after.c{i}:1|c".encode() for i in range(50))])
+            wait_until(lambda: sum(1 for r in sink.records() if r.line.startswith("stats_counts.after.c")
+                                   and r.line.split()[1] == "1") == 50, 15)
+            assert agg.stop() == 0
+        stamps = defaultdict(set)
+        for r in sink.records():
+            if r.line.startswith("stats_counts.after.c") and r.line.split()[1] == "1":
+                stamps[r.timestamp].add(r.connection)
+        assert len(stamps) == 1, "both workers' shares of one interval carry one timestamp"

@@ -1,0 +1,48 @@
+"""Worker ledgers' pure parts: ownership split and exchange messages."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aggregator.exchange import (
+    Splitter,
+    decode_mark,
+    decode_stats,
+    encode_mark,
+    encode_stats,
+)
+from common.protocol import LineParser
+from common.shard import worker_index
+
+
+def test_marks_and_stats_round_trip() -> None:
+    assert decode_mark(encode_mark(3, 1_700_000_010, 5, 100, 2)) == (3, 1_700_000_010, 5, 100, 2)
+    assert decode_stats(encode_stats(1, 1_700_000_010, 77)) == (1, 1_700_000_010, 77)
+
+
+def test_split_sends_each_line_to_its_owner_and_keeps_unusable_lines() -> None:
+    splitter = Splitter(LineParser(), 0, 3)
+    packet = b"a:1|c\nb:2|c\n\nc:3|ms\n+++:1|c\nbad line\na b:1|c\na_b:1|c|#k:v"
+    own, foreign, count = splitter.split(packet)
+    assert count == 7
+    placed: dict[int, list[bytes]] = {0: own.split(b"\n") if own else [], **foreign}
+    for owner, lines in placed.items():
+        for line in lines:
+            name = LineParser().name_of(line)
+            assert owner == (worker_index(name, 3) if name else 0), line
+    assert b"+++:1|c" in placed[0] and b"bad line" in placed[0]
+    owners = {o for o, lines in placed.items() for line in lines if line.startswith((b"a b", b"a_b"))}
+    assert len(owners) == 1  # one Graphite path, one owner, tags or not
+
+
+@given(st.lists(st.text(alphabet="abcdefghij.", min_size=1, max_size=8), min_size=1, max_size=40),
+       st.integers(min_value=1, max_value=5), st.integers(min_value=0, max_value=4))
+def test_split_loses_and_duplicates_nothing(names: list[str], workers: int, me: int) -> None:
+    me %= workers
+    lines = [f"{n}:1|c".encode() for n in names]
+    own, foreign, count = Splitter(LineParser(), me, workers).split(b"\n".join(lines))
+    out = (own.split(b"\n") if own else []) + [x for v in foreign.values() for x in v]
+    assert count == len(lines)
+    assert sorted(out) == sorted(lines)
+    assert me not in foreign
