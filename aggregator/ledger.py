@@ -34,6 +34,9 @@ from common.protocol import COUNTER, GAUGE, GAUGE_DELTA, HISTOGRAM, SET, TIMER, 
 MAX_KEPT_ERRORS: Final = 20
 
 _KEEP_ON_DELETE: Final = (b"packets_received", b"metrics_received", b"bad_lines_seen")
+#: The exact type fields the inline path of `Aggregator.ingest` handles.
+_FAST_KINDS: Final = {b"c": COUNTER, b"ms": TIMER, b"g": GAUGE, b"h": HISTOGRAM, b"s": SET}
+_SIGNS: Final = (0x2B, 0x2D)  # "+" and "-"
 
 
 @attrs.frozen
@@ -129,51 +132,113 @@ class Aggregator:
     def ingest(self, packet: bytes, *, intake: bool = True) -> None:
         """Aggregate one packet (a datagram, or a block of complete lines from a stream).
 
+        Most lines have the plain shape ``name:value|type`` with a name seen before; those
+        are handled inline here (no lists, no tuples, one cache lookup). Anything else
+        (sample rates, tags, several values, a new name, a bad line) goes through
+        `LineParser.parse_line`, which the fast path must always agree with
+        (tests/unit/test_ledger.py checks it on generated lines).
+
         Args:
             intake: count the packet and its lines as received here (``packets_received``,
                 ``metrics_received``); false for lines another worker received and
                 forwarded, which that worker already counted.
         """
         ledger = self.ledger
-        parse = self.parser.parse_line
         counters = ledger.counters
+        timers = ledger.timers
+        timer_counts = ledger.timer_counts
+        gauges = self.gauges
+        keys = self.parser.keys
+        max_line = self.parser.max_line_bytes
+        slow = self._ingest_line
         lines = 0
         for line in packet.split(b"\n"):
             if not line:
                 continue
             lines += 1
-            samples, errors = parse(line)
-            if errors:
-                ledger.bad_lines += len(errors)
-                self.bad_lines_total += len(errors)
-                if len(self.recent_errors) < MAX_KEPT_ERRORS:
-                    self.recent_errors.extend(errors[: MAX_KEPT_ERRORS - len(self.recent_errors)])
-            for kind, key, value, rate in samples:
-                if kind == COUNTER:
-                    if rate != 1.0:
-                        value = value * (1.0 / rate)  # type: ignore[operator]
-                    counters[key] = counters.get(key, 0.0) + value  # type: ignore[operator]
-                elif kind == TIMER or kind == HISTOGRAM:
-                    timer = ledger.timers.get(key)
-                    if timer is None:
-                        timer = ledger.timers[key] = array("d")
-                    timer.append(value)  # type: ignore[arg-type]
-                    counts = ledger.timer_counts
-                    counts[key] = counts.get(key, 0.0) + (1.0 / rate)
-                elif kind == GAUGE:
-                    self.gauges[key] = value  # type: ignore[assignment]
-                    ledger.gauges_touched.add(key)
-                elif kind == GAUGE_DELTA:
-                    self.gauges[key] = self.gauges.get(key, 0.0) + value  # type: ignore[operator]
-                    ledger.gauges_touched.add(key)
-                elif kind == SET:
-                    members = ledger.sets.get(key)
-                    if members is None:
-                        members = ledger.sets[key] = set()
-                    members.add(value)  # type: ignore[arg-type]
+            name, _, rest = line.partition(b":")
+            value, _, kind = rest.partition(b"|")
+            key = keys.get(name)
+            fast = _FAST_KINDS.get(kind)
+            if fast is None or not key or len(line) > max_line:
+                slow(line)
+                continue
+            if fast == SET:
+                if b":" in value:  # "s:a:b|s" is two segments
+                    slow(line)
+                    continue
+                members = ledger.sets.get(key)
+                if members is None:
+                    members = ledger.sets[key] = set()
+                members.add(value or b"0")
+                continue
+            try:
+                number = float(value)
+            except ValueError:
+                slow(line)
+                continue
+            if number - number != 0.0 or b"_" in value:  # inf, nan, or 1_000
+                slow(line)
+                continue
+            if fast == COUNTER:
+                counters[key] = counters.get(key, 0.0) + number
+            elif fast == TIMER:
+                if number < 0.0:
+                    slow(line)
+                    continue
+                timer = timers.get(key)
+                if timer is None:
+                    timer = timers[key] = array("d")
+                timer.append(number)
+                timer_counts[key] = timer_counts.get(key, 0.0) + 1.0
+            elif fast == GAUGE:
+                if value[0] in _SIGNS:
+                    gauges[key] = gauges.get(key, 0.0) + number
+                else:
+                    gauges[key] = number
+                ledger.gauges_touched.add(key)
+            else:  # HISTOGRAM
+                timer = timers.get(key)
+                if timer is None:
+                    timer = timers[key] = array("d")
+                timer.append(number)
+                timer_counts[key] = timer_counts.get(key, 0.0) + 1.0
         if intake:
             ledger.packets += 1
             ledger.lines += lines
+
+    def _ingest_line(self, line: bytes) -> None:
+        """The general path: parse with `LineParser` and apply every sample."""
+        ledger = self.ledger
+        samples, errors = self.parser.parse_line(line)
+        if errors:
+            ledger.bad_lines += len(errors)
+            self.bad_lines_total += len(errors)
+            if len(self.recent_errors) < MAX_KEPT_ERRORS:
+                self.recent_errors.extend(errors[: MAX_KEPT_ERRORS - len(self.recent_errors)])
+        for kind, key, value, rate in samples:
+            if kind == COUNTER:
+                if rate != 1.0:
+                    value = value * (1.0 / rate)  # type: ignore[operator]
+                ledger.counters[key] = ledger.counters.get(key, 0.0) + value  # type: ignore[operator]
+            elif kind == TIMER or kind == HISTOGRAM:
+                timer = ledger.timers.get(key)
+                if timer is None:
+                    timer = ledger.timers[key] = array("d")
+                timer.append(value)  # type: ignore[arg-type]
+                counts = ledger.timer_counts
+                counts[key] = counts.get(key, 0.0) + (1.0 / rate)
+            elif kind == GAUGE:
+                self.gauges[key] = value  # type: ignore[assignment]
+                ledger.gauges_touched.add(key)
+            elif kind == GAUGE_DELTA:
+                self.gauges[key] = self.gauges.get(key, 0.0) + value  # type: ignore[operator]
+                ledger.gauges_touched.add(key)
+            elif kind == SET:
+                members = ledger.sets.get(key)
+                if members is None:
+                    members = ledger.sets[key] = set()
+                members.add(value)  # type: ignore[arg-type]
 
     def add_intake(self, packets: int, lines: int, bad_lines: int) -> None:
         """Count intake that happened elsewhere (another worker's share) in this interval."""

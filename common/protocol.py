@@ -172,15 +172,19 @@ class LineParser:
         self.sanitize = sanitize
         self.max_line_bytes = max_line_bytes
         self._cache_size = cache_size
-        self._keys: dict[bytes, bytes] = {}
+        #: Raw key (plus ``:`` and the DogStatsD tag text, if any) -> stored key; b"" for
+        #: keys that are unusable. Read directly by the ledger's inline fast path.
+        self.keys: dict[bytes, bytes] = {}
 
     def stored_key(self, raw: bytes, tagpart: bytes = b"") -> bytes:
         """Return the key a ledger stores for ``raw`` with DogStatsD ``tagpart``.
 
         Empty when the key's name (the part before any ``;``) sanitises to nothing.
         """
-        cache_key = raw + b"|#" + tagpart if tagpart else raw
-        key = self._keys.get(cache_key)
+        # ":" never occurs in a raw key, so a tagged entry can never be mistaken for an
+        # untagged key (the ledger's fast path looks raw keys up directly).
+        cache_key = raw + b":" + tagpart if tagpart else raw
+        key = self.keys.get(cache_key)
         if key is None:
             key = raw
             if tagpart:
@@ -191,9 +195,9 @@ class LineParser:
             name = key.split(b";", 1)[0]
             if not (sanitize_key(name) if not self.sanitize else name):
                 key = b""
-            if len(self._keys) >= self._cache_size:
-                self._keys.clear()
-            self._keys[cache_key] = key
+            if len(self.keys) >= self._cache_size:
+                self.keys.clear()
+            self.keys[cache_key] = key
         return key
 
     def name_of(self, line: bytes) -> bytes:

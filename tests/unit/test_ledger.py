@@ -123,3 +123,52 @@ def test_admin_delete_exact_and_folder() -> None:
     snap = a.swap(10, 10.0)
     assert b"app.a" not in snap.counters and b"other" in snap.counters
     assert set(snap.gauges) == {b"g.y"}
+
+
+from hypothesis import example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_piece = st.sampled_from([b"a", b"b", b"a b", b"a|#t", b"x:y", b"", b"+", b"-", b"1", b"-2",
+                          b"1.5", b"0x1F", b"1_0", b"inf", b"nan", b"1e400", b" 3", b"\r",
+                          b"c", b"ms", b"g", b"h", b"s", b"C", b"@0.5", b"@0", b"#k:v", b";k=v",
+                          b"|", b":", b"|#", b"\xc3\xa9", b"/"])
+
+
+_name = st.sampled_from([b"a", b"b", b"a b", b"a|#t", b"x;k=v", b"", b"+", b"\xc3\xa9", b"a/b"])
+_value = st.sampled_from([b"1", b"-2", b"+3", b"1.5", b"0x1F", b"1_0", b"inf", b"nan", b"1e400",
+                          b" 3", b"", b"x", b"a:b", b"-0"])
+_kind = st.sampled_from([b"c", b"ms", b"g", b"h", b"s", b"C", b"c\r", b"", b"ms "])
+_segment = st.tuples(_value, _kind, st.sampled_from([b"", b"|@0.5", b"|@0", b"|x"])).map(
+    lambda t: t[0] + b"|" + t[1] + t[2])
+_structured = st.tuples(_name, st.lists(_segment, min_size=0, max_size=3),
+                        st.sampled_from([b"", b"|#k:v", b"|#"])).map(
+    lambda t: t[0] + b"".join(b":" + seg for seg in t[1]) + t[2])
+_free = st.lists(_piece, min_size=1, max_size=7).map(b"".join)
+
+
+TRICKY = [b"s:a:b|s", b"a|#t:1|c", b"a:1|c|#t", b"a:1|c", b"a:1|c\r", b"t:-1|ms", b"t:1|ms",
+          b"g:+1|g", b"g: +1|g", b"h:-1|h", b"c:1_0|c", b"c:inf|c", b"c:0x1F|c", b"s:|s",
+          b"c:1|c:2|c", b"x:1|C", b"a b:1|c", b"" + b"y" * 30 + b":1|c"]
+
+
+@settings(max_examples=500)
+@given(st.lists(st.one_of(_structured, _free, st.sampled_from(TRICKY)), min_size=1, max_size=12))
+@example(TRICKY)
+def test_fast_path_agrees_with_general_parser(lines: list[bytes]) -> None:
+    packet = b"\n".join(lines)
+    fast = agg(max_line_bytes=20)
+    general = agg(max_line_bytes=20)
+    for _ in range(2):  # the second round hits the key cache, i.e. the fast path
+        fast.ingest(packet)
+        for line in packet.split(b"\n"):
+            if line:
+                general._ingest_line(line)
+        general.ledger.packets += 1
+        general.ledger.lines += sum(1 for line in packet.split(b"\n") if line)
+    a, b = fast.swap(10, 10.0), general.swap(10, 10.0)
+    assert a.counters == b.counters
+    assert {k: list(v) for k, v in a.timers.items()} == {k: list(v) for k, v in b.timers.items()}
+    assert a.timer_counts == b.timer_counts
+    assert a.sets == b.sets
+    assert a.gauges == b.gauges
+    assert fast.bad_lines_total == general.bad_lines_total
