@@ -64,7 +64,7 @@ async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int)
 
     def spawn_args(index: int, generation: int) -> tuple[list[str], dict[str, str], list[int]]:
         fds = [b.sock.fileno() for b in bound]
-        info = {"index": index, "count": workers, "exchange": exchange,
+        info = {"index": index, "count": workers, "exchange": exchange, "parent": os.getpid(),
                 "generation": generation, "fds": fds,
                 "mgmt_fd": mgmt.fileno() if index == 0 else None}
         env = dict(os.environ, TALLYD_WORKER=json.dumps(info))  # see cli.WORKER_ENV

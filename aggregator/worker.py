@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import socket
 from collections import Counter, deque
 from typing import Final
@@ -220,11 +221,27 @@ class Exchange:
         return own + sum(counts.values())  # type: ignore[arg-type]
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Make the kernel SIGTERM this worker when its supervisor dies (Linux), so a killed
+    supervisor never leaves orphans reading its sockets; then check it has not died already."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the supervisor's own stop still stops the workers
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def worker_context_from_env(value: str, listen_count: int) -> WorkerContext:
     """Rebuild the context the supervisor put in ``TALLYD_WORKER`` (JSON)."""
     import json
 
     data = json.loads(value)
+    die_with_parent(data["parent"])
     fds = data["fds"]
     if len(fds) != listen_count:
         raise RuntimeError(f"supervisor passed {len(fds)} sockets for {listen_count} listeners")

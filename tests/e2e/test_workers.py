@@ -98,3 +98,25 @@ def test_killed_worker_is_restarted_and_counted() -> None:
             if r.line.startswith("stats_counts.after.c") and r.line.split()[1] == "1":
                 stamps[r.timestamp].add(r.connection)
         assert len(stamps) == 1, "both workers' shares of one interval carry one timestamp"
+
+
+def test_workers_stop_when_the_supervisor_is_killed() -> None:
+    with GraphiteSink() as sink:
+        args = ["--listen", "udp://127.0.0.1:0", "--carbon", f"127.0.0.1:{sink.port}",
+                "--flush-interval", "1", "--mgmt-port", "0", "--workers", "2"]
+        with start_aggregator(args) as agg:
+            pids = []
+            for index in (0, 1):
+                line = agg.wait_for_log(rf"event=worker_started worker={index} pid=\d+", 15)
+                pids.append(int(line.split("pid=")[1].split()[0]))
+            agg.kill()
+
+            def gone(pid: int) -> bool:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    return True
+                with open(f"/proc/{pid}/stat") as f:  # a zombie awaiting its reaper is gone too
+                    return f.read().split(") ", 1)[1].startswith("Z")
+
+            wait_until(lambda: all(gone(p) for p in pids), 20, message="workers exited")

@@ -125,3 +125,14 @@ def test_reference_table_lists_every_setting() -> None:
     for name in ("flush_interval", "percent_threshold", "delete_gauges", "global_suffix"):
         assert f"`{name}`" in table
     assert "%%" not in table
+
+
+def test_configuration_doc_is_generated_from_declarations() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, str(root / "tools" / "gendocs.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
