@@ -37,7 +37,7 @@ from .config import AggregatorConfig, plain_value
 from .etsyconfig import map_etsy_config, parse_etsy_config
 from .server import serve
 from .supervisor import supervise
-from .worker import WorkerContext, worker_context_from_env
+from .worker import WorkerContext, watch_parent, worker_context_from_env
 
 #: Set by the supervisor for its worker processes (JSON: index, sockets, ...).
 WORKER_ENV = "TALLYD_WORKER"
@@ -107,9 +107,20 @@ async def run(config: AggregatorConfig, args: argparse.Namespace,
     async with trio.open_nursery() as nursery:
         nursery.start_soon(partial(run_signal_handler, on_stop=stop.set, on_force=on_force,
                                    on_reload=on_reload))
-        await serve(config, shutdown_trigger=shutdown_trigger,
-                    reload_trigger=reload_receive.receive, worker=worker)
-        nursery.cancel_scope.cancel()
+        if worker is not None and worker.parent_pipe is not None:
+            nursery.start_soon(watch_parent, worker.parent_pipe, stop.set)
+
+        async def run_serve(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                            ) -> None:
+            await serve(config, shutdown_trigger=shutdown_trigger,
+                        reload_trigger=reload_receive.receive, worker=worker,
+                        task_status=task_status)
+            nursery.cancel_scope.cancel()
+
+        await nursery.start(run_serve)
+        if worker is not None and worker.ready_pipe is not None:
+            os.write(worker.ready_pipe, b"r")  # tells the supervisor this worker is serving
+            os.close(worker.ready_pipe)
 
 
 def find_config_error(exc: BaseException) -> ConfigError | None:

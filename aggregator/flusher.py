@@ -103,6 +103,9 @@ class Flusher:
             async with self._lock:
                 if self.coordinator is not None:
                     await self.coordinator.before_swap(timestamp)
+                # Levels (buffered lines, ...) are sampled before this flush is queued, so
+                # they show the backlog, not the flush in progress.
+                extra = self.internal_values()
                 started = time.perf_counter()
                 snapshot = self.aggregator.swap(timestamp, self.interval)
                 swapped = time.perf_counter()
@@ -120,7 +123,7 @@ class Flusher:
                 if self.report_internal:
                     internal["processing_time"] = round((done - started) * 1000)
                     internal["graphiteStats.calculationtime"] = round(self.stats.last_render_ms)
-                internal.update(self.internal_values())
+                internal.update(extra)
                 tail = self.renderer.render_internal(timestamp, internal)
                 self._ship(tail)
                 stats = self.stats

@@ -49,6 +49,8 @@ RESTART_PAUSE_MAX_SECONDS: Final = 30.0
 HEALTHY_AFTER_SECONDS: Final = 60.0
 #: Extra time over graceful_timeout before stragglers are killed.
 STOP_MARGIN_SECONDS: Final = 5.0
+#: How long "started" waits for every worker to report it is serving.
+READY_TIMEOUT_SECONDS: Final = 60.0
 
 
 async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int) -> int:
@@ -58,17 +60,22 @@ async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int)
     mgmt = socket.create_server((config.mgmt_address, config.mgmt_port), family=family)
     mgmt_address = format_host_port(*mgmt.getsockname()[:2])
     exchange = f"tallyd-{os.getpid()}-{os.urandom(4).hex()}"
+    # The workers hold the read end; only we hold the write end, so they read EOF (and stop)
+    # when we exit, however we die.
+    lifeline_read, lifeline_write = os.pipe()
+    # Each worker writes one byte here once it serves; "started" is logged when all have.
+    ready_read, ready_write = os.pipe()
     procs: dict[int, trio.Process] = {}
     stopping = trio.Event()
     exit_codes: dict[int, int] = {}
 
     def spawn_args(index: int, generation: int) -> tuple[list[str], dict[str, str], list[int]]:
         fds = [b.sock.fileno() for b in bound]
-        info = {"index": index, "count": workers, "exchange": exchange, "parent": os.getpid(),
-                "generation": generation, "fds": fds,
-                "mgmt_fd": mgmt.fileno() if index == 0 else None}
+        info = {"index": index, "count": workers, "exchange": exchange,
+                "generation": generation, "fds": fds, "parent_pipe": lifeline_read,
+                "ready_pipe": ready_write, "mgmt_fd": mgmt.fileno() if index == 0 else None}
         env = dict(os.environ, TALLYD_WORKER=json.dumps(info))  # see cli.WORKER_ENV
-        pass_fds = fds + ([mgmt.fileno()] if index == 0 else [])
+        pass_fds = [*fds, lifeline_read, ready_write] + ([mgmt.fileno()] if index == 0 else [])
         return [sys.executable, "-m", "aggregator", *argv], env, pass_fds
 
     async def keep_worker(index: int) -> None:
@@ -105,9 +112,12 @@ async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int)
         async with trio.open_nursery() as nursery:
             for index in range(workers):
                 nursery.start_soon(keep_worker, index)
+            ready = await _wait_ready(ready_read, workers, READY_TIMEOUT_SECONDS)
             log_listening(config, bound, mgmt_address)
-            log_event(LOGGER, "started", workers=workers, flush_interval=config.flush_interval,
-                      carbon=",".join(str(n) for n in config.carbon) or "none")
+            log_event(LOGGER, "started", workers=workers, ready=ready,
+                      flush_interval=config.flush_interval,
+                      carbon=",".join(str(n) for n in config.carbon) or "none",
+                      level=logging.INFO if ready == workers else logging.WARNING)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
                 async for signum in sigs:
                     log_event(LOGGER, "signal", signal=signal.Signals(signum).name)
@@ -121,6 +131,8 @@ async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int)
                                            config.graceful_timeout + STOP_MARGIN_SECONDS)
                         nursery.start_soon(_cancel_when_done, procs, nursery.cancel_scope)
     finally:
+        for fd in (lifeline_read, lifeline_write, ready_read, ready_write):
+            os.close(fd)
         mgmt.close()
         for b in bound:
             close_listener(b)
@@ -130,6 +142,20 @@ async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int)
     log_event(LOGGER, "stopped", workers=workers, failed=json.dumps(failed) if failed else "none",
               level=logging.WARNING if failed else logging.INFO)
     return 1 if failed else 0
+
+
+async def _wait_ready(fd: int, workers: int, timeout: float) -> int:
+    """Count readiness bytes from the workers until all ``workers`` have sent one."""
+    os.set_blocking(fd, False)
+    ready = 0
+    with trio.move_on_after(timeout):
+        while ready < workers:
+            await trio.lowlevel.wait_readable(fd)
+            try:
+                ready += len(os.read(fd, workers))
+            except BlockingIOError:
+                continue
+    return ready
 
 
 async def _cancel_when_done(procs: dict[int, trio.Process], scope: trio.CancelScope) -> None:

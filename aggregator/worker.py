@@ -3,10 +3,10 @@
 Every worker binds a Unix datagram socket in the abstract namespace
 (``@<exchange>-<index>``) and sends its peers their lines (see `aggregator.exchange`).
 Outgoing messages go through one FIFO queue per peer, so a mark never overtakes the
-lines sent before it; a peer whose socket is full is retried every few milliseconds, and
-past `MAX_PENDING_BYTES` the oldest lines for it are dropped and counted (reason
-``exchange_full``); lines for a worker that is down (restarting) are dropped and counted
-(reason ``worker_down``).
+lines sent before it. A peer whose socket is full, or not there (still starting, or
+restarting), is retried every few milliseconds; its lines wait in the queue and are
+delivered when it is back. Past `MAX_PENDING_BYTES` the oldest lines for it are dropped
+and counted (reason ``worker_down`` while it is away, ``exchange_full`` otherwise).
 
 SHELL.
 """
@@ -16,9 +16,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import signal
 import socket
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Final
 
 import attrs
@@ -65,6 +65,8 @@ class WorkerContext:
     generation: int
     sockets: tuple[socket.socket, ...]
     mgmt: socket.socket | None
+    parent_pipe: int | None = None
+    ready_pipe: int | None = None
 
     def address(self, index: int) -> bytes:
         return f"\0{self.exchange}-{index}".encode()
@@ -92,6 +94,7 @@ class Exchange:
         self._stats: dict[int, dict[int, int]] = {}
         self._arrived = trio.Event()
         self.dropped: Counter[str] = Counter()
+        self.peer_down: dict[int, bool] = {}
         self.forwarded_lines = 0
         self.received_lines = 0
 
@@ -125,7 +128,8 @@ class Exchange:
             old = queue.popleft()
             self._queued_bytes[peer] -= len(old)
             if old[:1] == DATA:
-                self.dropped["exchange_full"] += old.count(b"\n") + 1
+                reason = "worker_down" if self.peer_down.get(peer) else "exchange_full"
+                self.dropped[reason] += old.count(b"\n") + 1
         self._pump(peer)
 
     def _pump(self, peer: int) -> None:
@@ -140,8 +144,16 @@ class Exchange:
             except OSError as e:
                 if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
                     raise
-                if message[:1] == DATA:  # peer down (restarting): count what it misses
-                    self.dropped["worker_down"] += message.count(b"\n") + 1
+                # The peer is not (yet, or no longer) there: keep its lines queued, within
+                # MAX_PENDING_BYTES, and deliver them when it is back.
+                if not self.peer_down.get(peer):
+                    self.peer_down[peer] = True
+                    log_event(LOGGER, "worker_peer_down", level=logging.WARNING,
+                              worker=self.context.index, peer=peer)
+                return
+            if self.peer_down.get(peer):
+                self.peer_down[peer] = False
+                log_event(LOGGER, "worker_peer_up", worker=self.context.index, peer=peer)
             queue.popleft()
             self._queued_bytes[peer] -= len(message)
 
@@ -221,19 +233,23 @@ class Exchange:
         return own + sum(counts.values())  # type: ignore[arg-type]
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Make the kernel SIGTERM this worker when its supervisor dies (Linux), so a killed
-    supervisor never leaves orphans reading its sockets; then check it has not died already."""
-    try:
-        import ctypes
+async def watch_parent(fd: int, on_gone: Callable[[], None]) -> None:
+    """Call ``on_gone`` once the supervisor is gone.
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the supervisor's own stop still stops the workers
-    if os.getppid() != parent_pid:
-        os.kill(os.getpid(), signal.SIGTERM)
+    ``fd`` is the read end of a pipe whose write end only the supervisor holds: it reads
+    EOF when the supervisor exits, however it dies (even SIGKILL), so a worker never
+    outlives it. (PR_SET_PDEATHSIG does not fit: it fires when the *thread* that started
+    the child exits, and trio starts processes from a worker thread.)
+    """
+    while True:
+        await trio.lowlevel.wait_readable(fd)
+        try:
+            if not os.read(fd, 4096):
+                break
+        except BlockingIOError:
+            continue
+    log_event(LOGGER, "supervisor_gone", level=logging.WARNING)
+    on_gone()
 
 
 def worker_context_from_env(value: str, listen_count: int) -> WorkerContext:
@@ -241,7 +257,6 @@ def worker_context_from_env(value: str, listen_count: int) -> WorkerContext:
     import json
 
     data = json.loads(value)
-    die_with_parent(data["parent"])
     fds = data["fds"]
     if len(fds) != listen_count:
         raise RuntimeError(f"supervisor passed {len(fds)} sockets for {listen_count} listeners")
@@ -249,5 +264,7 @@ def worker_context_from_env(value: str, listen_count: int) -> WorkerContext:
     mgmt = socket.socket(fileno=data["mgmt_fd"]) if data.get("mgmt_fd") is not None else None
     for s in (*sockets, *([mgmt] if mgmt else [])):
         os.set_blocking(s.fileno(), False)
+    os.set_blocking(data["parent_pipe"], False)
     return WorkerContext(index=data["index"], count=data["count"], exchange=data["exchange"],
-                         generation=data["generation"], sockets=sockets, mgmt=mgmt)
+                         generation=data["generation"], sockets=sockets, mgmt=mgmt,
+                         parent_pipe=data["parent_pipe"], ready_pipe=data.get("ready_pipe"))

@@ -1,1 +1,1 @@
-"""tallyd."""
+"""tallyd's stateless sharding proxy (``tallyd-proxy``): see docs/proxy.md."""

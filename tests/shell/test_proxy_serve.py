@@ -195,6 +195,7 @@ async def test_serve_token_auth_forwards_only_authenticated_lines_stripped() -> 
         await wait_for(lambda: len(sink.lines) == 2)
         stats = await admin_stats(addresses.mgmt)
     assert sink.lines == [b"a:1|c", b"e:2|g"]
+    assert (stats["proxy.lines_received"], stats["proxy.lines_sent"]) == ("5", "2")
     assert (stats["proxy.auth.missing"], stats["proxy.auth.invalid"],
             stats["proxy.auth.revoked"], stats["proxy.dropped.auth"]) == ("1", "1", "1", "3")
 

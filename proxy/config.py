@@ -1,0 +1,171 @@
+"""The proxy's settings: one frozen attrs class, one declaration per setting.
+
+Each field is a TOML key and a flag (``max_datagram_bytes`` -> ``--max-datagram-bytes``);
+``aggregator`` is repeatable and ordered: the order is the shard order, identical on every
+proxy (compare the membership fingerprint). Etsy's proxy.js options are noted where one
+corresponds.
+
+Pure: no file is opened here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final
+
+import attrs
+from attrs import validators as v
+
+from common.address import ListenURL, parse_listen_url
+from common.auth import AUTH_MODES, make_auth
+from common.config import setting
+
+from .membership import AggregatorSpec, Membership, parse_aggregator
+
+DEFAULT_LISTEN: Final = ["udp://0.0.0.0:8125"]  # proxy.js: UDP port 8125, every interface
+#: 1500-byte Ethernet MTU minus IPv6/UDP headers and some tunnel overhead: a datagram this
+#: size is never fragmented on common networks.
+DEFAULT_MAX_DATAGRAM_BYTES: Final = 1432
+#: How long a partly filled datagram may wait for more lines: a few ms keeps latency
+#: invisible next to a 10 s flush interval while packing ~20x fewer datagrams under load.
+DEFAULT_MAX_BATCH_DELAY_MS: Final = 2.0
+#: Source sockets per aggregator: an aggregator reading with SO_REUSEPORT sockets is
+#: balanced by the kernel per 4-tuple, so one source socket would hit one reader only.
+DEFAULT_SOURCE_SOCKETS: Final = 4
+#: Lines held per aggregator while it is down or slow (~500k lines of 32 bytes): about a
+#: minute of a busy aggregator's share, enough to ride out a restart.
+DEFAULT_BUFFER_BYTES: Final = 16 * 1024 * 1024
+DEFAULT_RESOLVE_INTERVAL: Final = 30.0  # seconds between DNS look-ups of aggregator names
+DEFAULT_HEALTH_INTERVAL: Final = 2.0  # seconds between admin "health" probes (if configured)
+DEFAULT_UDP_RECEIVE_BUFFER_BYTES: Final = 32 * 1024 * 1024  # as the aggregator's
+
+
+def _listen(values: Sequence[Any]) -> tuple[ListenURL, ...]:
+    return tuple(parse_listen_url(x) for x in values)
+
+
+def _aggregators(values: Sequence[Any]) -> tuple[AggregatorSpec, ...]:
+    return tuple(parse_aggregator(x) for x in values)
+
+
+def _strings(values: Sequence[Any]) -> tuple[str, ...]:
+    return tuple(str(x) for x in values)
+
+
+@attrs.frozen
+class ProxyConfig:
+    """Everything a `tallyd-proxy` process is configured with."""
+
+    listen: tuple[ListenURL, ...] = setting(
+        DEFAULT_LISTEN, kind="list", converter=_listen, metavar="URL", validator=v.min_len(1),
+        help="where to receive metrics: udp://HOST:PORT, tcp://HOST:PORT, unix:///PATH, "
+             "unixgram:///PATH (repeatable)", etsy="port, host, server")
+    aggregator: tuple[AggregatorSpec, ...] = setting(
+        [], kind="list", converter=_aggregators, metavar="HOST:PORT[:ADMIN_PORT]",
+        help="the aggregators, in shard order, identical on every proxy (repeatable); "
+             "ADMIN_PORT enables health probes", etsy="nodes")
+    forward: str = setting(
+        "udp", kind="str", validator=v.in_(("udp", "tcp")), metavar="udp|tcp",
+        help="how lines reach the aggregators: packed UDP datagrams, or one persistent "
+             "newline-framed TCP connection per aggregator")
+    max_datagram_bytes: int = setting(
+        DEFAULT_MAX_DATAGRAM_BYTES, kind="int", converter=int,
+        validator=[v.ge(64), v.le(65_507)], metavar="BYTES",
+        help="largest UDP payload sent; lines are packed up to it, never split")
+    max_batch_delay_ms: float = setting(
+        DEFAULT_MAX_BATCH_DELAY_MS, kind="float", converter=float,
+        validator=[v.ge(0), v.le(1000)], metavar="MS",
+        help="milliseconds a partly filled datagram may wait for more lines")
+    source_sockets: int = setting(
+        DEFAULT_SOURCE_SOCKETS, kind="int", converter=int, validator=[v.ge(1), v.le(64)],
+        metavar="N", help="UDP source sockets per aggregator (spreads SO_REUSEPORT readers)")
+    aggregator_buffer_bytes: int = setting(
+        DEFAULT_BUFFER_BYTES, kind="int", converter=int, validator=v.ge(0), metavar="BYTES",
+        help="lines held per aggregator while it is down or slow; beyond it the oldest "
+             "are dropped and counted")
+    resolve_interval: float = setting(
+        DEFAULT_RESOLVE_INTERVAL, kind="float", converter=float, validator=v.gt(0),
+        metavar="SECONDS", help="seconds between DNS look-ups of aggregator host names")
+    health_interval: float = setting(
+        DEFAULT_HEALTH_INTERVAL, kind="float", converter=float, validator=v.gt(0),
+        metavar="SECONDS", help="seconds between health probes of aggregators with an "
+                                "ADMIN_PORT", etsy="checkInterval (ms)")
+    retry_base: float = setting(
+        0.1, kind="float", converter=float, validator=v.gt(0), metavar="SECONDS",
+        help="first retry delay after an aggregator failed (doubles, with jitter)")
+    retry_max: float = setting(
+        10.0, kind="float", converter=float, validator=v.gt(0), metavar="SECONDS",
+        help="longest retry delay")
+    connect_timeout: float = setting(
+        2.0, kind="float", converter=float, validator=v.gt(0), metavar="SECONDS",
+        help="seconds allowed for a TCP connect or a health probe")
+    write_timeout: float = setting(
+        10.0, kind="float", converter=float, validator=v.gt(0), metavar="SECONDS",
+        help="seconds a TCP write may stall before the connection is dropped")
+    processes: int = setting(
+        1, kind="int", converter=int, validator=[v.ge(1), v.le(256)], metavar="N",
+        help="identical processes sharing the listen ports (SO_REUSEPORT)",
+        etsy="forkCount")
+    key_name_sanitize: bool = setting(
+        True, kind="bool",
+        help="hash names as the aggregators store them; must match their key_name_sanitize",
+        etsy="keyNameSanitize")
+    auth: str = setting(
+        "none", kind="str", validator=v.in_(AUTH_MODES), metavar="none|token",
+        help="token: every line must start with a valid TOKEN. (statsgod-compatible)")
+    auth_tokens: tuple[str, ...] = setting(
+        [], kind="list", converter=_strings, metavar="TOKEN",
+        help="tokens that authenticate (with auth = token)")
+    auth_revoked_tokens: tuple[str, ...] = setting(
+        [], kind="list", converter=_strings, metavar="TOKEN",
+        help="tokens that no longer authenticate (refused and counted)")
+    max_line_bytes: int = setting(
+        65_536, kind="int", converter=int, validator=v.ge(64), metavar="BYTES",
+        help="longest line accepted from a stream; longer ones are dropped and counted")
+    max_tcp_connections: int = setting(
+        1024, kind="int", converter=int, validator=v.ge(1), metavar="N",
+        help="stream connections served at once; more are refused and logged")
+    udp_receive_buffer_bytes: int = setting(
+        DEFAULT_UDP_RECEIVE_BUFFER_BYTES, kind="int", converter=int, validator=v.ge(0),
+        metavar="BYTES", help="kernel receive buffer asked for on UDP sockets (0: default)")
+    mgmt_address: str = setting(
+        "127.0.0.1", kind="str", metavar="ADDRESS",
+        help="address of the admin TCP interface", etsy="mgmt_address")
+    mgmt_port: int = setting(
+        8126, kind="int", converter=int, validator=[v.ge(0), v.le(65535)], metavar="PORT",
+        help="admin TCP port (process i of --processes uses PORT+i; 0: any free port)",
+        etsy="mgmt_port")
+    graceful_timeout: float = setting(
+        5.0, kind="float", converter=float, validator=v.gt(0), metavar="SECONDS",
+        help="on SIGTERM: seconds allowed to deliver what is buffered")
+    log_level: str = setting(
+        "info", kind="str", validator=v.in_(("debug", "info", "warning", "error")),
+        reloadable=True, help="debug, info, warning or error")
+
+    @property
+    def max_chunk_bytes(self) -> int:
+        """The largest batch handed to a forwarder: a datagram, or a TCP write."""
+        if self.forward == "udp":
+            return self.max_datagram_bytes
+        return max(self.max_line_bytes, 65_536)
+
+
+def check_config(config: ProxyConfig) -> None:
+    """The checks that span settings, run once file and flags are merged.
+
+    Raises:
+        ConfigError: no aggregator, an aggregator listed twice, or bad auth settings.
+    """
+    Membership(config.aggregator)
+    make_auth(config.auth, config.auth_tokens, config.auth_revoked_tokens)
+
+
+def plain_value(name: str, value: Any) -> Any:
+    """Field values as TOML-ready data (for ``--print-config``)."""
+    if name == "listen":
+        return [str(x) for x in value]
+    if name == "aggregator":
+        return [x.spec for x in value]
+    if name in ("auth_tokens", "auth_revoked_tokens"):
+        return list(value)
+    return value
