@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 
+from common.auth import TokenAuth
 from common.listener import IntakeStatistics
 
 from .carbon import CarbonOutput
@@ -23,11 +24,13 @@ class AggregatorAdmin:
     """The aggregator as the management protocol sees it."""
 
     def __init__(self, config: AggregatorConfig, aggregator: Aggregator,
-                 carbon: CarbonOutput | None, intake: IntakeStatistics) -> None:
+                 carbon: CarbonOutput | None, intake: IntakeStatistics,
+                 auth: TokenAuth | None = None) -> None:
         self.config = config
         self.aggregator = aggregator
         self.carbon = carbon
         self.intake = intake
+        self.auth = auth
         self.health = config.health_status
         self.started = time.time()
         self.last_msg_seen = self.started
@@ -42,6 +45,10 @@ class AggregatorAdmin:
             ("intake.stream_connections", self.intake.stream_connections),
             ("intake.stream_connections_refused", self.intake.stream_connections_refused),
         ]
+        if self.auth is not None:
+            lines += [("auth.refused_lines.missing", self.auth.stats.missing),
+                      ("auth.refused_lines.invalid", self.auth.stats.invalid),
+                      ("auth.refused_lines.revoked", self.auth.stats.revoked)]
         if self.carbon is not None:
             for sender in self.carbon.senders.values():
                 s = sender.statistics()
@@ -60,7 +67,8 @@ class AggregatorAdmin:
 
     def config_lines(self) -> Sequence[tuple[str, object]]:
         return [(f.name, json.dumps(plain_value(f.name, getattr(self.config, f.name))))
-                for f in attrs.fields(AggregatorConfig)]
+                for f in attrs.fields(AggregatorConfig)
+                if f.name not in ("auth_tokens", "auth_revoked_tokens")]  # secrets
 
     def dump(self, kind: str) -> str | None:
         agg = self.aggregator

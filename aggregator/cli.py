@@ -33,7 +33,7 @@ from common.errors import ConfigError
 from common.logging import configure_logging, log_event
 from common.signals import run_signal_handler
 
-from .config import AggregatorConfig, plain_value
+from .config import AggregatorConfig, check_config, plain_value
 from .etsyconfig import map_etsy_config, parse_etsy_config
 from .server import serve
 from .supervisor import supervise
@@ -77,8 +77,9 @@ def load_config(args: argparse.Namespace) -> tuple[AggregatorConfig, list[str]]:
     if args.config:
         values.update(load_toml(args.config))
     source = " + ".join(p for p in (args.etsy_config, args.config) if p) or "defaults"
-    config = config_from_mapping(AggregatorConfig, values, source=source)
-    return apply_arguments(config, args), warnings
+    config = apply_arguments(config_from_mapping(AggregatorConfig, values, source=source), args)
+    check_config(config)
+    return config, warnings
 
 
 async def run(config: AggregatorConfig, args: argparse.Namespace,

@@ -18,6 +18,12 @@ import attrs
 from attrs import validators as v
 
 from common.address import Endpoint, ListenURL, parse_endpoint, parse_listen_url
+from common.auth import (
+    auth_mode_setting,
+    auth_revoked_tokens_setting,
+    auth_tokens_setting,
+    make_auth,
+)
 from common.config import setting
 from common.errors import ConfigError
 from common.protocol import sanitize_key
@@ -237,6 +243,9 @@ class AggregatorConfig:
         "up", kind="str", validator=v.in_(("up", "down")),
         help="health reported at start (admin 'health down' drains a node first)",
         etsy="healthStatus")
+    auth: str = auth_mode_setting()
+    auth_tokens: tuple[str, ...] = auth_tokens_setting()
+    auth_revoked_tokens: tuple[str, ...] = auth_revoked_tokens_setting()
     max_line_bytes: int = setting(
         DEFAULT_MAX_LINE_BYTES, kind="int", converter=int, validator=v.ge(64),
         metavar="BYTES", help="longer lines are dropped and counted as bad lines")
@@ -318,6 +327,16 @@ class AggregatorConfig:
             histogram=self.histogram,
             calculated_timer_metrics=timer_metric_filter(self.calculated_timer_metrics),
         )
+
+
+def check_config(config: AggregatorConfig) -> None:
+    """The checks that span settings, run once files and flags are merged.
+
+    Raises:
+        ConfigError: bad auth settings (token mode without tokens, a token both valid
+            and revoked, a malformed token).
+    """
+    make_auth(config.auth, config.auth_tokens, config.auth_revoked_tokens)
 
 
 def plain_value(name: str, value: Any) -> Any:

@@ -44,6 +44,7 @@ from common.listener import (
 from common.logging import log_event, set_level
 from common.netstat import udp_socket_drops
 from common.address import format_host_port
+from common.auth import TokenAuth, make_auth
 
 from .admin import AggregatorAdmin
 from .backends.console import ConsoleOutput
@@ -179,7 +180,10 @@ async def serve(
         identity = f"{identity}-w{worker.index}"
         exchange = Exchange(worker, aggregator, config.flush_interval)
         handle = exchange.handle
-    admin = AggregatorAdmin(config, aggregator, carbon, intake)
+    auth = make_auth(config.auth, config.auth_tokens, config.auth_revoked_tokens)
+    if auth is not None:
+        handle = authenticated(handle, auth)
+    admin = AggregatorAdmin(config, aggregator, carbon, intake, auth)
 
     def internal_values() -> dict[str, float]:
         values: dict[str, float] = {}
@@ -190,6 +194,11 @@ async def serve(
                 values.update(carbon.self_metrics(identity))
         if exchange is not None and flusher.self_metrics:
             values.update(exchange_metrics(exchange, identity))
+        if auth is not None and flusher.self_metrics:
+            stats = auth.stats
+            head = f"tallyd.{identity}.auth.refused_lines."
+            values.update({head + "missing": stats.missing, head + "invalid": stats.invalid,
+                           head + "revoked": stats.revoked})
         return values
 
     flusher = Flusher(aggregator, GraphiteRenderer(config.naming), outputs,
@@ -276,6 +285,14 @@ async def serve(
         if worker is None:
             for b in bound:
                 close_listener(b)
+
+
+def authenticated(handle: Callable[[bytes], None], auth: TokenAuth) -> Callable[[bytes], None]:
+    """Wrap the intake callback: tokens are checked and stripped before anything else."""
+    def handle_authenticated(packet: bytes) -> None:
+        handle(auth.filter_packet(packet))
+
+    return handle_authenticated
 
 
 def log_listening(config: AggregatorConfig, bound: Sequence[BoundSocket], mgmt: str) -> None:

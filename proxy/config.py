@@ -17,7 +17,12 @@ import attrs
 from attrs import validators as v
 
 from common.address import ListenURL, parse_listen_url
-from common.auth import AUTH_MODES, make_auth
+from common.auth import (
+    auth_mode_setting,
+    auth_revoked_tokens_setting,
+    auth_tokens_setting,
+    make_auth,
+)
 from common.config import setting
 
 from .membership import AggregatorSpec, Membership, parse_aggregator
@@ -110,15 +115,9 @@ class ProxyConfig:
         True, kind="bool",
         help="hash names as the aggregators store them; must match their key_name_sanitize",
         etsy="keyNameSanitize")
-    auth: str = setting(
-        "none", kind="str", validator=v.in_(AUTH_MODES), metavar="none|token",
-        help="token: every line must start with a valid TOKEN. (statsgod-compatible)")
-    auth_tokens: tuple[str, ...] = setting(
-        [], kind="list", converter=_strings, metavar="TOKEN",
-        help="tokens that authenticate (with auth = token)")
-    auth_revoked_tokens: tuple[str, ...] = setting(
-        [], kind="list", converter=_strings, metavar="TOKEN",
-        help="tokens that no longer authenticate (refused and counted)")
+    auth: str = auth_mode_setting()
+    auth_tokens: tuple[str, ...] = auth_tokens_setting()
+    auth_revoked_tokens: tuple[str, ...] = auth_revoked_tokens_setting()
     max_line_bytes: int = setting(
         65_536, kind="int", converter=int, validator=v.ge(64), metavar="BYTES",
         help="longest line accepted from a stream; longer ones are dropped and counted")

@@ -176,3 +176,28 @@ async def test_stream_connections_over_limit_are_refused(nursery, sink, wall_clo
     await first.aclose()
     await sink.wait_for(lambda lines: bool(sink.values(b"stats_counts.kept")))
     assert sink.values(b"stats_counts.kept") == [2.0]
+
+
+async def test_token_auth_strips_valid_tokens_and_drops_the_rest(nursery, sink, wall_clock,
+                                                                 autojump_clock) -> None:
+    config = make_config(carbon=[f"127.0.0.1:{sink.port}"], auth="token",
+                         auth_tokens=["s3cret"], auth_revoked_tokens=["old"])
+    addrs = await start(nursery, config, wall_clock)
+    await send_udp(addrs.first("udp"),
+                   b"s3cret.app.hits:2|c\nold.app.hits:100|c\napp.hits:100|c\nnope.app.hits:1|c",
+                   b"s3cret.app.hits:3|c|#env:prod")
+    await sink.wait_for(lambda lines: bool(sink.values(b"stats_counts.app.hits")))
+    assert sink.values(b"stats_counts.app.hits") == [2.0]
+    assert sink.values(b"stats_counts.app.hits;env=prod") == [3.0]
+    assert not any(b"old" in x or b"nope" in x or b"s3cret" in x for x in sink.lines)
+    identity = [x for x in sink.lines if b".auth.refused_lines." in x]
+    refused = {x.split()[0].rsplit(b".", 1)[1]: float(x.split()[1]) for x in identity}
+    assert refused == {b"missing": 0.0, b"invalid": 2.0, b"revoked": 1.0}
+    # "app" of "app.hits:100|c" is read as a token and refused: statsgod's rule.
+
+
+def test_token_mode_without_tokens_is_a_config_error() -> None:
+    from aggregator.config import check_config
+
+    with pytest.raises(ConfigError):
+        check_config(make_config(auth="token"))
