@@ -186,7 +186,8 @@ async def test_token_auth_strips_valid_tokens_and_drops_the_rest(nursery, sink, 
     await send_udp(addrs.first("udp"),
                    b"s3cret.app.hits:2|c\nold.app.hits:100|c\napp.hits:100|c\nnope.app.hits:1|c",
                    b"s3cret.app.hits:3|c|#env:prod")
-    await sink.wait_for(lambda lines: bool(sink.values(b"stats_counts.app.hits")))
+    await sink.wait_for(lambda lines: bool(sink.values(b"stats_counts.app.hits"))
+                        and any(b".auth.refused_lines.revoked " in x for x in lines))
     assert sink.values(b"stats_counts.app.hits") == [2.0]
     assert sink.values(b"stats_counts.app.hits;env=prod") == [3.0]
     assert not any(b"old" in x or b"nope" in x or b"s3cret" in x for x in sink.lines)
