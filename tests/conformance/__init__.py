@@ -1,0 +1,1 @@
+"""Differential conformance tests: tallyd-aggregator against the real Etsy statsd (harness.py)."""
