@@ -45,7 +45,9 @@ DEFAULT_MAX_TCP_CONNECTIONS: Final = 1024  # each costs a task and a buffer
 #: when running as root.
 DEFAULT_UDP_RECEIVE_BUFFER_BYTES: Final = 32 * 1024 * 1024
 DEFAULT_CARBON_BUFFER_BYTES: Final = 256 * 1024 * 1024  # ~3M lines waiting for one node
-DEFAULT_GRACEFUL_TIMEOUT_SECONDS: Final = 10.0  # final flush + delivery on SIGTERM
+#: On SIGTERM: waiting for the interval in progress to end (at most 3/4 of this), then the
+#: final flush and its delivery. 15 s covers the default 10 s interval with time to deliver.
+DEFAULT_GRACEFUL_TIMEOUT_SECONDS: Final = 15.0
 DEFAULT_CARBON_SPOOL_MAX_BYTES: Final = 4 * 1024**3  # hours of a busy aggregator's output
 #: A carbon-cache takes some 100k points/s; half of it leaves room for live traffic.
 DEFAULT_CARBON_REPLAY_LINES_PER_SECOND: Final = 50_000
@@ -204,7 +206,7 @@ class AggregatorConfig:
         help="flushes a deleted-when-idle gauge is still reported after its last update",
         etsy="gaugesMaxTTL")
     prefix_stats: str = setting(
-        "statsd", kind="str", validator=v.min_len(1),
+        "statsd", kind="str",
         help="namespace of the aggregator's own metrics", etsy="prefixStats")
     key_name_sanitize: bool = setting(
         True, kind="bool",
@@ -287,7 +289,8 @@ class AggregatorConfig:
         help="seconds a write to a Carbon node may stall before the connection is dropped")
     graceful_timeout: float = setting(
         DEFAULT_GRACEFUL_TIMEOUT_SECONDS, kind="float", converter=float, validator=v.gt(0),
-        metavar="SECONDS", help="on SIGTERM: seconds allowed for the final flush and delivery")
+        metavar="SECONDS", help="on SIGTERM: seconds allowed for the interval in progress to end "
+                               "(up to 3/4 of it), then the final flush and its delivery")
     log_level: str = setting(
         "info", kind="str", validator=v.in_(("debug", "info", "warning", "error")),
         reloadable=True, help="debug, info, warning or error")

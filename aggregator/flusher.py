@@ -145,8 +145,3 @@ class Flusher:
             while (left := boundary - wall_clock()) > 0:
                 await trio.sleep(left)
             await self.flush(flush_timestamp(boundary))
-
-    def final_timestamp(self, now: float) -> int:
-        """The timestamp of a shutdown flush: the end of the interval in progress, which is
-        where the data received since the last flush belongs."""
-        return flush_timestamp(next_boundary(now, self.interval))

@@ -51,7 +51,7 @@ from .backends.console import ConsoleOutput
 from .carbon import CarbonOutput
 from .config import AggregatorConfig, identity_from_hostname
 from .flush import GraphiteRenderer
-from .flusher import Flusher
+from .flusher import Flusher, flush_timestamp, next_boundary
 from .ledger import Aggregator
 from .worker import Exchange, WorkerContext
 
@@ -261,16 +261,23 @@ async def serve(
                 await trio.sleep_forever()
             await shutdown_trigger()
 
-            log_event(LOGGER, "stopping", graceful_timeout=config.graceful_timeout)
             admin.health = "down"
             with trio.move_on_after(config.graceful_timeout) as deadline:
                 flush_scope.cancel()
+                stamp, wait = final_flush_plan(wall_clock(), config.flush_interval,
+                                               config.graceful_timeout)
+                log_event(LOGGER, "stopping", graceful_timeout=config.graceful_timeout,
+                          final_flush_timestamp=stamp, waiting_seconds=f"{wait:.1f}")
+                # Intake stays open (health says down, so proxies stop sending) until the
+                # interval ends: its final flush then carries the interval's own timestamp.
+                while (left := stamp - wall_clock()) > 0 and wait > 0:
+                    await trio.sleep(left)
                 intake_scope.cancel()
                 for b in bound:
                     if not b.url.is_stream:
                         while drain_datagrams(b.sock, handle, 10_000) == 10_000:
                             pass
-                await flusher.flush(flusher.final_timestamp(wall_clock()))
+                await flusher.flush(stamp)
                 if carbon is not None:
                     await carbon.wait_delivered()
                 if console is not None:
@@ -293,6 +300,26 @@ def authenticated(handle: Callable[[bytes], None], auth: TokenAuth) -> Callable[
         handle(auth.filter_packet(packet))
 
     return handle_authenticated
+
+
+#: Share of graceful_timeout the final flush may wait for its interval to end; the rest
+#: is left for delivering it.
+FINAL_FLUSH_WAIT_SHARE = 0.75
+
+
+def final_flush_plan(now: float, interval: float, graceful_timeout: float) -> tuple[int, float]:
+    """When and with which timestamp a stopping aggregator flushes for the last time.
+
+    Returns:
+        ``(timestamp, seconds to wait)``. Normally the end of the interval in progress,
+        waited for: Whisper refuses points stamped in the future, and stamping the interval's
+        start would overwrite the previous flush's point. When the interval ends too late for
+        the deadline (very long intervals), now, at once.
+    """
+    boundary = next_boundary(now, interval)
+    if boundary - now <= graceful_timeout * FINAL_FLUSH_WAIT_SHARE:
+        return flush_timestamp(boundary), boundary - now
+    return int(now), 0.0
 
 
 def log_listening(config: AggregatorConfig, bound: Sequence[BoundSocket], mgmt: str) -> None:

@@ -50,8 +50,10 @@ BATCH_SECONDS: Final = 0.002
 MAX_PENDING_BYTES: Final = 64 * 1024 * 1024
 #: Kernel buffers of the exchange sockets.
 EXCHANGE_BUFFER_BYTES: Final = 32 * 1024 * 1024
-#: The longest a flush waits for a peer's mark or name count: a dead or stuck worker
-#: delays the others' flushes by at most this.
+#: The longest a flush waits for a peer's mark or name count (and at most a third of the
+#: interval): a dead or stuck worker delays the others' flushes by at most this. What a
+#: slow peer sends after the wait is counted in the next interval (marks) or replaced by
+#: its previous value (name counts).
 MAX_BARRIER_SECONDS: Final = 1.0
 
 
@@ -80,7 +82,7 @@ class Exchange:
         self.aggregator = aggregator
         self.peers = [i for i in range(context.count) if i != context.index]
         self.splitter = Splitter(aggregator.parser, context.index, context.count)
-        self.barrier_seconds = min(MAX_BARRIER_SECONDS, interval / 4)
+        self.barrier_seconds = min(MAX_BARRIER_SECONDS, interval / 3)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(context.address(context.index))
         self.sock.setblocking(False)
@@ -92,6 +94,12 @@ class Exchange:
         self._queued_bytes: dict[int, int] = dict.fromkeys(self.peers, 0)
         self._marks: dict[int, dict[int, tuple[int, int, int]]] = {}
         self._stats: dict[int, dict[int, int]] = {}
+        # The last flush whose barrier is over (marks / name counts arriving for it or an
+        # earlier one are late), and each peer's latest name count (the fallback when its
+        # count for a flush is late).
+        self._marks_closed = -1
+        self._stats_closed = -1
+        self._last_names: dict[int, int] = {}
         self._arrived = trio.Event()
         self.dropped: Counter[str] = Counter()
         self.peer_down: dict[int, bool] = {}
@@ -171,12 +179,19 @@ class Exchange:
                 self.aggregator.ingest(message[1:], intake=False)
             elif kind == MARK:
                 sender, timestamp, packets, lines, bad = decode_mark(message)
-                self._marks.setdefault(timestamp, {})[sender] = (packets, lines, bad)
-                self._arrived.set()
+                if timestamp > self._marks_closed:
+                    self._marks.setdefault(timestamp, {})[sender] = (packets, lines, bad)
+                    self._arrived.set()
+                elif self.context.index == 0:
+                    # Its flush went ahead without this mark (the peer was slow): count the
+                    # peer's intake in the interval now open rather than lose it.
+                    self.aggregator.add_intake(packets, lines, bad)
             elif kind == STATS:
                 sender, timestamp, names = decode_stats(message)
-                self._stats.setdefault(timestamp, {})[sender] = names
-                self._arrived.set()
+                self._last_names[sender] = names
+                if timestamp > self._stats_closed:
+                    self._stats.setdefault(timestamp, {})[sender] = names
+                    self._arrived.set()
 
     async def run(self) -> None:
         """Receive peers' messages and send batches, until cancelled."""
@@ -220,6 +235,7 @@ class Exchange:
             self._close_batch(peer)
             self._enqueue(peer, mark)
         marks = await self._wait(self._marks, timestamp, "mark")  # type: ignore[arg-type]
+        self._marks_closed = timestamp
         if self.context.index == 0:
             for packets, lines, bad in marks.values():  # type: ignore[misc]
                 self.aggregator.add_intake(packets, lines, bad)
@@ -230,7 +246,10 @@ class Exchange:
             self._enqueue(0, encode_stats(self.context.index, timestamp, own))
             return None
         counts = await self._wait(self._stats, timestamp, "names")  # type: ignore[arg-type]
-        return own + sum(counts.values())  # type: ignore[arg-type]
+        self._stats_closed = timestamp
+        late = {p: self._last_names[p] for p in self.peers
+                if p not in counts and p in self._last_names}
+        return own + sum(counts.values()) + sum(late.values())  # type: ignore[arg-type]
 
 
 async def watch_parent(fd: int, on_gone: Callable[[], None]) -> None:

@@ -139,11 +139,20 @@ def parse_number(text: bytes) -> float | None:
 
 
 def parse_sample_rate(field: bytes) -> float | None:
-    """Read a ``@rate`` field. Returns the rate, or None unless it is finite and above 0."""
+    """Read a ``@rate`` field: ``@`` then a decimal number (``0.1``, ``1e-1``, `` 0.5``).
+
+    Returns:
+        The rate, or None unless it is finite and above 0. Hex and other JavaScript-only
+        forms are refused here: Etsy itself reads only the digits and dots after the ``@``.
+    """
     if field[:1] != b"@":
         return None
-    rate = parse_number(field[1:])
-    if rate is None or rate <= 0.0:
+    text = field[1:]
+    try:
+        rate = float(text)
+    except ValueError:
+        return None
+    if not 0.0 < rate < _INF or b"_" in text:
         return None
     return rate
 

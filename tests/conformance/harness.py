@@ -101,6 +101,8 @@ _TIMING_DEPENDENT = re.compile(
     r"|last_flush|flush_time|flush_length))(?:$|[.;])"
 )
 MASK = "<masked>"
+#: tallyd's own metrics, on by default: <prefix_stats>.tallyd.<identity>.{carbon,exchange,...}.
+_SELF_METRICS = re.compile(r"(^|\.)tallyd\.[^.;]+\.(carbon|exchange|worker|auth)\.")
 
 
 class HarnessTimingError(Exception):
@@ -645,9 +647,17 @@ class ConformanceRunner:
         for index, result in enumerate(results):
             problems: list[str] = []
             if not case.divergent:
+                cand_lines = list(result.lines[cand])
+                if case.tallyd_defaults and CANDIDATE == "tallyd":
+                    # Defaults add tallyd's own metrics (docs/compatibility.md #22), all under
+                    # <prefix_stats>.tallyd.<identity>.: set them aside, insist they are there.
+                    extra = [x for x in cand_lines if _SELF_METRICS.search(split_line(x)[0])]
+                    if not extra:
+                        problems.append("  tallyd with default flags published no self-metrics")
+                    cand_lines = [x for x in cand_lines if x not in extra]
                 problems += diff_report(
                     ref, differential_view(result.lines[ref], case.token),
-                    cand, differential_view(result.lines[cand], case.token))
+                    cand, differential_view(cand_lines, case.token))
             else:
                 names = set()
                 for who in ("tallyd", "etsy"):

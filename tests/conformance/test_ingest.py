@@ -169,8 +169,8 @@ CASES = ordered([
          about="both styles combine: t7;x=y;k=v"),
     case("default_flags_output", "{k}.a:1|c\n{k}.t:2|ms\n{k}.g:3|g\n{k}.s:x|s", [],
          tallyd_defaults=True,
-         about="tallyd with nothing but the Etsy config and addresses: a drop-in emits exactly "
-               "what Etsy emits (no extra self-metrics, same numStats)"),
+         about="tallyd with nothing but the Etsy config and addresses emits exactly what Etsy "
+               "emits (same numStats), plus its own metrics under <prefix_stats>.tallyd."),
     case("tag_variants_are_distinct_keys",
          ["{k}.same:1|c|#env:a\n{k}.same:2|c|#env:b\n{k}.same:4|c"],
          about="each tag set is its own series"),

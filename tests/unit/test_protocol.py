@@ -77,6 +77,7 @@ INVALID = [
     (b"a:1|c|@abc", "bad_sample_rate"),
     (b"a:1|c|@Infinity", "bad_sample_rate"),
     (b"a:1|c|@nan", "bad_sample_rate"),
+    (b"a:1|c|@0x1", "bad_sample_rate"),
     (b"a:abc|c", "bad_value"),
     (b"a:|c", "bad_value"),
     (b"a: |c", "bad_value"),
