@@ -8,10 +8,11 @@ name is aggregated by exactly one worker, whichever worker read it.
 Messages (Unix datagrams; the first byte says which):
 
 * ``D`` + lines: forwarded lines, newline-separated, for the receiver to aggregate;
-* ``M`` + (sender, timestamp, packets, lines, bad_lines): "flush mark": the sender has forwarded
-  everything it read before the flush at ``timestamp``, and this is its intake count
-  for the interval;
-* ``S`` + (sender, timestamp, names): after its swap, a worker's number of reported names
+* ``M`` + (sender, flush, packets, lines, bad_lines): "flush mark": the sender has forwarded
+  everything it read before flush number ``flush`` (its boundary / the interval; whole-second
+  timestamps cannot tell sub-second flushes apart), and this is its intake count for the
+  interval;
+* ``S`` + (sender, flush, names): after its swap, a worker's number of reported names
   (Etsy's ``numStats`` is the total over all workers, reported by worker 0).
 
 Each flush is a barrier: a worker sends its mark to every peer, waits (boundedly) for
@@ -40,21 +41,21 @@ _STATS: Final = struct.Struct("!HqQ")
 MAX_CACHED_OWNERS: Final = 1_000_000
 
 
-def encode_mark(sender: int, timestamp: int, packets: int, lines: int, bad_lines: int) -> bytes:
-    return MARK + _MARK.pack(sender, timestamp, packets, lines, bad_lines)
+def encode_mark(sender: int, flush: int, packets: int, lines: int, bad_lines: int) -> bytes:
+    return MARK + _MARK.pack(sender, flush, packets, lines, bad_lines)
 
 
 def decode_mark(message: bytes) -> tuple[int, int, int, int, int]:
-    """(sender, timestamp, packets, lines, bad_lines) of a mark message."""
+    """(sender, flush, packets, lines, bad_lines) of a mark message."""
     return _MARK.unpack(message[1:])  # type: ignore[return-value]
 
 
-def encode_stats(sender: int, timestamp: int, names: int) -> bytes:
-    return STATS + _STATS.pack(sender, timestamp, names)
+def encode_stats(sender: int, flush: int, names: int) -> bytes:
+    return STATS + _STATS.pack(sender, flush, names)
 
 
 def decode_stats(message: bytes) -> tuple[int, int, int]:
-    """(sender, timestamp, names) of a stats message."""
+    """(sender, flush, names) of a stats message."""
     return _STATS.unpack(message[1:])  # type: ignore[return-value]
 
 

@@ -39,9 +39,9 @@ class Output(Protocol):
 class Coordinator(Protocol):
     """Keeps the workers of one aggregator in step at each flush (`aggregator.worker`)."""
 
-    async def before_swap(self, timestamp: int) -> None: ...
+    async def before_swap(self, sequence: int) -> None: ...
 
-    async def num_stats(self, timestamp: int, own: int) -> int | None: ...
+    async def num_stats(self, sequence: int, own: int) -> int | None: ...
 
 
 class FlushStatistics:
@@ -59,6 +59,11 @@ class FlushStatistics:
 def next_boundary(now: float, interval: float) -> float:
     """The first multiple of ``interval`` strictly after ``now``."""
     return (math.floor(now / interval) + 1) * interval
+
+
+def flush_sequence(boundary: float, interval: float) -> int:
+    """A flush's number: which multiple of the interval its boundary is."""
+    return round(boundary / interval)
 
 
 def flush_timestamp(boundary: float) -> int:
@@ -96,13 +101,21 @@ class Flusher:
         for output in self.outputs:
             output.offer(payload)
 
-    async def flush(self, timestamp: int) -> None:
+    async def flush(self, timestamp: int, *, sequence: int | None = None) -> None:
         """Flush once, stamped ``timestamp``. Not cancellable half-way: a flush that started
-        always reaches the outputs."""
+        always reaches the outputs.
+
+        Args:
+            sequence: the flush's number (its boundary divided by the interval), which the
+                workers' barrier matches flushes by; sub-second intervals give several
+                flushes one whole-second timestamp. Default: derived from the timestamp.
+        """
+        if sequence is None:
+            sequence = flush_sequence(timestamp, self.interval)
         with trio.CancelScope(shield=True):
             async with self._lock:
                 if self.coordinator is not None:
-                    await self.coordinator.before_swap(timestamp)
+                    await self.coordinator.before_swap(sequence)
                 # Levels (buffered lines, ...) are sampled before this flush is queued, so
                 # they show the backlog, not the flush in progress.
                 extra = self.internal_values()
@@ -111,7 +124,7 @@ class Flusher:
                 swapped = time.perf_counter()
                 num_stats: int | None = snapshot.key_count
                 if self.coordinator is not None:
-                    num_stats = await self.coordinator.num_stats(timestamp, snapshot.key_count)
+                    num_stats = await self.coordinator.num_stats(sequence, snapshot.key_count)
                 lines = 0
                 for chunk in self.renderer.render_chunks(snapshot, num_stats=num_stats):
                     lines += chunk.count(b"\n")
@@ -144,4 +157,5 @@ class Flusher:
             # trio sleeps on the monotonic clock; re-check the wall clock on waking.
             while (left := boundary - wall_clock()) > 0:
                 await trio.sleep(left)
-            await self.flush(flush_timestamp(boundary))
+            await self.flush(flush_timestamp(boundary),
+                             sequence=flush_sequence(boundary, self.interval))

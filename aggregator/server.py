@@ -51,7 +51,7 @@ from .backends.console import ConsoleOutput
 from .carbon import CarbonOutput
 from .config import AggregatorConfig, identity_from_hostname
 from .flush import GraphiteRenderer
-from .flusher import Flusher, flush_timestamp, next_boundary
+from .flusher import Flusher, flush_sequence, flush_timestamp, next_boundary
 from .ledger import Aggregator
 from .worker import Exchange, WorkerContext
 
@@ -277,7 +277,8 @@ async def serve(
                     if not b.url.is_stream:
                         while drain_datagrams(b.sock, handle, 10_000) == 10_000:
                             pass
-                await flusher.flush(stamp)
+                await flusher.flush(stamp, sequence=flush_sequence(stamp + wait, config.flush_interval)
+                                    if wait > 0 else None)
                 if carbon is not None:
                     await carbon.wait_delivered()
                 if console is not None:

@@ -178,19 +178,19 @@ class Exchange:
                 self.received_lines += message.count(b"\n") + 1
                 self.aggregator.ingest(message[1:], intake=False)
             elif kind == MARK:
-                sender, timestamp, packets, lines, bad = decode_mark(message)
-                if timestamp > self._marks_closed:
-                    self._marks.setdefault(timestamp, {})[sender] = (packets, lines, bad)
+                sender, flush, packets, lines, bad = decode_mark(message)
+                if flush > self._marks_closed:
+                    self._marks.setdefault(flush, {})[sender] = (packets, lines, bad)
                     self._arrived.set()
                 elif self.context.index == 0:
                     # Its flush went ahead without this mark (the peer was slow): count the
                     # peer's intake in the interval now open rather than lose it.
                     self.aggregator.add_intake(packets, lines, bad)
             elif kind == STATS:
-                sender, timestamp, names = decode_stats(message)
+                sender, flush, names = decode_stats(message)
                 self._last_names[sender] = names
-                if timestamp > self._stats_closed:
-                    self._stats.setdefault(timestamp, {})[sender] = names
+                if flush > self._stats_closed:
+                    self._stats.setdefault(flush, {})[sender] = names
                     self._arrived.set()
 
     async def run(self) -> None:
@@ -210,43 +210,43 @@ class Exchange:
             await trio.lowlevel.checkpoint()
 
     # Flush barrier ----------------------------------------------------------------------
-    async def _wait(self, table: dict[int, dict[int, object]], timestamp: int,
+    async def _wait(self, table: dict[int, dict[int, object]], flush: int,
                     what: str) -> dict[int, object]:
         with trio.move_on_after(self.barrier_seconds):
-            while len(table.get(timestamp, {})) < len(self.peers):
+            while len(table.get(flush, {})) < len(self.peers):
                 self._receive_all()
-                if len(table.get(timestamp, {})) >= len(self.peers):
+                if len(table.get(flush, {})) >= len(self.peers):
                     break
                 self._arrived = trio.Event()
                 await self._arrived.wait()
-        got = table.pop(timestamp, {})
-        for old in [t for t in table if t < timestamp]:
+        got = table.pop(flush, {})
+        for old in [t for t in table if t < flush]:
             del table[old]
         if len(got) < len(self.peers):
             log_event(LOGGER, "worker_barrier_timeout", level=logging.WARNING, what=what,
-                      timestamp=timestamp, missing=len(self.peers) - len(got),
+                      flush=flush, missing=len(self.peers) - len(got),
                       worker=self.context.index)
         return got
 
-    async def before_swap(self, timestamp: int) -> None:
+    async def before_swap(self, sequence: int) -> None:
         """Mark the flush to every peer, wait for theirs; worker 0 adds their intake."""
-        mark = encode_mark(self.context.index, timestamp, *self.aggregator.intake_counts())
+        mark = encode_mark(self.context.index, sequence, *self.aggregator.intake_counts())
         for peer in self.peers:
             self._close_batch(peer)
             self._enqueue(peer, mark)
-        marks = await self._wait(self._marks, timestamp, "mark")  # type: ignore[arg-type]
-        self._marks_closed = timestamp
+        marks = await self._wait(self._marks, sequence, "mark")  # type: ignore[arg-type]
+        self._marks_closed = sequence
         if self.context.index == 0:
             for packets, lines, bad in marks.values():  # type: ignore[misc]
                 self.aggregator.add_intake(packets, lines, bad)
 
-    async def num_stats(self, timestamp: int, own: int) -> int | None:
+    async def num_stats(self, sequence: int, own: int) -> int | None:
         """Worker 0: the total name count over all workers; the others send theirs."""
         if self.context.index != 0:
-            self._enqueue(0, encode_stats(self.context.index, timestamp, own))
+            self._enqueue(0, encode_stats(self.context.index, sequence, own))
             return None
-        counts = await self._wait(self._stats, timestamp, "names")  # type: ignore[arg-type]
-        self._stats_closed = timestamp
+        counts = await self._wait(self._stats, sequence, "names")  # type: ignore[arg-type]
+        self._stats_closed = sequence
         late = {p: self._last_names[p] for p in self.peers
                 if p not in counts and p in self._last_names}
         return own + sum(counts.values()) + sum(late.values())  # type: ignore[arg-type]
