@@ -35,7 +35,7 @@ from common.signals import run_signal_handler
 
 from .config import AggregatorConfig, check_config, plain_value
 from .etsyconfig import map_etsy_config, parse_etsy_config
-from .server import serve
+from .server import BoundAddresses, serve
 from .supervisor import supervise
 from .worker import WorkerContext, watch_parent, worker_context_from_env
 
@@ -111,8 +111,9 @@ async def run(config: AggregatorConfig, args: argparse.Namespace,
         if worker is not None and worker.parent_pipe is not None:
             nursery.start_soon(watch_parent, worker.parent_pipe, stop.set)
 
-        async def run_serve(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                            ) -> None:
+        async def run_serve(
+            task_status: trio.TaskStatus[BoundAddresses] = trio.TASK_STATUS_IGNORED,
+        ) -> None:
             await serve(config, shutdown_trigger=shutdown_trigger,
                         reload_trigger=reload_receive.receive, worker=worker,
                         task_status=task_status)

@@ -17,7 +17,7 @@ from typing import Any, Final
 import attrs
 from attrs import validators as v
 
-from common.address import Endpoint, ListenURL, parse_endpoint, parse_listen_url
+from common.address import Endpoint, ListenURL, parse_listen_url
 from common.auth import (
     auth_mode_setting,
     auth_revoked_tokens_setting,
@@ -98,7 +98,8 @@ def parse_histogram_rule(item: Any) -> tuple[str, tuple[Bound, ...]]:
         try:
             bound = float(b)
         except (TypeError, ValueError):
-            raise ConfigError(f"bin {b!r} is neither a number nor \"inf\"", key="histogram") from None
+            raise ConfigError(f"bin {b!r} is neither a number nor \"inf\"",
+                              key="histogram") from None
         if not math.isfinite(bound):
             raise ConfigError(f"bin {b!r} must be finite (use \"inf\")", key="histogram")
         bounds.append(bound)
@@ -123,7 +124,8 @@ def _strings(values: Sequence[Any]) -> tuple[str, ...]:
 
 def identity_from_hostname(hostname: str) -> str:
     """The default identity: the host name cleaned into one path component."""
-    return sanitize_key(hostname.encode()).replace(b".", b"_").replace(b";", b"_").decode() or "aggregator"
+    cleaned = sanitize_key(hostname.encode()).replace(b".", b"_").replace(b";", b"_")
+    return cleaned.decode() or "aggregator"
 
 
 def _check_identity(_obj: object, _attr: object, value: str | None) -> None:

@@ -111,7 +111,8 @@ def map_etsy_config(raw: Any, *, source: str = "Etsy config") -> tuple[dict[str,
                 out["gauges_max_ttl"] = value
             else:
                 out["gauges_max_ttl"] = 1
-                warnings.append(f"gaugesMaxTTL {value!r} is not an integer > 1: using 1, as Etsy does")
+                warnings.append(f"gaugesMaxTTL {value!r} is not an integer > 1: using 1, "
+                                "as Etsy does")
         elif key == "graphite":
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: graphite must be an object")

@@ -47,7 +47,7 @@ def encode_mark(sender: int, flush: int, packets: int, lines: int, bad_lines: in
 
 def decode_mark(message: bytes) -> tuple[int, int, int, int, int]:
     """(sender, flush, packets, lines, bad_lines) of a mark message."""
-    return _MARK.unpack(message[1:])  # type: ignore[return-value]
+    return _MARK.unpack(message[1:])
 
 
 def encode_stats(sender: int, flush: int, names: int) -> bytes:
@@ -56,7 +56,7 @@ def encode_stats(sender: int, flush: int, names: int) -> bytes:
 
 def decode_stats(message: bytes) -> tuple[int, int, int]:
     """(sender, flush, names) of a stats message."""
-    return _STATS.unpack(message[1:])  # type: ignore[return-value]
+    return _STATS.unpack(message[1:])
 
 
 class Splitter:

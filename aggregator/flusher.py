@@ -68,7 +68,7 @@ def flush_sequence(boundary: float, interval: float) -> int:
 
 def flush_timestamp(boundary: float) -> int:
     """A flush's Graphite timestamp: its boundary in whole seconds."""
-    return int(round(boundary))
+    return round(boundary)
 
 
 class Flusher:
@@ -155,7 +155,7 @@ class Flusher:
         while True:
             boundary = next_boundary(wall_clock(), self.interval)
             # trio sleeps on the monotonic clock; re-check the wall clock on waking.
-            while (left := boundary - wall_clock()) > 0:
+            while (left := boundary - wall_clock()) > 0:  # noqa: ASYNC110 (a deadline, not an event)
                 await trio.sleep(left)
             await self.flush(flush_timestamp(boundary),
                              sequence=flush_sequence(boundary, self.interval))

@@ -23,7 +23,7 @@ Pure: no I/O, no clock (the flush timestamp comes in as an argument).
 from __future__ import annotations
 
 from array import array
-from typing import Final
+from typing import Any, Final
 
 import attrs
 
@@ -327,7 +327,7 @@ class Aggregator:
             The names deleted.
         """
         if kind == "counters":
-            stores: list[dict[bytes, object] | set[bytes]] = [self.ledger.counters]
+            stores: list[Any] = [self.ledger.counters]
         elif kind == "timers":
             stores = [self.ledger.timers, self.ledger.timer_counts, self.known_timers]
         else:

@@ -17,20 +17,20 @@ SHELL.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
+from common.address import format_host_port
 from common.admin_server import run_admin_server
+from common.auth import TokenAuth, make_auth
 from common.errors import ConfigError
 from common.listener import (
     BoundSocket,
@@ -43,8 +43,6 @@ from common.listener import (
 )
 from common.logging import log_event, set_level
 from common.netstat import udp_socket_drops
-from common.address import format_host_port
-from common.auth import TokenAuth, make_auth
 
 from .admin import AggregatorAdmin
 from .backends.console import ConsoleOutput
@@ -270,15 +268,15 @@ async def serve(
                           final_flush_timestamp=stamp, waiting_seconds=f"{wait:.1f}")
                 # Intake stays open (health says down, so proxies stop sending) until the
                 # interval ends: its final flush then carries the interval's own timestamp.
-                while (left := stamp - wall_clock()) > 0 and wait > 0:
+                while (left := stamp - wall_clock()) > 0 and wait > 0:  # noqa: ASYNC110
                     await trio.sleep(left)
                 intake_scope.cancel()
                 for b in bound:
                     if not b.url.is_stream:
                         while drain_datagrams(b.sock, handle, 10_000) == 10_000:
                             pass
-                await flusher.flush(stamp, sequence=flush_sequence(stamp + wait, config.flush_interval)
-                                    if wait > 0 else None)
+                sequence = flush_sequence(stamp, config.flush_interval) if wait > 0 else None
+                await flusher.flush(stamp, sequence=sequence)
                 if carbon is not None:
                     await carbon.wait_delivered()
                 if console is not None:

@@ -144,11 +144,11 @@ async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int)
     return 1 if failed else 0
 
 
-async def _wait_ready(fd: int, workers: int, timeout: float) -> int:
+async def _wait_ready(fd: int, workers: int, limit_seconds: float) -> int:
     """Count readiness bytes from the workers until all ``workers`` have sent one."""
     os.set_blocking(fd, False)
     ready = 0
-    with trio.move_on_after(timeout):
+    with trio.move_on_after(limit_seconds):
         while ready < workers:
             await trio.lowlevel.wait_readable(fd)
             try:

@@ -19,7 +19,7 @@ import os
 import socket
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import trio
@@ -210,8 +210,8 @@ class Exchange:
             await trio.lowlevel.checkpoint()
 
     # Flush barrier ----------------------------------------------------------------------
-    async def _wait(self, table: dict[int, dict[int, object]], flush: int,
-                    what: str) -> dict[int, object]:
+    async def _wait(self, table: dict[int, dict[int, Any]], flush: int,
+                    what: str) -> dict[int, Any]:
         with trio.move_on_after(self.barrier_seconds):
             while len(table.get(flush, {})) < len(self.peers):
                 self._receive_all()
@@ -234,10 +234,10 @@ class Exchange:
         for peer in self.peers:
             self._close_batch(peer)
             self._enqueue(peer, mark)
-        marks = await self._wait(self._marks, sequence, "mark")  # type: ignore[arg-type]
+        marks = await self._wait(self._marks, sequence, "mark")
         self._marks_closed = sequence
         if self.context.index == 0:
-            for packets, lines, bad in marks.values():  # type: ignore[misc]
+            for packets, lines, bad in marks.values():
                 self.aggregator.add_intake(packets, lines, bad)
 
     async def num_stats(self, sequence: int, own: int) -> int | None:
@@ -245,11 +245,11 @@ class Exchange:
         if self.context.index != 0:
             self._enqueue(0, encode_stats(self.context.index, sequence, own))
             return None
-        counts = await self._wait(self._stats, sequence, "names")  # type: ignore[arg-type]
+        counts = await self._wait(self._stats, sequence, "names")
         self._stats_closed = sequence
         late = {p: self._last_names[p] for p in self.peers
                 if p not in counts and p in self._last_names}
-        return own + sum(counts.values()) + sum(late.values())  # type: ignore[arg-type]
+        return own + sum(int(n) for n in counts.values()) + sum(late.values())
 
 
 async def watch_parent(fd: int, on_gone: Callable[[], None]) -> None:

@@ -26,7 +26,7 @@ async def serve_admin_connection(stream: trio.abc.Stream, target: AdminTarget) -
     try:
         async with stream:
             while True:
-                chunk = await stream.receive_some(MAX_COMMAND_BYTES)
+                chunk = bytes(await stream.receive_some(MAX_COMMAND_BYTES))
                 if not chunk:
                     return
                 for command in split_commands(chunk):

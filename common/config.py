@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import attrs
 
@@ -96,12 +96,12 @@ def _check_type(name: str, kind: str, value: Any) -> None:
 
 def build(cls: type[T], values: Mapping[str, Any]) -> T:
     """Construct ``cls`` from already-typed values, turning failures into `ConfigError`."""
-    fields = {f.name: f for f in attrs.fields(cls)}  # type: ignore[misc]
+    fields = {f.name: f for f in attrs.fields(cast(Any, cls))}
     for name, value in values.items():
         conv = fields[name].converter
         if conv is not None:
             try:
-                conv(value)  # type: ignore[operator]
+                conv(value)
             except ConfigError as e:
                 raise ConfigError(e.message, key=e.key or name) from None
             except (TypeError, ValueError) as e:
@@ -121,7 +121,7 @@ def config_from_mapping(cls: type[T], mapping: Mapping[str, Any], *, source: str
         ConfigError: for unknown keys (all of them named at once), values of the wrong
             type, or values a converter or validator refuses.
     """
-    fields = {f.name: f for f in attrs.fields(cls)}  # type: ignore[misc]
+    fields = {f.name: f for f in attrs.fields(cast(Any, cls))}
     unknown = sorted(set(mapping) - set(fields))
     if unknown:
         raise ConfigError(f"unknown key(s) in {source}: {', '.join(unknown)}")
@@ -137,7 +137,7 @@ def flag_name(field_name: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
     """Add one flag per setting of ``cls`` to ``parser`` (all defaulting to `UNSET`)."""
     group = parser.add_argument_group("settings (each also a key of the TOML config file)")
-    for f in attrs.fields(cls):
+    for f in attrs.fields(cast(Any, cls)):
         meta = f.metadata
         kind = meta["kind"]
         flag = flag_name(f.name)
@@ -149,17 +149,17 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
             group.add_argument(flag, action="extend", nargs="+", metavar=meta["metavar"] or "VALUE",
                                **common)
         else:
-            group.add_argument(flag, metavar=meta["metavar"] or kind.upper().replace("OPTIONAL_", ""),
-                               **common)
+            metavar = meta["metavar"] or kind.upper().replace("OPTIONAL_", "")
+            group.add_argument(flag, metavar=metavar, **common)
 
 
 def apply_arguments(config: T, args: argparse.Namespace) -> T:
     """Lay the flags that were given over ``config`` (a frozen attrs instance)."""
-    given = {f.name: getattr(args, f.name) for f in attrs.fields(type(config))
+    given = {f.name: getattr(args, f.name) for f in attrs.fields(cast(Any, type(config)))
              if hasattr(args, f.name)}
     if not given:
         return config
-    merged = attrs.asdict(config, recurse=False)
+    merged = attrs.asdict(cast(Any, config), recurse=False)
     merged.update(given)
     return build(type(config), merged)
 

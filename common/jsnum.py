@@ -100,7 +100,7 @@ def format_number(value: float) -> str:
     except AttributeError:  # an int on Python 3.11, where int has no is_integer()
         return format_number(float(value))
     if integral and -_EXACT_INTEGER_LIMIT <= value <= _EXACT_INTEGER_LIMIT:
-        return "%d" % value
+        return str(int(value))
     text = repr(value)
     if integral or "e" in text or "n" in text:
         return _relayout_repr(text)

@@ -22,7 +22,7 @@ import os
 import socket as stdsocket
 import stat
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import trio
@@ -77,6 +77,7 @@ def bind_listener(url: ListenURL, *, receive_buffer_bytes: int = 0,
     Raises:
         ConfigError: when the address cannot be bound (in use, not local, no permission).
     """
+    target: Any
     if url.scheme in ("unix", "unixgram"):
         family, target = stdsocket.AF_UNIX, url.path
     else:
@@ -154,7 +155,7 @@ async def serve_stream(stream: trio.abc.ReceiveStream, handle: Handler, *,
     buffer = LineBuffer(max_line_bytes=max_line_bytes)
     try:
         while True:
-            chunk = await stream.receive_some(STREAM_CHUNK_BYTES)
+            chunk = bytes(await stream.receive_some(STREAM_CHUNK_BYTES))  # bytes already: no copy
             if not chunk:
                 break
             block = buffer.feed(chunk)

@@ -3,7 +3,8 @@
 Call sites log an event name and fields::
 
     log_event(LOGGER, "listening", kind="udp", address="127.0.0.1:8125")
-    -> ts=2026-11-21T12:00:00.123Z level=info logger=aggregator.listener event=listening kind=udp address=127.0.0.1:8125
+    -> ts=2026-11-21T12:00:00.123Z level=info logger=common.listener event=listening
+       kind=udp address=127.0.0.1:8125   (one line)
 
 Values with spaces, quotes or ``=`` are quoted. Nothing here is on a per-packet path:
 bad lines are counted per packet and logged at a bounded rate by the caller.
@@ -42,7 +43,8 @@ class LogfmtFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        head = f"ts={ts}.{int(record.msecs):03d}Z level={record.levelname.lower()} logger={record.name}"
+        level = record.levelname.lower()
+        head = f"ts={ts}.{int(record.msecs):03d}Z level={level} logger={record.name}"
         fields = getattr(record, "fields", None)
         body = format_fields(fields) if fields else f"msg={_quote(record.getMessage())}"
         if record.exc_info:

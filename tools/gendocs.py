@@ -19,7 +19,7 @@ from common.config import format_reference  # noqa: E402
 DOC = ROOT / "docs" / "configuration.md"
 TABLES = {"aggregator": AggregatorConfig}
 try:
-    from proxy.config import ProxyConfig  # noqa: E402
+    from proxy.config import ProxyConfig
 
     TABLES["proxy"] = ProxyConfig
 except ImportError:  # the proxy is optional for this tool

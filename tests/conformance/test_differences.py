@@ -12,6 +12,7 @@ timestamps, and the final flush on SIGTERM.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -270,7 +271,7 @@ def test_flush_timestamps_aligned_and_shared(graphite_sink: GraphiteSink) -> Non
         assert len({ts for _, _, ts in fields}) == 1, flush.lines
         stamps.append(int(fields[0][2]))
     assert all(ts % interval == 0 for ts in stamps), f"not multiples of {interval}: {stamps}"
-    assert [b - a for a, b in zip(stamps, stamps[1:])] == [interval, interval], stamps
+    assert [b - a for a, b in itertools.pairwise(stamps)] == [interval, interval], stamps
     assert abs(stamps[-1] - time.time()) < 3 * interval, (stamps, time.time())
 
 

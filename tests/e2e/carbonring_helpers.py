@@ -29,10 +29,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+from common.ring import CarbonNode, Ring, parse_carbon_node
 from support.carbon import CARBON_DIR, LocalCarbon
 from support.procs import AggregatorProcess, mgmt_command, send_udp
-
-from common.ring import CarbonNode, Ring, parse_carbon_node
 
 CARBON_PYTHON = CARBON_DIR / "bin" / "python"
 FLUSH_INTERVAL = 1.0

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Iterable
 
 import pytest
+
 from support.procs import AggregatorProcess, DaemonError, mgmt_command, split_host_port
 
 

@@ -51,9 +51,9 @@ from carbonring_helpers import (
     wait_for_phase,
     wait_for_timestamps,
 )
-from support.procs import AggregatorProcess, start_aggregator, wait_until
 
 from common.ring import CarbonNode, Ring, parse_carbon_node
+from support.procs import AggregatorProcess, start_aggregator, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
+from common.shard import shard_index
 from support.procs import (
     AggregatorProcess,
     mgmt_command,
@@ -22,8 +24,6 @@ from support.procs import (
     wait_until,
 )
 from support.sink import GraphiteSink
-
-from common.shard import shard_index
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import pytest
 
-from support.procs import AggregatorProcess, send_udp, start_aggregator, wait_until
+from support.procs import send_udp, start_aggregator, wait_until
 from support.sink import GraphiteSink
 
 pytestmark = [pytest.mark.e2e]
@@ -89,10 +89,11 @@ def test_killed_worker_is_restarted_and_counted() -> None:
             os.kill(pid, signal.SIGKILL)
             agg.wait_for_log(r"event=worker_died worker=1 .*restarts=1", 15)
             agg.wait_for_log(r"event=worker_started worker=1 pid=\d+ generation=1", 15)
-            wait_until(lambda: any(r.line.startswith("stats.statsd.tallyd.wtest-w1.worker.generation 1 ")
-                                   for r in sink.records()), 15)
+            generation = "stats.statsd.tallyd.wtest-w1.worker.generation 1 "
+            wait_until(lambda: any(r.line.startswith(generation) for r in sink.records()), 15)
             send_udp(agg.udp, [b"\n".join(f"after.c{i}:1|c".encode() for i in range(50))])
-            wait_until(lambda: sum(1 for r in sink.records() if r.line.startswith("stats_counts.after.c")
+            wait_until(lambda: sum(1 for r in sink.records()
+                                   if r.line.startswith("stats_counts.after.c")
                                    and r.line.split()[1] == "1") == 50, 15)
             assert agg.stop() == 0
         stamps = defaultdict(set)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 from collections.abc import Callable
 from functools import partial
@@ -13,7 +14,6 @@ from aggregator.config import AggregatorConfig
 from aggregator.server import BoundAddresses, serve
 from common.config import config_from_mapping
 from common.errors import ConfigError
-
 from support.triosink import TrioSink
 
 
@@ -74,7 +74,7 @@ async def test_flushes_are_aligned_and_share_one_connection(nursery, sink, wall_
                                                     if x.startswith(b"stats_counts.c ")]) > n)
     stamps = sorted({int(x.split()[2]) for x in sink.lines})
     assert all(ts % 10 == 0 for ts in stamps)
-    assert all(b - a == 10 for a, b in zip(stamps, stamps[1:]))
+    assert all(b - a == 10 for a, b in itertools.pairwise(stamps))
     assert sink.connections == 1
 
 
@@ -83,19 +83,20 @@ async def test_graceful_stop_delivers_the_interval_in_progress(nursery, sink, wa
     stop = trio.Event()
     done = trio.Event()
 
-    async def run() -> None:
+    async def run(task_status: trio.TaskStatus[BoundAddresses] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
         await serve(make_config(carbon=[f"127.0.0.1:{sink.port}"]), wall_clock=wall_clock,
-                    shutdown_trigger=stop.wait, task_status=status)
+                    shutdown_trigger=stop.wait, task_status=task_status)
         done.set()
 
-    status: trio.TaskStatus[BoundAddresses]
-    addrs = await nursery.start(partial(serve, make_config(carbon=[f"127.0.0.1:{sink.port}"]),
-                                        wall_clock=wall_clock, shutdown_trigger=stop.wait))
+    addrs = await nursery.start(run)
     await sink.wait_for(lambda lines: len(lines) > 0)  # first flush done, connection up
     await trio.sleep(3)
     await send_udp(addrs.first("udp"), b"late:7|c")
     await trio.sleep(0.1)
     stop.set()
+    with trio.fail_after(30):
+        await done.wait()  # serve() returned: the graceful stop finished
     await sink.wait_for(lambda lines: any(x.startswith(b"stats_counts.late ") for x in lines))
     late = [x for x in sink.lines if x.startswith(b"stats_counts.late ")]
     assert late[0].split()[1] == b"7"

@@ -60,7 +60,7 @@ async def test_overflow_goes_to_spool_and_is_sent_first(nursery, tmp_path: Path,
     assert [line.split()[0] for line in sink.lines[::10]] == [b"a.0", b"b.0", b"c.0"]
     stats = sender.statistics()
     assert (stats.sent_lines, stats.spooled_lines, stats.dropped) == (30, 0, {})
-    assert list(tmp_path.iterdir()) == []
+    assert not any(tmp_path.iterdir())  # noqa: ASYNC240 (a test's tmp dir)
 
 
 async def test_backlog_is_replayed_at_the_configured_pace(nursery, sink: TrioSink,

@@ -32,7 +32,8 @@ def test_split_sends_each_line_to_its_owner_and_keeps_unusable_lines() -> None:
             name = LineParser().name_of(line)
             assert owner == (worker_index(name, 3) if name else 0), line
     assert b"+++:1|c" in placed[0] and b"bad line" in placed[0]
-    owners = {o for o, lines in placed.items() for line in lines if line.startswith((b"a b", b"a_b"))}
+    owners = {o for o, lines in placed.items() for line in lines
+              if line.startswith((b"a b", b"a_b"))}
     assert len(owners) == 1  # one Graphite path, one owner, tags or not
 
 

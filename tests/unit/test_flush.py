@@ -5,8 +5,10 @@ from __future__ import annotations
 from aggregator.flush import GraphiteRenderer, Naming
 from aggregator.ledger import Aggregator, LedgerOptions
 
+DEFAULT_NAMING = Naming()
 
-def render(packets: list[bytes], naming: Naming = Naming(), *, flushes: int = 1,
+
+def render(packets: list[bytes], naming: Naming = DEFAULT_NAMING, *, flushes: int = 1,
            interval: float = 10.0, chunk_names: int = 2000) -> set[str]:
     a = Aggregator(LedgerOptions(prefix_stats=naming.prefix_stats,
                                  key_name_sanitize=naming.key_name_sanitize))
