@@ -18,16 +18,21 @@ import attrs
 from attrs import validators as v
 
 from common.address import Endpoint, ListenURL, parse_listen_url
-from common.auth import (
-    auth_mode_setting,
-    auth_revoked_tokens_setting,
-    auth_tokens_setting,
-    make_auth,
-)
+from common.auth import make_auth
 from common.config import setting
 from common.errors import ConfigError
 from common.protocol import sanitize_key
 from common.ring import RING_HASHES, CarbonNode, parse_carbon_node
+from common.settings import (
+    auth_mode_setting,
+    auth_revoked_tokens_setting,
+    auth_tokens_setting,
+    log_level_setting,
+    max_line_bytes_setting,
+    max_tcp_connections_setting,
+    mgmt_address_setting,
+    udp_receive_buffer_bytes_setting,
+)
 
 from .flush import Naming
 from .ledger import LedgerOptions
@@ -36,14 +41,7 @@ from .timers import Bound, timer_metric_filter
 # Defaults, with why.
 DEFAULT_LISTEN: Final = ["udp://0.0.0.0:8125"]  # Etsy: UDP port 8125 on every interface
 DEFAULT_FLUSH_INTERVAL_SECONDS: Final = 10.0  # Etsy's flushInterval, 10000 ms
-DEFAULT_MGMT_ADDRESS: Final = "127.0.0.1"  # Etsy binds all interfaces; admin stays local here
 DEFAULT_MGMT_PORT: Final = 8126  # Etsy's mgmt_port
-DEFAULT_MAX_LINE_BYTES: Final = 65_536  # a UDP datagram's maximum; longer is never real data
-DEFAULT_MAX_TCP_CONNECTIONS: Final = 1024  # each costs a task and a buffer
-#: Kernel receive buffer asked for on UDP sockets: 32 MiB holds ~1 s of 1 Gbit/s, enough
-#: to ride out a flush or a GC pause. Raised past net.core.rmem_max with SO_RCVBUFFORCE
-#: when running as root.
-DEFAULT_UDP_RECEIVE_BUFFER_BYTES: Final = 32 * 1024 * 1024
 DEFAULT_CARBON_BUFFER_BYTES: Final = 256 * 1024 * 1024  # ~3M lines waiting for one node
 #: On SIGTERM: waiting for the interval in progress to end (at most 3/4 of this), then the
 #: final flush and its delivery. 15 s covers the default 10 s interval with time to deliver.
@@ -236,9 +234,7 @@ class AggregatorConfig:
     global_suffix: str | None = setting(
         None, kind="optional_str", converter=_optional_str, reloadable=True,
         help="last path component of every name (before any tags)", etsy="graphite.globalSuffix")
-    mgmt_address: str = setting(
-        DEFAULT_MGMT_ADDRESS, kind="str", metavar="ADDRESS",
-        help="address of the Etsy-compatible admin TCP interface", etsy="mgmt_address")
+    mgmt_address: str = mgmt_address_setting()
     mgmt_port: int = setting(
         DEFAULT_MGMT_PORT, kind="int", converter=int, validator=[v.ge(0), v.le(65535)],
         metavar="PORT", help="port of the admin TCP interface (0: any free port)",
@@ -250,15 +246,9 @@ class AggregatorConfig:
     auth: str = auth_mode_setting()
     auth_tokens: tuple[str, ...] = auth_tokens_setting()
     auth_revoked_tokens: tuple[str, ...] = auth_revoked_tokens_setting()
-    max_line_bytes: int = setting(
-        DEFAULT_MAX_LINE_BYTES, kind="int", converter=int, validator=v.ge(64),
-        metavar="BYTES", help="longer lines are dropped and counted as bad lines")
-    max_tcp_connections: int = setting(
-        DEFAULT_MAX_TCP_CONNECTIONS, kind="int", converter=int, validator=v.ge(1),
-        metavar="N", help="stream connections served at once; more are refused and logged")
-    udp_receive_buffer_bytes: int = setting(
-        DEFAULT_UDP_RECEIVE_BUFFER_BYTES, kind="int", converter=int, validator=v.ge(0),
-        metavar="BYTES", help="kernel receive buffer asked for on UDP sockets (0: system default)")
+    max_line_bytes: int = max_line_bytes_setting()
+    max_tcp_connections: int = max_tcp_connections_setting()
+    udp_receive_buffer_bytes: int = udp_receive_buffer_bytes_setting()
     carbon_buffer_bytes: int = setting(
         DEFAULT_CARBON_BUFFER_BYTES, kind="int", converter=int, validator=v.ge(0),
         metavar="BYTES", help="output held per Carbon node while it is down or slow; "
@@ -293,9 +283,7 @@ class AggregatorConfig:
         DEFAULT_GRACEFUL_TIMEOUT_SECONDS, kind="float", converter=float, validator=v.gt(0),
         metavar="SECONDS", help="on SIGTERM: seconds allowed for the interval in progress to end "
                                "(up to 3/4 of it), then the final flush and its delivery")
-    log_level: str = setting(
-        "info", kind="str", validator=v.in_(("debug", "info", "warning", "error")),
-        reloadable=True, help="debug, info, warning or error")
+    log_level: str = log_level_setting()
 
     @property
     def ledger_options(self) -> LedgerOptions:

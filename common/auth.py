@@ -29,11 +29,10 @@ Pure: no I/O.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Final
 
 import attrs
 
-from .config import setting
 from .errors import ConfigError
 
 AUTH_MODES: Final = ("none", "token")
@@ -145,26 +144,3 @@ def make_auth(mode: str, tokens: Iterable[str], revoked: Iterable[str] = ()) -> 
     if not auth.valid:
         raise ConfigError('auth = "token" needs at least one token in auth_tokens', key="auth")
     return auth
-
-
-def _strings(values: Iterable[object]) -> tuple[str, ...]:
-    return tuple(str(x) for x in values)
-
-
-# The three settings, declared once for both roles (each role's config class uses them).
-def auth_mode_setting() -> Any:
-    from attrs import validators as v
-
-    return setting(
-        "none", kind="str", validator=v.in_(AUTH_MODES), metavar="none|token",
-        help="token: every line must start with a valid TOKEN. (statsgod-compatible)")
-
-
-def auth_tokens_setting() -> Any:
-    return setting([], kind="list", converter=_strings, metavar="TOKEN",
-                   help="tokens that authenticate (with auth = token)")
-
-
-def auth_revoked_tokens_setting() -> Any:
-    return setting([], kind="list", converter=_strings, metavar="TOKEN",
-                   help="tokens that no longer authenticate (refused and counted)")

@@ -17,13 +17,18 @@ import attrs
 from attrs import validators as v
 
 from common.address import ListenURL, parse_listen_url
-from common.auth import (
+from common.auth import make_auth
+from common.config import setting
+from common.settings import (
     auth_mode_setting,
     auth_revoked_tokens_setting,
     auth_tokens_setting,
-    make_auth,
+    log_level_setting,
+    max_line_bytes_setting,
+    max_tcp_connections_setting,
+    mgmt_address_setting,
+    udp_receive_buffer_bytes_setting,
 )
-from common.config import setting
 
 from .membership import AggregatorSpec, Membership, parse_aggregator
 
@@ -42,7 +47,6 @@ DEFAULT_SOURCE_SOCKETS: Final = 4
 DEFAULT_BUFFER_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_RESOLVE_INTERVAL: Final = 30.0  # seconds between DNS look-ups of aggregator names
 DEFAULT_HEALTH_INTERVAL: Final = 2.0  # seconds between admin "health" probes (if configured)
-DEFAULT_UDP_RECEIVE_BUFFER_BYTES: Final = 32 * 1024 * 1024  # as the aggregator's
 
 
 def _listen(values: Sequence[Any]) -> tuple[ListenURL, ...]:
@@ -118,18 +122,10 @@ class ProxyConfig:
     auth: str = auth_mode_setting()
     auth_tokens: tuple[str, ...] = auth_tokens_setting()
     auth_revoked_tokens: tuple[str, ...] = auth_revoked_tokens_setting()
-    max_line_bytes: int = setting(
-        65_536, kind="int", converter=int, validator=v.ge(64), metavar="BYTES",
-        help="longest line accepted from a stream; longer ones are dropped and counted")
-    max_tcp_connections: int = setting(
-        1024, kind="int", converter=int, validator=v.ge(1), metavar="N",
-        help="stream connections served at once; more are refused and logged")
-    udp_receive_buffer_bytes: int = setting(
-        DEFAULT_UDP_RECEIVE_BUFFER_BYTES, kind="int", converter=int, validator=v.ge(0),
-        metavar="BYTES", help="kernel receive buffer asked for on UDP sockets (0: default)")
-    mgmt_address: str = setting(
-        "127.0.0.1", kind="str", metavar="ADDRESS",
-        help="address of the admin TCP interface", etsy="mgmt_address")
+    max_line_bytes: int = max_line_bytes_setting()
+    max_tcp_connections: int = max_tcp_connections_setting()
+    udp_receive_buffer_bytes: int = udp_receive_buffer_bytes_setting()
+    mgmt_address: str = mgmt_address_setting()
     mgmt_port: int = setting(
         8126, kind="int", converter=int, validator=[v.ge(0), v.le(65535)], metavar="PORT",
         help="admin TCP port (process i of --processes uses PORT+i; 0: any free port)",
@@ -137,9 +133,7 @@ class ProxyConfig:
     graceful_timeout: float = setting(
         5.0, kind="float", converter=float, validator=v.gt(0), metavar="SECONDS",
         help="on SIGTERM: seconds allowed to deliver what is buffered")
-    log_level: str = setting(
-        "info", kind="str", validator=v.in_(("debug", "info", "warning", "error")),
-        reloadable=True, help="debug, info, warning or error")
+    log_level: str = log_level_setting()
 
     @property
     def max_chunk_bytes(self) -> int:

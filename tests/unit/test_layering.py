@@ -13,7 +13,7 @@ CORE = [
     "common/address.py", "common/admin.py", "common/jsnum.py", "common/ring.py",
     "aggregator/ledger.py", "aggregator/timers.py", "aggregator/flush.py",
     "aggregator/config.py", "aggregator/etsyconfig.py", "aggregator/placement.py",
-    "aggregator/exchange.py", "common/shard.py", "common/auth.py",
+    "aggregator/exchange.py", "common/shard.py", "common/auth.py", "common/settings.py",
     "proxy/routing.py", "proxy/membership.py", "proxy/config.py",
 ]
 FORBIDDEN = {"trio", "socket", "time", "logging", "os", "asyncio", "select", "threading"}

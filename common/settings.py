@@ -1,0 +1,76 @@
+"""Settings both roles have (intake limits, admin, logging, token auth), declared once: each
+role's config class calls these.
+
+Pure: declarations only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Final
+
+from attrs import validators as v
+
+from .auth import AUTH_MODES
+from .config import setting
+
+#: The longest line: a UDP datagram's maximum; a longer line is never real data.
+DEFAULT_MAX_LINE_BYTES: Final = 65_536
+#: Stream connections served at once: each costs a task and a buffer.
+DEFAULT_MAX_TCP_CONNECTIONS: Final = 1024
+#: Kernel receive buffer asked for on UDP sockets: 32 MiB holds about a second of
+#: 1 Gbit/s, enough to ride out a flush or a pause. Raised past net.core.rmem_max with
+#: SO_RCVBUFFORCE when running as root.
+DEFAULT_UDP_RECEIVE_BUFFER_BYTES: Final = 32 * 1024 * 1024
+#: Etsy binds its admin port on every interface; ours stays on loopback unless asked.
+DEFAULT_MGMT_ADDRESS: Final = "127.0.0.1"
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+
+def max_line_bytes_setting() -> Any:
+    return setting(DEFAULT_MAX_LINE_BYTES, kind="int", converter=int, validator=v.ge(64),
+                   metavar="BYTES", help="longer lines are dropped and counted")
+
+
+def max_tcp_connections_setting() -> Any:
+    return setting(DEFAULT_MAX_TCP_CONNECTIONS, kind="int", converter=int, validator=v.ge(1),
+                   metavar="N",
+                   help="stream connections served at once; more are refused and logged")
+
+
+def udp_receive_buffer_bytes_setting() -> Any:
+    return setting(DEFAULT_UDP_RECEIVE_BUFFER_BYTES, kind="int", converter=int,
+                   validator=v.ge(0), metavar="BYTES",
+                   help="kernel receive buffer asked for on UDP sockets (0: system default)")
+
+
+def mgmt_address_setting() -> Any:
+    return setting(DEFAULT_MGMT_ADDRESS, kind="str", metavar="ADDRESS",
+                   help="address of the Etsy-compatible admin TCP interface",
+                   etsy="mgmt_address")
+
+
+def log_level_setting() -> Any:
+    return setting("info", kind="str", validator=v.in_(LOG_LEVELS), reloadable=True,
+                   help="debug, info, warning or error")
+
+
+def _strings(values: Iterable[object]) -> tuple[str, ...]:
+    return tuple(str(x) for x in values)
+
+
+# The three settings, declared once for both roles (each role's config class uses them).
+def auth_mode_setting() -> Any:
+    return setting(
+        "none", kind="str", validator=v.in_(AUTH_MODES), metavar="none|token",
+        help="token: every line must start with a valid TOKEN. (statsgod-compatible)")
+
+
+def auth_tokens_setting() -> Any:
+    return setting([], kind="list", converter=_strings, metavar="TOKEN",
+                   help="tokens that authenticate (with auth = token)")
+
+
+def auth_revoked_tokens_setting() -> Any:
+    return setting([], kind="list", converter=_strings, metavar="TOKEN",
+                   help="tokens that no longer authenticate (refused and counted)")
