@@ -129,7 +129,7 @@ class Aggregator:
             for key in self.internal_keys:
                 self.ledger.counters[key] = 0.0
 
-    def ingest(self, packet: bytes, *, intake: bool = True) -> None:
+    def ingest(self, packet: bytes, *, intake: bool = True, packets: int = 1) -> None:
         """Aggregate one packet (a datagram, or a block of complete lines from a stream).
 
         Most lines have the plain shape ``name:value|type`` with a name seen before; those
@@ -142,6 +142,7 @@ class Aggregator:
             intake: count the packet and its lines as received here (``packets_received``,
                 ``metrics_received``); false for lines another worker received and
                 forwarded, which that worker already counted.
+            packets: how many datagrams ``packet`` joins (intake hands over bursts).
         """
         ledger = self.ledger
         counters = ledger.counters
@@ -172,14 +173,17 @@ class Aggregator:
                     members = ledger.sets[key] = set()
                 members.add(value or b"0")
                 continue
-            try:
-                number = float(value)
-            except ValueError:
-                slow(line)
-                continue
-            if number - number != 0.0 or b"_" in value:  # inf, nan, or 1_000
-                slow(line)
-                continue
+            if value.isdigit():  # the common case: no sign, dot, exponent, inf or "_"
+                number = 1.0 if value == b"1" else float(value)
+            else:
+                try:
+                    number = float(value)
+                except ValueError:
+                    slow(line)
+                    continue
+                if number - number != 0.0 or b"_" in value:  # inf, nan, or 1_000
+                    slow(line)
+                    continue
             if fast == COUNTER:
                 counters[key] = counters.get(key, 0.0) + number
             elif fast == TIMER:
@@ -204,7 +208,7 @@ class Aggregator:
                 timer.append(number)
                 timer_counts[key] = timer_counts.get(key, 0.0) + 1.0
         if intake:
-            ledger.packets += 1
+            ledger.packets += packets
             ledger.lines += lines
 
     def _ingest_line(self, line: bytes) -> None:

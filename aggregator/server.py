@@ -23,7 +23,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -170,7 +170,7 @@ async def serve(
     if worker is None:
         bound = bind_all(config)
         mgmt_listeners = await trio.open_tcp_listeners(config.mgmt_port, host=config.mgmt_address)
-        handle: Callable[[bytes], None] = aggregator.ingest
+        handle: Intake = aggregator.ingest
     else:
         bound = adopt_sockets(config, worker.sockets)
         mgmt_listeners = ([trio.SocketListener(trio.socket.from_stdlib_socket(worker.mgmt))]
@@ -181,6 +181,10 @@ async def serve(
     auth = make_auth(config.auth, config.auth_tokens, config.auth_revoked_tokens)
     if auth is not None:
         handle = authenticated(handle, auth)
+
+    def handle_batch(datagrams: list[bytes]) -> None:
+        handle(b"\n".join(datagrams), packets=len(datagrams))
+
     admin = AggregatorAdmin(config, aggregator, carbon, intake, auth)
 
     def internal_values() -> dict[str, float]:
@@ -232,7 +236,8 @@ async def serve(
                                     max_line_bytes=config.max_line_bytes,
                                     max_connections=config.max_tcp_connections, stats=intake))
                             else:
-                                inner.start_soon(run_datagram_listener, b, handle)
+                                inner.start_soon(partial(run_datagram_listener, b, handle,
+                                                         handle_batch=handle_batch))
 
             nursery.start_soon(run_intake)
             flush_scope = trio.CancelScope()
@@ -293,10 +298,16 @@ async def serve(
                 close_listener(b)
 
 
-def authenticated(handle: Callable[[bytes], None], auth: TokenAuth) -> Callable[[bytes], None]:
+class Intake(Protocol):
+    """The aggregator's intake callback: a block of lines, and how many datagrams it joins."""
+
+    def __call__(self, packet: bytes, *, packets: int = 1) -> None: ...
+
+
+def authenticated(handle: Intake, auth: TokenAuth) -> Intake:
     """Wrap the intake callback: tokens are checked and stripped before anything else."""
-    def handle_authenticated(packet: bytes) -> None:
-        handle(auth.filter_packet(packet))
+    def handle_authenticated(packet: bytes, *, packets: int = 1) -> None:
+        handle(auth.filter_packet(packet), packets=packets)
 
     return handle_authenticated
 

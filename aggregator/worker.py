@@ -107,10 +107,14 @@ class Exchange:
         self.received_lines = 0
 
     # Intake side ------------------------------------------------------------------------
-    def handle(self, packet: bytes) -> None:
-        """The intake callback: keep own lines, batch the others for their owners."""
+    def handle(self, packet: bytes, packets: int = 1) -> None:
+        """The intake callback: keep own lines, batch the others for their owners.
+
+        Args:
+            packets: how many datagrams ``packet`` joins.
+        """
         own, foreign, count = self.splitter.split(packet)
-        self.aggregator.add_intake(1, count, 0)
+        self.aggregator.add_intake(packets, count, 0)
         if own:
             self.aggregator.ingest(own, intake=False)
         for peer, lines in foreign.items():

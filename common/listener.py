@@ -21,6 +21,7 @@ import logging
 import os
 import socket as stdsocket
 import stat
+import sys
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -42,6 +43,10 @@ MAX_DATAGRAM_BYTES: Final = 65_535
 STREAM_CHUNK_BYTES: Final = 65_536
 
 Handler = Callable[[bytes], None]
+#: Called with every datagram drained in one go (at most `DATAGRAMS_PER_CHECKPOINT`).
+BatchHandler = Callable[[list[bytes]], None]
+#: Python's socket module does not export SO_RCVBUFFORCE; 33 on every Linux architecture.
+_SO_RCVBUFFORCE_LINUX: Final = 33 if sys.platform == "linux" else None
 
 
 @attrs.define
@@ -114,7 +119,7 @@ def set_receive_buffer(sock: stdsocket.socket, size: int) -> int:
 
     SO_RCVBUFFORCE (root only) passes net.core.rmem_max; otherwise SO_RCVBUF is capped.
     """
-    force = getattr(stdsocket, "SO_RCVBUFFORCE", None)
+    force = getattr(stdsocket, "SO_RCVBUFFORCE", _SO_RCVBUFFORCE_LINUX)
     try:
         if force is None:
             raise PermissionError
@@ -140,12 +145,46 @@ def drain_datagrams(sock: stdsocket.socket, handle: Handler, limit: int) -> int:
     return limit
 
 
-async def run_datagram_listener(bound: BoundSocket, handle: Handler) -> None:
-    """Receive datagrams on ``bound`` until cancelled."""
+def receive_datagrams(sock: stdsocket.socket, limit: int) -> list[bytes]:
+    """Read up to ``limit`` queued datagrams without blocking."""
+    recv = sock.recv
+    out: list[bytes] = []
+    append = out.append
+    for _ in range(limit):
+        try:
+            append(recv(MAX_DATAGRAM_BYTES))
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError as e:
+            if e.errno in (errno.ECONNREFUSED, errno.EAGAIN):
+                break
+            raise
+    return out
+
+
+async def run_datagram_listener(bound: BoundSocket, handle: Handler, *,
+                                handle_batch: BatchHandler | None = None) -> None:
+    """Receive datagrams on ``bound`` until cancelled.
+
+    Args:
+        handle: called once per datagram, unless ``handle_batch`` is given.
+        handle_batch: called once per drained burst with all its datagrams: one call
+            (and one parser setup) for up to `DATAGRAMS_PER_CHECKPOINT` datagrams.
+    """
     sock = bound.sock
+    limit = DATAGRAMS_PER_CHECKPOINT
     while True:
         await trio.lowlevel.wait_readable(sock)
-        while drain_datagrams(sock, handle, DATAGRAMS_PER_CHECKPOINT) == DATAGRAMS_PER_CHECKPOINT:
+        if handle_batch is None:
+            while drain_datagrams(sock, handle, limit) == limit:
+                await trio.lowlevel.checkpoint()
+            continue
+        while True:
+            batch = receive_datagrams(sock, limit)
+            if batch:
+                handle_batch(batch)
+            if len(batch) < limit:
+                break
             await trio.lowlevel.checkpoint()
 
 

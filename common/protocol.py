@@ -83,9 +83,11 @@ _JS_WS_RUN: Final = re.compile(
 )
 
 #: Distinct raw keys remembered by one parser before its cache is cleared. Sanitising is
-#: a regex plus two byte passes; the cache turns it into one dict lookup per line. 200k
-#: entries of ~60 bytes is ~30 MB at worst, and real traffic has far fewer distinct keys.
-DEFAULT_KEY_CACHE_SIZE: Final = 200_000
+#: a regex plus two byte passes; the cache turns it into one dict lookup per line, and the
+#: ledger's fast path only takes lines whose key is cached, so the cache must hold every
+#: live name (a smaller one was cleared over and over with 1M names). A clean key is
+#: stored as the raw key object itself, so an entry costs a dict slot (~100 bytes).
+DEFAULT_KEY_CACHE_SIZE: Final = 2_000_000
 
 
 def sanitize_key(raw: bytes) -> bytes:
@@ -201,6 +203,8 @@ class LineParser:
                 key += b";" + b";".join(_dogstatsd_tag(t) for t in tagpart.split(b","))
             if self.sanitize:
                 key = sanitize_key(key)
+                if key == raw:
+                    key = raw  # share the object: most keys are already clean
             name = key.split(b";", 1)[0]
             if not (sanitize_key(name) if not self.sanitize else name):
                 key = b""
