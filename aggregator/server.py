@@ -35,6 +35,7 @@ from common.errors import ConfigError
 from common.listener import (
     BoundSocket,
     IntakeStatistics,
+    adopt_socket,
     bind_listener,
     close_listener,
     drain_datagrams,
@@ -121,19 +122,6 @@ def bind_all(config: AggregatorConfig) -> list[BoundSocket]:
     return bound
 
 
-def adopt_sockets(config: AggregatorConfig, sockets: Sequence[socket.socket]) -> list[BoundSocket]:
-    """Wrap sockets bound by the supervisor, in listen order."""
-    bound = []
-    for url, sock in zip(config.listen, sockets, strict=True):
-        if url.scheme in ("unix", "unixgram"):
-            address = url.path
-        else:
-            host, port = sock.getsockname()[:2]
-            address = format_host_port(host, port)
-        bound.append(BoundSocket(url=url, sock=sock, address=address))
-    return bound
-
-
 async def serve(
     config: AggregatorConfig,
     *,
@@ -172,7 +160,8 @@ async def serve(
         mgmt_listeners = await trio.open_tcp_listeners(config.mgmt_port, host=config.mgmt_address)
         handle: Intake = aggregator.ingest
     else:
-        bound = adopt_sockets(config, worker.sockets)
+        bound = [adopt_socket(url, sock)
+                 for url, sock in zip(config.listen, worker.sockets, strict=True)]
         mgmt_listeners = ([trio.SocketListener(trio.socket.from_stdlib_socket(worker.mgmt))]
                           if worker.mgmt is not None else [])
         identity = f"{identity}-w{worker.index}"

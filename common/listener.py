@@ -106,12 +106,15 @@ def bind_listener(url: ListenURL, *, receive_buffer_bytes: int = 0,
     except OSError as e:
         sock.close()
         raise ConfigError(f"cannot bind {url}: {e.strerror or e}", key="listen") from e
-    if family == stdsocket.AF_UNIX:
-        address = url.path
-    else:
-        host, port = sock.getsockname()[:2]
-        address = format_host_port(host, port)
-    return BoundSocket(url=url, sock=sock, address=address)
+    return adopt_socket(url, sock)
+
+
+def adopt_socket(url: ListenURL, sock: stdsocket.socket) -> BoundSocket:
+    """Describe an already bound socket (ours, or one a supervisor passed down)."""
+    if url.scheme in ("unix", "unixgram"):
+        return BoundSocket(url=url, sock=sock, address=url.path)
+    host, port = sock.getsockname()[:2]
+    return BoundSocket(url=url, sock=sock, address=format_host_port(host, port))
 
 
 def set_receive_buffer(sock: stdsocket.socket, size: int) -> int:

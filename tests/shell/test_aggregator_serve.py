@@ -211,3 +211,23 @@ def test_final_flush_waits_for_the_interval_end_within_the_deadline() -> None:
     assert final_flush_plan(1003.5, 10.0, 15.0) == (1010, 6.5)
     assert final_flush_plan(1000.0, 10.0, 15.0) == (1010, 10.0)
     assert final_flush_plan(1000.5, 3600.0, 15.0) == (1000, 0.0)  # too far: now, at once
+
+
+async def test_reload_applies_reloadable_settings_and_reports_the_rest(nursery, sink, wall_clock,
+                                                                       autojump_clock) -> None:
+    config = make_config(carbon=[f"127.0.0.1:{sink.port}"])
+    reloads = trio.open_memory_channel[AggregatorConfig](1)
+    addrs = await nursery.start(partial(serve, config, wall_clock=wall_clock,
+                                        reload_trigger=reloads[1].receive))
+    await sink.wait_for(lambda lines: len(lines) > 0)
+    new = make_config(carbon=[f"127.0.0.1:{sink.port}"], percent_threshold=[50],
+                      legacy_namespace=False, flush_interval=30)
+    await reloads[0].send(new)
+    await trio.sleep(1)
+    await send_udp(addrs.first("udp"), b"t:1|ms\nt:2|ms\nc:1|c")
+    await sink.wait_for(lambda lines: any(x.startswith(b"stats.timers.t.") for x in lines))
+    paths = {x.split()[0] for x in sink.lines}
+    assert b"stats.timers.t.upper_50" in paths and b"stats.timers.t.upper_90" not in paths
+    assert b"stats.counters.c.count" in paths
+    stamps = sorted({int(x.split()[2]) for x in sink.lines})
+    assert all(b - a == 10 for a, b in itertools.pairwise(stamps))  # the interval needs a restart
