@@ -29,7 +29,7 @@ from common.config import (
     format_toml,
     load_toml,
 )
-from common.errors import ConfigError
+from common.errors import ConfigError, find_config_error
 from common.logging import configure_logging, log_event
 from common.signals import run_signal_handler
 
@@ -124,17 +124,6 @@ async def run(config: AggregatorConfig, args: argparse.Namespace,
             os.write(worker.ready_pipe, b"r")  # tells the supervisor this worker is serving
             os.close(worker.ready_pipe)
 
-
-def find_config_error(exc: BaseException) -> ConfigError | None:
-    """The ConfigError inside ``exc`` (trio wraps task errors in exception groups)."""
-    if isinstance(exc, ConfigError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = find_config_error(inner)
-            if found is not None:
-                return found
-    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

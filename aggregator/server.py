@@ -31,12 +31,11 @@ import trio
 from common.address import format_host_port
 from common.admin_server import run_admin_server
 from common.auth import TokenAuth, make_auth
-from common.errors import ConfigError
 from common.listener import (
     BoundSocket,
     IntakeStatistics,
     adopt_socket,
-    bind_listener,
+    bind_listeners,
     close_listener,
     drain_datagrams,
     run_datagram_listener,
@@ -110,17 +109,6 @@ async def _report_bad_lines(aggregator: Aggregator) -> None:
             reported = total
 
 
-def bind_all(config: AggregatorConfig) -> list[BoundSocket]:
-    bound: list[BoundSocket] = []
-    try:
-        for url in config.listen:
-            bound.append(bind_listener(url, receive_buffer_bytes=config.udp_receive_buffer_bytes))
-    except ConfigError:
-        for b in bound:
-            close_listener(b)
-        raise
-    return bound
-
 
 async def serve(
     config: AggregatorConfig,
@@ -156,7 +144,8 @@ async def serve(
     identity = config.identity or identity_from_hostname(socket.gethostname())
     exchange: Exchange | None = None
     if worker is None:
-        bound = bind_all(config)
+        bound = bind_listeners(config.listen,
+                               receive_buffer_bytes=config.udp_receive_buffer_bytes)
         mgmt_listeners = await trio.open_tcp_listeners(config.mgmt_port, host=config.mgmt_address)
         handle: Intake = aggregator.ingest
     else:

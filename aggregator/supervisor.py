@@ -34,11 +34,11 @@ from typing import Final
 import trio
 
 from common.address import format_host_port
-from common.listener import close_listener
+from common.listener import bind_listeners, close_listener
 from common.logging import log_event
 
 from .config import AggregatorConfig
-from .server import bind_all, log_listening
+from .server import log_listening
 
 LOGGER = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ READY_TIMEOUT_SECONDS: Final = 60.0
 
 async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int) -> int:
     """Run ``workers`` worker processes until a stop signal; return the exit code."""
-    bound = bind_all(config)
+    bound = bind_listeners(config.listen, receive_buffer_bytes=config.udp_receive_buffer_bytes)
     family = socket.AF_INET6 if ":" in config.mgmt_address else socket.AF_INET
     mgmt = socket.create_server((config.mgmt_address, config.mgmt_port), family=family)
     mgmt_address = format_host_port(*mgmt.getsockname()[:2])

@@ -32,6 +32,18 @@ class ParseError(StatsdError):
         super().__init__(text)
 
 
+def find_config_error(exc: BaseException) -> ConfigError | None:
+    """The `ConfigError` inside ``exc``, if any (trio wraps task errors in exception groups)."""
+    if isinstance(exc, ConfigError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = find_config_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
 class ConfigError(StatsdError):
     """A configuration value (file, flag or mapping) that cannot be accepted.
 

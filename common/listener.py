@@ -22,7 +22,7 @@ import os
 import socket as stdsocket
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import attrs
@@ -115,6 +115,21 @@ def adopt_socket(url: ListenURL, sock: stdsocket.socket) -> BoundSocket:
         return BoundSocket(url=url, sock=sock, address=url.path)
     host, port = sock.getsockname()[:2]
     return BoundSocket(url=url, sock=sock, address=format_host_port(host, port))
+
+
+def bind_listeners(urls: Sequence[ListenURL], *, receive_buffer_bytes: int = 0,
+                   reuse_port: bool = False) -> list[BoundSocket]:
+    """Bind every URL, in order; on a failure close what was bound and raise `ConfigError`."""
+    bound: list[BoundSocket] = []
+    try:
+        for url in urls:
+            bound.append(bind_listener(url, receive_buffer_bytes=receive_buffer_bytes,
+                                       reuse_port=reuse_port))
+    except ConfigError:
+        for b in bound:
+            close_listener(b)
+        raise
+    return bound
 
 
 def set_receive_buffer(sock: stdsocket.socket, size: int) -> int:

@@ -40,7 +40,7 @@ from common.config import (
     format_toml,
     load_toml,
 )
-from common.errors import ConfigError
+from common.errors import ConfigError, find_config_error
 from common.listener import BoundSocket, bind_listener, close_listener
 from common.logging import configure_logging, log_event
 from common.signals import run_signal_handler
@@ -94,17 +94,6 @@ async def run(config: ProxyConfig, bound: list[BoundSocket] | None, index: int) 
                     process_index=index)
         nursery.cancel_scope.cancel()
 
-
-def find_config_error(exc: BaseException) -> ConfigError | None:
-    """The ConfigError inside ``exc`` (trio wraps task errors in exception groups)."""
-    if isinstance(exc, ConfigError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = find_config_error(inner)
-            if found is not None:
-                return found
-    return None
 
 
 def run_one(config: ProxyConfig, bound: list[BoundSocket] | None, index: int) -> int:

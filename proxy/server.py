@@ -34,7 +34,7 @@ from common.errors import ConfigError
 from common.listener import (
     BoundSocket,
     IntakeStatistics,
-    bind_listener,
+    bind_listeners,
     close_listener,
     drain_datagrams,
     run_stream_listener,
@@ -151,19 +151,6 @@ class Proxy:
             reported = now
 
 
-def bind_all(config: ProxyConfig, *, reuse_port: bool = False) -> list[BoundSocket]:
-    """Bind every listen URL (``reuse_port`` for SO_REUSEPORT groups)."""
-    bound: list[BoundSocket] = []
-    try:
-        for url in config.listen:
-            bound.append(bind_listener(url, receive_buffer_bytes=config.udp_receive_buffer_bytes,
-                                       reuse_port=reuse_port))
-    except ConfigError:
-        for b in bound:
-            close_listener(b)
-        raise
-    return bound
-
 
 async def serve(
     config: ProxyConfig,
@@ -188,7 +175,8 @@ async def serve(
     check_config(config)
     proxy = Proxy(config)
     if bound is None:
-        bound = bind_all(config)
+        bound = bind_listeners(config.listen,
+                               receive_buffer_bytes=config.udp_receive_buffer_bytes)
     intake = IntakeStatistics()
     mgmt_port = config.mgmt_port + process_index if config.mgmt_port else 0
     try:
