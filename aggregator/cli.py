@@ -30,12 +30,13 @@ from common.config import (
     load_toml,
 )
 from common.errors import ConfigError, find_config_error
+from common.listener import BoundAddresses
 from common.logging import configure_logging, log_event
 from common.signals import run_signal_handler
 
 from .config import AggregatorConfig, check_config, plain_value
 from .etsyconfig import map_etsy_config, parse_etsy_config
-from .server import BoundAddresses, serve
+from .server import serve
 from .supervisor import supervise
 from .worker import WorkerContext, watch_parent, worker_context_from_env
 

@@ -17,9 +17,9 @@ from typing import Any, Final
 import attrs
 from attrs import validators as v
 
-from common.address import Endpoint, ListenURL, parse_listen_url
+from common.address import Endpoint, ListenURL, parse_listen_urls
 from common.auth import make_auth
-from common.config import setting
+from common.config import setting, to_strings
 from common.errors import ConfigError
 from common.protocol import sanitize_key
 from common.ring import RING_HASHES, CarbonNode, parse_carbon_node
@@ -108,16 +108,10 @@ def _histograms(values: Sequence[Any]) -> tuple[tuple[str, tuple[Bound, ...]], .
     return tuple(parse_histogram_rule(item) for item in values)
 
 
-def _listen(values: Sequence[Any]) -> tuple[ListenURL, ...]:
-    return tuple(parse_listen_url(x) for x in values)
-
 
 def _carbon(values: Sequence[Any]) -> tuple[CarbonNode, ...]:
     return tuple(x if isinstance(x, CarbonNode) else parse_carbon_node(str(x)) for x in values)
 
-
-def _strings(values: Sequence[Any]) -> tuple[str, ...]:
-    return tuple(str(x) for x in values)
 
 
 def identity_from_hostname(hostname: str) -> str:
@@ -142,7 +136,7 @@ class AggregatorConfig:
     """Everything a `tallyd-aggregator` process is configured with."""
 
     listen: tuple[ListenURL, ...] = setting(
-        DEFAULT_LISTEN, kind="list", converter=_listen, metavar="URL",
+        DEFAULT_LISTEN, kind="list", converter=parse_listen_urls, metavar="URL",
         validator=v.min_len(1),
         help="where to receive metrics: udp://HOST:PORT, tcp://HOST:PORT, unix:///PATH, "
              "unixgram:///PATH (repeatable)", etsy="servers, port, address")
@@ -178,7 +172,7 @@ class AggregatorConfig:
         help="timer histograms: the first rule whose metric occurs in the name gives the bins",
         etsy="histogram")
     calculated_timer_metrics: tuple[str, ...] = setting(
-        [], kind="list", converter=_strings, metavar="STAT", reloadable=True,
+        [], kind="list", converter=to_strings, metavar="STAT", reloadable=True,
         help="emit only these timer statistics (mean, upper, mean_percent, histogram, ...); "
              "empty: all", etsy="calculatedTimerMetrics")
     flush_counts: bool = setting(

@@ -32,6 +32,7 @@ from common.address import format_host_port
 from common.admin_server import run_admin_server
 from common.auth import TokenAuth, make_auth
 from common.listener import (
+    BoundAddresses,
     BoundSocket,
     IntakeStatistics,
     adopt_socket,
@@ -58,16 +59,6 @@ LOGGER = logging.getLogger(__name__)
 #: How often kept bad lines are logged (each period logs at most `MAX_KEPT_ERRORS`).
 BAD_LINE_LOG_PERIOD_SECONDS = 1.0
 
-
-@attrs.frozen
-class BoundAddresses:
-    """What `serve` bound, for tests and scripts: ``(kind, address)`` per intake socket."""
-
-    intake: tuple[tuple[str, str], ...]
-    mgmt: str
-
-    def first(self, kind: str) -> str:
-        return next(address for k, address in self.intake if k == kind)
 
 
 async def _run_reloads(

@@ -15,6 +15,7 @@ Pure: parsing only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 import attrs
@@ -90,6 +91,11 @@ def parse_listen_url(text: str | ListenURL) -> ListenURL:
     if extra:
         raise ConfigError(f"bad listen URL {text!r}: unexpected {extra!r} after the port")
     return ListenURL(scheme=scheme, host=host, port=port)
+
+
+def parse_listen_urls(values: Sequence[str | ListenURL]) -> tuple[ListenURL, ...]:
+    """The ``listen`` setting's converter: every URL parsed, in order."""
+    return tuple(parse_listen_url(x) for x in values)
 
 
 @attrs.frozen

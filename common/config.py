@@ -70,6 +70,11 @@ def setting(
     )
 
 
+def to_strings(values: Iterable[object]) -> tuple[str, ...]:
+    """A list setting's converter for plain strings."""
+    return tuple(str(x) for x in values)
+
+
 def load_toml(path: str) -> dict[str, Any]:
     """Read a TOML file, turning every failure into a `ConfigError` naming the file."""
     try:

@@ -67,6 +67,18 @@ class BoundSocket:
     address: str
 
 
+@attrs.frozen
+class BoundAddresses:
+    """What a daemon's `serve` bound, for tests and scripts: ``(kind, address)`` per intake
+    socket, and the admin address."""
+
+    intake: tuple[tuple[str, str], ...]
+    mgmt: str
+
+    def first(self, kind: str) -> str:
+        return next(address for k, address in self.intake if k == kind)
+
+
 def _unlink_stale_socket(path: str) -> None:
     try:
         if stat.S_ISSOCK(os.stat(path).st_mode):

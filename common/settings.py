@@ -6,13 +6,12 @@ Pure: declarations only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any, Final
 
 from attrs import validators as v
 
 from .auth import AUTH_MODES
-from .config import setting
+from .config import setting, to_strings
 
 #: The longest line: a UDP datagram's maximum; a longer line is never real data.
 DEFAULT_MAX_LINE_BYTES: Final = 65_536
@@ -55,9 +54,6 @@ def log_level_setting() -> Any:
                    help="debug, info, warning or error")
 
 
-def _strings(values: Iterable[object]) -> tuple[str, ...]:
-    return tuple(str(x) for x in values)
-
 
 # The three settings, declared once for both roles (each role's config class uses them).
 def auth_mode_setting() -> Any:
@@ -67,10 +63,10 @@ def auth_mode_setting() -> Any:
 
 
 def auth_tokens_setting() -> Any:
-    return setting([], kind="list", converter=_strings, metavar="TOKEN",
+    return setting([], kind="list", converter=to_strings, metavar="TOKEN",
                    help="tokens that authenticate (with auth = token)")
 
 
 def auth_revoked_tokens_setting() -> Any:
-    return setting([], kind="list", converter=_strings, metavar="TOKEN",
+    return setting([], kind="list", converter=to_strings, metavar="TOKEN",
                    help="tokens that no longer authenticate (refused and counted)")

@@ -16,7 +16,7 @@ from typing import Any, Final
 import attrs
 from attrs import validators as v
 
-from common.address import ListenURL, parse_listen_url
+from common.address import ListenURL, parse_listen_urls
 from common.auth import make_auth
 from common.config import setting
 from common.settings import (
@@ -49,16 +49,10 @@ DEFAULT_RESOLVE_INTERVAL: Final = 30.0  # seconds between DNS look-ups of aggreg
 DEFAULT_HEALTH_INTERVAL: Final = 2.0  # seconds between admin "health" probes (if configured)
 
 
-def _listen(values: Sequence[Any]) -> tuple[ListenURL, ...]:
-    return tuple(parse_listen_url(x) for x in values)
-
 
 def _aggregators(values: Sequence[Any]) -> tuple[AggregatorSpec, ...]:
     return tuple(parse_aggregator(x) for x in values)
 
-
-def _strings(values: Sequence[Any]) -> tuple[str, ...]:
-    return tuple(str(x) for x in values)
 
 
 @attrs.frozen
@@ -66,7 +60,8 @@ class ProxyConfig:
     """Everything a `tallyd-proxy` process is configured with."""
 
     listen: tuple[ListenURL, ...] = setting(
-        DEFAULT_LISTEN, kind="list", converter=_listen, metavar="URL", validator=v.min_len(1),
+        DEFAULT_LISTEN, kind="list", converter=parse_listen_urls, metavar="URL",
+        validator=v.min_len(1),
         help="where to receive metrics: udp://HOST:PORT, tcp://HOST:PORT, unix:///PATH, "
              "unixgram:///PATH (repeatable)", etsy="port, host, server")
     aggregator: tuple[AggregatorSpec, ...] = setting(

@@ -25,13 +25,13 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Final
 
-import attrs
 import trio
 
 from common.admin_server import run_admin_server
 from common.auth import make_auth
 from common.errors import ConfigError
 from common.listener import (
+    BoundAddresses,
     BoundSocket,
     IntakeStatistics,
     bind_listeners,
@@ -58,16 +58,6 @@ DATAGRAMS_PER_BATCH: Final = 256
 #: How often drops are summarised in the log (only when there are new ones).
 DROP_LOG_PERIOD_SECONDS: Final = 10.0
 
-
-@attrs.frozen
-class BoundAddresses:
-    """What `serve` bound: ``(kind, address)`` per intake socket, and the admin address."""
-
-    intake: tuple[tuple[str, str], ...]
-    mgmt: str
-
-    def first(self, kind: str) -> str:
-        return next(address for k, address in self.intake if k == kind)
 
 
 class Proxy:

@@ -11,9 +11,10 @@ import pytest
 import trio
 
 from aggregator.config import AggregatorConfig
-from aggregator.server import BoundAddresses, serve
+from aggregator.server import serve
 from common.config import config_from_mapping
 from common.errors import ConfigError
+from common.listener import BoundAddresses
 from support.triosink import TrioSink
 
 

@@ -10,9 +10,10 @@ from typing import Any
 import trio
 
 from common.config import config_from_mapping
+from common.listener import BoundAddresses
 from common.shard import shard_index
 from proxy.config import ProxyConfig
-from proxy.server import BoundAddresses, serve
+from proxy.server import serve
 
 
 class UdpSink:
