@@ -338,97 +338,22 @@ def node_stat(stats: Mapping[str, str], node: CarbonNode | str, measure: str) ->
 # -- sockets in front of nodes -------------------------------------------------------------
 
 
-class CountingProxy:
-    """A TCP relay on 127.0.0.1:<free port> to ``upstream``, counting accepted connections."""
+class _AcceptingServer:
+    """A threaded TCP listener on 127.0.0.1:<free port> that counts what it accepts and keeps
+    the connections; `_serve` says what happens to each one."""
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
+    def __init__(self, name: str, *, sockopts: tuple[tuple[int, int], ...] = ()) -> None:
         self.accepted = 0
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        for option, value in sockopts:
+            self._listener.setsockopt(socket.SOL_SOCKET, option, value)
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(16)
         self._closing = False
-        self._accepter = threading.Thread(target=self._accept_loop, daemon=True,
-                                          name="counting-proxy")
-        self._accepter.start()
-
-    @property
-    def port(self) -> int:
-        return int(self._listener.getsockname()[1])
-
-    def _accept_loop(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                if self._closing:
-                    client.close()
-                    return
-                self.accepted += 1
-                self._sockets.append(client)
-            try:
-                server = socket.create_connection(self.upstream, timeout=5)
-                server.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._sockets.append(server)
-                pumps = [threading.Thread(target=self._pump, args=(client, server), daemon=True),
-                         threading.Thread(target=self._pump, args=(server, client), daemon=True)]
-                self._threads += pumps
-            for pump in pumps:
-                pump.start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closing = True
-            socks = list(self._sockets)
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
-        for sock in socks:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        for thread in [self._accepter, *self._threads]:
-            thread.join(timeout=5)
-        for sock in socks:
-            sock.close()
-
-
-class StalledListener:
-    """A "carbon-cache" that accepts connections and never reads from them.
-
-    Its receive buffer is made as small as the kernel allows, so a sender's writes block soon.
-    """
-
-    def __init__(self) -> None:
-        self.accepted = 0
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(16)
-        self._closing = False
-        self._accepter = threading.Thread(target=self._accept_loop, daemon=True,
-                                          name="stalled-listener")
+        self._accepter = threading.Thread(target=self._accept_loop, daemon=True, name=name)
         self._accepter.start()
 
     @property
@@ -447,6 +372,10 @@ class StalledListener:
                     return
                 self.accepted += 1
                 self._sockets.append(conn)
+            self._serve(conn)
+
+    def _serve(self, conn: socket.socket) -> None:
+        """Called (on the accept thread) for each accepted connection."""
 
     def close(self) -> None:
         with self._lock:
@@ -455,9 +384,56 @@ class StalledListener:
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
-        self._accepter.join(timeout=5)
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in [self._accepter, *self._threads]:
+            thread.join(timeout=5)
         for sock in socks:
             sock.close()
+
+
+class CountingProxy(_AcceptingServer):
+    """A TCP relay on 127.0.0.1:<free port> to ``upstream``, counting accepted connections."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        super().__init__("counting-proxy", sockopts=((socket.SO_REUSEADDR, 1),))
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            server = socket.create_connection(self.upstream, timeout=5)
+            server.settimeout(None)
+        except OSError:
+            client.close()
+            return
+        with self._lock:
+            self._sockets.append(server)
+            pumps = [threading.Thread(target=self._pump, args=(client, server), daemon=True),
+                     threading.Thread(target=self._pump, args=(server, client), daemon=True)]
+            self._threads += pumps
+        for pump in pumps:
+            pump.start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
+class StalledListener(_AcceptingServer):
+    """A "carbon-cache" that accepts connections and never reads from them.
+
+    Its receive buffer is made as small as the kernel allows, so a sender's writes block soon.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("stalled-listener", sockopts=((socket.SO_RCVBUF, 1024),))
 
 
 def dir_bytes(path: Path) -> int:
