@@ -24,6 +24,7 @@ import trio
 
 from common.config import (
     add_arguments,
+    add_config_arguments,
     apply_arguments,
     config_from_mapping,
     format_toml,
@@ -51,13 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tallyd-aggregator",
         description="StatsD aggregator: receives StatsD lines, flushes aggregates to Carbon.",
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML config file")
+    add_config_arguments(parser)
     parser.add_argument("--etsy-config", metavar="FILE",
                         help="an Etsy statsd config file (JS object) to migrate from")
-    parser.add_argument("--check-config", action="store_true",
-                        help="validate the configuration and exit")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the effective configuration as TOML and exit")
     add_arguments(parser, AggregatorConfig)
     return parser
 

@@ -139,6 +139,15 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every daemon has besides its settings: the file, and check / print."""
+    parser.add_argument("--config", metavar="FILE", help="TOML config file")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration and exit")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the effective configuration as TOML and exit")
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
     """Add one flag per setting of ``cls`` to ``parser`` (all defaulting to `UNSET`)."""
     group = parser.add_argument_group("settings (each also a key of the TOML config file)")

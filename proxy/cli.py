@@ -35,6 +35,7 @@ import trio
 from common.address import ListenURL
 from common.config import (
     add_arguments,
+    add_config_arguments,
     apply_arguments,
     config_from_mapping,
     format_toml,
@@ -56,11 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tallyd-proxy",
         description="Stateless StatsD sharding proxy: forwards each metric name to exactly "
                     "one aggregator of an ordered list.")
-    parser.add_argument("--config", metavar="FILE", help="TOML config file")
-    parser.add_argument("--check-config", action="store_true",
-                        help="validate the configuration and exit")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the effective configuration as TOML and exit")
+    add_config_arguments(parser)
     add_arguments(parser, ProxyConfig)
     return parser
 
