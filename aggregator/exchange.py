@@ -7,18 +7,20 @@ name is aggregated by exactly one worker, whichever worker read it.
 
 Messages (Unix datagrams; the first byte says which):
 
-* ``D`` + lines: forwarded lines, newline-separated, for the receiver to aggregate;
+* ``D`` + sender + lines: forwarded lines, newline-separated, for the receiver to aggregate;
 * ``M`` + (sender, flush, packets, lines, bad_lines): "flush mark": the sender has forwarded
   everything it read before flush number ``flush`` (its boundary / the interval; whole-second
-  timestamps cannot tell sub-second flushes apart), and this is its intake count for the
-  interval;
+  timestamps cannot tell sub-second flushes apart), and this is its intake count since its
+  previous mark;
 * ``S`` + (sender, flush, names): after its swap, a worker's number of reported names
   (Etsy's ``numStats`` is the total over all workers, reported by worker 0).
 
 Each flush is a barrier: a worker sends its mark to every peer, waits (boundedly) for
 every peer's mark, then swaps. Channels between two workers are FIFO, so all lines a
-peer read before the flush instant are in the interval, and worker 0 can report Etsy's
-internal counters exactly summed over the workers.
+peer read before its mark are in the interval; lines it sends after its mark wait at the
+receiver until the receiver has swapped too, so they land in the next interval, the one
+the sender counts them in. Worker 0 thus reports Etsy's internal counters exactly summed
+over the workers, consistent with the lines of the same flush.
 
 Pure: encoding and splitting only.
 """
@@ -34,11 +36,21 @@ from common.shard import worker_index
 DATA: Final = b"D"
 MARK: Final = b"M"
 STATS: Final = b"S"
+_SENDER: Final = struct.Struct("!H")
 _MARK: Final = struct.Struct("!HqQQQ")
 _STATS: Final = struct.Struct("!HqQ")
 
 #: Names whose owner is remembered; the cache starts over past it.
 MAX_CACHED_OWNERS: Final = 1_000_000
+
+
+def encode_data(sender: int, lines: list[bytes]) -> bytes:
+    return DATA + _SENDER.pack(sender) + b"\n".join(lines)
+
+
+def decode_data(message: bytes) -> tuple[int, bytes]:
+    """(sender, newline-separated lines) of a data message."""
+    return _SENDER.unpack_from(message, 1)[0], message[1 + _SENDER.size:]
 
 
 def encode_mark(sender: int, flush: int, packets: int, lines: int, bad_lines: int) -> bytes:

@@ -41,6 +41,8 @@ class Coordinator(Protocol):
 
     async def before_swap(self, sequence: int) -> None: ...
 
+    def after_swap(self, sequence: int) -> None: ...
+
     async def num_stats(self, sequence: int, own: int) -> int | None: ...
 
 
@@ -121,6 +123,8 @@ class Flusher:
                 extra = self.internal_values()
                 started = time.perf_counter()
                 snapshot = self.aggregator.swap(timestamp, self.interval)
+                if self.coordinator is not None:
+                    self.coordinator.after_swap(sequence)
                 swapped = time.perf_counter()
                 num_stats: int | None = snapshot.key_count
                 if self.coordinator is not None:

@@ -251,10 +251,16 @@ class Aggregator:
         ledger.lines += lines
         ledger.bad_lines += bad_lines
 
-    def intake_counts(self) -> tuple[int, int, int]:
-        """This interval's ``(packets, lines, bad_lines)`` so far."""
+    def take_intake(self) -> tuple[int, int, int]:
+        """Hand over the ``(packets, lines, bad_lines)`` counted so far and start again at 0.
+
+        A worker that does not report the internal metrics sends these to the one that
+        does; what it counts afterwards goes with its next hand-over, never lost.
+        """
         ledger = self.ledger
-        return ledger.packets, ledger.lines, ledger.bad_lines
+        counts = ledger.packets, ledger.lines, ledger.bad_lines
+        ledger.packets = ledger.lines = ledger.bad_lines = 0
+        return counts
 
     def take_errors(self) -> list[ParseError]:
         """Hand the kept bad lines to the caller (for rate-limited logging)."""
@@ -277,6 +283,9 @@ class Aggregator:
                 counters[key] = counters.get(key, 0.0) + count
             if self.last_timestamp is not None:
                 self.gauges[self.lag_key] = timestamp - self.last_timestamp - interval
+        else:
+            # Not reported here: kept until `take_intake` hands them over.
+            new.packets, new.lines, new.bad_lines = old.packets, old.lines, old.bad_lines
         self.last_timestamp = timestamp
 
         if opts.delete_counters:

@@ -262,6 +262,8 @@ async def serve(
                       level=logging.WARNING if lost else logging.INFO)
             nursery.cancel_scope.cancel()
     finally:
+        if exchange is not None:
+            exchange.close()
         if worker is None:
             for b in bound:
                 close_listener(b)

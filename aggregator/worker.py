@@ -32,8 +32,10 @@ from .exchange import (
     MARK,
     STATS,
     Splitter,
+    decode_data,
     decode_mark,
     decode_stats,
+    encode_data,
     encode_mark,
     encode_stats,
 )
@@ -100,11 +102,21 @@ class Exchange:
         self._marks_closed = -1
         self._stats_closed = -1
         self._last_names: dict[int, int] = {}
+        # Between a mark and the swap that follows it, lines belong to the next interval:
+        # each peer's latest mark still open here, the lines peers sent after it (with the
+        # flush they follow), and this worker's own lines read while it waits.
+        self._open_marks: dict[int, int] = {}
+        self._deferred: deque[tuple[int, bytes]] = deque()
+        self._held: list[bytes] | None = None
+        self._held_packets = self._held_lines = 0
         self._arrived = trio.Event()
         self.dropped: Counter[str] = Counter()
         self.peer_down: dict[int, bool] = {}
         self.forwarded_lines = 0
         self.received_lines = 0
+
+    def close(self) -> None:
+        self.sock.close()
 
     # Intake side ------------------------------------------------------------------------
     def handle(self, packet: bytes, packets: int = 1) -> None:
@@ -114,9 +126,15 @@ class Exchange:
             packets: how many datagrams ``packet`` joins.
         """
         own, foreign, count = self.splitter.split(packet)
-        self.aggregator.add_intake(packets, count, 0)
-        if own:
-            self.aggregator.ingest(own, intake=False)
+        if self._held is not None:  # between this worker's mark and its swap
+            self._held_packets += packets
+            self._held_lines += count
+            if own:
+                self._held.append(own)
+        else:
+            self.aggregator.add_intake(packets, count, 0)
+            if own:
+                self.aggregator.ingest(own, intake=False)
         for peer, lines in foreign.items():
             batch = self._batch[peer]
             batch.extend(lines)
@@ -128,7 +146,7 @@ class Exchange:
         lines = self._batch[peer]
         if lines:
             self.forwarded_lines += len(lines)
-            self._enqueue(peer, DATA + b"\n".join(lines))
+            self._enqueue(peer, encode_data(self.context.index, lines))
             self._batch[peer] = []
             self._batch_bytes[peer] = 0
 
@@ -141,7 +159,7 @@ class Exchange:
             self._queued_bytes[peer] -= len(old)
             if old[:1] == DATA:
                 reason = "worker_down" if self.peer_down.get(peer) else "exchange_full"
-                self.dropped[reason] += old.count(b"\n") + 1
+                self.dropped[reason] += decode_data(old)[1].count(b"\n") + 1
         self._pump(peer)
 
     def _pump(self, peer: int) -> None:
@@ -179,12 +197,18 @@ class Exchange:
                 return
             kind = message[:1]
             if kind == DATA:
-                self.received_lines += message.count(b"\n") + 1
-                self.aggregator.ingest(message[1:], intake=False)
+                sender, payload = decode_data(message)
+                self.received_lines += payload.count(b"\n") + 1
+                after = self._open_marks.get(sender, -1)
+                if after > self._marks_closed:
+                    self._deferred.append((after, payload))
+                else:
+                    self.aggregator.ingest(payload, intake=False)
             elif kind == MARK:
                 sender, flush, packets, lines, bad = decode_mark(message)
                 if flush > self._marks_closed:
                     self._marks.setdefault(flush, {})[sender] = (packets, lines, bad)
+                    self._open_marks[sender] = max(flush, self._open_marks.get(sender, -1))
                     self._arrived.set()
                 elif self.context.index == 0:
                     # Its flush went ahead without this mark (the peer was slow): count the
@@ -233,16 +257,41 @@ class Exchange:
         return got
 
     async def before_swap(self, sequence: int) -> None:
-        """Mark the flush to every peer, wait for theirs; worker 0 adds their intake."""
-        mark = encode_mark(self.context.index, sequence, *self.aggregator.intake_counts())
+        """Mark the flush to every peer, wait for theirs; worker 0 adds their intake.
+
+        Packets read during the wait belong to the next interval: their own lines and
+        counts are held for `after_swap`, their other lines follow the mark to the peers,
+        which hold them until their own swap.
+        """
+        counts = self.aggregator.take_intake() if self.context.index else (0, 0, 0)
+        mark = encode_mark(self.context.index, sequence, *counts)
         for peer in self.peers:
             self._close_batch(peer)
             self._enqueue(peer, mark)
+        self._held = []
         marks = await self._wait(self._marks, sequence, "mark")
         self._marks_closed = sequence
         if self.context.index == 0:
             for packets, lines, bad in marks.values():
                 self.aggregator.add_intake(packets, lines, bad)
+
+    def after_swap(self, sequence: int) -> None:
+        """Aggregate, in the interval just opened, what waited for the swap: own lines read
+        after this worker's mark, and peers' lines sent after theirs."""
+        held, self._held = self._held or [], None
+        self.aggregator.add_intake(self._held_packets, self._held_lines, 0)
+        self._held_packets = self._held_lines = 0
+        for own in held:
+            self.aggregator.ingest(own, intake=False)
+        if self._deferred:
+            waiting: deque[tuple[int, bytes]] = deque()
+            for after, payload in self._deferred:
+                if after <= sequence:
+                    self.aggregator.ingest(payload, intake=False)
+                else:
+                    waiting.append((after, payload))
+            self._deferred = waiting
+        self._open_marks = {p: f for p, f in self._open_marks.items() if f > sequence}
 
     async def num_stats(self, sequence: int, own: int) -> int | None:
         """Worker 0: the total name count over all workers; the others send theirs."""

@@ -695,7 +695,8 @@ class ConformanceRunner:
             f"  config: {case.config_key}",
             f"  token: {case.token}",
         ]
-        return [h for h in header if h] + report
+        # The candidate's log (barrier timeouts, drops, ...) explains most timing surprises.
+        return [h for h in header if h] + report + [pair.candidate.proc.describe()]
 
 
 def js(value: float) -> str:

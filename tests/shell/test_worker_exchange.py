@@ -1,0 +1,119 @@
+"""The flush barrier between two workers, in one process over real Unix datagram sockets.
+
+A packet belongs to the interval of the worker that read it: lines and ``packets_received``
+of one packet are reported in the same flush, even when the packet is read between a
+worker's mark and its swap, or a peer's lines arrive after that peer's mark.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+from aggregator.ledger import Aggregator, FlushSnapshot, LedgerOptions
+from aggregator.worker import Exchange, WorkerContext
+from common.shard import worker_index
+
+INTERVAL = 3.0  # the barrier waits at most a third of it
+
+
+def _names_of(owner: int, count: int) -> list[bytes]:
+    names = (f"owned.{i}".encode() for i in range(10_000))
+    return [n for n in names if worker_index(n, 2) == owner][:count]
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Exchange, Exchange]]:
+    name = f"tallyd-test-{uuid.uuid4().hex}"
+    exchanges = []
+    for index in (0, 1):
+        context = WorkerContext(index=index, count=2, exchange=name, generation=0,
+                                sockets=(), mgmt=None)
+        aggregator = Aggregator(LedgerOptions(report_internal=index == 0))
+        exchanges.append(Exchange(context, aggregator, INTERVAL))
+    yield exchanges[0], exchanges[1]
+    for exchange in exchanges:
+        exchange.close()
+
+
+def _received(snapshot: FlushSnapshot) -> tuple[float, float]:
+    counters = snapshot.counters
+    return counters[b"statsd.packets_received"], counters[b"statsd.metrics_received"]
+
+
+async def _flush(exchange: Exchange, sequence: int, out: dict[int, FlushSnapshot]) -> None:
+    await exchange.before_swap(sequence)
+    out[exchange.context.index] = exchange.aggregator.swap(sequence, INTERVAL)
+    exchange.after_swap(sequence)
+
+
+async def test_a_packet_read_after_the_mark_counts_with_its_lines_in_the_next_flush(
+        pair: tuple[Exchange, Exchange]) -> None:
+    ex0, ex1 = pair
+    to0 = _names_of(0, 2)
+    to1 = _names_of(1, 1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ex0.run)
+        nursery.start_soon(ex1.run)
+        # Before the flush: worker 1 reads a packet, one line its own, two for worker 0.
+        ex1.handle(b"\n".join([to0[0] + b":1|c", to0[1] + b":5|ms", to1[0] + b":2|c"]))
+        await trio.sleep(0.05)
+
+        first: dict[int, FlushSnapshot] = {}
+        # Worker 1 reaches the flush first; worker 0 is late and only gets there after
+        # worker 1 has read another packet, whose lines sit behind worker 1's mark.
+        async with trio.open_nursery() as flushing:
+            flushing.start_soon(_flush, ex1, 10, first)
+            await trio.sleep(0.05)
+            assert ex1._held is not None  # worker 1 is waiting for worker 0's mark
+            ex1.handle(b"\n".join([to0[0] + b":10|c", to1[0] + b":20|c"]))
+            await trio.sleep(0.05)
+            await _flush(ex0, 10, first)
+
+        assert _received(first[0]) == (1, 3)
+        assert first[0].counters[to0[0]] == 1
+        assert list(first[0].timers[to0[1]]) == [5.0]
+        assert first[1].counters[to1[0]] == 2
+
+        second: dict[int, FlushSnapshot] = {}
+        async with trio.open_nursery() as flushing:
+            flushing.start_soon(_flush, ex0, 11, second)
+            flushing.start_soon(_flush, ex1, 11, second)
+        assert _received(second[0]) == (1, 2)
+        assert second[0].counters[to0[0]] == 10
+        assert second[1].counters[to1[0]] == 20
+
+        nursery.cancel_scope.cancel()
+
+
+async def test_intake_of_a_worker_that_does_not_report_is_never_lost(
+        pair: tuple[Exchange, Exchange]) -> None:
+    ex0, ex1 = pair
+    to1 = _names_of(1, 1)
+    total = 0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ex0.run)
+        nursery.start_soon(ex1.run)
+        reported = 0.0
+        for sequence in range(20, 26):
+            for _ in range(sequence % 3 + 1):
+                ex1.handle(to1[0] + b":1|c")
+                total += 1
+            flushed: dict[int, FlushSnapshot] = {}
+            async with trio.open_nursery() as flushing:
+                flushing.start_soon(_flush, ex1, sequence, flushed)
+                await trio.sleep(0.01)
+                ex1.handle(to1[0] + b":1|c")  # between worker 1's mark and its swap
+                total += 1
+                flushing.start_soon(_flush, ex0, sequence, flushed)
+            reported += _received(flushed[0])[0]
+        last: dict[int, FlushSnapshot] = {}
+        async with trio.open_nursery() as flushing:
+            flushing.start_soon(_flush, ex0, 26, last)
+            flushing.start_soon(_flush, ex1, 26, last)
+        reported += _received(last[0])[0]
+        assert reported == total
+        nursery.cancel_scope.cancel()
