@@ -8,16 +8,22 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import attrs
+import trio
 
+from common.admin import END
+from common.admin_server import PeerUnavailable
 from common.auth import TokenAuth
 from common.listener import IntakeStatistics
 
 from .carbon import CarbonOutput
 from .config import AggregatorConfig, plain_value
 from .ledger import Aggregator
+
+#: How long worker 0 waits for another worker's part of an admin answer.
+PEER_TIMEOUT: Final = 5.0
 
 
 class AggregatorAdmin:
@@ -74,7 +80,7 @@ class AggregatorAdmin:
         agg = self.aggregator
         data: dict[bytes, Any]
         if kind == "counters":
-            data = agg.ledger.counters
+            data = agg.live_counters()
         elif kind == "gauges":
             data = agg.gauges
         else:
@@ -86,3 +92,40 @@ class AggregatorAdmin:
     def delete(self, kind: str, names: Sequence[str]) -> list[str]:
         deleted = self.aggregator.delete(kind, [n.encode() for n in names])
         return [d.decode("ascii", "replace") for d in deleted]
+
+
+class WorkerAdminPeers:
+    """Worker 0 asks the other workers (`common.admin_server.AdminPeers`).
+
+    Every other worker answers the management protocol for its own names on an abstract Unix
+    stream socket (``@<exchange>-admin-<index>``); worker 0, which owns the admin port, joins
+    their answers to its own, so ``counters`` shows every name and ``delcounters`` reaches
+    the worker that owns the name.
+    """
+
+    def __init__(self, addresses: dict[int, str], timeout: float = PEER_TIMEOUT) -> None:
+        self.addresses = addresses
+        self.timeout = timeout
+
+    async def ask(self, command: str) -> list[tuple[int, str]]:
+        return [(index, await self._ask(index, address, command))
+                for index, address in self.addresses.items()]
+
+    async def _ask(self, index: int, address: str, command: str) -> str:
+        with trio.move_on_after(self.timeout):
+            try:
+                stream = await trio.open_unix_socket(address)
+            except OSError as exc:
+                raise PeerUnavailable(f"worker {index} unreachable: {exc.strerror}") from None
+            async with stream:
+                await stream.send_all(command.encode() + b"\n")
+                data = bytearray()
+                end = END.encode()
+                while not (data.endswith(end) or (data.startswith(b"ERROR")
+                                                  and data.endswith(b"\n"))):
+                    chunk = await stream.receive_some(1 << 20)
+                    if not chunk:
+                        raise PeerUnavailable(f"worker {index} closed the connection")
+                    data += chunk
+                return data.decode("utf-8", "replace")
+        raise PeerUnavailable(f"worker {index} did not answer within {self.timeout:g} s")

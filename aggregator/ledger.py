@@ -251,6 +251,16 @@ class Aggregator:
         ledger.lines += lines
         ledger.bad_lines += bad_lines
 
+    def live_counters(self) -> dict[bytes, float]:
+        """The interval's counters so far, Etsy's internal ones included (the admin dump)."""
+        ledger = self.ledger
+        counters = dict(ledger.counters)
+        if self.options.report_internal:
+            for key, count in zip(self.internal_keys,
+                                  (ledger.bad_lines, ledger.packets, ledger.lines), strict=True):
+                counters[key] = counters.get(key, 0.0) + count
+        return counters
+
     def take_intake(self) -> tuple[int, int, int]:
         """Hand over the ``(packets, lines, bad_lines)`` counted so far and start again at 0.
 

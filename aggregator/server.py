@@ -45,7 +45,7 @@ from common.listener import (
 from common.logging import log_event, set_level
 from common.netstat import udp_socket_drops
 
-from .admin import AggregatorAdmin
+from .admin import AggregatorAdmin, WorkerAdminPeers
 from .backends.console import ConsoleOutput
 from .carbon import CarbonOutput
 from .config import AggregatorConfig, identity_from_hostname
@@ -134,6 +134,7 @@ async def serve(
     intake = IntakeStatistics()
     identity = config.identity or identity_from_hostname(socket.gethostname())
     exchange: Exchange | None = None
+    admin_peers: WorkerAdminPeers | None = None
     if worker is None:
         bound = bind_listeners(config.listen,
                                receive_buffer_bytes=config.udp_receive_buffer_bytes)
@@ -147,6 +148,11 @@ async def serve(
         identity = f"{identity}-w{worker.index}"
         exchange = Exchange(worker, aggregator, config.flush_interval)
         handle = exchange.handle
+        if worker.index:
+            mgmt_listeners.append(await open_worker_admin(worker.admin_address(worker.index)))
+        else:
+            admin_peers = WorkerAdminPeers({i: worker.admin_address(i)
+                                            for i in range(1, worker.count)})
     auth = make_auth(config.auth, config.auth_tokens, config.auth_revoked_tokens)
     if auth is not None:
         handle = authenticated(handle, auth)
@@ -177,7 +183,7 @@ async def serve(
                       coordinator=exchange)
     flusher.self_metrics = config.self_metrics
     mgmt = ""
-    if mgmt_listeners:
+    if mgmt_listeners and mgmt_listeners[0].socket.family != socket.AF_UNIX:
         mgmt_host, mgmt_port = mgmt_listeners[0].socket.getsockname()[:2]
         mgmt = format_host_port(mgmt_host, mgmt_port)
     addresses = BoundAddresses(intake=tuple((b.url.scheme, b.address) for b in bound), mgmt=mgmt)
@@ -190,7 +196,8 @@ async def serve(
                 else:
                     nursery.start_soon(output.run)
             if mgmt_listeners:
-                await nursery.start(run_admin_server, mgmt_listeners, admin)
+                await nursery.start(partial(run_admin_server, mgmt_listeners, admin,
+                                            peers=admin_peers))
             if exchange is not None:
                 nursery.start_soon(exchange.run)
             intake_scope = trio.CancelScope()
@@ -267,6 +274,18 @@ async def serve(
         if worker is None:
             for b in bound:
                 close_listener(b)
+
+
+async def open_worker_admin(address: str) -> trio.SocketListener:
+    """The listener on which a worker other than 0 answers admin commands for worker 0."""
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await sock.bind(address)
+        sock.listen()
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
 
 
 class Intake(Protocol):

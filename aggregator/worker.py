@@ -75,6 +75,10 @@ class WorkerContext:
     def address(self, index: int) -> bytes:
         return f"\0{self.exchange}-{index}".encode()
 
+    def admin_address(self, index: int) -> str:
+        """Where worker ``index`` answers admin commands for worker 0 (`WorkerAdminPeers`)."""
+        return f"\0{self.exchange}-admin-{index}"
+
 
 class Exchange:
     """Moves lines and flush marks between this worker and its peers."""

@@ -20,6 +20,7 @@ Pure: `handle_command` takes the command and an `AdminTarget` and returns the re
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Final, Protocol
 
@@ -29,6 +30,8 @@ HELP: Final = (
 )
 DUMPS: Final = ("counters", "timers", "gauges")
 DELETES: Final = {"delcounters": "counters", "deltimers": "timers", "delgauges": "gauges"}
+#: How the answers to ``stats``, dumps and deletes end.
+END: Final = "END\n\n"
 
 
 class AdminTarget(Protocol):
@@ -69,12 +72,12 @@ def handle_command(line: str, target: AdminTarget) -> tuple[str, bool]:
         return f"health: {target.health}\n", False
     if cmd == "stats":
         body = "".join(f"{name}: {value}\n" for name, value in target.stats_lines())
-        return body + "END\n\n", False
+        return body + END, False
     if cmd == "config":
         return "\n" + "".join(f"{k}: {v}\n" for k, v in target.config_lines()), False
     if cmd in DUMPS:
         text = target.dump(cmd)
-        return ("ERROR\n", False) if text is None else (text + "\nEND\n\n", False)
+        return ("ERROR\n", False) if text is None else (text + "\n" + END, False)
     if cmd in DELETES:
         reply = []
         for name in args:
@@ -82,8 +85,57 @@ def handle_command(line: str, target: AdminTarget) -> tuple[str, bool]:
             if deleted is None:
                 return "ERROR\n", False
             reply += [f"deleted: {d}\n" for d in deleted] or [f"metric {name} not found\n"]
-        return "".join(reply) + "END\n\n", False
+        return "".join(reply) + END, False
     return "ERROR\n", False
+
+
+#: Commands whose answer, with several worker processes, joins every worker's answer.
+JOINED: Final = ("stats", *DUMPS, *DELETES)
+
+
+def needs_join(line: str) -> bool:
+    words = line.split()
+    return bool(words) and words[0] in JOINED
+
+
+def per_name(line: str) -> list[str]:
+    """A delete command for several names as one command per name (each name's answer is
+    joined over the workers on its own); any other command unchanged."""
+    words = line.split()
+    if len(words) > 2 and words[0] in DELETES:
+        return [f"{words[0]} {name}" for name in words[1:]]
+    return [line]
+
+
+def join_replies(line: str, own: str, peers: Sequence[tuple[int, str]]) -> str:
+    """One answer from this process's answer ``own`` and its peers' ``(worker, answer)``.
+
+    ``stats``: own lines, then each peer's under ``worker.<index>.``. Dumps: one JSON object
+    (every name is owned by one worker, so the objects do not overlap). A delete of one name:
+    every ``deleted:`` line, or "not found" when no worker had it. An ``ERROR`` anywhere is
+    the answer.
+    """
+    words = line.split()
+    if len(words) < 2 and words[0] in DELETES:
+        return own
+    replies = [own] + [reply for _, reply in peers]
+    if any(r.startswith("ERROR") for r in replies):
+        return next(r for r in replies if r.startswith("ERROR"))
+    cmd = words[0]
+    if cmd == "stats":
+        body = own.removesuffix(END)
+        for index, reply in peers:
+            body += "".join(f"worker.{index}.{row}\n"
+                            for row in reply.removesuffix(END).splitlines() if row)
+        return body + END
+    if cmd in DUMPS:
+        merged: dict[str, object] = {}
+        for reply in replies:
+            merged.update(json.loads(reply.removesuffix(END)))
+        return json.dumps(merged, indent=2, sort_keys=True) + "\n" + END
+    deleted = [row for reply in replies for row in reply.removesuffix(END).splitlines()
+               if row.startswith("deleted: ")]
+    return "".join(f"{row}\n" for row in deleted or [f"metric {words[1]} not found"]) + END
 
 
 def split_commands(chunk: bytes) -> list[str]:

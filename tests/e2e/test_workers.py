@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections import defaultdict
 
 import pytest
 
-from support.procs import send_udp, start_aggregator, wait_until
+from common.shard import worker_index
+from support.procs import mgmt_command, send_udp, start_aggregator, wait_until
 from support.sink import GraphiteSink
 
 pytestmark = [pytest.mark.e2e]
@@ -123,3 +125,46 @@ def test_workers_stop_when_the_supervisor_is_killed() -> None:
                     return f.read().split(") ", 1)[1].startswith("Z")
 
             wait_until(lambda: all(gone(p) for p in pids), 20, message="workers exited")
+
+
+def test_admin_commands_see_and_reach_every_worker() -> None:
+    """Worker 0 owns the admin port; dumps, deletes and stats join every worker's part."""
+    names = [f"adm.c{i}" for i in range(40)]
+    with GraphiteSink() as sink:
+        args = ["--listen", "udp://127.0.0.1:0", "--carbon", f"127.0.0.1:{sink.port}",
+                "--flush-interval", "60", "--mgmt-port", "0", "--workers", "2"]
+        with start_aggregator(args) as agg:
+            agg.wait_for_log(r"event=worker_started worker=1 ", 15)
+            lines = [f"{n}:2|c" for n in names] + ["adm.t0:5|ms", "adm.t1:7|ms", "adm.g:3|g"]
+            send_udp(agg.udp, ["\n".join(lines).encode()])
+
+            def counters() -> dict[str, float]:
+                reply = mgmt_command(agg.mgmt, "counters", timeout=10)
+                assert reply.endswith("\nEND\n\n"), reply
+                return dict(json.loads(reply.removesuffix("END\n\n")))
+
+            wait_until(lambda: all(n in counters() for n in names), 15,
+                       message="every worker's counters in one dump")
+            owners = {worker_index(n.encode(), 2) for n in names}
+            assert owners == {0, 1}, "the names must spread over both workers"
+            dump = counters()
+            assert all(dump[n] == 2 for n in names)
+            assert dump["statsd.packets_received"] in (0, 1)  # live: worker 0's intake so far
+
+            timers = json.loads(mgmt_command(agg.mgmt, "timers", timeout=10)
+                                .removesuffix("END\n\n"))
+            assert timers["adm.t0"] == [5] and timers["adm.t1"] == [7]
+
+            far = [n for n in names if worker_index(n.encode(), 2) == 1][:2]
+            reply = mgmt_command(agg.mgmt, f"delcounters {far[0]} {far[1]} adm.none",
+                                 timeout=10)
+            assert reply == (f"deleted: {far[0]}\ndeleted: {far[1]}\n"
+                             "metric adm.none not found\nEND\n\n")
+            assert not set(far) & set(counters())
+            reply = mgmt_command(agg.mgmt, "delcounters adm.*", timeout=10)
+            assert reply.count("deleted: ") == len(names) - 2
+            assert not [n for n in counters() if n.startswith("adm.")]
+
+            stats = mgmt_command(agg.mgmt, "stats", timeout=10)
+            assert "\nworker.1.uptime: " in stats and stats.startswith("uptime: ")
+            assert agg.stop() == 0

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from functools import partial
 
 import trio
 
+from aggregator.admin import AggregatorAdmin, WorkerAdminPeers
 from aggregator.config import AggregatorConfig
-from aggregator.server import serve
+from aggregator.ledger import Aggregator
+from aggregator.server import open_worker_admin, serve
+from common.admin_server import answer, run_admin_server
 from common.config import config_from_mapping
+from common.listener import IntakeStatistics
 
 
 async def ask(stream: trio.SocketStream, command: bytes, end: bytes) -> str:
@@ -38,6 +44,8 @@ async def test_admin_commands_on_live_aggregator(nursery, wall_clock, autojump_c
         assert "messages.bad_lines_seen: 1\n" in stats and stats.startswith("uptime: ")
         counters = await ask(stream, b"counters\n", b"END\n\n")
         assert '"app.a": 1.0' in counters and '"app.b": 2.0' in counters
+        assert '"statsd.packets_received": 1' in counters  # counted live, as Etsy does
+        assert '"statsd.bad_lines_seen": 1' in counters
         assert '"t": [\n    3.0\n  ]' in await ask(stream, b"timers\n", b"END\n\n")
         assert await ask(stream, b"delcounters app.*\n", b"END\n\n") in (
             "deleted: app.a\ndeleted: app.b\nEND\n\n", "deleted: app.b\ndeleted: app.a\nEND\n\n")
@@ -49,3 +57,31 @@ async def test_admin_commands_on_live_aggregator(nursery, wall_clock, autojump_c
         assert await ask(stream, b"nonsense\n", b"\n") == "ERROR\n"
         await stream.send_all(b"quit\n")
         assert await stream.receive_some(10) == b""
+
+
+async def test_joined_commands_answer_error_when_a_worker_is_away(nursery) -> None:
+    """Worker 0 asks its peers; one that is not there (restarting) makes a clear ERROR,
+    never a partial dump; a peer that answers is joined."""
+    config = config_from_mapping(AggregatorConfig, {"listen": ["udp://127.0.0.1:0"]})
+    own = Aggregator(config.ledger_options)
+    own.ingest(b"own.c:1|c")
+    peer = Aggregator(config.ledger_options)
+    peer.ingest(b"peer.c:4|c\npeer.t:9|ms")
+    peer_admin = AggregatorAdmin(config, peer, None, IntakeStatistics())
+    name = f"\0tallyd-test-admin-{uuid.uuid4().hex}"
+    listener = await open_worker_admin(name + "-1")
+    await nursery.start(run_admin_server, [listener], peer_admin)
+
+    admin = AggregatorAdmin(config, own, None, IntakeStatistics())
+    peers = WorkerAdminPeers({1: name + "-1"}, timeout=2)
+    reply, _ = await answer("counters", admin, peers)
+    dump = json.loads(reply.removesuffix("END\n\n"))
+    assert dump["own.c"] == 1 and dump["peer.c"] == 4
+    reply, _ = await answer("deltimers peer.t own.t", admin, peers)
+    assert reply == "deleted: peer.t\nmetric own.t not found\nEND\n\n"
+    assert "peer.t" not in peer.ledger.timers
+
+    away = WorkerAdminPeers({1: name + "-1", 2: name + "-2"}, timeout=2)
+    reply, _ = await answer("counters", admin, away)
+    assert reply.startswith("ERROR worker 2 unreachable: ") and reply.endswith("\n")
+    assert (await answer("health", admin, away))[0] == "health: up\n"  # not joined

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import attrs
 
-from common.admin import HELP, handle_command, split_commands
+from common.admin import HELP, handle_command, join_replies, needs_join, per_name, split_commands
 
 
 @attrs.define
@@ -62,3 +63,32 @@ def test_split_commands_accepts_lines_and_bare_chunks() -> None:
     assert split_commands(b"health") == ["health"]
     assert split_commands(b"health\r\nstats\n\n") == ["health", "stats"]
     assert split_commands(b"\xff\n") == ["\ufffd"]
+
+
+def test_join_replies_over_workers() -> None:
+    own = '{\n  "a": 1,\n  "statsd.packets_received": 2\n}\nEND\n\n'
+    peer = '{\n  "b": 3\n}\nEND\n\n'
+    joined = join_replies("counters", own, [(1, peer)])
+    assert joined.endswith("}\nEND\n\n")
+    assert json.loads(joined.removesuffix("END\n\n")) == {
+        "a": 1, "b": 3, "statsd.packets_received": 2}
+
+    stats = join_replies("stats", "uptime: 5\nEND\n\n",
+                         [(1, "uptime: 4\nmessages.bad_lines_seen: 2\nEND\n\n")])
+    assert stats == ("uptime: 5\nworker.1.uptime: 4\nworker.1.messages.bad_lines_seen: 2\n"
+                     "END\n\n")
+
+    missing = "metric x not found\nEND\n\n"
+    assert join_replies("delcounters x", missing, [(1, missing), (2, missing)]) == missing
+    found = "deleted: x\nEND\n\n"
+    assert join_replies("delcounters x", missing, [(1, found), (2, missing)]) == found
+    assert join_replies("delcounters", "END\n\n", [(1, "END\n\n")]) == "END\n\n"
+    assert join_replies("gauges", '{}\nEND\n\n', [(1, "ERROR\n")]) == "ERROR\n"
+
+
+def test_deletes_of_several_names_are_joined_name_by_name() -> None:
+    assert per_name("delcounters a b.*") == ["delcounters a", "delcounters b.*"]
+    assert per_name("delcounters a") == ["delcounters a"]
+    assert per_name("counters") == ["counters"]
+    assert needs_join("counters") and needs_join("delgauges x") and needs_join("stats")
+    assert not needs_join("health") and not needs_join("config") and not needs_join("")
