@@ -6,6 +6,7 @@ SHELL (reads live state; the protocol itself is the pure `common.admin`).
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any, Final
@@ -129,3 +130,15 @@ class WorkerAdminPeers:
                     data += chunk
                 return data.decode("utf-8", "replace")
         raise PeerUnavailable(f"worker {index} did not answer within {self.timeout:g} s")
+
+
+async def open_worker_admin(address: str) -> trio.SocketListener:
+    """The listener on which a worker other than 0 answers admin commands for worker 0."""
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await sock.bind(address)
+        sock.listen()
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)

@@ -39,7 +39,7 @@ from .config import AggregatorConfig, check_config, plain_value
 from .etsyconfig import map_etsy_config, parse_etsy_config
 from .server import serve
 from .supervisor import supervise
-from .worker import WorkerContext, watch_parent, worker_context_from_env
+from .workerenv import WorkerContext, watch_parent, worker_context_from_env
 
 #: Set by the supervisor for its worker processes (JSON: index, sockets, ...).
 WORKER_ENV = "TALLYD_WORKER"

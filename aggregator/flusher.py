@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 import trio
 
@@ -163,3 +163,23 @@ class Flusher:
                 await trio.sleep(left)
             await self.flush(flush_timestamp(boundary),
                              sequence=flush_sequence(boundary, self.interval))
+
+
+#: Share of graceful_timeout the final flush may wait for its interval to end; the rest
+#: is left for delivering it.
+FINAL_FLUSH_WAIT_SHARE: Final = 0.75
+
+
+def final_flush_plan(now: float, interval: float, graceful_timeout: float) -> tuple[int, float]:
+    """When and with which timestamp a stopping aggregator flushes for the last time.
+
+    Returns:
+        ``(timestamp, seconds to wait)``. Normally the end of the interval in progress,
+        waited for: Whisper refuses points stamped in the future, and stamping the interval's
+        start would overwrite the previous flush's point. When the interval ends too late for
+        the deadline (very long intervals), now, at once.
+    """
+    boundary = next_boundary(now, interval)
+    if boundary - now <= graceful_timeout * FINAL_FLUSH_WAIT_SHARE:
+        return flush_timestamp(boundary), boundary - now
+    return int(now), 0.0

@@ -45,14 +45,15 @@ from common.listener import (
 from common.logging import log_event, set_level
 from common.netstat import udp_socket_drops
 
-from .admin import AggregatorAdmin, WorkerAdminPeers
+from .admin import AggregatorAdmin, WorkerAdminPeers, open_worker_admin
 from .backends.console import ConsoleOutput
 from .carbon import CarbonOutput
 from .config import AggregatorConfig, identity_from_hostname
 from .flush import GraphiteRenderer
-from .flusher import Flusher, flush_sequence, flush_timestamp, next_boundary
+from .flusher import Flusher, final_flush_plan, flush_sequence
 from .ledger import Aggregator
-from .worker import Exchange, WorkerContext
+from .worker import Exchange
+from .workerenv import WorkerContext
 
 LOGGER = logging.getLogger(__name__)
 
@@ -276,18 +277,6 @@ async def serve(
                 close_listener(b)
 
 
-async def open_worker_admin(address: str) -> trio.SocketListener:
-    """The listener on which a worker other than 0 answers admin commands for worker 0."""
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        await sock.bind(address)
-        sock.listen()
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketListener(sock)
-
-
 class Intake(Protocol):
     """The aggregator's intake callback: a block of lines, and how many datagrams it joins."""
 
@@ -300,26 +289,6 @@ def authenticated(handle: Intake, auth: TokenAuth) -> Intake:
         handle(auth.filter_packet(packet), packets=packets)
 
     return handle_authenticated
-
-
-#: Share of graceful_timeout the final flush may wait for its interval to end; the rest
-#: is left for delivering it.
-FINAL_FLUSH_WAIT_SHARE = 0.75
-
-
-def final_flush_plan(now: float, interval: float, graceful_timeout: float) -> tuple[int, float]:
-    """When and with which timestamp a stopping aggregator flushes for the last time.
-
-    Returns:
-        ``(timestamp, seconds to wait)``. Normally the end of the interval in progress,
-        waited for: Whisper refuses points stamped in the future, and stamping the interval's
-        start would overwrite the previous flush's point. When the interval ends too late for
-        the deadline (very long intervals), now, at once.
-    """
-    boundary = next_boundary(now, interval)
-    if boundary - now <= graceful_timeout * FINAL_FLUSH_WAIT_SHARE:
-        return flush_timestamp(boundary), boundary - now
-    return int(now), 0.0
 
 
 def log_listening(config: AggregatorConfig, bound: Sequence[BoundSocket], mgmt: str) -> None:

@@ -8,10 +8,10 @@ from functools import partial
 
 import trio
 
-from aggregator.admin import AggregatorAdmin, WorkerAdminPeers
+from aggregator.admin import AggregatorAdmin, WorkerAdminPeers, open_worker_admin
 from aggregator.config import AggregatorConfig
 from aggregator.ledger import Aggregator
-from aggregator.server import open_worker_admin, serve
+from aggregator.server import serve
 from common.admin_server import answer, run_admin_server
 from common.config import config_from_mapping
 from common.listener import IntakeStatistics

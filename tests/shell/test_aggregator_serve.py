@@ -207,7 +207,7 @@ def test_token_mode_without_tokens_is_a_config_error() -> None:
 
 
 def test_final_flush_waits_for_the_interval_end_within_the_deadline() -> None:
-    from aggregator.server import final_flush_plan
+    from aggregator.flusher import final_flush_plan
 
     assert final_flush_plan(1003.5, 10.0, 15.0) == (1010, 6.5)
     assert final_flush_plan(1000.0, 10.0, 15.0) == (1010, 10.0)

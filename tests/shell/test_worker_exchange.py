@@ -14,7 +14,8 @@ import pytest
 import trio
 
 from aggregator.ledger import Aggregator, FlushSnapshot, LedgerOptions
-from aggregator.worker import Exchange, WorkerContext
+from aggregator.worker import Exchange
+from aggregator.workerenv import WorkerContext
 from common.shard import worker_index
 
 INTERVAL = 3.0  # the barrier waits at most a third of it
