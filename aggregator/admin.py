@@ -119,16 +119,21 @@ class WorkerAdminPeers:
             except OSError as exc:
                 raise PeerUnavailable(f"worker {index} unreachable: {exc.strerror}") from None
             async with stream:
-                await stream.send_all(command.encode() + b"\n")
                 data = bytearray()
                 end = END.encode()
-                while not (data.endswith(end) or (data.startswith(b"ERROR")
-                                                  and data.endswith(b"\n"))):
-                    chunk = await stream.receive_some(1 << 20)
-                    if not chunk:
-                        raise PeerUnavailable(f"worker {index} closed the connection")
-                    data += chunk
-                return data.decode("utf-8", "replace")
+                try:
+                    await stream.send_all(command.encode() + b"\n")
+                    while not (data.endswith(end) or (data.startswith(b"ERROR")
+                                                      and data.endswith(b"\n"))):
+                        chunk = await stream.receive_some(1 << 20)
+                        if not chunk:
+                            break
+                        data += chunk
+                    else:
+                        return data.decode("utf-8", "replace")
+                except (trio.BrokenResourceError, OSError):
+                    pass
+                raise PeerUnavailable(f"worker {index} closed the connection")
         raise PeerUnavailable(f"worker {index} did not answer within {self.timeout:g} s")
 
 

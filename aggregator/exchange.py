@@ -49,8 +49,27 @@ def encode_data(sender: int, lines: list[bytes]) -> bytes:
 
 
 def decode_data(message: bytes) -> tuple[int, bytes]:
-    """(sender, newline-separated lines) of a data message."""
+    """(sender, newline-separated lines) of a data message.
+
+    Raises:
+        struct.error: the message is too short to be one.
+    """
     return _SENDER.unpack_from(message, 1)[0], message[1 + _SENDER.size:]
+
+
+def split_gauges(lines: bytes) -> tuple[bytes, bytes]:
+    """``(gauge lines, other lines)`` of a block of lines.
+
+    Lines that belong to the next interval wait until the swap, but gauge values do not
+    belong to an interval (the last value set is the gauge's value), so gauges are applied
+    at once, in the order they were read, and only the rest waits.
+    """
+    gauges: list[bytes] = []
+    other: list[bytes] = []
+    for line in lines.split(b"\n"):
+        if line:
+            (gauges if b"|g" in line else other).append(line)
+    return b"\n".join(gauges), b"\n".join(other)
 
 
 def encode_mark(sender: int, flush: int, packets: int, lines: int, bad_lines: int) -> bytes:

@@ -252,13 +252,13 @@ class Aggregator:
         ledger.bad_lines += bad_lines
 
     def live_counters(self) -> dict[bytes, float]:
-        """The interval's counters so far, Etsy's internal ones included (the admin dump)."""
+        """The interval's counters so far, Etsy's internal ones included (the admin dump;
+        with several workers, each shows the intake it has not handed over yet)."""
         ledger = self.ledger
         counters = dict(ledger.counters)
-        if self.options.report_internal:
-            for key, count in zip(self.internal_keys,
-                                  (ledger.bad_lines, ledger.packets, ledger.lines), strict=True):
-                counters[key] = counters.get(key, 0.0) + count
+        for key, count in zip(self.internal_keys,
+                              (ledger.bad_lines, ledger.packets, ledger.lines), strict=True):
+            counters[key] = counters.get(key, 0.0) + count
         return counters
 
     def take_intake(self) -> tuple[int, int, int]:

@@ -258,6 +258,8 @@ async def serve(
                         while drain_datagrams(b.sock, handle, 10_000) == 10_000:
                             pass
                 sequence = flush_sequence(stamp, config.flush_interval) if wait > 0 else None
+                if exchange is not None:
+                    exchange.finish()
                 await flusher.flush(stamp, sequence=sequence)
                 if carbon is not None:
                     await carbon.wait_delivered()
@@ -311,5 +313,6 @@ def exchange_metrics(exchange: Exchange, identity: str) -> dict[str, float]:
         head + "received_lines": exchange.received_lines,
         head + "dropped_lines.worker_down": exchange.dropped["worker_down"],
         head + "dropped_lines.exchange_full": exchange.dropped["exchange_full"],
+        head + "dropped_messages.malformed": exchange.dropped["malformed"],
         f"tallyd.{identity}.worker.generation": exchange.context.generation,
     }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import struct
 from collections import Counter, deque
 from typing import Any, Final
 
@@ -35,6 +36,7 @@ from .exchange import (
     encode_data,
     encode_mark,
     encode_stats,
+    split_gauges,
 )
 from .ledger import Aggregator
 from .workerenv import WorkerContext
@@ -89,6 +91,7 @@ class Exchange:
         self._open_marks: dict[int, int] = {}
         self._deferred: deque[tuple[int, bytes]] = deque()
         self._held: list[bytes] | None = None
+        self._finishing = False
         self._held_packets = self._held_lines = 0
         self._arrived = trio.Event()
         self.dropped: Counter[str] = Counter()
@@ -107,11 +110,15 @@ class Exchange:
             packets: how many datagrams ``packet`` joins.
         """
         own, foreign, count = self.splitter.split(packet)
-        if self._held is not None:  # between this worker's mark and its swap
+        if self._held is not None and not self._finishing:  # between mark and swap
             self._held_packets += packets
             self._held_lines += count
             if own:
-                self._held.append(own)
+                gauges, rest = split_gauges(own)
+                if gauges:
+                    self.aggregator.ingest(gauges, intake=False)
+                if rest:
+                    self._held.append(rest)
         else:
             self.aggregator.add_intake(packets, count, 0)
             if own:
@@ -135,12 +142,19 @@ class Exchange:
         queue = self._queue[peer]
         queue.append(message)
         self._queued_bytes[peer] += len(message)
-        while self._queued_bytes[peer] > MAX_PENDING_BYTES and len(queue) > 1:
-            old = queue.popleft()
-            self._queued_bytes[peer] -= len(old)
-            if old[:1] == DATA:
-                reason = "worker_down" if self.peer_down.get(peer) else "exchange_full"
-                self.dropped[reason] += decode_data(old)[1].count(b"\n") + 1
+        if self._queued_bytes[peer] > MAX_PENDING_BYTES:
+            # Drop the oldest lines; marks and name counts (a few bytes, and what the peer's
+            # intake counts travel in) stay.
+            reason = "worker_down" if self.peer_down.get(peer) else "exchange_full"
+            kept: deque[bytes] = deque()
+            for old in queue:
+                if (self._queued_bytes[peer] > MAX_PENDING_BYTES and old[:1] == DATA
+                        and old is not message):
+                    self._queued_bytes[peer] -= len(old)
+                    self.dropped[reason] += decode_data(old)[1].count(b"\n") + 1
+                else:
+                    kept.append(old)
+            self._queue[peer] = kept
         self._pump(peer)
 
     def _pump(self, peer: int) -> None:
@@ -176,31 +190,54 @@ class Exchange:
                 message = recv(1 << 20)
             except (BlockingIOError, InterruptedError):
                 return
-            kind = message[:1]
-            if kind == DATA:
-                sender, payload = decode_data(message)
-                self.received_lines += payload.count(b"\n") + 1
-                after = self._open_marks.get(sender, -1)
-                if after > self._marks_closed:
+            try:
+                self._on_message(message)
+            except (struct.error, ValueError):
+                # Not from a peer: the abstract namespace has no permissions, any local
+                # process can send here. Dropped, counted, never fatal.
+                self.dropped["malformed"] += 1
+                log_event(LOGGER, "exchange_message_malformed", level=logging.WARNING,
+                          worker=self.context.index, bytes=len(message))
+
+    def _on_message(self, message: bytes) -> None:
+        kind = message[:1]
+        if kind == DATA:
+            sender, payload = decode_data(message)
+            self._check_sender(sender)
+            self.received_lines += payload.count(b"\n") + 1
+            after = self._open_marks.get(sender, -1)
+            if after > self._marks_closed and not self._finishing:
+                gauges, payload = split_gauges(payload)
+                if gauges:
+                    self.aggregator.ingest(gauges, intake=False)
+                if payload:
                     self._deferred.append((after, payload))
-                else:
-                    self.aggregator.ingest(payload, intake=False)
-            elif kind == MARK:
-                sender, flush, packets, lines, bad = decode_mark(message)
-                if flush > self._marks_closed:
-                    self._marks.setdefault(flush, {})[sender] = (packets, lines, bad)
-                    self._open_marks[sender] = max(flush, self._open_marks.get(sender, -1))
-                    self._arrived.set()
-                elif self.context.index == 0:
-                    # Its flush went ahead without this mark (the peer was slow): count the
-                    # peer's intake in the interval now open rather than lose it.
-                    self.aggregator.add_intake(packets, lines, bad)
-            elif kind == STATS:
-                sender, flush, names = decode_stats(message)
-                self._last_names[sender] = names
-                if flush > self._stats_closed:
-                    self._stats.setdefault(flush, {})[sender] = names
-                    self._arrived.set()
+            else:
+                self.aggregator.ingest(payload, intake=False)
+        elif kind == MARK:
+            sender, flush, packets, lines, bad = decode_mark(message)
+            self._check_sender(sender)
+            if flush > self._marks_closed:
+                self._marks.setdefault(flush, {})[sender] = (packets, lines, bad)
+                self._open_marks[sender] = max(flush, self._open_marks.get(sender, -1))
+                self._arrived.set()
+            elif self.context.index == 0:
+                # Its flush went ahead without this mark (the peer was slow): count the
+                # peer's intake in the interval now open rather than lose it.
+                self.aggregator.add_intake(packets, lines, bad)
+        elif kind == STATS:
+            sender, flush, names = decode_stats(message)
+            self._check_sender(sender)
+            self._last_names[sender] = names
+            if flush > self._stats_closed:
+                self._stats.setdefault(flush, {})[sender] = names
+                self._arrived.set()
+        else:
+            raise ValueError(f"unknown message kind {kind!r}")
+
+    def _check_sender(self, sender: int) -> None:
+        if sender == self.context.index or not 0 <= sender < self.context.count:
+            raise ValueError(f"no such peer {sender}")
 
     async def run(self) -> None:
         """Receive peers' messages and send batches, until cancelled."""
@@ -230,7 +267,12 @@ class Exchange:
                 await self._arrived.wait()
         got = table.pop(flush, {})
         for old in [t for t in table if t < flush]:
-            del table[old]
+            stale = table.pop(old)
+            if table is self._marks and self.context.index == 0:
+                # Marks of a flush this worker skipped (its previous flush overran, or it
+                # has just restarted): their intake counts go into this interval.
+                for packets, lines, bad in stale.values():
+                    self.aggregator.add_intake(packets, lines, bad)
         if len(got) < len(self.peers):
             log_event(LOGGER, "worker_barrier_timeout", level=logging.WARNING, what=what,
                       flush=flush, missing=len(self.peers) - len(got),
@@ -273,6 +315,14 @@ class Exchange:
                     waiting.append((after, payload))
             self._deferred = waiting
         self._open_marks = {p: f for p, f in self._open_marks.items() if f > sequence}
+
+    def finish(self) -> None:
+        """Before the final flush: nothing waits for a next interval any more. What was
+        deferred is aggregated now, and what arrives is aggregated at once."""
+        self._finishing = True
+        for _, payload in self._deferred:
+            self.aggregator.ingest(payload, intake=False)
+        self._deferred.clear()
 
     async def num_stats(self, sequence: int, own: int) -> int | None:
         """Worker 0: the total name count over all workers; the others send theirs."""

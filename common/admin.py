@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 HELP: Final = (
     "Commands: stats, counters, timers, gauges, delcounters, deltimers, delgauges, "
@@ -111,7 +111,8 @@ def join_replies(line: str, own: str, peers: Sequence[tuple[int, str]]) -> str:
     """One answer from this process's answer ``own`` and its peers' ``(worker, answer)``.
 
     ``stats``: own lines, then each peer's under ``worker.<index>.``. Dumps: one JSON object
-    (every name is owned by one worker, so the objects do not overlap). A delete of one name:
+    (every name is owned by one worker, so the objects do not overlap, except Etsy's internal
+    counters, which every worker counts and which add up). A delete of one name:
     every ``deleted:`` line, or "not found" when no worker had it. An ``ERROR`` anywhere is
     the answer.
     """
@@ -129,9 +130,21 @@ def join_replies(line: str, own: str, peers: Sequence[tuple[int, str]]) -> str:
                             for row in reply.removesuffix(END).splitlines() if row)
         return body + END
     if cmd in DUMPS:
-        merged: dict[str, object] = {}
-        for reply in replies:
-            merged.update(json.loads(reply.removesuffix(END)))
+        merged: dict[str, Any] = {}
+        for index, reply in [(0, own), *peers]:
+            try:
+                part = json.loads(reply.removesuffix(END))
+            except ValueError:
+                part = None
+            if not isinstance(part, dict):
+                return f"ERROR malformed answer from worker {index}\n"
+            for name, value in part.items():
+                # Names are owned by one worker each; only Etsy's internal counters
+                # (packets_received, ...) are counted by every worker, and add up.
+                if cmd == "counters" and name in merged and isinstance(value, (int, float)):
+                    merged[name] += value
+                else:
+                    merged[name] = value
         return json.dumps(merged, indent=2, sort_keys=True) + "\n" + END
     deleted = [row for reply in replies for row in reply.removesuffix(END).splitlines()
                if row.startswith("deleted: ")]

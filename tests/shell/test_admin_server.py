@@ -85,3 +85,19 @@ async def test_joined_commands_answer_error_when_a_worker_is_away(nursery) -> No
     reply, _ = await answer("counters", admin, away)
     assert reply.startswith("ERROR worker 2 unreachable: ") and reply.endswith("\n")
     assert (await answer("health", admin, away))[0] == "health: up\n"  # not joined
+
+
+async def test_a_peer_that_breaks_off_makes_an_error_not_a_silent_close(nursery) -> None:
+    config = config_from_mapping(AggregatorConfig, {"listen": ["udp://127.0.0.1:0"]})
+    admin = AggregatorAdmin(config, Aggregator(config.ledger_options), None, IntakeStatistics())
+    address = f"\0tallyd-test-admin-{uuid.uuid4().hex}-1"
+    listener = await open_worker_admin(address)
+
+    async def hang_up(stream: trio.SocketStream) -> None:
+        await stream.receive_some(100)
+        await stream.send_all(b'{"half": ')
+        await stream.aclose()
+
+    nursery.start_soon(trio.serve_listeners, hang_up, [listener])
+    reply, close = await answer("counters", admin, WorkerAdminPeers({1: address}, timeout=2))
+    assert (reply, close) == ("ERROR worker 1 closed the connection\n", False)

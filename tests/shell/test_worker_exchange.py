@@ -7,6 +7,7 @@ worker's mark and its swap, or a peer's lines arrive after that peer's mark.
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Iterator
 
@@ -117,4 +118,95 @@ async def test_intake_of_a_worker_that_does_not_report_is_never_lost(
             flushing.start_soon(_flush, ex1, 26, last)
         reported += _received(last[0])[0]
         assert reported == total
+        nursery.cancel_scope.cancel()
+
+
+async def test_gauges_keep_the_order_they_were_read_in_across_the_barrier(
+        pair: tuple[Exchange, Exchange]) -> None:
+    """Gauges are not held with the next interval's lines: the last value read wins, on
+    whichever worker it was read and on whichever side of a mark."""
+    ex0, ex1 = pair
+    g = _names_of(1, 1)[0]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ex0.run)
+        nursery.start_soon(ex1.run)
+        out: dict[int, FlushSnapshot] = {}
+        # Worker 1 (the owner) has marked and reads g:1; worker 0 reads g:2 later, before
+        # its own mark, and forwards it.
+        async with trio.open_nursery() as flushing:
+            flushing.start_soon(_flush, ex1, 10, out)
+            await trio.sleep(0.05)
+            ex1.handle(g + b":1|g\n" + g + b":+1|g")
+            await trio.sleep(0.01)
+            ex0.handle(g + b":2|g")
+            await trio.sleep(0.05)
+            await _flush(ex0, 10, out)
+        assert ex1.aggregator.gauges[g] == 2.0
+        # Worker 0 has marked and forwards g:3 (deferred at worker 1); worker 1 then reads
+        # g:4 itself.
+        async with trio.open_nursery() as flushing:
+            flushing.start_soon(_flush, ex0, 11, out)
+            await trio.sleep(0.05)
+            ex0.handle(g + b":3|g")
+            await trio.sleep(0.02)
+            ex1.handle(g + b":4|g")
+            await trio.sleep(0.02)
+            await _flush(ex1, 11, out)
+        assert ex1.aggregator.gauges[g] == 4.0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_skipped_flush_keeps_the_peers_intake(pair: tuple[Exchange, Exchange]) -> None:
+    """Worker 0 misses flush 10 (its previous flush overran): worker 1's mark 10 carried its
+    counts, and they are reported with flush 11 instead of dropped with the stale mark."""
+    ex0, ex1 = pair
+    own1 = _names_of(1, 1)[0]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ex0.run)
+        nursery.start_soon(ex1.run)
+        for _ in range(5):
+            ex1.handle(own1 + b":1|c")
+        out: dict[int, FlushSnapshot] = {}
+        await _flush(ex1, 10, out)  # the barrier times out: worker 0 never comes
+        ex1.handle(own1 + b":1|c")
+        async with trio.open_nursery() as flushing:
+            flushing.start_soon(_flush, ex0, 11, out)
+            flushing.start_soon(_flush, ex1, 11, out)
+        nursery.cancel_scope.cancel()
+    assert _received(out[0]) == (6, 6)
+
+
+async def test_messages_not_from_a_peer_are_counted_and_dropped(
+        pair: tuple[Exchange, Exchange]) -> None:
+    ex0, ex1 = pair
+    to0 = _names_of(0, 1)[0]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ex0.run)
+        nursery.start_soon(ex1.run)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stranger:
+            for junk in (b"D", b"M\x00", b"S", b"Zzz", b"", b"D\x00\x07" + to0 + b":1|c"):
+                stranger.sendto(junk, ex0.context.address(0))
+        ex1.handle(to0 + b":1|c")
+        await trio.sleep(0.05)
+        assert ex0.dropped["malformed"] == 6
+        assert ex0.aggregator.ledger.counters[to0] == 1  # still serving its peer
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_final_flush_waits_for_nothing(pair: tuple[Exchange, Exchange]) -> None:
+    """On the way out nothing is held for a next interval that will not be flushed."""
+    ex0, ex1 = pair
+    to0 = _names_of(0, 1)[0]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ex0.run)
+        nursery.start_soon(ex1.run)
+        out: dict[int, FlushSnapshot] = {}
+        async with trio.open_nursery() as flushing:
+            flushing.start_soon(_flush, ex1, 10, out)
+            await trio.sleep(0.05)
+            ex1.handle(to0 + b":7|c")  # after worker 1's mark: deferred at worker 0
+            await trio.sleep(0.05)
+            ex0.finish()
+            await _flush(ex0, 10, out)
+        assert out[0].counters[to0] == 7
         nursery.cancel_scope.cancel()

@@ -92,3 +92,14 @@ def test_deletes_of_several_names_are_joined_name_by_name() -> None:
     assert per_name("counters") == ["counters"]
     assert needs_join("counters") and needs_join("delgauges x") and needs_join("stats")
     assert not needs_join("health") and not needs_join("config") and not needs_join("")
+
+
+def test_joined_counters_add_up_the_internal_counters_and_refuse_malformed_parts() -> None:
+    own = '{"a": 1, "statsd.packets_received": 2}\nEND\n\n'
+    peer = '{"b": 3, "statsd.packets_received": 5}\nEND\n\n'
+    joined = json.loads(join_replies("counters", own, [(1, peer)]).removesuffix("END\n\n"))
+    assert joined == {"a": 1, "b": 3, "statsd.packets_received": 7}
+    assert join_replies("counters", own, [(1, "[1, 2]\nEND\n\n")]) == (
+        "ERROR malformed answer from worker 1\n")
+    assert join_replies("timers", own, [(2, "not json\nEND\n\n")]) == (
+        "ERROR malformed answer from worker 2\n")
