@@ -57,6 +57,9 @@ EXCHANGE_BUFFER_BYTES: Final = 32 * 1024 * 1024
 #: slow peer sends after the wait is counted in the next interval (marks) or replaced by
 #: its previous value (name counts).
 MAX_BARRIER_SECONDS: Final = 1.0
+#: The same bound for the final flush at shutdown, when there is no next interval to take
+#: what comes late, and no next flush to delay.
+FINAL_BARRIER_SECONDS: Final = 2.0
 
 
 class Exchange:
@@ -318,8 +321,10 @@ class Exchange:
 
     def finish(self) -> None:
         """Before the final flush: nothing waits for a next interval any more. What was
-        deferred is aggregated now, and what arrives is aggregated at once."""
+        deferred is aggregated now, what arrives is aggregated at once, and the barrier
+        waits longer for slow peers (what they send after it would be lost)."""
         self._finishing = True
+        self.barrier_seconds = max(self.barrier_seconds, FINAL_BARRIER_SECONDS)
         for _, payload in self._deferred:
             self.aggregator.ingest(payload, intake=False)
         self._deferred.clear()
