@@ -47,6 +47,7 @@ def run(workers: int, sink: GraphiteSink, datagrams: list[bytes],
                                if r.line.startswith("stats_counts.w.c0 ")) >= 3, 30,
                    message="the data reached the sink")
         assert agg.stop() == 0
+        sink.wait_closed(10)  # the final flush's lines, numStats among them, all read
         if warnings is not None:
             warnings += [x for x in agg.log_text(tail=None).splitlines() if "level=warn" in x]
     totals: dict[str, float] = defaultdict(float)

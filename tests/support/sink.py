@@ -236,6 +236,18 @@ class GraphiteSink:
         with self._cond:
             return len(self._connections)
 
+    def wait_closed(self, timeout: float) -> None:
+        """Block until every sender has closed its connection and all it wrote is read
+        (after a daemon exits, its last lines may still be on their way through the kernel
+        and this sink's reader threads)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._all_closed():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"sink: connections still open after {timeout}s")
+                self._cond.wait(left)
+
     def _all_closed(self) -> bool:
         return bool(self._connections) and all(c.closed for c in self._connections.values())
 
