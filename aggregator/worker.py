@@ -147,17 +147,17 @@ class Exchange:
         self._queued_bytes[peer] += len(message)
         if self._queued_bytes[peer] > MAX_PENDING_BYTES:
             # Drop the oldest lines; marks and name counts (a few bytes, and what the peer's
-            # intake counts travel in) stay.
+            # intake counts travel in) stay, ahead of the lines that remain.
             reason = "worker_down" if self.peer_down.get(peer) else "exchange_full"
-            kept: deque[bytes] = deque()
-            for old in queue:
-                if (self._queued_bytes[peer] > MAX_PENDING_BYTES and old[:1] == DATA
-                        and old is not message):
-                    self._queued_bytes[peer] -= len(old)
-                    self.dropped[reason] += decode_data(old)[1].count(b"\n") + 1
-                else:
+            kept: list[bytes] = []
+            while self._queued_bytes[peer] > MAX_PENDING_BYTES and len(queue) > 1:
+                old = queue.popleft()
+                if old[:1] != DATA:
                     kept.append(old)
-            self._queue[peer] = kept
+                    continue
+                self._queued_bytes[peer] -= len(old)
+                self.dropped[reason] += decode_data(old)[1].count(b"\n") + 1
+            queue.extendleft(reversed(kept))
         self._pump(peer)
 
     def _pump(self, peer: int) -> None:

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import pytest
 import trio
 
+import aggregator.worker as worker_module
+from aggregator.exchange import DATA, MARK, decode_mark, encode_data, encode_mark
 from aggregator.ledger import Aggregator, FlushSnapshot, LedgerOptions
 from aggregator.worker import Exchange
 from aggregator.workerenv import WorkerContext
@@ -210,3 +212,26 @@ async def test_the_final_flush_waits_for_nothing(pair: tuple[Exchange, Exchange]
             await _flush(ex0, 10, out)
         assert out[0].counters[to0] == 7
         nursery.cancel_scope.cancel()
+
+
+async def test_a_full_queue_for_an_absent_peer_drops_lines_but_keeps_marks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "MAX_PENDING_BYTES", 2_000)
+    context = WorkerContext(index=0, count=2, exchange=f"tallyd-test-{uuid.uuid4().hex}",
+                            generation=0, sockets=(), mgmt=None)
+    ex0 = Exchange(context, Aggregator(LedgerOptions()), INTERVAL)
+    try:
+        line = b"x" * 95  # 100-byte data messages, one line each
+        for flush in range(3):
+            for _ in range(15):
+                ex0._enqueue(1, encode_data(0, [line]))
+            ex0._enqueue(1, encode_mark(0, flush, 0, 0, 0))
+        assert ex0.peer_down[1]
+        queued = list(ex0._queue[1])
+        assert [decode_mark(m)[1] for m in queued if m[:1] == MARK] == [0, 1, 2]
+        assert queued[-1][:1] == MARK and queued[0][:1] == MARK  # in their places
+        data = [m for m in queued if m[:1] == DATA]
+        assert ex0.dropped["worker_down"] == 45 - len(data) > 0
+        assert sum(map(len, queued)) <= 2_000
+    finally:
+        ex0.close()
