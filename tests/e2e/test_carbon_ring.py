@@ -470,7 +470,10 @@ def test_stalled_node_fills_its_buffer_and_drops_without_stopping_others(
 
     stats = admin_stats(agg)
     assert node_stat(stats, node_s, "dropped_lines") > 0, logs(agg)()
-    assert node_stat(stats, node_s, "buffered_lines") > 0
+    # A level, sampled: right after a reconnect the new connection's kernel buffers may hold
+    # all that was queued for a moment, until the next flush queues more.
+    wait_until(lambda: node_stat(admin_stats(agg), node_s, "buffered_lines") > 0, 10,
+               message="the stalled node's buffer holds lines")
     assert node_stat(stats, node_r, "dropped_lines") == 0
     wait_until(lambda: node_stat(admin_stats(agg), node_r, "buffered_lines") == 0, 5,
                message="the real node's buffer empties")
