@@ -18,6 +18,7 @@ import logging
 import socket
 import struct
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any, Final
 
 import trio
@@ -92,6 +93,8 @@ class Exchange:
         # each peer's latest mark still open here, the lines peers sent after it (with the
         # flush they follow), and this worker's own lines read while it waits.
         self._open_marks: dict[int, int] = {}
+        # The flush this worker is in or about to start (-1 before its first).
+        self._pending = -1
         self._deferred: deque[tuple[int, bytes]] = deque()
         self._held: list[bytes] | None = None
         self._finishing = False
@@ -209,7 +212,10 @@ class Exchange:
             self._check_sender(sender)
             self.received_lines += payload.count(b"\n") + 1
             after = self._open_marks.get(sender, -1)
-            if after > self._marks_closed and not self._finishing:
+            # Sent after the peer's mark for a flush this worker has still to swap: wait.
+            # (After the mark of a flush it never had, it started late or skipped it, the
+            # lines are in the interval now open: no wait.)
+            if after > self._marks_closed and after >= self._pending and not self._finishing:
                 gauges, payload = split_gauges(payload)
                 if gauges:
                     self.aggregator.ingest(gauges, intake=False)
@@ -289,6 +295,8 @@ class Exchange:
         counts are held for `after_swap`, their other lines follow the mark to the peers,
         which hold them until their own swap.
         """
+        self._pending = sequence
+        self._release(lambda after: after < sequence)  # marks of flushes it never had
         counts = self.aggregator.take_intake() if self.context.index else (0, 0, 0)
         mark = encode_mark(self.context.index, sequence, *counts)
         for peer in self.peers:
@@ -309,15 +317,19 @@ class Exchange:
         self._held_packets = self._held_lines = 0
         for own in held:
             self.aggregator.ingest(own, intake=False)
+        self._release(lambda after: after <= sequence)
+        self._open_marks = {p: f for p, f in self._open_marks.items() if f > sequence}
+
+    def _release(self, due: Callable[[int], bool]) -> None:
+        """Aggregate the deferred lines whose mark's flush is ``due``; keep the others."""
         if self._deferred:
             waiting: deque[tuple[int, bytes]] = deque()
             for after, payload in self._deferred:
-                if after <= sequence:
+                if due(after):
                     self.aggregator.ingest(payload, intake=False)
                 else:
                     waiting.append((after, payload))
             self._deferred = waiting
-        self._open_marks = {p: f for p, f in self._open_marks.items() if f > sequence}
 
     def finish(self) -> None:
         """Before the final flush: nothing waits for a next interval any more. What was
@@ -325,9 +337,7 @@ class Exchange:
         waits longer for slow peers (what they send after it would be lost)."""
         self._finishing = True
         self.barrier_seconds = max(self.barrier_seconds, FINAL_BARRIER_SECONDS)
-        for _, payload in self._deferred:
-            self.aggregator.ingest(payload, intake=False)
-        self._deferred.clear()
+        self._release(lambda _: True)
 
     async def num_stats(self, sequence: int, own: int) -> int | None:
         """Worker 0: the total name count over all workers; the others send theirs."""

@@ -53,7 +53,7 @@ from carbonring_helpers import (
 )
 
 from common.ring import CarbonNode, Ring, parse_carbon_node
-from support.procs import AggregatorProcess, start_aggregator, wait_until
+from support.procs import AggregatorProcess, mgmt_command, start_aggregator, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -566,7 +566,9 @@ def test_self_metrics_of_two_identities_in_separate_files_with_own_values(
                    lambda *_: 0.0)
     assert not wrong, (f"self-metrics at steady flushes {steady}:\n" + "\n".join(wrong)
                        + "\n" + logs(alpha, beta)())
-    assert all(emitted("alpha", node) != emitted("beta", node) for node in ring.nodes)
+    assert all(emitted("alpha", node) != emitted("beta", node) for node in ring.nodes), (
+        f"alpha's data paths missing on a node: {per_node}\nalpha's counters: "
+        f"{mgmt_command(alpha.mgmt, 'counters')}\n{logs(alpha, beta)()}")
     # Levels: nothing waits in memory or on disk for a healthy node between flushes.
     wrong = check(("buffered_lines", "spooled_lines"), lambda *_: 0.0)
     assert not wrong, (f"backlog levels of healthy nodes at steady flushes {steady}:\n"

@@ -235,3 +235,32 @@ async def test_a_full_queue_for_an_absent_peer_drops_lines_but_keeps_marks(
         assert sum(map(len, queued)) <= 2_000
     finally:
         ex0.close()
+
+
+async def test_lines_after_the_mark_of_a_flush_the_receiver_never_had_are_not_held(
+        pair: tuple[Exchange, Exchange]) -> None:
+    """Worker 0 starts late (or skips a flush): worker 1's mark for flush 10 reaches it, but
+    its own first flush is 11. What worker 1 forwards after that mark is in flush 11."""
+    ex0, ex1 = pair
+    to0 = _names_of(0, 1)[0]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ex0.run)
+        nursery.start_soon(ex1.run)
+        out: dict[int, FlushSnapshot] = {}
+        await _flush(ex1, 10, out)  # alone: worker 0 has no flush 10
+        ex1.handle(to0 + b":3|c")
+        await trio.sleep(0.05)
+        async with trio.open_nursery() as flushing:
+            flushing.start_soon(_flush, ex1, 11, out)
+            await trio.sleep(0.05)
+            ex1.handle(to0 + b":4|c")  # after worker 1's mark 11: flush 12
+            await trio.sleep(0.05)
+            await _flush(ex0, 11, out)
+        assert out[0].counters[to0] == 3
+        assert _received(out[0]) == (1, 1)
+        async with trio.open_nursery() as flushing:
+            flushing.start_soon(_flush, ex0, 12, out)
+            flushing.start_soon(_flush, ex1, 12, out)
+        assert out[0].counters[to0] == 4
+        assert _received(out[0]) == (1, 1)
+        nursery.cancel_scope.cancel()
