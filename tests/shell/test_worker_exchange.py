@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -22,6 +23,11 @@ from aggregator.workerenv import WorkerContext
 from common.shard import worker_index
 
 INTERVAL = 3.0  # the barrier waits at most a third of it
+#: Long enough for a datagram to cross and be read; far shorter than the barrier's bound.
+SETTLE = 0.05
+
+Pair = tuple[Exchange, Exchange]
+Flushed = dict[int, FlushSnapshot]
 
 
 def _names_of(owner: int, count: int) -> list[bytes]:
@@ -29,18 +35,29 @@ def _names_of(owner: int, count: int) -> list[bytes]:
     return [n for n in names if worker_index(n, 2) == owner][:count]
 
 
+def _context(index: int, name: str) -> WorkerContext:
+    return WorkerContext(index=index, count=2, exchange=name, generation=0, sockets=(),
+                         mgmt=None)
+
+
 @pytest.fixture
-def pair() -> Iterator[tuple[Exchange, Exchange]]:
+def pair() -> Iterator[Pair]:
     name = f"tallyd-test-{uuid.uuid4().hex}"
-    exchanges = []
-    for index in (0, 1):
-        context = WorkerContext(index=index, count=2, exchange=name, generation=0,
-                                sockets=(), mgmt=None)
-        aggregator = Aggregator(LedgerOptions(report_internal=index == 0))
-        exchanges.append(Exchange(context, aggregator, INTERVAL))
+    exchanges = [Exchange(_context(i, name), Aggregator(LedgerOptions(report_internal=i == 0)),
+                          INTERVAL) for i in (0, 1)]
     yield exchanges[0], exchanges[1]
     for exchange in exchanges:
         exchange.close()
+
+
+@asynccontextmanager
+async def running(pair: Pair) -> AsyncIterator[None]:
+    """Both exchanges receiving and sending, until the block ends."""
+    async with trio.open_nursery() as nursery:
+        for exchange in pair:
+            nursery.start_soon(exchange.run)
+        yield
+        nursery.cancel_scope.cancel()
 
 
 def _received(snapshot: FlushSnapshot) -> tuple[float, float]:
@@ -48,178 +65,184 @@ def _received(snapshot: FlushSnapshot) -> tuple[float, float]:
     return counters[b"statsd.packets_received"], counters[b"statsd.metrics_received"]
 
 
-async def _flush(exchange: Exchange, sequence: int, out: dict[int, FlushSnapshot]) -> None:
+async def _flush(exchange: Exchange, sequence: int, out: Flushed) -> None:
+    """What `Flusher.flush` does around the swap."""
     await exchange.before_swap(sequence)
     out[exchange.context.index] = exchange.aggregator.swap(sequence, INTERVAL)
     exchange.after_swap(sequence)
 
 
+async def _flush_both(pair: Pair, sequence: int, out: Flushed) -> None:
+    async with trio.open_nursery() as flushing:
+        for exchange in pair:
+            flushing.start_soon(_flush, exchange, sequence, out)
+
+
+async def _uneven_flush(first: Exchange, second: Exchange, sequence: int, out: Flushed,
+                        meanwhile: Callable[[], None]) -> None:
+    """``first`` reaches the flush and waits at the barrier; ``meanwhile`` reads packets;
+    then ``second`` reaches the flush."""
+    async with trio.open_nursery() as flushing:
+        flushing.start_soon(_flush, first, sequence, out)
+        await trio.sleep(SETTLE)
+        meanwhile()
+        await trio.sleep(SETTLE)
+        await _flush(second, sequence, out)
+
+
 async def test_a_packet_read_after_the_mark_counts_with_its_lines_in_the_next_flush(
-        pair: tuple[Exchange, Exchange]) -> None:
+        pair: Pair) -> None:
     ex0, ex1 = pair
     to0 = _names_of(0, 2)
     to1 = _names_of(1, 1)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ex0.run)
-        nursery.start_soon(ex1.run)
+    async with running(pair):
         # Before the flush: worker 1 reads a packet, one line its own, two for worker 0.
         ex1.handle(b"\n".join([to0[0] + b":1|c", to0[1] + b":5|ms", to1[0] + b":2|c"]))
-        await trio.sleep(0.05)
+        await trio.sleep(SETTLE)
 
-        first: dict[int, FlushSnapshot] = {}
         # Worker 1 reaches the flush first; worker 0 is late and only gets there after
         # worker 1 has read another packet, whose lines sit behind worker 1's mark.
-        async with trio.open_nursery() as flushing:
-            flushing.start_soon(_flush, ex1, 10, first)
-            await trio.sleep(0.05)
+        def late_packet() -> None:
             assert ex1._held is not None  # worker 1 is waiting for worker 0's mark
             ex1.handle(b"\n".join([to0[0] + b":10|c", to1[0] + b":20|c"]))
-            await trio.sleep(0.05)
-            await _flush(ex0, 10, first)
 
+        first: Flushed = {}
+        await _uneven_flush(ex1, ex0, 10, first, late_packet)
         assert _received(first[0]) == (1, 3)
         assert first[0].counters[to0[0]] == 1
         assert list(first[0].timers[to0[1]]) == [5.0]
         assert first[1].counters[to1[0]] == 2
 
-        second: dict[int, FlushSnapshot] = {}
-        async with trio.open_nursery() as flushing:
-            flushing.start_soon(_flush, ex0, 11, second)
-            flushing.start_soon(_flush, ex1, 11, second)
+        second: Flushed = {}
+        await _flush_both(pair, 11, second)
         assert _received(second[0]) == (1, 2)
         assert second[0].counters[to0[0]] == 10
         assert second[1].counters[to1[0]] == 20
 
-        nursery.cancel_scope.cancel()
 
-
-async def test_intake_of_a_worker_that_does_not_report_is_never_lost(
-        pair: tuple[Exchange, Exchange]) -> None:
+async def test_intake_of_a_worker_that_does_not_report_is_never_lost(pair: Pair) -> None:
     ex0, ex1 = pair
-    to1 = _names_of(1, 1)
+    to1 = _names_of(1, 1)[0]
     total = 0
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ex0.run)
-        nursery.start_soon(ex1.run)
-        reported = 0.0
+    reported = 0.0
+
+    def one_packet() -> None:
+        nonlocal total
+        ex1.handle(to1 + b":1|c")
+        total += 1
+
+    async with running(pair):
         for sequence in range(20, 26):
             for _ in range(sequence % 3 + 1):
-                ex1.handle(to1[0] + b":1|c")
-                total += 1
-            flushed: dict[int, FlushSnapshot] = {}
-            async with trio.open_nursery() as flushing:
-                flushing.start_soon(_flush, ex1, sequence, flushed)
-                await trio.sleep(0.01)
-                ex1.handle(to1[0] + b":1|c")  # between worker 1's mark and its swap
-                total += 1
-                flushing.start_soon(_flush, ex0, sequence, flushed)
+                one_packet()
+            flushed: Flushed = {}
+            # One packet between worker 1's mark and its swap.
+            await _uneven_flush(ex1, ex0, sequence, flushed, one_packet)
             reported += _received(flushed[0])[0]
-        last: dict[int, FlushSnapshot] = {}
-        async with trio.open_nursery() as flushing:
-            flushing.start_soon(_flush, ex0, 26, last)
-            flushing.start_soon(_flush, ex1, 26, last)
+        last: Flushed = {}
+        await _flush_both(pair, 26, last)
         reported += _received(last[0])[0]
-        assert reported == total
-        nursery.cancel_scope.cancel()
+    assert reported == total
 
 
-async def test_gauges_keep_the_order_they_were_read_in_across_the_barrier(
-        pair: tuple[Exchange, Exchange]) -> None:
+async def test_gauges_keep_the_order_they_were_read_in_across_the_barrier(pair: Pair) -> None:
     """Gauges are not held with the next interval's lines: the last value read wins, on
     whichever worker it was read and on whichever side of a mark."""
     ex0, ex1 = pair
     g = _names_of(1, 1)[0]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ex0.run)
-        nursery.start_soon(ex1.run)
-        out: dict[int, FlushSnapshot] = {}
+    out: Flushed = {}
+    async with running(pair):
         # Worker 1 (the owner) has marked and reads g:1; worker 0 reads g:2 later, before
         # its own mark, and forwards it.
-        async with trio.open_nursery() as flushing:
-            flushing.start_soon(_flush, ex1, 10, out)
-            await trio.sleep(0.05)
+        def owner_then_peer() -> None:
             ex1.handle(g + b":1|g\n" + g + b":+1|g")
-            await trio.sleep(0.01)
             ex0.handle(g + b":2|g")
-            await trio.sleep(0.05)
-            await _flush(ex0, 10, out)
+
+        await _uneven_flush(ex1, ex0, 10, out, owner_then_peer)
         assert ex1.aggregator.gauges[g] == 2.0
-        # Worker 0 has marked and forwards g:3 (deferred at worker 1); worker 1 then reads
-        # g:4 itself.
+
+        # Worker 0 has marked and forwards g:3 (held at worker 1 with the next interval's
+        # lines, but not as a gauge); worker 1 then reads g:4 itself.
         async with trio.open_nursery() as flushing:
             flushing.start_soon(_flush, ex0, 11, out)
-            await trio.sleep(0.05)
+            await trio.sleep(SETTLE)
             ex0.handle(g + b":3|g")
-            await trio.sleep(0.02)
+            await trio.sleep(SETTLE)
             ex1.handle(g + b":4|g")
-            await trio.sleep(0.02)
             await _flush(ex1, 11, out)
         assert ex1.aggregator.gauges[g] == 4.0
-        nursery.cancel_scope.cancel()
 
 
-async def test_a_skipped_flush_keeps_the_peers_intake(pair: tuple[Exchange, Exchange]) -> None:
+async def test_a_skipped_flush_keeps_the_peers_intake(pair: Pair) -> None:
     """Worker 0 misses flush 10 (its previous flush overran): worker 1's mark 10 carried its
     counts, and they are reported with flush 11 instead of dropped with the stale mark."""
-    ex0, ex1 = pair
+    ex1 = pair[1]
     own1 = _names_of(1, 1)[0]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ex0.run)
-        nursery.start_soon(ex1.run)
+    out: Flushed = {}
+    async with running(pair):
         for _ in range(5):
             ex1.handle(own1 + b":1|c")
-        out: dict[int, FlushSnapshot] = {}
         await _flush(ex1, 10, out)  # the barrier times out: worker 0 never comes
         ex1.handle(own1 + b":1|c")
-        async with trio.open_nursery() as flushing:
-            flushing.start_soon(_flush, ex0, 11, out)
-            flushing.start_soon(_flush, ex1, 11, out)
-        nursery.cancel_scope.cancel()
+        await _flush_both(pair, 11, out)
     assert _received(out[0]) == (6, 6)
 
 
-async def test_messages_not_from_a_peer_are_counted_and_dropped(
-        pair: tuple[Exchange, Exchange]) -> None:
+async def test_lines_after_the_mark_of_a_flush_the_receiver_never_had_are_not_held(
+        pair: Pair) -> None:
+    """Worker 0 starts late (or skips a flush): worker 1's mark for flush 10 reaches it, but
+    its own first flush is 11. What worker 1 forwards after that mark is in flush 11."""
     ex0, ex1 = pair
     to0 = _names_of(0, 1)[0]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ex0.run)
-        nursery.start_soon(ex1.run)
+    out: Flushed = {}
+    async with running(pair):
+        await _flush(ex1, 10, out)  # alone: worker 0 has no flush 10
+        ex1.handle(to0 + b":3|c")
+        await trio.sleep(SETTLE)
+        # After worker 1's mark 11: flush 12.
+        await _uneven_flush(ex1, ex0, 11, out, lambda: ex1.handle(to0 + b":4|c"))
+        assert out[0].counters[to0] == 3
+        assert _received(out[0]) == (1, 1)
+        await _flush_both(pair, 12, out)
+        assert out[0].counters[to0] == 4
+        assert _received(out[0]) == (1, 1)
+
+
+async def test_messages_not_from_a_peer_are_counted_and_dropped(pair: Pair) -> None:
+    ex0, ex1 = pair
+    to0 = _names_of(0, 1)[0]
+    async with running(pair):
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stranger:
             for junk in (b"D", b"M\x00", b"S", b"Zzz", b"", b"D\x00\x07" + to0 + b":1|c"):
                 stranger.sendto(junk, ex0.context.address(0))
         ex1.handle(to0 + b":1|c")
-        await trio.sleep(0.05)
+        await trio.sleep(SETTLE)
         assert ex0.dropped["malformed"] == 6
         assert ex0.aggregator.ledger.counters[to0] == 1  # still serving its peer
-        nursery.cancel_scope.cancel()
 
 
-async def test_the_final_flush_waits_for_nothing(pair: tuple[Exchange, Exchange]) -> None:
+async def test_the_final_flush_waits_for_nothing(pair: Pair) -> None:
     """On the way out nothing is held for a next interval that will not be flushed."""
     ex0, ex1 = pair
     to0 = _names_of(0, 1)[0]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ex0.run)
-        nursery.start_soon(ex1.run)
-        out: dict[int, FlushSnapshot] = {}
+    out: Flushed = {}
+
+    async with running(pair):
         async with trio.open_nursery() as flushing:
             flushing.start_soon(_flush, ex1, 10, out)
-            await trio.sleep(0.05)
-            ex1.handle(to0 + b":7|c")  # after worker 1's mark: deferred at worker 0
-            await trio.sleep(0.05)
+            await trio.sleep(SETTLE)
+            ex1.handle(to0 + b":7|c")  # after worker 1's mark: would wait at worker 0
+            await trio.sleep(SETTLE)
             ex0.finish()
             await _flush(ex0, 10, out)
-        assert out[0].counters[to0] == 7
-        nursery.cancel_scope.cancel()
+    assert out[0].counters[to0] == 7
 
 
 async def test_a_full_queue_for_an_absent_peer_drops_lines_but_keeps_marks(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker_module, "MAX_PENDING_BYTES", 2_000)
-    context = WorkerContext(index=0, count=2, exchange=f"tallyd-test-{uuid.uuid4().hex}",
-                            generation=0, sockets=(), mgmt=None)
-    ex0 = Exchange(context, Aggregator(LedgerOptions()), INTERVAL)
+    ex0 = Exchange(_context(0, f"tallyd-test-{uuid.uuid4().hex}"), Aggregator(LedgerOptions()),
+                   INTERVAL)
     try:
         line = b"x" * 95  # 100-byte data messages, one line each
         for flush in range(3):
@@ -235,32 +258,3 @@ async def test_a_full_queue_for_an_absent_peer_drops_lines_but_keeps_marks(
         assert sum(map(len, queued)) <= 2_000
     finally:
         ex0.close()
-
-
-async def test_lines_after_the_mark_of_a_flush_the_receiver_never_had_are_not_held(
-        pair: tuple[Exchange, Exchange]) -> None:
-    """Worker 0 starts late (or skips a flush): worker 1's mark for flush 10 reaches it, but
-    its own first flush is 11. What worker 1 forwards after that mark is in flush 11."""
-    ex0, ex1 = pair
-    to0 = _names_of(0, 1)[0]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ex0.run)
-        nursery.start_soon(ex1.run)
-        out: dict[int, FlushSnapshot] = {}
-        await _flush(ex1, 10, out)  # alone: worker 0 has no flush 10
-        ex1.handle(to0 + b":3|c")
-        await trio.sleep(0.05)
-        async with trio.open_nursery() as flushing:
-            flushing.start_soon(_flush, ex1, 11, out)
-            await trio.sleep(0.05)
-            ex1.handle(to0 + b":4|c")  # after worker 1's mark 11: flush 12
-            await trio.sleep(0.05)
-            await _flush(ex0, 11, out)
-        assert out[0].counters[to0] == 3
-        assert _received(out[0]) == (1, 1)
-        async with trio.open_nursery() as flushing:
-            flushing.start_soon(_flush, ex0, 12, out)
-            flushing.start_soon(_flush, ex1, 12, out)
-        assert out[0].counters[to0] == 4
-        assert _received(out[0]) == (1, 1)
-        nursery.cancel_scope.cancel()
