@@ -68,6 +68,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.netstat import udp_rows
+
 REPO = Path(__file__).resolve().parents[1]
 BLAST_SOURCE = REPO / "bench" / "blast.c"
 BLAST = REPO / "bench" / "blast"
@@ -107,18 +109,11 @@ def udp_port_state(port: int) -> tuple[int, int, int]:
     """
     wanted = f":{port:04X}"
     sockets = queued = drops = 0
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            with open(table, encoding="ascii") as f:
-                next(f, None)
-                for row in f:
-                    cols = row.split()
-                    if len(cols) >= 13 and cols[1].endswith(wanted):
-                        sockets += 1
-                        queued += int(cols[4].split(":")[1], 16)
-                        drops += int(cols[-1])
-        except OSError:
-            continue
+    for cols in udp_rows():
+        if cols[1].endswith(wanted):
+            sockets += 1
+            queued += int(cols[4].split(":")[1], 16)
+            drops += int(cols[-1])
     return sockets, queued, drops
 
 

@@ -11,6 +11,25 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+
+
+def udp_rows() -> Iterator[list[str]]:
+    """The rows of /proc/net/udp and /proc/net/udp6, split into columns (none elsewhere).
+
+    Columns used here and by the tests and benchmarks: 1 local address (``IP:PORT``, port in
+    hex), 4 ``tx_queue:rx_queue`` (hex bytes), 9 inode, last ``drops``.
+    """
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table, encoding="ascii") as f:
+                next(f, None)
+                for row in f:
+                    cols = row.split()
+                    if len(cols) >= 13:
+                        yield cols
+        except OSError:
+            continue
 
 
 def udp_socket_drops(sock: socket.socket) -> int | None:
@@ -19,14 +38,7 @@ def udp_socket_drops(sock: socket.socket) -> int | None:
         inode = str(os.fstat(sock.fileno()).st_ino)
     except OSError:
         return None
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            with open(table, encoding="ascii") as f:
-                next(f, None)
-                for row in f:
-                    cols = row.split()
-                    if len(cols) >= 13 and cols[9] == inode:
-                        return int(cols[-1])
-        except OSError:
-            continue
+    for cols in udp_rows():
+        if cols[9] == inode:
+            return int(cols[-1])
     return None

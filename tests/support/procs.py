@@ -31,6 +31,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from common.netstat import udp_rows
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ETSY_DIR = REPO_ROOT / ".cache" / "etsy" / "node_modules" / "statsd"
 ETSY_STATS_JS = ETSY_DIR / "stats.js"
@@ -99,16 +101,7 @@ def mgmt_command(address: tuple[str, int], command: str, *, timeout: float = 2.0
 def udp_port_bound(port: int) -> bool:
     """True if some socket is bound to UDP ``port`` (Linux: read /proc/net/udp and udp6)."""
     wanted = f":{port:04X}"
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            rows = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            fields = row.split()
-            if len(fields) > 1 and fields[1].endswith(wanted):
-                return True
-    return False
+    return any(cols[1].endswith(wanted) for cols in udp_rows())
 
 
 # -- the common part -------------------------------------------------------------------------
