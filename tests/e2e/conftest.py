@@ -12,7 +12,13 @@ from collections.abc import Callable, Iterable
 
 import pytest
 
-from support.procs import AggregatorProcess, DaemonError, mgmt_command, split_host_port
+from support.procs import (
+    AggregatorProcess,
+    DaemonError,
+    mgmt_command,
+    split_host_port,
+    started,
+)
 
 
 class ProxyProcess(AggregatorProcess):
@@ -34,13 +40,7 @@ class ProxyProcess(AggregatorProcess):
 
 def start_proxy(args: Iterable[str], *, timeout: float = 30.0) -> ProxyProcess:
     """Start ``python -m proxy ARGS`` and wait for ``event=started``."""
-    proc = ProxyProcess([sys.executable, "-m", "proxy", *args])
-    try:
-        proc.wait_started(timeout)
-    except BaseException:
-        proc.kill()
-        raise
-    return proc
+    return started(ProxyProcess([sys.executable, "-m", "proxy", *args]), timeout)
 
 
 ProxyLauncher = Callable[..., ProxyProcess]

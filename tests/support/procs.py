@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from common.netstat import udp_rows
 
@@ -287,7 +287,15 @@ def start_aggregator(
     The caller passes ``--listen`` (port 0), ``--carbon`` and the rest; on failure the process
     is killed and DaemonError carries its log.
     """
-    proc = AggregatorProcess(aggregator_argv(args, python=python), env=env, cwd=cwd)
+    return started(AggregatorProcess(aggregator_argv(args, python=python), env=env, cwd=cwd),
+                   timeout)
+
+
+Started = TypeVar("Started", bound=AggregatorProcess)
+
+
+def started(proc: Started, timeout: float) -> Started:
+    """``proc`` once its ``event=started`` line is logged; killed if it never comes."""
     try:
         proc.wait_started(timeout)
     except BaseException:
