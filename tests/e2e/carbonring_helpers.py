@@ -340,10 +340,16 @@ def node_stat(stats: Mapping[str, str], node: CarbonNode | str, measure: str) ->
 
 class _AcceptingServer:
     """A threaded TCP listener on 127.0.0.1:<free port> that counts what it accepts and keeps
-    the connections; `_serve` says what happens to each one."""
+    the connections; `_serve` says what happens to each one.
 
-    def __init__(self, name: str, *, sockopts: tuple[tuple[int, int], ...] = ()) -> None:
+    With ``listen=False`` the port is only bound (connections to it are refused) until
+    `open` is called.
+    """
+
+    def __init__(self, name: str, *, sockopts: tuple[tuple[int, int], ...] = (),
+                 listen: bool = True) -> None:
         self.accepted = 0
+        self._name = name
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
@@ -351,10 +357,16 @@ class _AcceptingServer:
         for option, value in sockopts:
             self._listener.setsockopt(socket.SOL_SOCKET, option, value)
         self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(16)
         self._closing = False
-        self._accepter = threading.Thread(target=self._accept_loop, daemon=True, name=name)
-        self._accepter.start()
+        if listen:
+            self.open()
+
+    def open(self) -> None:
+        self._listener.listen(16)
+        accepter = threading.Thread(target=self._accept_loop, daemon=True, name=self._name)
+        with self._lock:
+            self._threads.append(accepter)
+        accepter.start()
 
     @property
     def port(self) -> int:
@@ -381,13 +393,14 @@ class _AcceptingServer:
         with self._lock:
             self._closing = True
             socks = list(self._sockets)
+            threads = list(self._threads)
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         for sock in socks:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-        for thread in [self._accepter, *self._threads]:
+        for thread in threads:
             thread.join(timeout=5)
         for sock in socks:
             sock.close()
@@ -441,7 +454,7 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-class LateListener:
+class LateListener(_AcceptingServer):
     """A Graphite node that is down until `open` is called, then records every line.
 
     Until then its port is bound but not listening, so connections to it are refused, as
@@ -449,42 +462,15 @@ class LateListener:
     """
 
     def __init__(self) -> None:
-        self.accepted = 0
         #: (arrival time.monotonic(), line without "\n")
         self.lines: list[tuple[float, str]] = []
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
-        self._closing = False
+        super().__init__("late-listener", sockopts=((socket.SO_REUSEADDR, 1),), listen=False)
 
-    @property
-    def port(self) -> int:
-        return int(self._listener.getsockname()[1])
-
-    def open(self) -> None:
-        self._listener.listen(16)
-        accepter = threading.Thread(target=self._accept_loop, daemon=True, name="late-listener")
-        self._threads.append(accepter)
-        accepter.start()
-
-    def _accept_loop(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                if self._closing:
-                    conn.close()
-                    return
-                self.accepted += 1
-                self._sockets.append(conn)
-                reader = threading.Thread(target=self._read_loop, args=(conn,), daemon=True)
-                self._threads.append(reader)
-            reader.start()
+    def _serve(self, conn: socket.socket) -> None:
+        reader = threading.Thread(target=self._read_loop, args=(conn,), daemon=True)
+        with self._lock:
+            self._threads.append(reader)
+        reader.start()
 
     def _read_loop(self, conn: socket.socket) -> None:
         partial = b""
@@ -504,18 +490,3 @@ class LateListener:
         with self._lock:
             return list(self.lines)
 
-    def close(self) -> None:
-        with self._lock:
-            self._closing = True
-            socks = list(self._sockets)
-            threads = list(self._threads)
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
-        for sock in socks:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        for thread in threads:
-            thread.join(timeout=5)
-        for sock in socks:
-            sock.close()
