@@ -5,7 +5,9 @@ SHELL (reads live state; the protocol itself is the pure `common.admin`).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import socket
 import time
 from collections.abc import Sequence
@@ -98,8 +100,9 @@ class AggregatorAdmin:
 class WorkerAdminPeers:
     """Worker 0 asks the other workers (`common.admin_server.AdminPeers`).
 
-    Every other worker answers the management protocol for its own names on an abstract Unix
-    stream socket (``@<exchange>-admin-<index>``); worker 0, which owns the admin port, joins
+    Every other worker answers the management protocol for its own names on a Unix stream
+    socket in the supervisor's private runtime directory (``<runtime_dir>/a<index>``,
+    `aggregator.workerenv.WorkerContext.admin_address`); worker 0, which owns the admin port, joins
     their answers to its own, so ``counters`` shows every name and ``delcounters`` reaches
     the worker that owns the name.
     """
@@ -138,9 +141,15 @@ class WorkerAdminPeers:
 
 
 async def open_worker_admin(address: str) -> trio.SocketListener:
-    """The listener on which a worker other than 0 answers admin commands for worker 0."""
+    """The listener on which a worker other than 0 answers admin commands for worker 0.
+
+    ``address`` is a path in the private runtime directory, where a socket left by a
+    killed predecessor may still be: it is replaced.
+    """
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(address)
         await sock.bind(address)
         sock.listen()
     except BaseException:

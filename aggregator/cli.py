@@ -39,7 +39,13 @@ from .config import AggregatorConfig, check_config, plain_value
 from .etsyconfig import map_etsy_config, parse_etsy_config
 from .server import serve
 from .supervisor import supervise
-from .workerenv import WorkerContext, watch_parent, worker_context_from_env
+from .workerenv import (
+    WorkerContext,
+    remove_worker_files,
+    report_to_supervisor,
+    watch_parent,
+    worker_context_from_env,
+)
 
 #: Set by the supervisor for its worker processes (JSON: index, sockets, ...).
 WORKER_ENV = "TALLYD_WORKER"
@@ -119,8 +125,7 @@ async def run(config: AggregatorConfig, args: argparse.Namespace,
 
         await nursery.start(run_serve)
         if worker is not None and worker.ready_pipe is not None:
-            os.write(worker.ready_pipe, b"r")  # tells the supervisor this worker is serving
-            os.close(worker.ready_pipe)
+            report_to_supervisor(worker.ready_pipe, worker.index, "ready")
 
 
 
@@ -144,10 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     worker_env = os.environ.get(WORKER_ENV)
     workers = config.workers or os.cpu_count() or 1
+    if worker_env:
+        return run_worker(config, args, worker_context_from_env(worker_env, len(config.listen)))
     try:
-        if worker_env:
-            trio.run(run, config, args, worker_context_from_env(worker_env, len(config.listen)))
-        elif workers > 1:
+        if workers > 1:
             return trio.run(supervise, config, argv, workers)
         else:
             trio.run(run, config, args)
@@ -160,4 +165,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         log_event(LOGGER, "config_error", level=logging.ERROR, error=str(error))
         return 2
+    return 0
+
+
+def run_worker(config: AggregatorConfig, args: argparse.Namespace,
+               worker: WorkerContext) -> int:
+    """One worker process of a supervisor; a failure before it serves is also reported to
+    the supervisor (which stops restarting a worker that can never start)."""
+    try:
+        trio.run(run, config, args, worker)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as in main
+    except (Exception, KeyboardInterrupt) as e:
+        error = find_config_error(e)
+        report_to_supervisor(worker.ready_pipe, worker.index, "failed",
+                             str(error) if error is not None else f"{type(e).__name__}: {e}")
+        if error is None:
+            raise
+        log_event(LOGGER, "config_error", level=logging.ERROR, error=str(error))
+        return 2
+    finally:
+        remove_worker_files(worker)
     return 0

@@ -22,7 +22,7 @@ from common.auth import make_auth
 from common.config import setting, to_strings
 from common.errors import ConfigError
 from common.protocol import sanitize_key
-from common.ring import RING_HASHES, CarbonNode, parse_carbon_node
+from common.ring import RING_HASHES, CarbonNode, Ring, parse_carbon_node
 from common.settings import (
     auth_mode_setting,
     auth_revoked_tokens_setting,
@@ -317,13 +317,21 @@ class AggregatorConfig:
 
 
 def check_config(config: AggregatorConfig) -> None:
-    """The checks that span settings, run once files and flags are merged.
+    """The checks that span settings, run once files and flags are merged: by
+    ``--check-config``, and before anything starts (a single process, or a supervisor
+    before its workers), so a worker never meets a configuration error at start. Every
+    `ConfigError` `aggregator.server.serve` could raise from the settings alone is here.
 
     Raises:
         ConfigError: bad auth settings (token mode without tokens, a token both valid
-            and revoked, a malformed token).
+            and revoked, a malformed token), or a Carbon ring that cannot be built
+            (``fnv1a_ch`` without instance names, two nodes on one host without instance
+            names, a replication factor above the number of hosts, ...).
     """
     make_auth(config.auth, config.auth_tokens, config.auth_revoked_tokens)
+    if config.carbon:
+        Ring.from_nodes(config.carbon, hash_type=config.ring_hash,
+                        replication_factor=config.replication_factor)
 
 
 def plain_value(name: str, value: Any) -> Any:

@@ -7,7 +7,9 @@ name is aggregated by exactly one worker, whichever worker read it.
 
 Messages (Unix datagrams; the first byte says which):
 
-* ``D`` + sender + lines: forwarded lines, newline-separated, for the receiver to aggregate;
+* ``D`` + (sender, line count) + lines: forwarded lines, newline-separated, for the
+  receiver to aggregate (the count travels in the header, so a message cut short is
+  counted line for line);
 * ``M`` + (sender, flush, packets, lines, bad_lines): "flush mark": the sender has forwarded
   everything it read before flush number ``flush`` (its boundary / the interval; whole-second
   timestamps cannot tell sub-second flushes apart), and this is its intake count since its
@@ -21,6 +23,11 @@ peer read before its mark are in the interval; lines it sends after its mark wai
 receiver until the receiver has swapped too, so they land in the next interval, the one
 the sender counts them in. Worker 0 thus reports Etsy's internal counters exactly summed
 over the workers, consistent with the lines of the same flush.
+
+Every message is at most `MAX_MESSAGE_BYTES`: the sender cuts its batches into messages of
+that size (`pack_data`) and the receiver reads into a buffer of that size, asking the kernel
+for the real length (``MSG_TRUNC``), so a cut message cannot happen between two workers and
+is counted, never parsed, if anything else sends one.
 
 Pure: encoding and splitting only.
 """
@@ -36,7 +43,14 @@ from common.shard import worker_index
 DATA: Final = b"D"
 MARK: Final = b"M"
 STATS: Final = b"S"
-_SENDER: Final = struct.Struct("!H")
+_DATA: Final = struct.Struct("!HI")
+#: Bytes before the lines of a data message (kind, sender, line count).
+DATA_HEADER_BYTES: Final = 1 + _DATA.size
+#: The largest exchange message, header included: the sender's limit and the receiver's
+#: buffer. Room for two lines of the default ``max_line_bytes`` (64 KiB), and well below
+#: the largest Unix datagram an unprivileged process can send with the default
+#: ``net.core.wmem_max`` (212,992 bytes, doubled by the kernel, less 32: 425,952 bytes).
+MAX_MESSAGE_BYTES: Final = 128 * 1024
 _MARK: Final = struct.Struct("!HqQQQ")
 _STATS: Final = struct.Struct("!HqQ")
 
@@ -45,16 +59,59 @@ MAX_CACHED_OWNERS: Final = 1_000_000
 
 
 def encode_data(sender: int, lines: list[bytes]) -> bytes:
-    return DATA + _SENDER.pack(sender) + b"\n".join(lines)
+    """One data message (the caller keeps it within `MAX_MESSAGE_BYTES`: `pack_data`)."""
+    return DATA + _DATA.pack(sender, len(lines)) + b"\n".join(lines)
 
 
-def decode_data(message: bytes) -> tuple[int, bytes]:
-    """(sender, newline-separated lines) of a data message.
+def pack_data(sender: int, lines: list[bytes],
+              limit: int = MAX_MESSAGE_BYTES) -> tuple[list[bytes], list[bytes]]:
+    """Data messages of at most ``limit`` bytes holding ``lines``, in order.
+
+    Returns:
+        ``(messages, oversized)``: a line that does not fit in a message of its own is
+        not sent; it is returned in ``oversized`` for the caller to count.
+    """
+    payload = b"\n".join(lines)
+    room = limit - DATA_HEADER_BYTES
+    messages: list[bytes] = []
+    oversized: list[bytes] = []
+    start, end_of_payload = 0, len(payload)
+    while start < end_of_payload:
+        end = start + room
+        if end >= end_of_payload:
+            cut = end_of_payload
+        else:
+            cut = payload.rfind(b"\n", start, end + 1)  # payload[start:cut] fits
+            if cut < 0:  # the first line alone is longer than a message
+                cut = payload.find(b"\n", end)
+                cut = end_of_payload if cut < 0 else cut
+                oversized.append(payload[start:cut])
+                start = cut + 1
+                continue
+        chunk = payload[start:cut]
+        if chunk:
+            messages.append(DATA + _DATA.pack(sender, chunk.count(b"\n") + 1) + chunk)
+        start = cut + 1
+    return messages, oversized
+
+
+def decode_data(message: bytes) -> tuple[int, int, bytes]:
+    """(sender, line count, newline-separated lines) of a data message.
 
     Raises:
         struct.error: the message is too short to be one.
     """
-    return _SENDER.unpack_from(message, 1)[0], message[1 + _SENDER.size:]
+    sender, count = _DATA.unpack_from(message, 1)
+    return sender, count, message[DATA_HEADER_BYTES:]
+
+
+def data_line_count(message: bytes) -> int:
+    """The line count in a data message's header (of a message that may be cut short).
+
+    Raises:
+        struct.error: not even the header is there.
+    """
+    return int(_DATA.unpack_from(message, 1)[1])
 
 
 def split_gauges(lines: bytes) -> tuple[bytes, bytes]:

@@ -45,6 +45,8 @@ class Coordinator(Protocol):
 
     async def num_stats(self, sequence: int, own: int) -> int | None: ...
 
+    def rendered(self, sequence: int) -> None: ...
+
 
 class FlushStatistics:
     """What the last flush took (shown by the admin ``stats`` command)."""
@@ -134,6 +136,8 @@ class Flusher:
                     lines += chunk.count(b"\n")
                     self._ship(chunk)
                     await trio.lowlevel.checkpoint()
+                if self.coordinator is not None:
+                    self.coordinator.rendered(sequence)
                 done = time.perf_counter()
                 render_ms = (done - swapped) * 1000
                 internal: dict[str, float] = {}

@@ -311,8 +311,11 @@ def exchange_metrics(exchange: Exchange, identity: str) -> dict[str, float]:
     return {
         head + "forwarded_lines": exchange.forwarded_lines,
         head + "received_lines": exchange.received_lines,
-        head + "dropped_lines.worker_down": exchange.dropped["worker_down"],
-        head + "dropped_lines.exchange_full": exchange.dropped["exchange_full"],
-        head + "dropped_messages.malformed": exchange.dropped["malformed"],
+        **{head + "dropped_lines." + reason: exchange.dropped[reason]
+           for reason in ("worker_down", "exchange_full", "too_large", "truncated",
+                          "send_failed")},
+        **{head + "dropped_messages." + reason: exchange.dropped_messages[reason]
+           for reason in ("malformed", "truncated", "send_failed")},
         f"tallyd.{identity}.worker.generation": exchange.context.generation,
+        **exchange.worker_deaths(f"tallyd.{identity}.workers."),
     }

@@ -6,11 +6,22 @@ read the same sockets and the kernel spreads datagrams and connections over them
 from a single client) and a ``TALLYD_WORKER`` description of their place. Worker 0 also
 serves the admin port.
 
+The workers' exchange and admin sockets live in a private runtime directory the
+supervisor makes (mode 0700: no other local user can reach them) and removes when it ends.
+
 A worker that dies is restarted (after a short pause that grows if it keeps dying); its
-restart count travels to it as its ``generation`` and is published in its metrics, and
-the death is logged. The lines the dead worker held in its ledger are lost, and counted
-as far as they can be: the other workers count what they could not forward to it
+restart count travels to it as its ``generation`` and is published in its metrics. What
+died with it cannot be recovered, but it is bounded and said: the death is logged with
+``lost_at_most`` (what it had taken in since its last rendered flush, plus what its peers
+had delivered to its socket that it had not read, from the shared `WorkerRecords`), and
+worker 0 publishes the deaths and the sum of those bounds (``workers.deaths``,
+``workers.lost_lines_at_most``). The other workers count what they could not forward to it
 (``exchange.dropped_lines.worker_down``).
+
+A worker that exits before it serves `MAX_START_FAILURES` times in a row ends the daemon
+(exit code 2 if it was a configuration error, else 1) with its reason, instead of a
+restart loop behind an admin port that never answers. (The configuration itself is
+checked before any worker starts: `aggregator.config.check_config`.)
 
 Signals: SIGTERM/SIGINT are passed to the workers, which stop gracefully (final flush);
 the supervisor waits for them (``graceful_timeout`` plus a margin, then SIGKILL). SIGHUP
@@ -24,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -39,6 +51,7 @@ from common.logging import log_event
 
 from .config import AggregatorConfig
 from .server import log_listening
+from .workerenv import ReadyReports, WorkerRecords, make_runtime_dir
 
 LOGGER = logging.getLogger(__name__)
 
@@ -51,6 +64,12 @@ HEALTHY_AFTER_SECONDS: Final = 60.0
 STOP_MARGIN_SECONDS: Final = 5.0
 #: How long "started" waits for every worker to report it is serving.
 READY_TIMEOUT_SECONDS: Final = 60.0
+#: Exits before serving, in a row, after which a worker is not restarted and the daemon
+#: ends: a worker that cannot start will not start on the next try either (a bad spool
+#: directory, a missing permission); three tries ride out a passing hiccup.
+MAX_START_FAILURES: Final = 3
+#: The exit code of a worker that stopped on a configuration error (as the CLI's).
+CONFIG_ERROR_EXIT: Final = 2
 
 
 async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int) -> int:
@@ -59,28 +78,35 @@ async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int)
     family = socket.AF_INET6 if ":" in config.mgmt_address else socket.AF_INET
     mgmt = socket.create_server((config.mgmt_address, config.mgmt_port), family=family)
     mgmt_address = format_host_port(*mgmt.getsockname()[:2])
-    exchange = f"tallyd-{os.getpid()}-{os.urandom(4).hex()}"
+    # Private (0700): the exchange and worker-admin sockets; only this user reaches them.
+    runtime_dir = make_runtime_dir(workers)
+    records = WorkerRecords.create(workers)
     # The workers hold the read end; only we hold the write end, so they read EOF (and stop)
     # when we exit, however we die.
     lifeline_read, lifeline_write = os.pipe()
-    # Each worker writes one byte here once it serves; "started" is logged when all have.
+    # Each worker reports here once it serves, or why it cannot start.
     ready_read, ready_write = os.pipe()
+    reports = ReadyReports(ready_read)
     procs: dict[int, trio.Process] = {}
     stopping = trio.Event()
     exit_codes: dict[int, int] = {}
+    gave_up: list[tuple[int, int, str]] = []  # (worker, exit code, reason)
 
     def spawn_args(index: int, generation: int) -> tuple[list[str], dict[str, str], list[int]]:
         fds = [b.sock.fileno() for b in bound]
-        info = {"index": index, "count": workers, "exchange": exchange,
+        info = {"index": index, "count": workers, "runtime_dir": runtime_dir,
+                "records_fd": records.fd,
                 "generation": generation, "fds": fds, "parent_pipe": lifeline_read,
                 "ready_pipe": ready_write, "mgmt_fd": mgmt.fileno() if index == 0 else None}
         env = dict(os.environ, TALLYD_WORKER=json.dumps(info))  # see cli.WORKER_ENV
-        pass_fds = [*fds, lifeline_read, ready_write] + ([mgmt.fileno()] if index == 0 else [])
+        pass_fds = [*fds, lifeline_read, ready_write,
+                    records.fd] + ([mgmt.fileno()] if index == 0 else [])
         return [sys.executable, "-m", "aggregator", *argv], env, pass_fds
 
     async def keep_worker(index: int) -> None:
         generation = 0
         pause = RESTART_PAUSE_SECONDS
+        start_failures = 0
         while True:
             cmd, env, pass_fds = spawn_args(index, generation)
             started = trio.current_time()
@@ -91,11 +117,26 @@ async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int)
             if stopping.is_set():
                 exit_codes[index] = code
                 return
+            reports.poll()  # its last report was written before it exited
+            served = proc.pid in reports.ready_pids
+            start_failures = 0 if served else start_failures + 1
+            taken, in_flight = records.record_death(index)
             generation += 1
             if trio.current_time() - started > HEALTHY_AFTER_SECONDS:
                 pause = RESTART_PAUSE_SECONDS
+            reason = reports.failures.get(proc.pid, "")
             log_event(LOGGER, "worker_died", level=logging.ERROR, worker=index,
-                      exit_code=code, restarts=generation, restart_in=pause)
+                      exit_code=code, restarts=generation, restart_in=pause,
+                      served=served, lost_at_most=taken + in_flight, taken=taken,
+                      in_flight=in_flight, **({"reason": reason} if reason else {}))
+            if start_failures >= MAX_START_FAILURES:
+                reason = reason or f"exit code {code}"
+                log_event(LOGGER, "worker_start_failed", level=logging.ERROR, worker=index,
+                          failures=start_failures, exit_code=code, reason=reason)
+                gave_up.append((index, code, reason))
+                exit_codes[index] = code
+                stop()
+                return
             with trio.move_on_after(pause):
                 await stopping.wait()
             if stopping.is_set():
@@ -108,11 +149,19 @@ async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int)
             if proc.returncode is None:
                 proc.send_signal(signum)
 
+    def stop() -> None:
+        if not stopping.is_set():
+            stopping.set()
+            forward(signal.SIGTERM)
+            nursery.start_soon(_kill_stragglers, procs,
+                               config.graceful_timeout + STOP_MARGIN_SECONDS)
+            nursery.start_soon(_cancel_when_done, procs, nursery.cancel_scope)
+
     try:
         async with trio.open_nursery() as nursery:
             for index in range(workers):
                 nursery.start_soon(keep_worker, index)
-            ready = await _wait_ready(ready_read, workers, READY_TIMEOUT_SECONDS)
+            ready = await reports.wait_ready(workers, READY_TIMEOUT_SECONDS)
             log_listening(config, bound, mgmt_address)
             log_event(LOGGER, "started", workers=workers, ready=ready,
                       flush_interval=config.flush_interval,
@@ -124,38 +173,27 @@ async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int)
                     if signum == signal.SIGHUP:
                         forward(signal.SIGHUP)
                         continue
-                    if not stopping.is_set():
-                        stopping.set()
-                        forward(signal.SIGTERM)
-                        nursery.start_soon(_kill_stragglers, procs,
-                                           config.graceful_timeout + STOP_MARGIN_SECONDS)
-                        nursery.start_soon(_cancel_when_done, procs, nursery.cancel_scope)
+                    stop()
     finally:
         for fd in (lifeline_read, lifeline_write, ready_read, ready_write):
             os.close(fd)
+        records.close()
+        shutil.rmtree(runtime_dir, ignore_errors=True)
         mgmt.close()
         for b in bound:
             close_listener(b)
+    if gave_up:
+        index, code, reason = gave_up[0]
+        log_event(LOGGER, "stopped", level=logging.ERROR, workers=workers,
+                  failed=json.dumps({i: c for i, c in exit_codes.items() if c}),
+                  reason=f"worker {index} cannot start: {reason}")
+        return CONFIG_ERROR_EXIT if code == CONFIG_ERROR_EXIT else 1
     # A worker may also get the stop signal straight from a service manager that signals
     # the whole process group; dying of it while exiting is a clean stop too.
     failed = {i: c for i, c in exit_codes.items() if c not in (0, -signal.SIGTERM)}
     log_event(LOGGER, "stopped", workers=workers, failed=json.dumps(failed) if failed else "none",
               level=logging.WARNING if failed else logging.INFO)
     return 1 if failed else 0
-
-
-async def _wait_ready(fd: int, workers: int, limit_seconds: float) -> int:
-    """Count readiness bytes from the workers until all ``workers`` have sent one."""
-    os.set_blocking(fd, False)
-    ready = 0
-    with trio.move_on_after(limit_seconds):
-        while ready < workers:
-            await trio.lowlevel.wait_readable(fd)
-            try:
-                ready += len(os.read(fd, workers))
-            except BlockingIOError:
-                continue
-    return ready
 
 
 async def _cancel_when_done(procs: dict[int, trio.Process], scope: trio.CancelScope) -> None:

@@ -1,20 +1,28 @@
 """One worker of a multi-process aggregator: the exchange between workers and the flush barrier.
 
-Every worker binds a Unix datagram socket in the abstract namespace
-(``@<exchange>-<index>``) and sends its peers their lines (see `aggregator.exchange`).
-Outgoing messages go through one FIFO queue per peer, so a mark never overtakes the
-lines sent before it. A peer whose socket is full, or not there (still starting, or
-restarting), is retried every few milliseconds; its lines wait in the queue and are
+Every worker binds a Unix datagram socket in the supervisor's private runtime directory
+(``<runtime_dir>/x<index>``, see `aggregator.workerenv`) and sends its peers their lines
+(see `aggregator.exchange`), in messages of at most `MAX_MESSAGE_BYTES`. Outgoing messages
+go through one FIFO queue per peer, so a mark never overtakes the lines sent before it. A
+peer whose socket is full (EAGAIN, ENOBUFS: back-pressure), or not there (still starting,
+or restarting), is retried every few milliseconds; its lines wait in the queue and are
 delivered when it is back. Past `MAX_PENDING_BYTES` the oldest lines for it are dropped
-and counted (reason ``worker_down`` while it is away, ``exchange_full`` otherwise).
+and counted (reason ``worker_down`` while it is away, ``exchange_full`` otherwise). No
+send or receive error ends a worker: any other one drops that message, counted.
+
+Each worker keeps its part of the shared `WorkerRecords` current: the lines it took in
+since its last rendered flush, and the lines it sent to and received from each peer, so
+the supervisor can say how much at most died with it when it is killed.
 
 SHELL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import os
 import socket
 import struct
 from collections import Counter, deque
@@ -29,14 +37,16 @@ from common.logging import log_event
 from .exchange import (
     DATA,
     MARK,
+    MAX_MESSAGE_BYTES,
     STATS,
     Splitter,
+    data_line_count,
     decode_data,
     decode_mark,
     decode_stats,
-    encode_data,
     encode_mark,
     encode_stats,
+    pack_data,
     split_gauges,
 )
 from .ledger import Aggregator
@@ -44,8 +54,8 @@ from .workerenv import WorkerContext
 
 LOGGER = logging.getLogger(__name__)
 
-#: Forwarded lines are batched up to this size per message (Unix datagrams may be larger,
-#: but smaller messages keep the receiver's per-message work short).
+#: Forwarded lines for a peer are sent once this many bytes wait (or `BATCH_SECONDS` have
+#: passed); a batch is cut into messages of at most `MAX_MESSAGE_BYTES` (`pack_data`).
 BATCH_BYTES: Final = 60_000
 #: How long forwarded lines may wait for their batch to fill.
 BATCH_SECONDS: Final = 0.002
@@ -53,6 +63,16 @@ BATCH_SECONDS: Final = 0.002
 MAX_PENDING_BYTES: Final = 64 * 1024 * 1024
 #: Kernel buffers of the exchange sockets.
 EXCHANGE_BUFFER_BYTES: Final = 32 * 1024 * 1024
+#: The kernel's sending buffer; a Unix datagram can be at most this (less 32 bytes), so it
+#: must hold a `MAX_MESSAGE_BYTES` message (checked at start).
+EXCHANGE_SEND_BUFFER_BYTES: Final = 4 * 1024 * 1024
+#: Send errors that mean "the peer cannot take it now": the message stays queued and is
+#: retried (back-pressure); the queue's bound turns a lasting one into counted drops.
+_RETRY_ERRNOS: Final = frozenset({errno.EAGAIN, errno.ENOBUFS, errno.ENOMEM, errno.EINTR})
+#: Send errors that mean "the peer is not there" (starting, restarting, or dead).
+_DOWN_ERRNOS: Final = frozenset({errno.ECONNREFUSED, errno.ENOENT, errno.ECONNRESET})
+#: Cut or failed messages are logged on the first and then every this many.
+_LOG_EVERY: Final = 100
 #: The longest a flush waits for a peer's mark or name count (and at most a third of the
 #: interval): a dead or stuck worker delays the others' flushes by at most this. What a
 #: slow peer sends after the wait is counted in the next interval (marks) or replaced by
@@ -72,11 +92,33 @@ class Exchange:
         self.peers = [i for i in range(context.count) if i != context.index]
         self.splitter = Splitter(aggregator.parser, context.index, context.count)
         self.barrier_seconds = min(MAX_BARRIER_SECONDS, interval / 3)
+        self.address = context.address(context.index)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(context.address(context.index))
+        try:
+            # A previous worker with this index (killed, now restarted) left its socket.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.address)
+            self.sock.bind(self.address)
+        except BaseException:
+            self.sock.close()
+            raise
         self.sock.setblocking(False)
         set_receive_buffer(self.sock, EXCHANGE_BUFFER_BYTES)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, EXCHANGE_SEND_BUFFER_BYTES)
+        if self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < MAX_MESSAGE_BYTES + 64:
+            self.sock.close()
+            raise RuntimeError("the exchange socket's send buffer cannot hold one exchange "
+                               f"message ({MAX_MESSAGE_BYTES} bytes): raise net.core.wmem_max")
+        # One buffer for every message received; a message is never longer (MSG_TRUNC
+        # tells when something longer was cut to it).
+        self._receive_buffer = bytearray(MAX_MESSAGE_BYTES)
+        # For the shared record: lines taken in since start (read here, or received from
+        # a peer), how many of them were in flushes already rendered, where the last swap
+        # cut, and the lines sent to / received from each peer.
+        self.records = context.records
+        self._taken = self._rendered_upto = self._swap_base = 0
+        self._sent: dict[int, int] = dict.fromkeys(self.peers, 0)
+        self._received: dict[int, int] = dict.fromkeys(self.peers, 0)
         self._batch: dict[int, list[bytes]] = {p: [] for p in self.peers}
         self._batch_bytes: dict[int, int] = dict.fromkeys(self.peers, 0)
         self._queue: dict[int, deque[bytes]] = {p: deque() for p in self.peers}
@@ -100,13 +142,29 @@ class Exchange:
         self._finishing = False
         self._held_packets = self._held_lines = 0
         self._arrived = trio.Event()
+        #: Lines dropped, by reason; messages dropped whole, by reason.
         self.dropped: Counter[str] = Counter()
+        self.dropped_messages: Counter[str] = Counter()
         self.peer_down: dict[int, bool] = {}
         self.forwarded_lines = 0
         self.received_lines = 0
 
     def close(self) -> None:
         self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.address)
+
+    def worker_deaths(self, head: str) -> dict[str, float]:
+        """Worker 0's figures of worker deaths (from the shared record), under ``head``:
+        how many, and the sum of their ``lost_at_most`` bounds."""
+        if self.records is None or self.context.index != 0:
+            return {}
+        return {head + "deaths": self.records.deaths(),
+                head + "lost_lines_at_most": self.records.lost_at_most()}
+
+    def _note_taken(self) -> None:
+        if self.records is not None:
+            self.records.set_taken(self.context.index, self._taken - self._rendered_upto)
 
     # Intake side ------------------------------------------------------------------------
     def handle(self, packet: bytes, packets: int = 1) -> None:
@@ -116,6 +174,8 @@ class Exchange:
             packets: how many datagrams ``packet`` joins.
         """
         own, foreign, count = self.splitter.split(packet)
+        self._taken += count
+        self._note_taken()
         if self._held is not None and not self._finishing:  # between mark and swap
             self._held_packets += packets
             self._held_lines += count
@@ -139,10 +199,28 @@ class Exchange:
     def _close_batch(self, peer: int) -> None:
         lines = self._batch[peer]
         if lines:
-            self.forwarded_lines += len(lines)
-            self._enqueue(peer, encode_data(self.context.index, lines))
             self._batch[peer] = []
             self._batch_bytes[peer] = 0
+            messages, oversized = pack_data(self.context.index, lines)
+            self.forwarded_lines += len(lines) - len(oversized)
+            for line in oversized:
+                self._keep_oversized(line)
+            for message in messages:
+                self._enqueue(peer, message)
+
+    def _keep_oversized(self, line: bytes) -> None:
+        """A line too long for an exchange message of its own. Longer than
+        ``max_line_bytes``, it is refused wherever it is parsed: here, as a bad line, as in
+        a single process. Otherwise (``max_line_bytes`` set above the message size) it
+        cannot reach its owner and is dropped, counted (``too_large``)."""
+        if len(line) > self.aggregator.parser.max_line_bytes:
+            self.aggregator.ingest(line, intake=False)
+            return
+        self.dropped["too_large"] += 1
+        if self.dropped["too_large"] % _LOG_EVERY == 1:
+            log_event(LOGGER, "exchange_line_too_large", level=logging.WARNING,
+                      worker=self.context.index, bytes=len(line),
+                      limit=MAX_MESSAGE_BYTES, total=self.dropped["too_large"])
 
     def _enqueue(self, peer: int, message: bytes) -> None:
         queue = self._queue[peer]
@@ -159,7 +237,7 @@ class Exchange:
                     kept.append(old)
                     continue
                 self._queued_bytes[peer] -= len(old)
-                self.dropped[reason] += decode_data(old)[1].count(b"\n") + 1
+                self.dropped[reason] += data_line_count(old)
             queue.extendleft(reversed(kept))
         self._pump(peer)
 
@@ -170,47 +248,94 @@ class Exchange:
             message = queue[0]
             try:
                 self.sock.sendto(message, address)
-            except BlockingIOError:
-                return  # the peer's buffer is full: retried by run()
             except OSError as e:
-                if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-                    raise
-                # The peer is not (yet, or no longer) there: keep its lines queued, within
-                # MAX_PENDING_BYTES, and deliver them when it is back.
-                if not self.peer_down.get(peer):
-                    self.peer_down[peer] = True
-                    log_event(LOGGER, "worker_peer_down", level=logging.WARNING,
-                              worker=self.context.index, peer=peer)
-                return
+                if e.errno in _RETRY_ERRNOS:
+                    return  # the peer's queue is full: retried by run()
+                if e.errno in _DOWN_ERRNOS:
+                    # The peer is not (yet, or no longer) there: keep its lines queued,
+                    # within MAX_PENDING_BYTES, and deliver them when it is back.
+                    if not self.peer_down.get(peer):
+                        self.peer_down[peer] = True
+                        log_event(LOGGER, "worker_peer_down", level=logging.WARNING,
+                                  worker=self.context.index, peer=peer)
+                    return
+                # Anything else (EMSGSIZE cannot happen: messages are bounded, and the
+                # send buffer was checked to hold one): this message is dropped, counted,
+                # and the worker goes on.
+                queue.popleft()
+                self._queued_bytes[peer] -= len(message)
+                self._count_send_failure(message, e)
+                continue
+            if message[:1] == DATA:
+                self._sent[peer] += data_line_count(message)
+                if self.records is not None:
+                    self.records.set_sent(self.context.index, peer, self._sent[peer])
             if self.peer_down.get(peer):
                 self.peer_down[peer] = False
                 log_event(LOGGER, "worker_peer_up", worker=self.context.index, peer=peer)
             queue.popleft()
             self._queued_bytes[peer] -= len(message)
 
+    def _count_send_failure(self, message: bytes, error: OSError) -> None:
+        self.dropped_messages["send_failed"] += 1
+        if message[:1] == DATA:
+            self.dropped["send_failed"] += data_line_count(message)
+        if self.dropped_messages["send_failed"] % _LOG_EVERY == 1:
+            log_event(LOGGER, "exchange_send_failed", level=logging.ERROR,
+                      worker=self.context.index, error=errno.errorcode.get(error.errno or 0,
+                                                                           str(error.errno)),
+                      bytes=len(message), total=self.dropped_messages["send_failed"])
+
     # Receiving side ---------------------------------------------------------------------
     def _receive_all(self) -> None:
-        recv = self.sock.recv
+        buffer = self._receive_buffer
+        view = memoryview(buffer)
+        recv_into = self.sock.recv_into
         while True:
             try:
-                message = recv(1 << 20)
+                # MSG_TRUNC: the real length, even of a datagram longer than the buffer.
+                size = recv_into(buffer, MAX_MESSAGE_BYTES, socket.MSG_TRUNC)
             except (BlockingIOError, InterruptedError):
                 return
+            except OSError as e:  # never fatal; nothing else is expected here
+                log_event(LOGGER, "exchange_receive_failed", level=logging.ERROR,
+                          worker=self.context.index, error=str(e))
+                return
+            if size > MAX_MESSAGE_BYTES:
+                self._count_truncated(bytes(view[:MAX_MESSAGE_BYTES]), size)
+                continue
+            message = bytes(view[:size])
             try:
                 self._on_message(message)
             except (struct.error, ValueError):
                 # Not from a peer: the abstract namespace has no permissions, any local
                 # process can send here. Dropped, counted, never fatal.
-                self.dropped["malformed"] += 1
+                self.dropped_messages["malformed"] += 1
                 log_event(LOGGER, "exchange_message_malformed", level=logging.WARNING,
                           worker=self.context.index, bytes=len(message))
+
+    def _count_truncated(self, head: bytes, size: int) -> None:
+        """A message longer than any peer sends, cut by the kernel: counted, not parsed
+        (its last line would be cut too); a data message's header says how many lines."""
+        self.dropped_messages["truncated"] += 1
+        if head[:1] == DATA:
+            self.dropped["truncated"] += data_line_count(head)
+        if self.dropped_messages["truncated"] % _LOG_EVERY == 1:
+            log_event(LOGGER, "exchange_message_truncated", level=logging.ERROR,
+                      worker=self.context.index, bytes=size, limit=MAX_MESSAGE_BYTES,
+                      total=self.dropped_messages["truncated"])
 
     def _on_message(self, message: bytes) -> None:
         kind = message[:1]
         if kind == DATA:
-            sender, payload = decode_data(message)
+            sender, lines, payload = decode_data(message)
             self._check_sender(sender)
-            self.received_lines += payload.count(b"\n") + 1
+            self.received_lines += lines
+            self._taken += lines
+            self._received[sender] += lines
+            if self.records is not None:
+                self.records.set_received(self.context.index, sender, self._received[sender])
+                self._note_taken()
             after = self._open_marks.get(sender, -1)
             # Sent after the peer's mark for a flush this worker has still to swap: wait.
             # (After the mark of a flush it never had, it started late or skipped it, the
@@ -312,6 +437,10 @@ class Exchange:
     def after_swap(self, sequence: int) -> None:
         """Aggregate, in the interval just opened, what waited for the swap: own lines read
         after this worker's mark, and peers' lines sent after theirs."""
+        # What was taken in up to here is in the flush being made, but for what waits
+        # for this interval: own lines read after the mark, peers' lines after theirs.
+        self._swap_base = (self._taken - self._held_lines
+                           - sum(p.count(b"\n") + 1 for _, p in self._deferred))
         held, self._held = self._held or [], None
         self.aggregator.add_intake(self._held_packets, self._held_lines, 0)
         self._held_packets = self._held_lines = 0
@@ -319,6 +448,12 @@ class Exchange:
             self.aggregator.ingest(own, intake=False)
         self._release(lambda after: after <= sequence)
         self._open_marks = {p: f for p, f in self._open_marks.items() if f > sequence}
+
+    def rendered(self, sequence: int) -> None:
+        """The flush is rendered and handed to the outputs: what it held is no longer
+        this worker's to lose."""
+        self._rendered_upto = self._swap_base
+        self._note_taken()
 
     def _release(self, due: Callable[[int], bool]) -> None:
         """Aggregate the deferred lines whose mark's flush is ``due``; keep the others."""

@@ -7,8 +7,9 @@ worker's mark and its swap, or a peer's lines arrive after that peer's mark.
 
 from __future__ import annotations
 
+import errno
+import shutil
 import socket
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 
@@ -16,10 +17,18 @@ import pytest
 import trio
 
 import aggregator.worker as worker_module
-from aggregator.exchange import DATA, MARK, decode_mark, encode_data, encode_mark
+from aggregator.exchange import (
+    DATA,
+    DATA_HEADER_BYTES,
+    MARK,
+    MAX_MESSAGE_BYTES,
+    decode_mark,
+    encode_data,
+    encode_mark,
+)
 from aggregator.ledger import Aggregator, FlushSnapshot, LedgerOptions
 from aggregator.worker import Exchange
-from aggregator.workerenv import WorkerContext
+from aggregator.workerenv import WorkerContext, make_runtime_dir
 from common.shard import worker_index
 
 INTERVAL = 3.0  # the barrier waits at most a third of it
@@ -35,16 +44,24 @@ def _names_of(owner: int, count: int) -> list[bytes]:
     return [n for n in names if worker_index(n, 2) == owner][:count]
 
 
-def _context(index: int, name: str) -> WorkerContext:
-    return WorkerContext(index=index, count=2, exchange=name, generation=0, sockets=(),
-                         mgmt=None)
+def _context(index: int, runtime_dir: str) -> WorkerContext:
+    return WorkerContext(index=index, count=2, runtime_dir=runtime_dir, generation=0,
+                         sockets=(), mgmt=None)
 
 
 @pytest.fixture
-def pair() -> Iterator[Pair]:
-    name = f"tallyd-test-{uuid.uuid4().hex}"
-    exchanges = [Exchange(_context(i, name), Aggregator(LedgerOptions(report_internal=i == 0)),
-                          INTERVAL) for i in (0, 1)]
+def runtime_dir() -> Iterator[str]:
+    """A private directory for the sockets, short enough for a Unix socket path."""
+    path = make_runtime_dir(2)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.fixture
+def pair(runtime_dir: str) -> Iterator[Pair]:
+    exchanges = [Exchange(_context(i, runtime_dir),
+                          Aggregator(LedgerOptions(report_internal=i == 0)), INTERVAL)
+                 for i in (0, 1)]
     yield exchanges[0], exchanges[1]
     for exchange in exchanges:
         exchange.close()
@@ -217,7 +234,7 @@ async def test_messages_not_from_a_peer_are_counted_and_dropped(pair: Pair) -> N
                 stranger.sendto(junk, ex0.context.address(0))
         ex1.handle(to0 + b":1|c")
         await trio.sleep(SETTLE)
-        assert ex0.dropped["malformed"] == 6
+        assert ex0.dropped_messages["malformed"] == 6
         assert ex0.aggregator.ledger.counters[to0] == 1  # still serving its peer
 
 
@@ -239,12 +256,11 @@ async def test_the_final_flush_waits_for_nothing(pair: Pair) -> None:
 
 
 async def test_a_full_queue_for_an_absent_peer_drops_lines_but_keeps_marks(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, runtime_dir: str) -> None:
     monkeypatch.setattr(worker_module, "MAX_PENDING_BYTES", 2_000)
-    ex0 = Exchange(_context(0, f"tallyd-test-{uuid.uuid4().hex}"), Aggregator(LedgerOptions()),
-                   INTERVAL)
+    ex0 = Exchange(_context(0, runtime_dir), Aggregator(LedgerOptions()), INTERVAL)
     try:
-        line = b"x" * 95  # 100-byte data messages, one line each
+        line = b"x" * (100 - DATA_HEADER_BYTES)  # 100-byte data messages, one line each
         for flush in range(3):
             for _ in range(15):
                 ex0._enqueue(1, encode_data(0, [line]))
@@ -258,3 +274,78 @@ async def test_a_full_queue_for_an_absent_peer_drops_lines_but_keeps_marks(
         assert sum(map(len, queued)) <= 2_000
     finally:
         ex0.close()
+
+
+async def test_a_message_longer_than_any_peer_sends_is_counted_not_parsed(pair: Pair) -> None:
+    """Issue 8, item 2: the receiver's buffer is the largest message a peer sends; a longer
+    one (no peer makes it) is seen whole-length (MSG_TRUNC), counted with its lines, and
+    never parsed cut short."""
+    ex0, ex1 = pair
+    to0 = _names_of(0, 1)[0]
+    lines = [to0 + b":1|c"] * (3 * MAX_MESSAGE_BYTES // len(to0 + b":1|c\n"))
+    async with running(pair):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as other:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 * MAX_MESSAGE_BYTES)
+            other.sendto(encode_data(1, lines), ex0.context.address(0))
+        ex1.handle(to0 + b":5|c")  # then a real peer's message, one line
+        await trio.sleep(SETTLE)
+    assert ex0.dropped_messages["truncated"] == 1
+    assert ex0.dropped["truncated"] == len(lines)
+    assert ex0.aggregator.ledger.counters[to0] == 5  # nothing of the cut message
+
+
+class _FailingSocket:
+    """Wraps the exchange's socket; ``sendto`` raises the given errors first."""
+
+    def __init__(self, sock: socket.socket, errors: list[int]) -> None:
+        self.sock = sock
+        self.errors = errors
+
+    def sendto(self, data: bytes, address: str) -> int:
+        if self.errors:
+            code = self.errors.pop(0)
+            raise OSError(code, "injected")
+        return self.sock.sendto(data, address)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recv_into(self, buffer: bytearray, size: int, flags: int) -> int:
+        return self.sock.recv_into(buffer, size, flags)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("code", [errno.ENOBUFS, errno.EAGAIN, errno.ENOMEM])
+async def test_a_full_peer_is_back_pressure_not_an_error(pair: Pair, code: int) -> None:
+    """Issue 8, item 1: ENOBUFS (and EAGAIN) from sendto keep the message queued for the
+    next try; nothing is lost and the worker goes on."""
+    ex0, ex1 = pair
+    to1 = _names_of(1, 1)[0]
+    real = ex0.sock
+    ex0.sock = _FailingSocket(real, [code, code])  # type: ignore[assignment]
+    async with running(pair):
+        ex0.handle(to1 + b":3|c")
+        ex0._close_batch(1)  # the first two tries fail
+        assert ex0._queue[1]
+        await trio.sleep(SETTLE)  # retried by run()
+    assert not ex0._queue[1]
+    assert ex1.aggregator.ledger.counters[to1] == 3
+    assert not ex0.dropped and not ex0.dropped_messages
+
+
+async def test_any_other_send_error_drops_that_message_counted(pair: Pair) -> None:
+    """Issue 8, item 1: no send error ends a worker; one that retrying cannot cure drops
+    that message, counted with its lines, and the next message goes."""
+    ex0, ex1 = pair
+    to1 = _names_of(1, 1)[0]
+    ex0.sock = _FailingSocket(ex0.sock, [errno.EMSGSIZE, errno.EPERM])  # type: ignore[assignment]
+    async with running(pair):
+        for value in (1, 2, 4):
+            ex0.handle(to1 + b":%d|c" % value)
+            ex0._close_batch(1)
+        await trio.sleep(SETTLE)
+    assert ex0.dropped_messages["send_failed"] == 2
+    assert ex0.dropped["send_failed"] == 2
+    assert ex1.aggregator.ledger.counters[to1] == 4

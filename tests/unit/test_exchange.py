@@ -6,11 +6,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aggregator.exchange import (
+    DATA_HEADER_BYTES,
+    MAX_MESSAGE_BYTES,
     Splitter,
+    data_line_count,
+    decode_data,
     decode_mark,
     decode_stats,
     encode_mark,
     encode_stats,
+    pack_data,
 )
 from common.protocol import LineParser
 from common.shard import worker_index
@@ -47,3 +52,28 @@ def test_split_loses_and_duplicates_nothing(names: list[str], workers: int, me: 
     assert count == len(lines)
     assert sorted(out) == sorted(lines)
     assert me not in foreign
+
+
+@given(st.lists(st.integers(min_value=1, max_value=300), max_size=60),
+       st.integers(min_value=DATA_HEADER_BYTES + 1, max_value=400))
+def test_pack_data_bounds_every_message_and_keeps_every_line(sizes: list[int],
+                                                             limit: int) -> None:
+    lines = [f"{i}:".encode().ljust(size, b"x")[:size] for i, size in enumerate(sizes)]
+    messages, oversized = pack_data(3, lines, limit)
+    assert all(len(m) <= limit for m in messages)
+    sent = []
+    for message in messages:
+        sender, count, payload = decode_data(message)
+        assert sender == 3 and count == data_line_count(message) == len(payload.split(b"\n"))
+        sent += payload.split(b"\n")
+    assert oversized == [x for x in lines if len(x) > limit - DATA_HEADER_BYTES]
+    assert sent == [x for x in lines if len(x) <= limit - DATA_HEADER_BYTES]
+
+
+def test_pack_data_cuts_a_burst_into_full_messages() -> None:
+    lines = [b"burst.n%05d:1|c" % i for i in range(100_000)]  # 1.6 MB
+    messages, oversized = pack_data(0, lines)
+    assert not oversized
+    assert all(len(m) <= MAX_MESSAGE_BYTES for m in messages)
+    assert all(len(m) > MAX_MESSAGE_BYTES - 20 for m in messages[:-1])  # no tiny messages
+    assert sum(data_line_count(m) for m in messages) == len(lines)
