@@ -177,8 +177,12 @@ def run_worker(config: AggregatorConfig, args: argparse.Namespace,
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as in main
     except (Exception, KeyboardInterrupt) as e:
         error = find_config_error(e)
+        cause: BaseException = e
+        while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+            cause = cause.exceptions[0]  # trio's nurseries wrap what failed
         report_to_supervisor(worker.ready_pipe, worker.index, "failed",
-                             str(error) if error is not None else f"{type(e).__name__}: {e}")
+                             str(error) if error is not None
+                             else f"{type(cause).__name__}: {cause}")
         if error is None:
             raise
         log_event(LOGGER, "config_error", level=logging.ERROR, error=str(error))

@@ -28,7 +28,7 @@ from aggregator.exchange import (
 )
 from aggregator.ledger import Aggregator, FlushSnapshot, LedgerOptions
 from aggregator.worker import Exchange
-from aggregator.workerenv import WorkerContext, make_runtime_dir
+from aggregator.workerenv import WorkerContext, WorkerRecords, make_runtime_dir
 from common.shard import worker_index
 
 INTERVAL = 3.0  # the barrier waits at most a third of it
@@ -44,9 +44,10 @@ def _names_of(owner: int, count: int) -> list[bytes]:
     return [n for n in names if worker_index(n, 2) == owner][:count]
 
 
-def _context(index: int, runtime_dir: str) -> WorkerContext:
+def _context(index: int, runtime_dir: str,
+             records: WorkerRecords | None = None) -> WorkerContext:
     return WorkerContext(index=index, count=2, runtime_dir=runtime_dir, generation=0,
-                         sockets=(), mgmt=None)
+                         sockets=(), mgmt=None, records=records)
 
 
 @pytest.fixture
@@ -349,3 +350,32 @@ async def test_any_other_send_error_drops_that_message_counted(pair: Pair) -> No
     assert ex0.dropped_messages["send_failed"] == 2
     assert ex0.dropped["send_failed"] == 2
     assert ex1.aggregator.ledger.counters[to1] == 4
+
+
+def test_the_shared_record_bounds_what_a_killed_worker_held(runtime_dir: str) -> None:
+    """Issue 8, item 4: what a worker took in since its last rendered flush, and what its
+    peers delivered to its socket that it never read, are known after it is killed."""
+    records = WorkerRecords.create(2)
+    exchanges = [Exchange(_context(i, runtime_dir, records),
+                          Aggregator(LedgerOptions(report_internal=i == 0)), INTERVAL)
+                 for i in (0, 1)]
+    ex0, ex1 = exchanges
+    try:
+        own1 = _names_of(1, 5)
+        ex1.handle(b"\n".join(n + b":1|c" for n in own1[:2]))
+        ex1.after_swap(10)
+        ex1.rendered(10)  # flush 10 is out: those two lines are no longer at risk
+        assert records.taken(1) == 0
+        ex1.handle(own1[2] + b":1|c\n" + own1[3] + b":1|c")
+        ex0.handle(b"\n".join(n + b":1|c" for n in own1))  # all for worker 1
+        ex0._close_batch(1)  # delivered to its socket, never read: it is "killed" now
+        assert records.record_death(1) == (2, 5)
+        assert (records.deaths(), records.lost_at_most()) == (1, 7)
+        # Its successor starts from zero: what worker 0 delivered before is not counted
+        # again at its next death.
+        assert records.record_death(1) == (0, 0)
+        assert (records.deaths(), records.lost_at_most()) == (2, 7)
+    finally:
+        for exchange in exchanges:
+            exchange.close()
+        records.close()
