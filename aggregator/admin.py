@@ -148,8 +148,9 @@ async def open_worker_admin(address: str) -> trio.SocketListener:
     """
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(address)
+        if not address.startswith("\0"):  # a path (an abstract name leaves nothing behind)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(address)
         await sock.bind(address)
         sock.listen()
     except BaseException:

@@ -73,6 +73,8 @@ def pack_data(sender: int, lines: list[bytes],
     """
     payload = b"\n".join(lines)
     room = limit - DATA_HEADER_BYTES
+    if len(payload) <= room:  # the usual case: one batch, one message
+        return ([DATA + _DATA.pack(sender, len(lines)) + payload] if lines else []), []
     messages: list[bytes] = []
     oversized: list[bytes] = []
     start, end_of_payload = 0, len(payload)

@@ -163,7 +163,7 @@ async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int)
                 nursery.start_soon(keep_worker, index)
             ready = await reports.wait_ready(workers, READY_TIMEOUT_SECONDS)
             log_listening(config, bound, mgmt_address)
-            log_event(LOGGER, "started", workers=workers, ready=ready,
+            log_event(LOGGER, "started", workers=workers, ready=ready, runtime_dir=runtime_dir,
                       flush_interval=config.flush_interval,
                       carbon=",".join(str(n) for n in config.carbon) or "none",
                       level=logging.INFO if ready == workers else logging.WARNING)
@@ -178,7 +178,9 @@ async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int)
         for fd in (lifeline_read, lifeline_write, ready_read, ready_write):
             os.close(fd)
         records.close()
-        shutil.rmtree(runtime_dir, ignore_errors=True)
+        if all(p.returncode is not None for p in procs.values()):
+            shutil.rmtree(runtime_dir, ignore_errors=True)
+        # else: the workers still use it for their final flush; the last one out removes it.
         mgmt.close()
         for b in bound:
             close_listener(b)

@@ -150,6 +150,11 @@ class Exchange:
         self.received_lines = 0
 
     def close(self) -> None:
+        unsent = sum(data_line_count(m) for q in self._queue.values() for m in q
+                     if m[:1] == DATA) + sum(map(len, self._batch.values()))
+        if unsent:  # a peer that was gone at the final flush: said, as nothing follows
+            log_event(LOGGER, "exchange_closed", level=logging.WARNING,
+                      worker=self.context.index, unsent_lines=unsent)
         self.sock.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.address)

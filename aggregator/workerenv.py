@@ -264,12 +264,25 @@ class ReadyReports:
 
 
 def remove_worker_files(context: WorkerContext) -> None:
-    """On the way out: a worker's admin socket, and the runtime directory once empty (the
-    supervisor removes it too, but it may have been killed)."""
+    """On the way out: a worker's admin socket and, if the supervisor is gone (killed: it
+    would have removed it itself), the runtime directory once empty. While the supervisor
+    lives the directory stays, for the worker it restarts."""
     with contextlib.suppress(OSError):
         os.unlink(context.admin_address(context.index))
+    if context.parent_pipe is None or not _supervisor_gone(context.parent_pipe):
+        return
     with contextlib.suppress(OSError):
         os.rmdir(context.runtime_dir)  # only the last worker out finds it empty
+
+
+def _supervisor_gone(fd: int) -> bool:
+    """True once the lifeline pipe's write end is closed (`watch_parent`)."""
+    try:
+        return not os.read(fd, 4096)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def worker_context_from_env(value: str, listen_count: int) -> WorkerContext:

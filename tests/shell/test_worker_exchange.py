@@ -78,6 +78,14 @@ async def running(pair: Pair) -> AsyncIterator[None]:
         nursery.cancel_scope.cancel()
 
 
+async def _eventually(predicate: Callable[[], bool], limit: float = 10.0) -> None:
+    """Wait until ``predicate()`` holds (datagrams cross between the two exchanges'
+    receive loops; under load that takes more than `SETTLE`)."""
+    with trio.fail_after(limit):
+        while not predicate():  # noqa: ASYNC110 (state of another task, no event for it)
+            await trio.sleep(0.005)
+
+
 def _received(snapshot: FlushSnapshot) -> tuple[float, float]:
     counters = snapshot.counters
     return counters[b"statsd.packets_received"], counters[b"statsd.metrics_received"]
@@ -234,8 +242,8 @@ async def test_messages_not_from_a_peer_are_counted_and_dropped(pair: Pair) -> N
             for junk in (b"D", b"M\x00", b"S", b"Zzz", b"", b"D\x00\x07" + to0 + b":1|c"):
                 stranger.sendto(junk, ex0.context.address(0))
         ex1.handle(to0 + b":1|c")
-        await trio.sleep(SETTLE)
-        assert ex0.dropped_messages["malformed"] == 6
+        await _eventually(lambda: ex0.aggregator.ledger.counters.get(to0) == 1)
+        assert ex0.dropped_messages["malformed"] == 6  # read before the peer's line
         assert ex0.aggregator.ledger.counters[to0] == 1  # still serving its peer
 
 
@@ -289,7 +297,7 @@ async def test_a_message_longer_than_any_peer_sends_is_counted_not_parsed(pair: 
             other.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 * MAX_MESSAGE_BYTES)
             other.sendto(encode_data(1, lines), ex0.context.address(0))
         ex1.handle(to0 + b":5|c")  # then a real peer's message, one line
-        await trio.sleep(SETTLE)
+        await _eventually(lambda: to0 in ex0.aggregator.ledger.counters)
     assert ex0.dropped_messages["truncated"] == 1
     assert ex0.dropped["truncated"] == len(lines)
     assert ex0.aggregator.ledger.counters[to0] == 5  # nothing of the cut message
@@ -330,7 +338,7 @@ async def test_a_full_peer_is_back_pressure_not_an_error(pair: Pair, code: int) 
         ex0.handle(to1 + b":3|c")
         ex0._close_batch(1)  # the first two tries fail
         assert ex0._queue[1]
-        await trio.sleep(SETTLE)  # retried by run()
+        await _eventually(lambda: to1 in ex1.aggregator.ledger.counters)  # retried by run()
     assert not ex0._queue[1]
     assert ex1.aggregator.ledger.counters[to1] == 3
     assert not ex0.dropped and not ex0.dropped_messages
@@ -346,7 +354,7 @@ async def test_any_other_send_error_drops_that_message_counted(pair: Pair) -> No
         for value in (1, 2, 4):
             ex0.handle(to1 + b":%d|c" % value)
             ex0._close_batch(1)
-        await trio.sleep(SETTLE)
+        await _eventually(lambda: to1 in ex1.aggregator.ledger.counters)
     assert ex0.dropped_messages["send_failed"] == 2
     assert ex0.dropped["send_failed"] == 2
     assert ex1.aggregator.ledger.counters[to1] == 4
