@@ -249,3 +249,17 @@ def test_workers_that_cannot_start_end_the_daemon_with_the_reason(tmp_path: Path
     assert "NotADirectoryError" in failed[0]["reason"]
     stopped = [x for x in done.stderr.splitlines() if "event=stopped" in x]
     assert stopped and "cannot start" in stopped[-1]
+
+
+def test_the_runtime_dir_goes_with_a_killed_supervisor() -> None:
+    """Issue 8, item 3: the private directory is removed however the supervisor ends; if it
+    is SIGKILLed, by the last of its workers to stop."""
+    args = ["--listen", "udp://127.0.0.1:0", "--flush-interval", "1", "--mgmt-port", "0",
+            "--workers", "2"]
+    with start_aggregator(args) as agg:
+        runtime_dir = parse_logfmt(agg.wait_for_log(r"event=started ", 15))["runtime_dir"]
+        agg.wait_for_log(r"event=worker_started worker=1 ", 15)
+        assert os.path.isdir(runtime_dir)
+        agg.kill()
+        wait_until(lambda: not os.path.exists(runtime_dir), 30,
+                   message="the workers removed the runtime directory")

@@ -8,6 +8,7 @@ worker's mark and its swap, or a peer's lines arrive after that peer's mark.
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -387,3 +388,16 @@ def test_the_shared_record_bounds_what_a_killed_worker_held(runtime_dir: str) ->
         for exchange in exchanges:
             exchange.close()
         records.close()
+
+
+def test_the_runtime_dir_is_private_and_fits_a_socket_path() -> None:
+    """Issue 8, item 3: mode 0700, and a base too long for ``sun_path`` falls back to /tmp."""
+    for base in (None, "/tmp/" + "x" * 120):
+        path = make_runtime_dir(12, base=base)
+        try:
+            assert os.stat(path).st_mode & 0o777 == 0o700
+            assert len(os.path.join(path, "x11")) <= 107
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.bind(os.path.join(path, "x11"))
+        finally:
+            shutil.rmtree(path)
