@@ -21,6 +21,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
+from common.connections import ConnectionTable
 from common.logging import log_event
 
 LOGGER = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ class WorkerContext:
     mgmt: socket.socket | None
     parent_pipe: int | None = None
     ready_pipe: int | None = None
+    #: The daemon-wide count of stream connections (``connections_fd``), if passed.
+    connections: ConnectionTable | None = None
 
     def address(self, index: int) -> bytes:
         return f"\0{self.exchange}-{index}".encode()
@@ -77,6 +80,9 @@ def worker_context_from_env(value: str, listen_count: int) -> WorkerContext:
     for s in (*sockets, *([mgmt] if mgmt else [])):
         os.set_blocking(s.fileno(), False)
     os.set_blocking(data["parent_pipe"], False)
+    table_fd = data.get("connections_fd")
+    connections = ConnectionTable.attach(table_fd, data["index"]) if table_fd is not None else None
     return WorkerContext(index=data["index"], count=data["count"], exchange=data["exchange"],
                          generation=data["generation"], sockets=sockets, mgmt=mgmt,
-                         parent_pipe=data["parent_pipe"], ready_pipe=data.get("ready_pipe"))
+                         parent_pipe=data["parent_pipe"], ready_pipe=data.get("ready_pipe"),
+                         connections=connections)
