@@ -245,13 +245,20 @@ def datagram_buffer_bytes(url: ListenURL) -> int:
 
 
 class DatagramReader:
-    """Reads the datagrams queued on one socket into one reusable buffer.
+    """Reads the datagrams queued on one socket, never handing on a cut one.
 
     The loops read until the socket would block (no scheduler round trip per datagram).
-    Each datagram is received with MSG_TRUNC, so the kernel reports its real length: one
-    longer than the buffer (possible only for a sender with a forced send buffer) is
-    counted in ``truncated_datagrams``; its complete lines are kept and its cut last line
-    goes to ``refused`` (reason ``truncated``), never to the parser.
+
+    * UDP: a datagram carries at most 65,527 bytes, so a `UDP_DATAGRAM_BUFFER_BYTES` read
+      cannot cut one; a read that fills the buffer anyway is treated as cut (below). This
+      keeps the hot path at one ``recv`` (one copy) per datagram.
+    * Unix datagrams may be as long as their sender's send buffer: they are received with
+      MSG_TRUNC into one reusable buffer as large as the largest a sender can make
+      (`datagram_buffer_bytes`), and the kernel reports each one's real length.
+
+    A cut datagram (longer than the buffer: possible only for a sender with a forced send
+    buffer) is counted in ``truncated_datagrams``; its complete lines are kept and its cut
+    last line goes to ``refused`` (reason ``truncated``), never to the parser.
 
     Args:
         bound: a datagram socket.
@@ -265,14 +272,35 @@ class DatagramReader:
         self.sock = bound.sock
         self.listener = str(bound.url)
         self.size = buffer_bytes or datagram_buffer_bytes(bound.url)
-        self.buffer = mmap.mmap(-1, self.size)
         self.stats = stats if stats is not None else IntakeStatistics()
         self.refused = refused or _ignore_refused
         self._log = RateLimiter(LOG_PER_SECOND)
+        self.buffer: mmap.mmap | None = None
+        if bound.url.scheme == "unixgram":
+            self.buffer = mmap.mmap(-1, self.size)  # pages a datagram never reaches stay free
 
     def receive(self, limit: int) -> list[bytes]:
         """Read up to ``limit`` queued datagrams without blocking."""
-        recv_into, buffer, size = self.sock.recv_into, self.buffer, self.size
+        if self.buffer is not None:
+            return self._receive_into(limit, self.buffer)
+        recv, size = self.sock.recv, self.size
+        out: list[bytes] = []
+        append = out.append
+        for _ in range(limit):
+            try:
+                append(recv(size))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                if e.errno in (errno.ECONNREFUSED, errno.EAGAIN):
+                    break
+                raise
+        if size in map(len, out):  # filled the buffer: maybe cut
+            out = [self._cut(data, size) if len(data) == size else data for data in out]
+        return out
+
+    def _receive_into(self, limit: int, buffer: mmap.mmap) -> list[bytes]:
+        recv_into, size = self.sock.recv_into, self.size
         out: list[bytes] = []
         append = out.append
         for _ in range(limit):
@@ -284,12 +312,7 @@ class DatagramReader:
                 if e.errno in (errno.ECONNREFUSED, errno.EAGAIN):
                     break
                 raise
-            if n > size:
-                kept = self._truncated(n)
-                if kept:
-                    append(kept)
-            else:
-                append(buffer[:n])
+            append(buffer[:n] if n <= size else self._cut(buffer[:size], n))
         return out
 
     def drain(self, handle: Handler, limit: int) -> int:
@@ -297,17 +320,17 @@ class DatagramReader:
         many were read."""
         count = 0
         while count < limit:
-            batch = self.receive(min(limit - count, DATAGRAMS_PER_CHECKPOINT))
+            want = min(limit - count, DATAGRAMS_PER_CHECKPOINT)
+            batch = self.receive(want)
             for data in batch:
                 handle(data)
             count += len(batch)
-            if len(batch) < min(limit - count + len(batch), DATAGRAMS_PER_CHECKPOINT):
+            if len(batch) < want:
                 break
         return count
 
-    def _truncated(self, length: int) -> bytes:
-        """A datagram of ``length`` bytes was cut to the buffer: keep its whole lines."""
-        data = self.buffer[: self.size]
+    def _cut(self, data: bytes, length: int) -> bytes:
+        """``data`` is the start of a ``length``-byte datagram: keep its whole lines."""
         end = data.rfind(b"\n") + 1
         self.stats.truncated_datagrams += 1
         self.refused("truncated", 1)
