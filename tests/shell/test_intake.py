@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import trio
+from test_aggregator_serve import host_port, make_config, start
 
 import common.listener
 from common.address import ListenURL
 from common.listener import DatagramReader, IntakeStatistics, bind_listener
 from support.triosink import TrioSink
-
-from test_aggregator_serve import host_port, make_config, start
 
 
 def internal(sink: TrioSink, measure: str) -> float:
