@@ -12,9 +12,9 @@ it (probed with a connect), and removed at exit only by the process that bound i
 while the file is still the one it bound.
 
 Datagram sockets (udp, unixgram) are drained by `DatagramReader` (see there: no scheduler
-round trip per datagram, one reusable buffer as large as the largest datagram the socket
-can deliver, truncation detected with MSG_TRUNC). Stream sockets (tcp, unix): see
-`run_stream_listener` (daemon-wide connection limit, idle timeout, eviction when full).
+round trip per datagram, reads as large as the largest datagram the socket
+can deliver, truncation detected). Stream sockets (tcp, unix) are served by
+`common.streams` (daemon-wide connection limit, idle timeout, eviction when full).
 
 SHELL.
 """
