@@ -51,8 +51,7 @@ class AggregatorAdmin:
             ("uptime", round(now - self.started)),
             ("messages.last_msg_seen", round(now - self.last_msg_seen)),
             ("messages.bad_lines_seen", agg.bad_lines_total),
-            ("intake.stream_connections", self.intake.stream_connections),
-            ("intake.stream_connections_refused", self.intake.stream_connections_refused),
+            *((f"intake.{name}", count) for name, count in attrs.asdict(self.intake).items()),
         ]
         if self.auth is not None:
             lines += [("auth.refused_lines.missing", self.auth.stats.missing),

@@ -31,6 +31,8 @@ from common.settings import (
     max_line_bytes_setting,
     max_tcp_connections_setting,
     mgmt_address_setting,
+    reuse_port_setting,
+    tcp_idle_timeout_seconds_setting,
     udp_receive_buffer_bytes_setting,
 )
 
@@ -242,6 +244,8 @@ class AggregatorConfig:
     auth_revoked_tokens: tuple[str, ...] = auth_revoked_tokens_setting()
     max_line_bytes: int = max_line_bytes_setting()
     max_tcp_connections: int = max_tcp_connections_setting()
+    tcp_idle_timeout_seconds: float = tcp_idle_timeout_seconds_setting()
+    reuse_port: bool = reuse_port_setting()
     udp_receive_buffer_bytes: int = udp_receive_buffer_bytes_setting()
     carbon_buffer_bytes: int = setting(
         DEFAULT_CARBON_BUFFER_BYTES, kind="int", converter=int, validator=v.ge(0),

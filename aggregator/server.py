@@ -34,16 +34,16 @@ from common.auth import TokenAuth, make_auth
 from common.listener import (
     BoundAddresses,
     BoundSocket,
+    DatagramReader,
     IntakeStatistics,
     adopt_socket,
     bind_listeners,
     close_listener,
-    drain_datagrams,
     run_datagram_listener,
-    run_stream_listener,
 )
 from common.logging import log_event, set_level
 from common.netstat import udp_socket_drops
+from common.streams import StreamConnections, run_stream_listener
 
 from .admin import AggregatorAdmin, WorkerAdminPeers, open_worker_admin
 from .backends.console import ConsoleOutput
@@ -137,7 +137,7 @@ async def serve(
     exchange: Exchange | None = None
     admin_peers: WorkerAdminPeers | None = None
     if worker is None:
-        bound = bind_listeners(config.listen,
+        bound = bind_listeners(config.listen, reuse_port=config.reuse_port,
                                receive_buffer_bytes=config.udp_receive_buffer_bytes)
         mgmt_listeners = await trio.open_tcp_listeners(config.mgmt_port, host=config.mgmt_address)
         handle: Intake = aggregator.ingest
@@ -160,6 +160,16 @@ async def serve(
 
     def handle_batch(datagrams: list[bytes]) -> None:
         handle(b"\n".join(datagrams), packets=len(datagrams))
+
+    def refused(reason: str, lines: int) -> None:
+        # Lines the intake refused before parsing (too long, cut): received and bad.
+        aggregator.add_intake(0, lines, lines)
+        aggregator.bad_lines_total += lines
+
+    connections = StreamConnections(
+        max_connections=config.max_tcp_connections, stats=intake,
+        idle_timeout_seconds=config.tcp_idle_timeout_seconds,
+        table=worker.connections if worker is not None else None)
 
     admin = AggregatorAdmin(config, aggregator, carbon, intake, auth)
 
@@ -211,10 +221,11 @@ async def serve(
                                 inner.start_soon(partial(
                                     run_stream_listener, b, handle,
                                     max_line_bytes=config.max_line_bytes,
-                                    max_connections=config.max_tcp_connections, stats=intake))
+                                    connections=connections, refused=refused))
                             else:
                                 inner.start_soon(partial(run_datagram_listener, b, handle,
-                                                         handle_batch=handle_batch))
+                                                         handle_batch=handle_batch,
+                                                         stats=intake, refused=refused))
 
             nursery.start_soon(run_intake)
             flush_scope = trio.CancelScope()
@@ -255,7 +266,8 @@ async def serve(
                 intake_scope.cancel()
                 for b in bound:
                     if not b.url.is_stream:
-                        while drain_datagrams(b.sock, handle, 10_000) == 10_000:
+                        reader = DatagramReader(b, stats=intake, refused=refused)
+                        while reader.drain(handle, 10_000) == 10_000:
                             pass
                 sequence = flush_sequence(stamp, config.flush_interval) if wait > 0 else None
                 if exchange is not None:

@@ -46,6 +46,7 @@ from typing import Final
 import trio
 
 from common.address import format_host_port
+from common.connections import clear_connection_slot, create_connection_table
 from common.listener import bind_listeners, close_listener
 from common.logging import log_event
 
@@ -74,7 +75,10 @@ CONFIG_ERROR_EXIT: Final = 2
 
 async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int) -> int:
     """Run ``workers`` worker processes until a stop signal; return the exit code."""
-    bound = bind_listeners(config.listen, receive_buffer_bytes=config.udp_receive_buffer_bytes)
+    bound = bind_listeners(config.listen, receive_buffer_bytes=config.udp_receive_buffer_bytes,
+                           reuse_port=config.reuse_port)
+    # The daemon-wide count of stream connections, one slot per worker (common.connections).
+    connections_fd = create_connection_table(workers)
     family = socket.AF_INET6 if ":" in config.mgmt_address else socket.AF_INET
     mgmt = socket.create_server((config.mgmt_address, config.mgmt_port), family=family)
     mgmt_address = format_host_port(*mgmt.getsockname()[:2])
@@ -97,10 +101,11 @@ async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int)
         info = {"index": index, "count": workers, "runtime_dir": runtime_dir,
                 "records_fd": records.fd,
                 "generation": generation, "fds": fds, "parent_pipe": lifeline_read,
-                "ready_pipe": ready_write, "mgmt_fd": mgmt.fileno() if index == 0 else None}
+                "ready_pipe": ready_write, "mgmt_fd": mgmt.fileno() if index == 0 else None,
+                "connections_fd": connections_fd}
         env = dict(os.environ, TALLYD_WORKER=json.dumps(info))  # see cli.WORKER_ENV
-        pass_fds = [*fds, lifeline_read, ready_write,
-                    records.fd] + ([mgmt.fileno()] if index == 0 else [])
+        pass_fds = [*fds, lifeline_read, ready_write, records.fd,
+                    connections_fd] + ([mgmt.fileno()] if index == 0 else [])
         return [sys.executable, "-m", "aggregator", *argv], env, pass_fds
 
     async def keep_worker(index: int) -> None:
@@ -114,6 +119,7 @@ async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int)
                                                     stdin=subprocess.DEVNULL)
             procs[index] = proc
             code = await proc.wait()
+            clear_connection_slot(connections_fd, index)  # its connections died with it
             if stopping.is_set():
                 exit_codes[index] = code
                 return
@@ -175,7 +181,7 @@ async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int)
                         continue
                     stop()
     finally:
-        for fd in (lifeline_read, lifeline_write, ready_read, ready_write):
+        for fd in (lifeline_read, lifeline_write, ready_read, ready_write, connections_fd):
             os.close(fd)
         records.close()
         if all(p.returncode is not None for p in procs.values()):

@@ -30,6 +30,7 @@ from typing import Final
 import attrs
 import trio
 
+from common.connections import ConnectionTable
 from common.logging import log_event
 
 LOGGER = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class WorkerContext:
     parent_pipe: int | None = None
     ready_pipe: int | None = None
     records: WorkerRecords | None = None
+    #: The daemon-wide count of stream connections (``connections_fd``), if passed.
+    connections: ConnectionTable | None = None
 
     def address(self, index: int) -> str:
         """Where worker ``index`` receives lines and flush marks (`aggregator.worker`)."""
@@ -298,7 +301,10 @@ def worker_context_from_env(value: str, listen_count: int) -> WorkerContext:
     os.set_blocking(data["parent_pipe"], False)
     records = (WorkerRecords(data["records_fd"], data["count"])
                if data.get("records_fd") is not None else None)
+    table_fd = data.get("connections_fd")
+    connections = ConnectionTable.attach(table_fd, data["index"]) if table_fd is not None else None
     return WorkerContext(index=data["index"], count=data["count"],
                          runtime_dir=data["runtime_dir"], generation=data["generation"],
                          sockets=sockets, mgmt=mgmt, parent_pipe=data["parent_pipe"],
-                         ready_pipe=data.get("ready_pipe"), records=records)
+                         ready_pipe=data.get("ready_pipe"), records=records,
+                         connections=connections)

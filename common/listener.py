@@ -1,15 +1,20 @@
 """Intake sockets: bind every listen URL, then receive lines and hand them to a callback.
 
 Both roles receive the same way; what they do with a packet (aggregate it, or route and
-forward it) is the ``handle`` callback, a plain synchronous function of one packet.
+forward it) is the ``handle`` callback, a plain synchronous function of one packet. Lines
+the intake itself refuses (a stream line over ``max_line_bytes``, the cut last line of a
+truncated datagram) never reach ``handle``: they go to the ``refused`` callback, so each
+role counts them where it counts its other refused lines (`RefusedLines`).
 
-Datagram sockets (udp, unixgram) are drained without a scheduler round trip per datagram:
-the loop reads until the socket would block and only then waits for readability, with a
-checkpoint every `DATAGRAMS_PER_CHECKPOINT` datagrams so a flood cannot starve the flush.
+Binding never takes an address from another process: udp/tcp ports are shared only with
+``reuse_port`` (SO_REUSEPORT); a Unix socket path is replaced only when nothing listens on
+it (probed with a connect), and removed at exit only by the process that bound it and only
+while the file is still the one it bound.
 
-Stream sockets (tcp, unix) run one task per connection; `common.framing.LineBuffer` cuts
-the stream into blocks of whole lines, and at most ``max_connections`` are served at once
-(the rest are closed at once and logged).
+Datagram sockets (udp, unixgram) are drained by `DatagramReader` (see there: no scheduler
+round trip per datagram, reads as large as the largest datagram the socket
+can deliver, truncation detected). Stream sockets (tcp, unix) are served by
+`common.streams` (daemon-wide connection limit, idle timeout, eviction when full).
 
 SHELL.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import mmap
 import os
 import socket as stdsocket
 import stat
@@ -30,23 +36,40 @@ import trio
 
 from .address import ListenURL, format_host_port
 from .errors import ConfigError
-from .framing import LineBuffer
-from .logging import log_event
+from .logging import RateLimiter, log_event
+from .netstat import read_sysctl
 
 LOGGER = logging.getLogger(__name__)
 
 #: Datagrams read in a row before yielding to other tasks (~1-3 ms of parsing).
 DATAGRAMS_PER_CHECKPOINT: Final = 256
-#: Largest datagram: the UDP maximum.
-MAX_DATAGRAM_BYTES: Final = 65_535
-#: Bytes read from a stream per receive.
-STREAM_CHUNK_BYTES: Final = 65_536
+#: Receive buffer of a UDP socket: the largest UDP payload fits (65,507 bytes over IPv4,
+#: 65,527 over IPv6); anything longer is reported by MSG_TRUNC and counted.
+UDP_DATAGRAM_BUFFER_BYTES: Final = 65_536
+#: A Unix datagram may be as long as its sender's send buffer (up to 2 x net.core.wmem_max
+#: without privileges): the buffer follows that sysctl, within these bounds. The buffer is
+#: an anonymous mapping, so pages a datagram never reaches cost no memory.
+MIN_UNIX_DATAGRAM_BUFFER_BYTES: Final = 2 * 212_992  # 2 x Linux's default wmem_max
+MAX_UNIX_DATAGRAM_BUFFER_BYTES: Final = 64 * 1024 * 1024
+#: Below this net.unix.max_dgram_qlen (datagrams a unixgram socket queues before senders
+#: block or, non-blocking like DogStatsD's clients, lose datagrams) a warning is logged.
+#: Linux's default is 10; 512 rides out a flush pause at ~50,000 datagrams/s.
+MIN_UNIX_DGRAM_QLEN: Final = 512
+#: Bad-input warnings of the intake logged per second (the rest are only counted).
+LOG_PER_SECOND: Final = 5
 
 Handler = Callable[[bytes], None]
 #: Called with every datagram drained in one go (at most `DATAGRAMS_PER_CHECKPOINT`).
 BatchHandler = Callable[[list[bytes]], None]
+#: Called with a reason (``line_too_long``, ``truncated``) and a number of lines refused
+#: before they reached the handler; each role counts them as received and refused.
+RefusedLines = Callable[[str, int], None]
 #: Python's socket module does not export SO_RCVBUFFORCE; 33 on every Linux architecture.
 _SO_RCVBUFFORCE_LINUX: Final = 33 if sys.platform == "linux" else None
+
+
+def _ignore_refused(reason: str, lines: int) -> None:
+    pass
 
 
 @attrs.define
@@ -55,16 +78,25 @@ class IntakeStatistics:
 
     stream_connections: int = 0
     stream_connections_refused: int = 0
+    stream_connections_evicted: int = 0
+    stream_connections_idle_closed: int = 0
     overlong_stream_lines: int = 0
+    truncated_datagrams: int = 0
 
 
 @attrs.frozen
 class BoundSocket:
-    """A bound intake socket and the address it really got (port 0 resolved)."""
+    """A bound intake socket and the address it really got (port 0 resolved).
+
+    ``file_id`` (device, inode) of a Unix socket's file and ``owner_pid`` are set by the
+    process that bound it: only that process removes the file, and only if it is the same.
+    """
 
     url: ListenURL
     sock: stdsocket.socket
     address: str
+    file_id: tuple[int, int] | None = None
+    owner_pid: int = 0
 
 
 @attrs.frozen
@@ -79,36 +111,62 @@ class BoundAddresses:
         return next(address for k, address in self.intake if k == kind)
 
 
-def _unlink_stale_socket(path: str) -> None:
+def _claim_unix_path(url: ListenURL) -> None:
+    """Remove a stale socket file at ``url.path``; refuse a live one.
+
+    Raises:
+        ConfigError: something answers on the path (another daemon), or it cannot be told.
+    """
     try:
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.unlink(path)
+        if not stat.S_ISSOCK(os.stat(url.path).st_mode):
+            return  # not a socket: bind fails with "address already in use"
     except FileNotFoundError:
-        pass
+        return
+    kind = stdsocket.SOCK_STREAM if url.is_stream else stdsocket.SOCK_DGRAM
+    with stdsocket.socket(stdsocket.AF_UNIX, kind) as probe:
+        try:
+            probe.connect(url.path)
+        except ConnectionRefusedError:
+            os.unlink(url.path)  # nobody listens: left by a daemon that died
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EPROTOTYPE:  # EPROTOTYPE: live, with the other socket type
+                raise ConfigError(f"cannot bind {url}: cannot tell whether the socket file is "
+                                  f"in use ({e.strerror or e})", key="listen") from e
+    raise ConfigError(f"cannot bind {url}: another process is listening on it", key="listen")
 
 
 def bind_listener(url: ListenURL, *, receive_buffer_bytes: int = 0,
                   reuse_port: bool = False, backlog: int = 1024) -> BoundSocket:
     """Create and bind the socket for ``url`` (blocking; called before serving).
 
+    Args:
+        reuse_port: share a udp/tcp port with other sockets that ask for it too
+            (SO_REUSEPORT): the operator's ``reuse_port``, or the proxy's ``--processes``.
+
     Raises:
         ConfigError: when the address cannot be bound (in use, not local, no permission).
     """
     target: Any
-    if url.scheme in ("unix", "unixgram"):
+    unix = url.scheme in ("unix", "unixgram")
+    if unix:
         family, target = stdsocket.AF_UNIX, url.path
+        _claim_unix_path(url)
     else:
         infos = stdsocket.getaddrinfo(url.host, url.port, type=stdsocket.SOCK_DGRAM)
         family, target = infos[0][0], infos[0][4][:2]
     kind = stdsocket.SOCK_STREAM if url.is_stream else stdsocket.SOCK_DGRAM
     sock = stdsocket.socket(family, kind)
     try:
-        if family != stdsocket.AF_UNIX:
+        if url.scheme == "tcp":
+            # TCP: rebinding over our own TIME_WAIT connections after a restart; Linux
+            # still refuses a port another socket listens on. (UDP: SO_REUSEADDR would
+            # let a second daemon bind the port and take its datagrams, so never.)
             sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEADDR, 1)
-            if reuse_port:
-                sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEPORT, 1)
-        else:
-            _unlink_stale_socket(url.path)
+        if reuse_port and not unix:
+            sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_REUSEPORT, 1)
         if not url.is_stream and receive_buffer_bytes:
             set_receive_buffer(sock, receive_buffer_bytes)
         sock.bind(target)
@@ -117,8 +175,27 @@ def bind_listener(url: ListenURL, *, receive_buffer_bytes: int = 0,
         sock.setblocking(False)
     except OSError as e:
         sock.close()
-        raise ConfigError(f"cannot bind {url}: {e.strerror or e}", key="listen") from e
-    return adopt_socket(url, sock)
+        hint = ""
+        if e.errno == errno.EADDRINUSE and not unix:
+            hint = " (another process has it; set reuse_port to share it deliberately)"
+        raise ConfigError(f"cannot bind {url}: {e.strerror or e}{hint}", key="listen") from e
+    if url.scheme == "unixgram":
+        check_unix_dgram_queue(url)
+    bound = adopt_socket(url, sock)
+    if unix:
+        st = os.stat(url.path)
+        bound = attrs.evolve(bound, file_id=(st.st_dev, st.st_ino), owner_pid=os.getpid())
+    return bound
+
+
+def check_unix_dgram_queue(url: ListenURL, *, minimum: int = MIN_UNIX_DGRAM_QLEN) -> int | None:
+    """Warn when net.unix.max_dgram_qlen is below ``minimum``; return the value read."""
+    qlen = read_sysctl("net/unix/max_dgram_qlen")
+    if qlen is not None and qlen < minimum:
+        log_event(LOGGER, "unix_dgram_queue_short", level=logging.WARNING, listener=str(url),
+                  sysctl="net.unix.max_dgram_qlen", value=qlen, recommended=minimum,
+                  detail="non-blocking unixgram clients lose datagrams when it is full")
+    return qlen
 
 
 def adopt_socket(url: ListenURL, sock: stdsocket.socket) -> BoundSocket:
@@ -159,120 +236,150 @@ def set_receive_buffer(sock: stdsocket.socket, size: int) -> int:
     return int(sock.getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF))
 
 
-def drain_datagrams(sock: stdsocket.socket, handle: Handler, limit: int) -> int:
-    """Read and handle up to ``limit`` queued datagrams without blocking; return how many."""
-    recv = sock.recv
-    for count in range(limit):
-        try:
-            data = recv(MAX_DATAGRAM_BYTES)
-        except (BlockingIOError, InterruptedError):
-            return count
-        except OSError as e:
-            if e.errno in (errno.ECONNREFUSED, errno.EAGAIN):
-                return count
-            raise
-        handle(data)
-    return limit
+def datagram_buffer_bytes(url: ListenURL) -> int:
+    """The receive buffer for a datagram listener: its largest deliverable datagram."""
+    if url.scheme != "unixgram":
+        return UDP_DATAGRAM_BUFFER_BYTES
+    wmem_max = read_sysctl("net/core/wmem_max") or 0
+    return min(max(2 * wmem_max, MIN_UNIX_DATAGRAM_BUFFER_BYTES), MAX_UNIX_DATAGRAM_BUFFER_BYTES)
 
 
-def receive_datagrams(sock: stdsocket.socket, limit: int) -> list[bytes]:
-    """Read up to ``limit`` queued datagrams without blocking."""
-    recv = sock.recv
-    out: list[bytes] = []
-    append = out.append
-    for _ in range(limit):
-        try:
-            append(recv(MAX_DATAGRAM_BYTES))
-        except (BlockingIOError, InterruptedError):
-            break
-        except OSError as e:
-            if e.errno in (errno.ECONNREFUSED, errno.EAGAIN):
+class DatagramReader:
+    """Reads the datagrams queued on one socket, never handing on a cut one.
+
+    The loops read until the socket would block (no scheduler round trip per datagram).
+
+    * UDP: a datagram carries at most 65,527 bytes, so a `UDP_DATAGRAM_BUFFER_BYTES` read
+      cannot cut one; a read that fills the buffer anyway is treated as cut (below). This
+      keeps the hot path at one ``recv`` (one copy) per datagram.
+    * Unix datagrams may be as long as their sender's send buffer: they are received with
+      MSG_TRUNC into one reusable buffer as large as the largest a sender can make
+      (`datagram_buffer_bytes`), and the kernel reports each one's real length.
+
+    A cut datagram (longer than the buffer: possible only for a sender with a forced send
+    buffer) is counted in ``truncated_datagrams``; its complete lines are kept and its cut
+    last line goes to ``refused`` (reason ``truncated``), never to the parser.
+
+    Args:
+        bound: a datagram socket.
+        stats: where ``truncated_datagrams`` is counted.
+        refused: where the cut lines are counted (`RefusedLines`).
+        buffer_bytes: the buffer size; by default `datagram_buffer_bytes`.
+    """
+
+    def __init__(self, bound: BoundSocket, *, stats: IntakeStatistics | None = None,
+                 refused: RefusedLines | None = None, buffer_bytes: int = 0) -> None:
+        self.sock = bound.sock
+        self.listener = str(bound.url)
+        self.size = buffer_bytes or datagram_buffer_bytes(bound.url)
+        self.stats = stats if stats is not None else IntakeStatistics()
+        self.refused = refused or _ignore_refused
+        self._log = RateLimiter(LOG_PER_SECOND)
+        self.buffer: mmap.mmap | None = None
+        if bound.url.scheme == "unixgram":
+            self.buffer = mmap.mmap(-1, self.size)  # pages a datagram never reaches stay free
+
+    def receive(self, limit: int) -> list[bytes]:
+        """Read up to ``limit`` queued datagrams without blocking."""
+        if self.buffer is not None:
+            return self._receive_into(limit, self.buffer)
+        recv, size = self.sock.recv, self.size
+        out: list[bytes] = []
+        append = out.append
+        for _ in range(limit):
+            try:
+                append(recv(size))
+            except (BlockingIOError, InterruptedError):
                 break
-            raise
-    return out
+            except OSError as e:
+                if e.errno in (errno.ECONNREFUSED, errno.EAGAIN):
+                    break
+                raise
+        if size in map(len, out):  # filled the buffer: maybe cut
+            out = [self._cut(data, size) if len(data) == size else data for data in out]
+        return out
+
+    def _receive_into(self, limit: int, buffer: mmap.mmap) -> list[bytes]:
+        recv_into, size = self.sock.recv_into, self.size
+        out: list[bytes] = []
+        append = out.append
+        for _ in range(limit):
+            try:
+                n = recv_into(buffer, size, stdsocket.MSG_TRUNC)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                if e.errno in (errno.ECONNREFUSED, errno.EAGAIN):
+                    break
+                raise
+            append(buffer[:n] if n <= size else self._cut(buffer[:size], n))
+        return out
+
+    def drain(self, handle: Handler, limit: int) -> int:
+        """Read and handle up to ``limit`` queued datagrams, one call each; return how
+        many were read."""
+        count = 0
+        while count < limit:
+            want = min(limit - count, DATAGRAMS_PER_CHECKPOINT)
+            batch = self.receive(want)
+            for data in batch:
+                handle(data)
+            count += len(batch)
+            if len(batch) < want:
+                break
+        return count
+
+    def _cut(self, data: bytes, length: int) -> bytes:
+        """``data`` is the start of a ``length``-byte datagram: keep its whole lines."""
+        end = data.rfind(b"\n") + 1
+        self.stats.truncated_datagrams += 1
+        self.refused("truncated", 1)
+        if self._log.allow():
+            log_event(LOGGER, "datagram_truncated", level=logging.WARNING,
+                      listener=self.listener, bytes=length, buffer_bytes=self.size,
+                      kept_bytes=end, total=self.stats.truncated_datagrams)
+        return data[:end]
 
 
 async def run_datagram_listener(bound: BoundSocket, handle: Handler, *,
-                                handle_batch: BatchHandler | None = None) -> None:
+                                handle_batch: BatchHandler | None = None,
+                                stats: IntakeStatistics | None = None,
+                                refused: RefusedLines | None = None) -> None:
     """Receive datagrams on ``bound`` until cancelled.
 
     Args:
         handle: called once per datagram, unless ``handle_batch`` is given.
         handle_batch: called once per drained burst with all its datagrams: one call
             (and one parser setup) for up to `DATAGRAMS_PER_CHECKPOINT` datagrams.
+        stats, refused: see `DatagramReader`.
     """
+    reader = DatagramReader(bound, stats=stats, refused=refused)
     sock = bound.sock
     limit = DATAGRAMS_PER_CHECKPOINT
     while True:
         await trio.lowlevel.wait_readable(sock)
-        if handle_batch is None:
-            while drain_datagrams(sock, handle, limit) == limit:
-                await trio.lowlevel.checkpoint()
-            continue
         while True:
-            batch = receive_datagrams(sock, limit)
+            batch = reader.receive(limit)
             if batch:
-                handle_batch(batch)
+                if handle_batch is None:
+                    for data in batch:
+                        handle(data)
+                else:
+                    handle_batch(batch)
             if len(batch) < limit:
                 break
             await trio.lowlevel.checkpoint()
 
 
-async def serve_stream(stream: trio.abc.ReceiveStream, handle: Handler, *,
-                       max_line_bytes: int, stats: IntakeStatistics) -> None:
-    """Read newline-framed lines from one stream connection until it ends."""
-    buffer = LineBuffer(max_line_bytes=max_line_bytes)
-    try:
-        while True:
-            chunk = bytes(await stream.receive_some(STREAM_CHUNK_BYTES))  # bytes already: no copy
-            if not chunk:
-                break
-            block = buffer.feed(chunk)
-            if block:
-                handle(block)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    finally:
-        tail = buffer.flush()
-        if tail:
-            handle(tail)
-        stats.overlong_stream_lines += buffer.overlong_lines
-        if buffer.overlong_lines:
-            log_event(LOGGER, "stream_line_too_long", level=logging.WARNING,
-                      count=buffer.overlong_lines, limit_bytes=max_line_bytes)
-
-
-async def run_stream_listener(bound: BoundSocket, handle: Handler, *, max_line_bytes: int,
-                              max_connections: int, stats: IntakeStatistics) -> None:
-    """Accept stream connections on ``bound`` until cancelled."""
-    listener = trio.SocketListener(trio.socket.from_stdlib_socket(bound.sock))
-    active = 0
-
-    async def connection(stream: trio.SocketStream) -> None:
-        nonlocal active
-        if active >= max_connections:
-            stats.stream_connections_refused += 1
-            log_event(LOGGER, "connection_refused", level=logging.WARNING,
-                      listener=str(bound.url), reason="max_tcp_connections",
-                      limit=max_connections)
-            await stream.aclose()
-            return
-        active += 1
-        stats.stream_connections += 1
-        try:
-            async with stream:
-                await serve_stream(stream, handle, max_line_bytes=max_line_bytes, stats=stats)
-        finally:
-            active -= 1
-
-    await trio.serve_listeners(connection, [listener])
-
-
 def close_listener(bound: BoundSocket) -> None:
-    """Close the socket; remove a Unix socket's file."""
+    """Close the socket; remove a Unix socket's file if this process bound it and the file
+    is still the one it bound (another daemon may have replaced a stale one since)."""
     bound.sock.close()
-    if bound.url.scheme in ("unix", "unixgram"):
-        try:
+    if bound.file_id is None or bound.owner_pid != os.getpid():
+        return
+    try:
+        st = os.stat(bound.url.path)
+        if (st.st_dev, st.st_ino) == bound.file_id:
             os.unlink(bound.url.path)
-        except OSError:
-            pass
+    except OSError:
+        pass

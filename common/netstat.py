@@ -1,4 +1,4 @@
-"""Kernel-side drop counters of our own UDP sockets, read from /proc/net/udp{,6}.
+"""Kernel-side facts about our sockets: UDP drop counters from /proc/net/udp{,6}, sysctls.
 
 When a UDP receive buffer overflows, the kernel drops datagrams before any program sees
 them; the only trace is the ``drops`` column of the socket's row in /proc/net/udp. Reading
@@ -42,3 +42,13 @@ def udp_socket_drops(sock: socket.socket) -> int | None:
         if cols[9] == inode:
             return int(cols[-1])
     return None
+
+
+def read_sysctl(name: str, *, root: str = "/proc/sys") -> int | None:
+    """An integer kernel setting, e.g. ``read_sysctl("net/unix/max_dgram_qlen")``; None
+    when it cannot be read (not Linux, or hidden in a container)."""
+    try:
+        with open(os.path.join(root, name), encoding="ascii") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None

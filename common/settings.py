@@ -15,8 +15,13 @@ from .config import setting, to_strings
 
 #: The longest line: a UDP datagram's maximum; a longer line is never real data.
 DEFAULT_MAX_LINE_BYTES: Final = 65_536
-#: Stream connections served at once: each costs a task and a buffer.
+#: Stream connections served at once by the whole daemon (every worker, tcp and unix):
+#: each costs a task, a buffer of up to max_line_bytes and a file descriptor.
 DEFAULT_MAX_TCP_CONNECTIONS: Final = 1024
+#: A stream connection that sends nothing this long is closed: a stalled client gives its
+#: place back within minutes even while the daemon is not full (when it is full, idle ones
+#: are evicted sooner, see common.streams). Longer than any sane client's send interval.
+DEFAULT_TCP_IDLE_TIMEOUT_SECONDS: Final = 300.0
 #: Kernel receive buffer asked for on UDP sockets: 32 MiB holds about a second of
 #: 1 Gbit/s, enough to ride out a flush or a pause. Raised past net.core.rmem_max with
 #: SO_RCVBUFFORCE when running as root.
@@ -34,7 +39,22 @@ def max_line_bytes_setting() -> Any:
 def max_tcp_connections_setting() -> Any:
     return setting(DEFAULT_MAX_TCP_CONNECTIONS, kind="int", converter=int, validator=v.ge(1),
                    metavar="N",
-                   help="stream connections served at once; more are refused and logged")
+                   help="stream (tcp and unix) connections open at once in the whole daemon, "
+                        "all workers together; when full, the longest-idle connection (idle "
+                        "1 s or more) is closed for a new one, else the new one is refused")
+
+
+def tcp_idle_timeout_seconds_setting() -> Any:
+    return setting(DEFAULT_TCP_IDLE_TIMEOUT_SECONDS, kind="float", converter=float,
+                   validator=v.ge(0), metavar="SECONDS",
+                   help="close a stream connection that sends nothing for this long "
+                        "(0: never)")
+
+
+def reuse_port_setting() -> Any:
+    return setting(False, kind="bool",
+                   help="share udp/tcp listen ports with other processes that set it too "
+                        "(SO_REUSEPORT); without it, a port in use is an error")
 
 
 def udp_receive_buffer_bytes_setting() -> Any:

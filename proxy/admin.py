@@ -53,8 +53,7 @@ class ProxyAdmin:
             ("proxy.lines_received", route.lines + (proxy.auth.stats.refused
                                                     if proxy.auth is not None else 0)),
             ("proxy.lines_sent", sum(f.stats.sent_lines for f in proxy.forwarders)),
-            ("intake.stream_connections", self.intake.stream_connections),
-            ("intake.stream_connections_refused", self.intake.stream_connections_refused),
+            *((f"intake.{name}", count) for name, count in attrs.asdict(self.intake).items()),
         ]
         lines += [(f"proxy.dropped.{reason}", count)
                   for reason, count in sorted(proxy.dropped().items())]

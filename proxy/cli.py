@@ -183,6 +183,8 @@ def supervise(config: ProxyConfig) -> int:
         time.sleep(1.0)
         if not stopping:
             spawn(index)
+    for sock in {id(s): s for g in groups for s in g}.values():
+        close_listener(sock)  # a unix socket's file goes with the parent, which bound it
     return min(worst, 1) if worst != 2 else 2
 
 

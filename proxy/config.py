@@ -27,6 +27,8 @@ from common.settings import (
     max_line_bytes_setting,
     max_tcp_connections_setting,
     mgmt_address_setting,
+    reuse_port_setting,
+    tcp_idle_timeout_seconds_setting,
     udp_receive_buffer_bytes_setting,
 )
 
@@ -119,6 +121,8 @@ class ProxyConfig:
     auth_revoked_tokens: tuple[str, ...] = auth_revoked_tokens_setting()
     max_line_bytes: int = max_line_bytes_setting()
     max_tcp_connections: int = max_tcp_connections_setting()
+    tcp_idle_timeout_seconds: float = tcp_idle_timeout_seconds_setting()
+    reuse_port: bool = reuse_port_setting()
     udp_receive_buffer_bytes: int = udp_receive_buffer_bytes_setting()
     mgmt_address: str = mgmt_address_setting()
     mgmt_port: int = setting(

@@ -33,13 +33,13 @@ from common.errors import ConfigError
 from common.listener import (
     BoundAddresses,
     BoundSocket,
+    DatagramReader,
     IntakeStatistics,
     bind_listeners,
     close_listener,
-    drain_datagrams,
-    run_stream_listener,
 )
 from common.logging import log_event
+from common.streams import StreamConnections, run_stream_listener
 
 from .admin import ProxyAdmin
 from .config import ProxyConfig, check_config
@@ -98,12 +98,22 @@ class Proxy:
         self.router.route(block)
         self.dispatch()
 
-    async def run_datagram_intake(self, bound: BoundSocket) -> None:
+    def refused(self, reason: str, lines: int) -> None:
+        """Lines the intake refused before routing (too long, cut): received and dropped."""
+        stats = self.router.stats
+        stats.lines += lines
+        if reason == "line_too_long":
+            stats.too_long += lines
+        else:
+            stats.bad_lines += lines
+
+    async def run_datagram_intake(self, bound: BoundSocket, intake: IntakeStatistics) -> None:
         sock, route = bound.sock, self.router.route
+        reader = DatagramReader(bound, stats=intake, refused=self.refused)
         while True:
             await trio.lowlevel.wait_readable(sock)
             while True:
-                count = drain_datagrams(sock, route, DATAGRAMS_PER_BATCH)
+                count = reader.drain(route, DATAGRAMS_PER_BATCH)
                 self.dispatch()
                 if count < DATAGRAMS_PER_BATCH:
                     break
@@ -165,9 +175,11 @@ async def serve(
     check_config(config)
     proxy = Proxy(config)
     if bound is None:
-        bound = bind_listeners(config.listen,
+        bound = bind_listeners(config.listen, reuse_port=config.reuse_port,
                                receive_buffer_bytes=config.udp_receive_buffer_bytes)
     intake = IntakeStatistics()
+    connections = StreamConnections(max_connections=config.max_tcp_connections, stats=intake,
+                                    idle_timeout_seconds=config.tcp_idle_timeout_seconds)
     mgmt_port = config.mgmt_port + process_index if config.mgmt_port else 0
     try:
         mgmt_listeners = await trio.open_tcp_listeners(mgmt_port, host=config.mgmt_address)
@@ -205,9 +217,9 @@ async def serve(
                                 inner.start_soon(partial(
                                     run_stream_listener, b, proxy.handle_block,
                                     max_line_bytes=config.max_line_bytes,
-                                    max_connections=config.max_tcp_connections, stats=intake))
+                                    connections=connections, refused=proxy.refused))
                             else:
-                                inner.start_soon(proxy.run_datagram_intake, b)
+                                inner.start_soon(proxy.run_datagram_intake, b, intake)
 
             nursery.start_soon(run_intake)
             for kind, address in addresses.intake:
@@ -229,7 +241,8 @@ async def serve(
                 intake_scope.cancel()
                 for b in bound:
                     if not b.url.is_stream:
-                        while drain_datagrams(b.sock, proxy.router.route, 10_000) == 10_000:
+                        reader = DatagramReader(b, stats=intake, refused=proxy.refused)
+                        while reader.drain(proxy.router.route, 10_000) == 10_000:
                             pass
                 proxy.dispatch(final=True)
                 for forwarder in proxy.forwarders:

@@ -297,3 +297,23 @@ async def test_serve_tcp_forwarding_reconnects_after_aggregator_restart() -> Non
             assert int(stats["aggregator.0.connects"]) == 2
         nursery.cancel_scope.cancel()
     assert b"".join(received) == b"before:1|c\nduring:1|c\nduring:2|c\n"
+
+
+async def test_serve_counts_overlong_stream_line_over_many_reads() -> None:
+    sink = await UdpSink().bind()
+    config = make_config([f"127.0.0.1:{sink.port}"], listen=["tcp://127.0.0.1:0"],
+                         max_line_bytes=1000)
+    async with running_proxy(config, [sink]) as (addresses, _):
+        host, _, port = addresses.first("tcp").rpartition(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(b"a:1|c\nlong:")
+            for _ in range(5):
+                await stream.send_all(b"1" * 600)
+                await trio.sleep(0.02)
+            await stream.send_all(b"|c\nb:2|c\n")
+        await wait_for(lambda: len(sink.lines) == 2)
+        stats = await admin_stats(addresses.mgmt)
+    assert sink.lines == [b"a:1|c", b"b:2|c"]
+    assert stats["proxy.dropped.line_too_long"] == "1"
+    assert stats["proxy.lines_received"] == "3"

@@ -1,0 +1,155 @@
+"""The intake in serve(): datagram truncation, refused stream lines, connection limits,
+the unixgram queue warning. Real loopback sockets, fake time."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+import pytest
+import trio
+from test_aggregator_serve import host_port, make_config, start
+
+import common.listener
+from common.address import ListenURL
+from common.listener import DatagramReader, IntakeStatistics, bind_listener
+from support.triosink import TrioSink
+
+
+def internal(sink: TrioSink, measure: str) -> float:
+    return sum(sink.values(b"stats_counts.statsd." + measure.encode()))
+
+
+async def test_unix_datagram_over_64k_is_read_whole(nursery, sink: TrioSink, wall_clock,
+                                                    tmp_path: Path, autojump_clock) -> None:
+    path = f"{tmp_path}/g.sock"
+    config = make_config(listen=[f"unixgram://{path}"], carbon=[f"127.0.0.1:{sink.port}"])
+    await start(nursery, config, wall_clock)
+    datagram = b"\n".join([b"big.count:1|c"] * 10_000) + b"\nx:10|c"  # 140 kB
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        client.sendto(datagram, path)
+    await sink.wait_for(lambda lines: bool(sink.values(b"stats_counts.big.count")))
+    assert sink.values(b"stats_counts.big.count") == [10_000.0]
+    assert sink.values(b"stats_counts.x") == [10.0]  # not "x:1" cut from "x:10|c"
+    assert internal(sink, "metrics_received") == 10_001
+    assert internal(sink, "bad_lines_seen") == 0
+
+
+@pytest.mark.parametrize("scheme", ["udp", "unixgram"])
+def test_truncated_datagram_keeps_whole_lines_and_counts_the_cut_one(scheme: str,
+                                                                     tmp_path: Path) -> None:
+    url = (ListenURL(scheme, host="127.0.0.1") if scheme == "udp"
+           else ListenURL(scheme, path=f"{tmp_path}/t.sock"))
+    bound = bind_listener(url)
+    refused: list[tuple[str, int]] = []
+    stats = IntakeStatistics()
+    reader = DatagramReader(bound, stats=stats, refused=lambda r, n: refused.append((r, n)),
+                            buffer_bytes=26)
+    target = bound.sock.getsockname()
+    try:
+        with socket.socket(bound.sock.family, socket.SOCK_DGRAM) as client:
+            client.sendto(b"aa:1|c\nbb:2|c\ncc:3|c\ndd:44|c\nee:5|c\n", target)  # 36 bytes
+            client.sendto(b"ok:1|c", target)
+            got = reader.receive(10)
+    finally:
+        common.listener.close_listener(bound)
+    assert got == [b"aa:1|c\nbb:2|c\ncc:3|c\n", b"ok:1|c"]  # "dd:44" cut to "dd:44": never parsed
+    assert stats.truncated_datagrams == 1
+    assert refused == [("truncated", 1)]
+
+
+async def test_overlong_stream_line_over_many_reads_is_counted(nursery, sink: TrioSink,
+                                                               wall_clock,
+                                                               autojump_clock) -> None:
+    config = make_config(listen=["tcp://127.0.0.1:0"], carbon=[f"127.0.0.1:{sink.port}"],
+                         max_line_bytes=1000)
+    addrs = await start(nursery, config, wall_clock)
+    stream = await trio.open_tcp_stream(*host_port(addrs.first("tcp")))
+    async with stream:
+        await stream.send_all(b"good:1|c\nlong:")
+        for _ in range(5):  # five reads at least: each waits for the next send
+            await stream.send_all(b"1" * 600)
+            await trio.sleep(0.1)
+        await stream.send_all(b"|c\ngood:1|c\n")
+    await sink.wait_for(lambda lines: bool(sink.values(b"stats_counts.good")))
+    assert sink.values(b"stats_counts.good") == [2.0]
+    assert internal(sink, "bad_lines_seen") == 1
+    assert internal(sink, "metrics_received") == 3
+
+
+async def connect_and_send(address: str, line: bytes) -> trio.SocketStream:
+    stream = await trio.open_tcp_stream(*host_port(address))
+    await stream.send_all(line)
+    return stream
+
+
+async def closed_by_server(stream: trio.SocketStream) -> bool:
+    with trio.move_on_after(0.05):
+        return await stream.receive_some(10) == b""
+    return False
+
+
+async def test_full_daemon_evicts_the_longest_idle_connection(nursery, sink: TrioSink,
+                                                              wall_clock,
+                                                              autojump_clock) -> None:
+    config = make_config(listen=["tcp://127.0.0.1:0"], carbon=[f"127.0.0.1:{sink.port}"],
+                         max_tcp_connections=2)
+    addrs = await start(nursery, config, wall_clock)
+    tcp = addrs.first("tcp")
+    oldest = await connect_and_send(tcp, b"c:1|c\n")
+    await trio.sleep(0.5)
+    busy = await connect_and_send(tcp, b"c:1|c\n")
+    await trio.sleep(2)  # both idle now, "oldest" the longest
+    await busy.send_all(b"c:1|c\n")
+    await trio.sleep(0.01)
+    newcomer = await connect_and_send(tcp, b"c:1|c\n")
+    await trio.sleep(0.1)
+    assert await closed_by_server(oldest)
+    assert not await closed_by_server(busy)
+    # "busy" sent 0.1 s ago: not evictable, so a fourth client is refused.
+    late = await connect_and_send(tcp, b"lost:1|c\n")
+    assert await closed_by_server(late)
+    await newcomer.send_all(b"c:1|c\n")
+    await sink.wait_for(lambda lines: bool(sink.values(b"stats_counts.c")))
+    assert sink.values(b"stats_counts.c") == [5.0]
+    for s in (oldest, busy, newcomer, late):
+        await s.aclose()
+
+
+async def test_idle_connection_is_closed_after_the_timeout(nursery, sink: TrioSink, wall_clock,
+                                                           autojump_clock) -> None:
+    config = make_config(listen=["tcp://127.0.0.1:0"], carbon=[f"127.0.0.1:{sink.port}"],
+                         tcp_idle_timeout_seconds=30)
+    addrs = await start(nursery, config, wall_clock)
+    idle = await connect_and_send(addrs.first("tcp"), b"c:1|c\nhalf:")
+    await trio.sleep(20)
+    assert not await closed_by_server(idle)
+    await trio.sleep(11)
+    assert await closed_by_server(idle)
+    await idle.aclose()
+    await sink.wait_for(lambda lines: bool(sink.values(b"stats_counts.c")))
+    await sink.wait_for(lambda lines: internal(sink, "bad_lines_seen") >= 1)
+    assert internal(sink, "bad_lines_seen") == 1  # "half:", cut by the close: not parsed
+    assert not sink.values(b"stats_counts.half")
+
+
+def test_short_unix_dgram_queue_is_warned_about(tmp_path: Path, monkeypatch,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    values = {"net/unix/max_dgram_qlen": 10}
+    monkeypatch.setattr(common.listener, "read_sysctl", lambda name: values.get(name))
+    caplog.set_level(logging.WARNING)
+    bound = bind_listener(ListenURL("unixgram", path=f"{tmp_path}/q.sock"))
+    common.listener.close_listener(bound)
+    warned = [r for r in caplog.records if r.getMessage() == "unix_dgram_queue_short"]
+    assert len(warned) == 1
+    fields = warned[0].fields  # type: ignore[attr-defined]
+    assert fields["sysctl"] == "net.unix.max_dgram_qlen"
+    assert fields["value"] == 10
+    values["net/unix/max_dgram_qlen"] = 4096
+    caplog.clear()
+    common.listener.close_listener(bind_listener(ListenURL("unixgram", path=f"{tmp_path}/r.sock")))
+    assert not [r for r in caplog.records if r.getMessage() == "unix_dgram_queue_short"]
+
+
