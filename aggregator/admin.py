@@ -14,7 +14,7 @@ from typing import Any, Final
 import attrs
 import trio
 
-from common.admin import END
+from common.admin import COMMANDS, END
 from common.admin_server import PeerUnavailable
 from common.auth import TokenAuth
 from common.listener import IntakeStatistics
@@ -29,6 +29,8 @@ PEER_TIMEOUT: Final = 5.0
 
 class AggregatorAdmin:
     """The aggregator as the management protocol sees it."""
+
+    commands: Sequence[str] = COMMANDS
 
     def __init__(self, config: AggregatorConfig, aggregator: Aggregator,
                  carbon: CarbonOutput | None, intake: IntakeStatistics,
