@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import Sequence
 from functools import partial
@@ -13,10 +14,11 @@ import pytest
 import trio
 
 from aggregator.admin import AggregatorAdmin, WorkerAdminPeers, open_worker_admin
+from aggregator.carbon import CarbonOutput
 from aggregator.config import AggregatorConfig
 from aggregator.ledger import Aggregator
 from aggregator.server import serve
-from common.admin import STATELESS_COMMANDS
+from common.admin import STATELESS_COMMANDS, handle_command
 from common.admin_server import AdminLimits, answer, run_admin_server
 from common.config import config_from_mapping
 from common.listener import IntakeStatistics
@@ -235,3 +237,32 @@ async def test_a_full_admin_port_serves_the_newcomer_and_closes_the_longest_idle
         for i in range(len(evicted), len(hogs)):
             timeout = LIMITS.command_seconds if i % 2 else LIMITS.idle_seconds
             assert closed[i] == pytest.approx(i * 0.5 + timeout, abs=0.1)
+
+
+async def test_stats_prints_etsys_plain_graphite_lines_over_the_nodes_and_the_per_node_ones(
+        ) -> None:
+    config = config_from_mapping(AggregatorConfig, {
+        "listen": ["udp://127.0.0.1:0"], "carbon": ["127.0.0.1:2003", "127.0.0.2:2003"]})
+    carbon = CarbonOutput(config)
+    now = time.time()
+    first, second = carbon.senders.values()
+    first.last_flush, second.last_flush = now - 3, now - 30
+    first.last_exception, second.last_exception = now - 100, now - 7
+    first.flush_time_ms, second.flush_time_ms = 12.0, 4.0
+    first.flush_length, second.flush_length = 1000, 234
+    admin = AggregatorAdmin(config, Aggregator(config.ledger_options), carbon,
+                            IntakeStatistics())
+    reply, _ = handle_command("stats", admin)
+    rows = dict(row.split(": ", 1) for row in reply.removesuffix("END\n\n").splitlines())
+    assert abs(int(rows["graphite.last_flush"]) - 30) <= 1  # the node furthest behind
+    assert abs(int(rows["graphite.last_exception"]) - 7) <= 1  # the latest exception
+    assert rows["graphite.flush_time"] == "12"  # the slowest, ms
+    assert rows["graphite.flush_length"] == "1234"  # every node's bytes
+    assert rows["graphite.127.0.0.1:2003.last_flush"] in ("2", "3", "4")  # per node, kept
+    assert rows["graphite.127.0.0.2:2003.last_exception"] in ("6", "7", "8")
+    # With no exception at all, Etsy prints seconds since the epoch.
+    first.last_exception = second.last_exception = 0.0
+    rows = dict(row.split(": ", 1)
+                for row in handle_command("stats", admin)[0].removesuffix("END\n\n").splitlines())
+    assert abs(int(rows["graphite.last_exception"]) - now) <= 2
+    assert rows["graphite.127.0.0.1:2003.last_exception"] == "never"
