@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -34,6 +33,8 @@ from typing import Final
 import trio
 
 from common.address import format_host_port
+from common.admin_server import bind_admin_socket
+from common.errors import ConfigError
 from common.listener import bind_listeners, close_listener
 from common.logging import log_event
 
@@ -56,8 +57,12 @@ READY_TIMEOUT_SECONDS: Final = 60.0
 async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int) -> int:
     """Run ``workers`` worker processes until a stop signal; return the exit code."""
     bound = bind_listeners(config.listen, receive_buffer_bytes=config.udp_receive_buffer_bytes)
-    family = socket.AF_INET6 if ":" in config.mgmt_address else socket.AF_INET
-    mgmt = socket.create_server((config.mgmt_address, config.mgmt_port), family=family)
+    try:
+        mgmt = bind_admin_socket(config.mgmt_address, config.mgmt_port)
+    except ConfigError:  # one line and exit 2 (cli.main), never a traceback
+        for b in bound:
+            close_listener(b)
+        raise
     mgmt_address = format_host_port(*mgmt.getsockname()[:2])
     exchange = f"tallyd-{os.getpid()}-{os.urandom(4).hex()}"
     # The workers hold the read end; only we hold the write end, so they read EOF (and stop)

@@ -19,12 +19,15 @@ operator) whatever other clients do, so no client can hold a connection for free
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Sequence
 from typing import Final, Protocol
 
 import attrs
 import trio
 
+from .address import format_host_port
 from .admin import (
     END,
     AdminTarget,
@@ -34,6 +37,7 @@ from .admin import (
     per_name,
     take_commands,
 )
+from .errors import ConfigError
 from .logging import log_event
 
 LOGGER = logging.getLogger(__name__)
@@ -70,6 +74,38 @@ class _Slot:
 
     scope: trio.CancelScope
     last_command: float
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return ConfigError(f"cannot bind the admin port {format_host_port(host, port)}: {reason}",
+                       key="mgmt_port")
+
+
+def bind_admin_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket for the admin port (the multi-worker supervisor binds it and
+    hands it to worker 0).
+
+    Raises:
+        ConfigError: when it cannot be bound (in use, not a local address, no permission).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise _bind_error(host, port, exc) from exc
+
+
+async def open_admin_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """The listeners of the admin port, on every address ``host`` resolves to.
+
+    Raises:
+        ConfigError: when it cannot be bound (in use, not a local address, no permission).
+    """
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise _bind_error(host, port, exc) from exc
 
 
 class AdminPeers(Protocol):
