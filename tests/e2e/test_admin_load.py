@@ -32,7 +32,7 @@ PROBE_INTERVAL = 0.2
 @pytest.fixture
 def aggregator() -> Iterator[AggregatorProcess]:
     proc = start_aggregator(["--listen", "udp://127.0.0.1:0", "--mgmt-port", "0",
-                             "--flush-interval", "1", "--workers", "1"])
+                             "--flush-interval", "1", "--workers", "2"])
     try:
         yield proc
     finally:

@@ -22,6 +22,8 @@ from common.admin import STATELESS_COMMANDS, handle_command
 from common.admin_server import AdminLimits, answer, run_admin_server
 from common.config import config_from_mapping
 from common.listener import IntakeStatistics
+from proxy.config import ProxyConfig
+from proxy.server import serve as proxy_serve
 
 
 async def ask(stream: trio.SocketStream, command: bytes, end: bytes) -> str:
@@ -266,3 +268,21 @@ async def test_stats_prints_etsys_plain_graphite_lines_over_the_nodes_and_the_pe
                 for row in handle_command("stats", admin)[0].removesuffix("END\n\n").splitlines())
     assert abs(int(rows["graphite.last_exception"]) - now) <= 2
     assert rows["graphite.127.0.0.1:2003.last_exception"] == "never"
+
+
+async def test_a_live_proxys_help_lists_what_works_and_the_rest_answers_why(nursery) -> None:
+    config = config_from_mapping(ProxyConfig, {"listen": ["udp://127.0.0.1:0"],
+                                               "aggregator": ["127.0.0.1:9"], "mgmt_port": 0})
+    addrs = await nursery.start(partial(proxy_serve, config))
+    mhost, mport = addrs.mgmt.rsplit(":", 1)
+    async with await trio.open_tcp_stream(mhost, int(mport)) as stream:
+        assert await ask(stream, b"help\n", b"\n\n") == (
+            "Commands: stats, health, config, help, quit\n\n")
+        for command in ("counters", "timers", "gauges", "delcounters a", "deltimers",
+                        "delgauges b"):
+            name = command.split()[0]
+            assert await ask(stream, command.encode() + b"\n", b"\n") == (
+                f"ERROR {name}: not available here (this daemon holds no metric values)\n")
+        assert await ask(stream, b"bogus\n", b"\n") == (
+            "ERROR unknown command 'bogus': try help (stats, health, config, help, quit)\n")
+        assert (await ask(stream, b"stats\n", b"END\n\n")).startswith("uptime: ")
