@@ -24,6 +24,8 @@ from common.errors import ConfigError
 from common.protocol import sanitize_key
 from common.ring import RING_HASHES, CarbonNode, parse_carbon_node
 from common.settings import (
+    AGGREGATOR_MGMT_PORT,
+    AGGREGATOR_STATSD_PORT,
     auth_mode_setting,
     auth_revoked_tokens_setting,
     auth_tokens_setting,
@@ -39,7 +41,8 @@ from .ledger import LedgerOptions
 from .timers import Bound, timer_metric_filter
 
 # Defaults, with why.
-DEFAULT_LISTEN: Final = ["udp://0.0.0.0:8125"]  # Etsy: UDP port 8125 on every interface
+#: Etsy: UDP port 8125 on every interface (the ports table: docs/operations.md, "Ports").
+DEFAULT_LISTEN: Final = [f"udp://0.0.0.0:{AGGREGATOR_STATSD_PORT}"]
 DEFAULT_FLUSH_INTERVAL_SECONDS: Final = 10.0  # Etsy's flushInterval, 10000 ms
 #: A flush interval given as a bare number above this is refused: 10 minutes is longer than
 #: any Graphite retention step in use, and Etsy's usual values in milliseconds (1000, 10000,
@@ -48,7 +51,7 @@ MAX_BARE_FLUSH_INTERVAL_SECONDS: Final = 600.0
 #: Shorter flushes would be mostly overhead; longer than a day is no interval at all.
 MIN_FLUSH_INTERVAL_SECONDS: Final = 0.1
 MAX_FLUSH_INTERVAL_SECONDS: Final = 86400.0
-DEFAULT_MGMT_PORT: Final = 8126  # Etsy's mgmt_port
+DEFAULT_MGMT_PORT: Final = AGGREGATOR_MGMT_PORT  # Etsy's mgmt_port
 DEFAULT_CARBON_BUFFER_BYTES: Final = 256 * 1024 * 1024  # ~3M lines waiting for one node
 #: On SIGTERM: waiting for the interval in progress to end (at most 3/4 of this), then the
 #: final flush and its delivery. 15 s covers the default 10 s interval with time to deliver.
