@@ -77,7 +77,10 @@ class _Slot:
 
 
 def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
-    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    # The errno's own words (a name that does not resolve has a negative errno and words of
+    # its own).
+    reason = (os.strerror(exc.errno) if isinstance(exc.errno, int) and exc.errno > 0
+              else exc.strerror or str(exc))
     return ConfigError(f"cannot bind the admin port {format_host_port(host, port)}: {reason}",
                        key="mgmt_port")
 
@@ -89,11 +92,15 @@ def bind_admin_socket(host: str, port: int) -> socket.socket:
     Raises:
         ConfigError: when it cannot be bound (in use, not a local address, no permission).
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
-        return socket.create_server((host, port), family=family)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as socket.create_server
+        sock.bind((host, port))
+        sock.listen()
     except OSError as exc:
+        sock.close()
         raise _bind_error(host, port, exc) from exc
+    return sock
 
 
 async def open_admin_listeners(host: str, port: int) -> list[trio.SocketListener]:
