@@ -57,8 +57,13 @@ class AdminTarget(Protocol):
 
 
 def format_help(commands: Sequence[str]) -> str:
-    """The answer to ``help``: the commands that work on this daemon."""
-    return f"Commands: {', '.join(commands)}\n\n"
+    """The answer to ``help``: the commands that work on this daemon (Etsy's words and order:
+    the aggregator's answer is Etsy's, byte for byte)."""
+    return f"Commands: {_listed(commands)}\n\n"
+
+
+def _listed(commands: Sequence[str]) -> str:
+    return ", ".join(c for c in commands if c != "help")
 
 
 def unknown_command(cmd: str, commands: Sequence[str]) -> str:
@@ -66,7 +71,7 @@ def unknown_command(cmd: str, commands: Sequence[str]) -> str:
     shown = cmd if len(cmd) <= 40 else cmd[:40] + "..."
     if cmd in COMMANDS:
         return f"ERROR {shown}: not available here (this daemon holds no metric values)\n"
-    return f"ERROR unknown command {shown!r}: try help ({', '.join(commands)})\n"
+    return f"ERROR unknown command {shown!r}: try help ({_listed(commands)})\n"
 
 
 def handle_command(line: str, target: AdminTarget) -> tuple[str, bool]:

@@ -65,7 +65,7 @@ async def test_admin_commands_on_live_aggregator(nursery, wall_clock, autojump_c
         assert config_reply.startswith("\n") and "\nflush_interval: 10.0\n" in config_reply
         assert await ask(stream, b"nonsense\n", b"\n") == (
             "ERROR unknown command 'nonsense': try help (stats, counters, timers, gauges, "
-            "delcounters, deltimers, delgauges, health, config, help, quit)\n")
+            "delcounters, deltimers, delgauges, health, config, quit)\n")
         await stream.send_all(b"quit\n")
         assert await stream.receive_some(10) == b""
 
@@ -277,12 +277,12 @@ async def test_a_live_proxys_help_lists_what_works_and_the_rest_answers_why(nurs
     mhost, mport = addrs.mgmt.rsplit(":", 1)
     async with await trio.open_tcp_stream(mhost, int(mport)) as stream:
         assert await ask(stream, b"help\n", b"\n\n") == (
-            "Commands: stats, health, config, help, quit\n\n")
+            "Commands: stats, health, config, quit\n\n")
         for command in ("counters", "timers", "gauges", "delcounters a", "deltimers",
                         "delgauges b"):
             name = command.split()[0]
             assert await ask(stream, command.encode() + b"\n", b"\n") == (
                 f"ERROR {name}: not available here (this daemon holds no metric values)\n")
         assert await ask(stream, b"bogus\n", b"\n") == (
-            "ERROR unknown command 'bogus': try help (stats, health, config, help, quit)\n")
+            "ERROR unknown command 'bogus': try help (stats, health, config, quit)\n")
         assert (await ask(stream, b"stats\n", b"END\n\n")).startswith("uptime: ")
