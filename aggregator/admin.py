@@ -16,7 +16,7 @@ from typing import Any, Final
 import attrs
 import trio
 
-from common.admin import END
+from common.admin import COMMANDS, END
 from common.admin_server import PeerUnavailable
 from common.auth import TokenAuth
 from common.listener import IntakeStatistics
@@ -31,6 +31,8 @@ PEER_TIMEOUT: Final = 5.0
 
 class AggregatorAdmin:
     """The aggregator as the management protocol sees it."""
+
+    commands: Sequence[str] = COMMANDS
 
     def __init__(self, config: AggregatorConfig, aggregator: Aggregator,
                  carbon: CarbonOutput | None, intake: IntakeStatistics,
@@ -58,6 +60,17 @@ class AggregatorAdmin:
                       ("auth.refused_lines.invalid", self.auth.stats.invalid),
                       ("auth.refused_lines.revoked", self.auth.stats.revoked)]
         if self.carbon is not None:
+            # Etsy's graphite backend lines, over every node: the oldest node's last flush,
+            # the latest exception, the slowest flush (ms) and the bytes of all; last_* are
+            # seconds ago, as Etsy prints them (last_exception with none: seconds since 1970).
+            graphite = self.carbon.graphite_stats()
+            lines += [
+                ("graphite.last_flush", round(now) - graphite["graphiteStats.last_flush"]),
+                ("graphite.last_exception",
+                 round(now) - graphite["graphiteStats.last_exception"]),
+                ("graphite.flush_time", graphite["graphiteStats.flush_time"]),
+                ("graphite.flush_length", graphite["graphiteStats.flush_length"]),
+            ]
             for sender in self.carbon.senders.values():
                 s = sender.statistics()
                 lines += [

@@ -25,6 +25,7 @@ import trio
 from common.config import (
     add_arguments,
     add_config_arguments,
+    add_version_argument,
     apply_arguments,
     config_from_mapping,
     format_toml,
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tallyd-aggregator",
         description="StatsD aggregator: receives StatsD lines, flushes aggregates to Carbon.",
     )
+    add_version_argument(parser)
     add_config_arguments(parser)
     parser.add_argument("--etsy-config", metavar="FILE",
                         help="an Etsy statsd config file (JS object) to migrate from")

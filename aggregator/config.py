@@ -19,11 +19,13 @@ from attrs import validators as v
 
 from common.address import Endpoint, ListenURL, parse_listen_urls
 from common.auth import make_auth
-from common.config import setting, to_strings
+from common.config import duration_converter, setting, to_strings
 from common.errors import ConfigError
 from common.protocol import sanitize_key
 from common.ring import RING_HASHES, CarbonNode, Ring, parse_carbon_node
 from common.settings import (
+    AGGREGATOR_MGMT_PORT,
+    AGGREGATOR_STATSD_PORT,
     auth_mode_setting,
     auth_revoked_tokens_setting,
     auth_tokens_setting,
@@ -41,9 +43,17 @@ from .ledger import LedgerOptions
 from .timers import Bound, timer_metric_filter
 
 # Defaults, with why.
-DEFAULT_LISTEN: Final = ["udp://0.0.0.0:8125"]  # Etsy: UDP port 8125 on every interface
+#: Etsy: UDP port 8125 on every interface (the ports table: docs/operations.md, "Ports").
+DEFAULT_LISTEN: Final = [f"udp://0.0.0.0:{AGGREGATOR_STATSD_PORT}"]
 DEFAULT_FLUSH_INTERVAL_SECONDS: Final = 10.0  # Etsy's flushInterval, 10000 ms
-DEFAULT_MGMT_PORT: Final = 8126  # Etsy's mgmt_port
+#: A flush interval given as a bare number above this is refused: 10 minutes is longer than
+#: any Graphite retention step in use, and Etsy's usual values in milliseconds (1000, 10000,
+#: 60000) are all above it. A longer interval is written with its unit ("3600s").
+MAX_BARE_FLUSH_INTERVAL_SECONDS: Final = 600.0
+#: Shorter flushes would be mostly overhead; longer than a day is no interval at all.
+MIN_FLUSH_INTERVAL_SECONDS: Final = 0.1
+MAX_FLUSH_INTERVAL_SECONDS: Final = 86400.0
+DEFAULT_MGMT_PORT: Final = AGGREGATOR_MGMT_PORT  # Etsy's mgmt_port
 DEFAULT_CARBON_BUFFER_BYTES: Final = 256 * 1024 * 1024  # ~3M lines waiting for one node
 #: On SIGTERM: waiting for the interval in progress to end (at most 3/4 of this), then the
 #: final flush and its delivery. 15 s covers the default 10 s interval with time to deliver.
@@ -129,6 +139,13 @@ def _check_identity(_obj: object, _attr: object, value: str | None) -> None:
         raise ConfigError(f"{value!r}: use letters, digits, _ and - only", key="identity")
 
 
+def _check_flush_interval(_obj: object, _attr: object, value: float) -> None:
+    if not MIN_FLUSH_INTERVAL_SECONDS <= value <= MAX_FLUSH_INTERVAL_SECONDS:
+        raise ConfigError(
+            f"{value:g} s is out of range: from {MIN_FLUSH_INTERVAL_SECONDS:g} s (100ms) to "
+            f"{MAX_FLUSH_INTERVAL_SECONDS:g} s (a day)", key="flush_interval")
+
+
 def _optional_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -160,9 +177,13 @@ class AggregatorConfig:
         False, kind="bool",
         help="also print every flush to standard output (Graphite plaintext)", etsy="backends")
     flush_interval: float = setting(
-        DEFAULT_FLUSH_INTERVAL_SECONDS, kind="float", converter=float,
-        validator=[v.ge(0.1), v.le(86400)], metavar="SECONDS",
-        help="seconds between flushes; flushes happen at wall-clock multiples of it",
+        DEFAULT_FLUSH_INTERVAL_SECONDS, kind="duration",
+        converter=duration_converter(key="flush_interval",
+                                     bare_max=MAX_BARE_FLUSH_INTERVAL_SECONDS),
+        validator=_check_flush_interval, metavar="SECONDS|10s|10000ms",
+        help="time between flushes: seconds (at most "
+             f"{MAX_BARE_FLUSH_INTERVAL_SECONDS:g} as a bare number), or with a unit "
+             "(10s, 10000ms, 1min, up to a day); flushes happen at wall-clock multiples of it",
         etsy="flushInterval (ms)")
     percent_threshold: tuple[float, ...] = setting(
         [90.0], kind="list", converter=_float_list, validator=_check_percentiles,
@@ -344,6 +365,8 @@ def plain_value(name: str, value: Any) -> Any:
         return [str(x) for x in value]
     if name == "histogram":
         return [{"metric": m, "bins": list(b)} for m, b in value]
+    if name == "flush_interval" and value > MAX_BARE_FLUSH_INTERVAL_SECONDS:
+        return f"{float(value)!r}s"  # a bare number this large would be refused
     if isinstance(value, Endpoint):
         return str(value)
     return value

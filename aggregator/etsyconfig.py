@@ -104,7 +104,7 @@ def map_etsy_config(raw: Any, *, source: str = "Etsy config") -> tuple[dict[str,
         elif key == "flushInterval":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{source}: flushInterval must be a number of milliseconds")
-            out["flush_interval"] = value / 1000
+            out["flush_interval"] = f"{value}ms"  # the unit travels with the value
         elif key == "gaugesMaxTTL":
             # Etsy forces anything but an integer > 1 to 1.
             if isinstance(value, int) and not isinstance(value, bool) and value > 1:

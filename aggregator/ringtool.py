@@ -2,13 +2,18 @@
 
 Subcommands (one argparse sub-parser each; more will join ``lookup``):
 
-``lookup [--carbon HOST:PORT[:INSTANCE] ...] [--ring-hash MODE] [--replication-factor R]
-[--config FILE] PATH...``
+``lookup [PATH...] [--carbon HOST:PORT[:INSTANCE]...] [--ring-hash MODE]
+[--replication-factor R] [--config FILE] [-- PATH...]``
     Print ``PATH<TAB>node[,node...]`` per path: the carbon-cache node(s) that store it, primary
     first, placed exactly as the aggregators place it (common/ring.py). Without PATH, or
     with ``-``, paths are read one per line from stdin. ``--config`` reads the ``carbon``,
     ``ring_hash`` and ``replication_factor`` keys of an aggregator TOML file (others are
     ignored); flags override the file, and ``--carbon`` replaces the file's whole list.
+
+Nodes are listed as the aggregator lists them: ``--carbon`` takes one or more values and may
+be repeated (``--carbon a:2003 b:2003 --carbon c:2003``); it takes every value up to the next
+flag, so paths go before it or after ``--``. A ``--carbon`` value that is not a node, and a
+path argument that is a node (``b:2003``), are errors that say so.
 
 Exit status: 0 on success; 2 on bad input (flags, config file or carbon nodes), with one
 ``tallyd-ring: error: ...`` line on stderr; 1 when the reader of stdout goes away. This is an
@@ -24,8 +29,9 @@ import tomllib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from common.config import add_version_argument
 from common.errors import ConfigError
-from common.ring import DEFAULT_RING_HASH, RING_HASHES, Ring, parse_carbon_node
+from common.ring import DEFAULT_RING_HASH, RING_HASHES, CarbonNode, Ring, parse_carbon_node
 
 PROG = "tallyd-ring"
 EXIT_USAGE = 2  # bad input, the same status argparse uses for a bad command line
@@ -34,6 +40,7 @@ EXIT_USAGE = 2  # bad input, the same status argparse uses for a bad command lin
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one sub-parser per subcommand."""
     parser = argparse.ArgumentParser(prog=PROG, description="Operate the tallyd Carbon ring.")
+    add_version_argument(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     lookup = commands.add_parser(
         "lookup",
@@ -42,9 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lookup.add_argument(
         "--carbon",
-        action="append",
+        action="extend",
+        nargs="+",
         metavar="HOST:PORT[:INSTANCE]",
-        help="a ring node, in ring order; repeat for each (replaces the config file's list)",
+        help="the ring nodes, in ring order: one or more, and repeatable, as for "
+             "tallyd-aggregator (replaces the config file's list); paths go before it or "
+             "after --",
     )
     lookup.add_argument(
         "--ring-hash",
@@ -109,8 +119,41 @@ def build_ring(args: argparse.Namespace) -> Ring:
     factor = args.replication_factor
     if factor is None:
         factor = settings.get("replication_factor", 1)
-    nodes = [parse_carbon_node(text) for text in carbon]
+    nodes = [parse_node_flag(text) if args.carbon is not None else parse_carbon_node(text)
+             for text in carbon]
     return Ring.from_nodes(nodes, hash_type=ring_hash, replication_factor=factor)
+
+
+def parse_node_flag(text: str) -> CarbonNode:
+    """One ``--carbon`` value; one that is not a node says why (a path swallowed, mostly)."""
+    try:
+        return parse_carbon_node(text)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{exc.message}. --carbon takes every value up to the next flag: put the paths "
+            "before --carbon, or after --", key="carbon") from None
+
+
+def looks_like_node(text: str) -> bool:
+    """Whether a path argument is written like a carbon node (``HOST:PORT[:INSTANCE]``)."""
+    try:
+        parse_carbon_node(text)
+    except ConfigError:
+        return False
+    return True
+
+
+def check_paths(paths: Sequence[str]) -> None:
+    """Refuse a path argument that is a carbon node (a node list split by a path, say).
+
+    Raises:
+        ConfigError: naming the argument.
+    """
+    for path in paths:
+        if path != "-" and looks_like_node(path):
+            raise ConfigError(
+                f"{path!r} is a carbon node (HOST:PORT), not a Graphite path: give every node "
+                "with --carbon (it takes several: --carbon a:2003 b:2003)")
 
 
 def iter_paths(paths: Sequence[str]) -> Iterator[str]:
@@ -127,6 +170,7 @@ def iter_paths(paths: Sequence[str]) -> Iterator[str]:
 
 def run_lookup(args: argparse.Namespace) -> int:
     """``tallyd-ring lookup``: one ``PATH<TAB>node[,node...]`` line per path."""
+    check_paths(args.paths)
     ring = build_ring(args)
     write = sys.stdout.write
     for path in iter_paths(args.paths):

@@ -29,8 +29,9 @@ import attrs
 import trio
 
 from common.address import format_host_port
-from common.admin_server import run_admin_server
+from common.admin_server import open_admin_listeners, run_admin_server
 from common.auth import TokenAuth, make_auth
+from common.errors import ConfigError
 from common.listener import (
     BoundAddresses,
     BoundSocket,
@@ -139,7 +140,12 @@ async def serve(
     if worker is None:
         bound = bind_listeners(config.listen, reuse_port=config.reuse_port,
                                receive_buffer_bytes=config.udp_receive_buffer_bytes)
-        mgmt_listeners = await trio.open_tcp_listeners(config.mgmt_port, host=config.mgmt_address)
+        try:
+            mgmt_listeners = await open_admin_listeners(config.mgmt_address, config.mgmt_port)
+        except ConfigError:
+            for b in bound:
+                close_listener(b)
+            raise
         handle: Intake = aggregator.ingest
     else:
         bound = [adopt_socket(url, sock)

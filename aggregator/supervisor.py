@@ -37,7 +37,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -46,7 +45,9 @@ from typing import Final
 import trio
 
 from common.address import format_host_port
+from common.admin_server import bind_admin_socket
 from common.connections import clear_connection_slot, create_connection_table
+from common.errors import ConfigError
 from common.listener import bind_listeners, close_listener
 from common.logging import log_event
 
@@ -77,10 +78,14 @@ async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int)
     """Run ``workers`` worker processes until a stop signal; return the exit code."""
     bound = bind_listeners(config.listen, receive_buffer_bytes=config.udp_receive_buffer_bytes,
                            reuse_port=config.reuse_port)
+    try:
+        mgmt = bind_admin_socket(config.mgmt_address, config.mgmt_port)
+    except ConfigError:  # one line and exit 2 (cli.main), never a traceback
+        for b in bound:
+            close_listener(b)
+        raise
     # The daemon-wide count of stream connections, one slot per worker (common.connections).
     connections_fd = create_connection_table(workers)
-    family = socket.AF_INET6 if ":" in config.mgmt_address else socket.AF_INET
-    mgmt = socket.create_server((config.mgmt_address, config.mgmt_port), family=family)
     mgmt_address = format_host_port(*mgmt.getsockname()[:2])
     # Private (0700): the exchange and worker-admin sockets; only this user reaches them.
     runtime_dir = make_runtime_dir(workers)

@@ -25,25 +25,37 @@ from .errors import ConfigError
 LISTEN_SCHEMES: Final = ("udp", "tcp", "unix", "unixgram")
 
 
-def split_host_port(text: str, *, what: str) -> tuple[str, int, str]:
+def split_host_port(text: str, *, what: str, shown: str | None = None) -> tuple[str, int, str]:
     """Split ``host:port[:rest]`` (``[v6]:port[:rest]``) into host, port and rest.
+
+    Args:
+        shown: what the user wrote, quoted in errors (default ``text``; a listen URL
+            passes the whole URL, not just the part after ``scheme://``).
 
     Raises:
         ConfigError: when the host is missing or the port is not 0-65535.
     """
+    quoted = repr(text if shown is None else shown)
     if text.startswith("["):
         host, sep, after = text[1:].partition("]")
         if not sep or not after.startswith(":"):
-            raise ConfigError(f"bad {what} {text!r}: expected [IPV6]:PORT")
+            raise ConfigError(f"bad {what} {quoted}: expected [IPV6]:PORT")
         port_text, _, rest = after[1:].partition(":")
     else:
         host, _, after = text.partition(":")
         port_text, _, rest = after.partition(":")
     if not host:
-        raise ConfigError(f"bad {what} {text!r}: missing host (expected HOST:PORT)")
+        raise ConfigError(f"bad {what} {quoted}: missing host (expected HOST:PORT)")
+    if not _has_port(text):
+        raise ConfigError(f"bad {what} {quoted}: missing port (expected HOST:PORT)")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ConfigError(f"bad {what} {text!r}: port must be a number from 0 to 65535")
+        raise ConfigError(f"bad {what} {quoted}: port must be a number from 0 to 65535")
     return host, int(port_text), rest
+
+
+def _has_port(text: str) -> bool:
+    """Whether ``text`` (``host:port`` or ``[v6]:port``) has a port separator at all."""
+    return ":" in (text.partition("]")[2] if text.startswith("[") else text)
 
 
 def format_host_port(host: str, port: int) -> str:
@@ -87,7 +99,7 @@ def parse_listen_url(text: str | ListenURL) -> ListenURL:
         if not rest.startswith("/"):
             raise ConfigError(f"bad listen URL {text!r}: the path must be absolute ({scheme}:///PATH)")
         return ListenURL(scheme=scheme, path=rest)
-    host, port, extra = split_host_port(rest, what="listen URL")
+    host, port, extra = split_host_port(rest, what="listen URL", shown=str(text))
     if extra:
         raise ConfigError(f"bad listen URL {text!r}: unexpected {extra!r} after the port")
     return ListenURL(scheme=scheme, host=host, port=port)

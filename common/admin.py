@@ -13,7 +13,9 @@ one chunk, and a chunk without a newline is one command, as ``echo -n health | n
     config                        the running configuration, "key: value" lines
     quit                          close the connection
 
-Unknown commands answer ``ERROR``.
+``help`` lists only the commands the daemon answers (`AdminTarget.commands`: the proxy holds
+no metric values, so it has no dumps or deletes). Anything else answers one line,
+``ERROR <reason>``: an unknown command, or a command this role does not have.
 
 Pure: `handle_command` takes the command and an `AdminTarget` and returns the reply.
 """
@@ -24,12 +26,12 @@ import json
 from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
-HELP: Final = (
-    "Commands: stats, counters, timers, gauges, delcounters, deltimers, delgauges, "
-    "health, config, quit\n\n"
-)
 DUMPS: Final = ("counters", "timers", "gauges")
 DELETES: Final = {"delcounters": "counters", "deltimers": "timers", "delgauges": "gauges"}
+#: Every command of the protocol, in the order ``help`` lists them.
+COMMANDS: Final = ("stats", *DUMPS, *DELETES, "health", "config", "help", "quit")
+#: The commands of a daemon that holds no metric values (the proxy).
+STATELESS_COMMANDS: Final = tuple(c for c in COMMANDS if c not in DUMPS and c not in DELETES)
 #: How the answers to ``stats``, dumps and deletes end.
 END: Final = "END\n\n"
 
@@ -38,6 +40,8 @@ class AdminTarget(Protocol):
     """What a daemon exposes to the management protocol."""
 
     health: str
+    #: The commands this daemon answers (`COMMANDS` or `STATELESS_COMMANDS`).
+    commands: Sequence[str]
 
     def stats_lines(self) -> Sequence[tuple[str, object]]:
         """``(name, value)`` pairs for the ``stats`` command."""
@@ -52,6 +56,24 @@ class AdminTarget(Protocol):
         """Delete names of ``kind``; the names deleted, or None if unsupported."""
 
 
+def format_help(commands: Sequence[str]) -> str:
+    """The answer to ``help``: the commands that work on this daemon (Etsy's words and order:
+    the aggregator's answer is Etsy's, byte for byte)."""
+    return f"Commands: {_listed(commands)}\n\n"
+
+
+def _listed(commands: Sequence[str]) -> str:
+    return ", ".join(c for c in commands if c != "help")
+
+
+def unknown_command(cmd: str, commands: Sequence[str]) -> str:
+    """The one-line ``ERROR`` for a command the daemon does not answer, with the reason."""
+    shown = cmd if len(cmd) <= 40 else cmd[:40] + "..."
+    if cmd in COMMANDS:
+        return f"ERROR {shown}: not available here (this daemon holds no metric values)\n"
+    return f"ERROR unknown command {shown!r}: try help ({_listed(commands)})\n"
+
+
 def handle_command(line: str, target: AdminTarget) -> tuple[str, bool]:
     """Run one management command.
 
@@ -62,10 +84,12 @@ def handle_command(line: str, target: AdminTarget) -> tuple[str, bool]:
     if not words:
         return "", False
     cmd, args = words[0], words[1:]
+    if cmd not in target.commands:
+        return unknown_command(cmd, target.commands), False
     if cmd == "quit":
         return "", True
     if cmd == "help":
-        return HELP, False
+        return format_help(target.commands), False
     if cmd == "health":
         if args and args[0].lower() in ("up", "down"):
             target.health = args[0].lower()
@@ -77,16 +101,18 @@ def handle_command(line: str, target: AdminTarget) -> tuple[str, bool]:
         return "\n" + "".join(f"{k}: {v}\n" for k, v in target.config_lines()), False
     if cmd in DUMPS:
         text = target.dump(cmd)
-        return ("ERROR\n", False) if text is None else (text + "\n" + END, False)
+        if text is None:
+            return unknown_command(cmd, target.commands), False
+        return text + "\n" + END, False
     if cmd in DELETES:
         reply = []
         for name in args:
             deleted = target.delete(DELETES[cmd], [name])
             if deleted is None:
-                return "ERROR\n", False
+                return unknown_command(cmd, target.commands), False
             reply += [f"deleted: {d}\n" for d in deleted] or [f"metric {name} not found\n"]
         return "".join(reply) + END, False
-    return "ERROR\n", False
+    return unknown_command(cmd, target.commands), False
 
 
 #: Commands whose answer, with several worker processes, joins every worker's answer.
@@ -155,3 +181,23 @@ def split_commands(chunk: bytes) -> list[str]:
     """The commands in one received chunk: one per line; a chunk without a newline is one."""
     text = chunk.decode("utf-8", "replace")
     return [line for line in text.splitlines() if line.strip()]
+
+
+def take_commands(pending: bytes, chunk: bytes) -> tuple[list[str], bytes]:
+    """The complete commands in ``pending + chunk``, and the bytes still waiting for more.
+
+    Every line ended by a newline is a command. What follows the last newline is a command
+    too when it starts with a command's name (``echo -n health | nc`` sends no newline, and
+    Etsy takes each chunk as a command); anything else waits for the rest of its line, so a
+    client sending one byte at a time makes no commands (and meets the command deadline).
+    """
+    data = pending + chunk
+    head, newline, tail = data.rpartition(b"\n")
+    commands = split_commands(head) if newline else []
+    words = tail.split()
+    if not words:
+        return commands, b""
+    if words[0].decode("utf-8", "replace") in COMMANDS:
+        commands += split_commands(tail)
+        tail = b""
+    return commands, tail

@@ -1,16 +1,33 @@
 """Serves the management protocol (`common.admin`) over TCP with trio.
 
 SHELL: one task per connection, all inside the caller's nursery.
+
+The admin port must keep answering ``health`` (a proxy's probe, a load balancer, an
+operator) whatever other clients do, so no client can hold a connection for free:
+
+* idle: a connection that sends no command for `AdminLimits.idle_seconds` is closed;
+* slow: a command must be complete (its newline) within `AdminLimits.command_seconds` of its
+  first byte, so a client dribbling a byte a second is closed too;
+* stuck reader: a reply that cannot be written within `AdminLimits.write_seconds` closes the
+  connection;
+* full: when `AdminLimits.max_connections` are open, a new connection is served and the one
+  that has gone longest without a command is closed (``admin_connection_evicted``), so
+  a flood of silent or slow connections cannot lock out a health probe (which connects,
+  asks at once and leaves).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Sequence
 from typing import Final, Protocol
 
+import attrs
 import trio
 
+from .address import format_host_port
 from .admin import (
     END,
     AdminTarget,
@@ -18,8 +35,9 @@ from .admin import (
     join_replies,
     needs_join,
     per_name,
-    split_commands,
+    take_commands,
 )
+from .errors import ConfigError
 from .logging import log_event
 
 LOGGER = logging.getLogger(__name__)
@@ -28,6 +46,73 @@ LOGGER = logging.getLogger(__name__)
 MAX_ADMIN_CONNECTIONS: Final = 64
 #: A command longer than this is not a command.
 MAX_COMMAND_BYTES: Final = 65_536
+#: An operator's interactive session sends a command within a minute; probes send theirs at
+#: once and leave. A silent connection is closed after this.
+ADMIN_IDLE_SECONDS: Final = 60.0
+#: A command is a few bytes; its line must be complete this long after its first byte.
+ADMIN_COMMAND_SECONDS: Final = 10.0
+#: A client that reads nothing (a full dump waiting in its window) is given this long.
+ADMIN_WRITE_SECONDS: Final = 10.0
+#: At most one ``admin_connection_evicted`` log line per this many seconds (a flood of
+#: connections must not become a flood of log lines); the line counts the evictions.
+EVICTION_LOG_SECONDS: Final = 10.0
+
+
+@attrs.frozen
+class AdminLimits:
+    """The limits of one admin server (module docstring); tests shorten them."""
+
+    max_connections: int = MAX_ADMIN_CONNECTIONS
+    idle_seconds: float = ADMIN_IDLE_SECONDS
+    command_seconds: float = ADMIN_COMMAND_SECONDS
+    write_seconds: float = ADMIN_WRITE_SECONDS
+
+
+@attrs.define(eq=False)
+class _Slot:
+    """One open admin connection: the scope that closes it, and when it last asked."""
+
+    scope: trio.CancelScope
+    last_command: float
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
+    # The errno's own words (a name that does not resolve has a negative errno and words of
+    # its own).
+    reason = (os.strerror(exc.errno) if isinstance(exc.errno, int) and exc.errno > 0
+              else exc.strerror or str(exc))
+    return ConfigError(f"cannot bind the admin port {format_host_port(host, port)}: {reason}",
+                       key="mgmt_port")
+
+
+def bind_admin_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket for the admin port (the multi-worker supervisor binds it and
+    hands it to worker 0).
+
+    Raises:
+        ConfigError: when it cannot be bound (in use, not a local address, no permission).
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as socket.create_server
+        sock.bind((host, port))
+        sock.listen()
+    except OSError as exc:
+        sock.close()
+        raise _bind_error(host, port, exc) from exc
+    return sock
+
+
+async def open_admin_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """The listeners of the admin port, on every address ``host`` resolves to.
+
+    Raises:
+        ConfigError: when it cannot be bound (in use, not a local address, no permission).
+    """
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise _bind_error(host, port, exc) from exc
 
 
 class AdminPeers(Protocol):
@@ -61,22 +146,62 @@ async def answer(command: str, target: AdminTarget, peers: AdminPeers | None) ->
 
 
 async def serve_admin_connection(stream: trio.abc.Stream, target: AdminTarget,
-                                 peers: AdminPeers | None = None) -> None:
-    """Answer commands on one connection until the peer leaves or says ``quit``."""
-    try:
-        async with stream:
-            while True:
-                chunk = bytes(await stream.receive_some(MAX_COMMAND_BYTES))
-                if not chunk:
+                                 peers: AdminPeers | None = None, *,
+                                 limits: AdminLimits = AdminLimits(),
+                                 slot: _Slot | None = None) -> None:
+    """Answer commands on one connection until the peer leaves, says ``quit``, or breaks a
+    limit of ``limits`` (idle, slow command, stuck reader: module docstring)."""
+    async with stream:
+        try:
+            await _serve_commands(stream, target, peers, limits, slot)
+        except trio.BrokenResourceError:
+            return
+
+
+async def _serve_commands(stream: trio.abc.Stream, target: AdminTarget,
+                          peers: AdminPeers | None, limits: AdminLimits,
+                          slot: _Slot | None) -> None:
+    pending = b""
+    waiting_since = pending_since = trio.current_time()
+    while True:
+        if pending:
+            deadline, reason = pending_since + limits.command_seconds, "command_timeout"
+        else:
+            deadline, reason = waiting_since + limits.idle_seconds, "idle_timeout"
+        chunk: bytes | None = None
+        with trio.move_on_at(deadline):
+            chunk = bytes(await stream.receive_some(MAX_COMMAND_BYTES))
+        if chunk is None:
+            log_event(LOGGER, "admin_connection_closed", level=logging.DEBUG, reason=reason)
+            return
+        if not chunk:  # the client is done sending; what it left is a command
+            commands, pending = take_commands(pending, b"\n" if pending else b"")
+        else:
+            had_pending = bool(pending)
+            commands, pending = take_commands(pending, chunk)
+            if len(pending) > MAX_COMMAND_BYTES:
+                log_event(LOGGER, "admin_connection_closed", level=logging.DEBUG,
+                          reason="command_too_long")
+                return
+            if pending and (commands or not had_pending):
+                pending_since = trio.current_time()
+        for command in commands:
+            reply, close = await answer(command, target, peers)
+            if reply:
+                with trio.move_on_after(limits.write_seconds) as write:
+                    await stream.send_all(reply.encode())
+                if write.cancelled_caught:
+                    log_event(LOGGER, "admin_connection_closed", level=logging.DEBUG,
+                              reason="write_timeout")
                     return
-                for command in split_commands(chunk):
-                    reply, close = await answer(command, target, peers)
-                    if reply:
-                        await stream.send_all(reply.encode())
-                    if close:
-                        return
-    except trio.BrokenResourceError:
-        return
+            if close:
+                return
+        if commands:
+            waiting_since = trio.current_time()
+            if slot is not None:
+                slot.last_command = waiting_since
+        if not chunk:
+            return
 
 
 async def run_admin_server(
@@ -84,19 +209,41 @@ async def run_admin_server(
     target: AdminTarget,
     *,
     peers: AdminPeers | None = None,
+    limits: AdminLimits = AdminLimits(),
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept admin connections on ``listeners`` until cancelled."""
-    limiter = trio.CapacityLimiter(MAX_ADMIN_CONNECTIONS)
+    """Accept admin connections on ``listeners`` until cancelled.
+
+    At most ``limits.max_connections`` are served: a new one closes the connection that has
+    gone longest without a command (module docstring).
+    """
+    slots: set[_Slot] = set()
+    evicted = 0
+    logged_at = -EVICTION_LOG_SECONDS
+
+    def make_room() -> None:
+        nonlocal evicted, logged_at
+        while len(slots) >= limits.max_connections:
+            oldest = min(slots, key=lambda one: one.last_command)
+            slots.discard(oldest)
+            oldest.scope.cancel()
+            evicted += 1
+        now = trio.current_time()
+        if evicted and now - logged_at >= EVICTION_LOG_SECONDS:
+            log_event(LOGGER, "admin_connection_evicted", level=logging.WARNING,
+                      reason="max_admin_connections", evicted=evicted,
+                      max_connections=limits.max_connections)
+            evicted, logged_at = 0, now
 
     async def handler(stream: trio.SocketStream) -> None:
-        if limiter.borrowed_tokens >= limiter.total_tokens:
-            log_event(LOGGER, "admin_connection_refused", level=logging.WARNING,
-                      reason="too_many_connections")
-            await stream.aclose()
-            return
-        async with limiter:
-            await serve_admin_connection(stream, target, peers)
+        make_room()
+        slot = _Slot(scope=trio.CancelScope(), last_command=trio.current_time())
+        slots.add(slot)
+        try:
+            with slot.scope:
+                await serve_admin_connection(stream, target, peers, limits=limits, slot=slot)
+        finally:
+            slots.discard(slot)
 
     async with trio.open_nursery() as nursery:
         for listener in listeners:

@@ -19,6 +19,7 @@ Pure: reading the file happens in the entry layer (`load_toml` is called from th
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar, cast
@@ -32,7 +33,43 @@ T = TypeVar("T")
 #: Marks a flag that was not given (so it does not override the file).
 UNSET: Final = argparse.SUPPRESS
 
-KINDS: Final = ("bool", "optional_bool", "int", "float", "str", "optional_str", "list", "table")
+KINDS: Final = ("bool", "optional_bool", "int", "float", "duration", "str", "optional_str",
+                 "list", "table")
+#: The units a duration may be written in (``10s``, ``10000ms``, ``1min``); a bare number is
+#: seconds.
+DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "min": 60.0}
+
+
+class Seconds(float):
+    """A duration in seconds that went through `duration_converter` (and its bound)."""
+
+
+def duration_converter(*, key: str, bare_max: float) -> Callable[[Any], Seconds]:
+    """A converter for a duration setting: seconds as a number, or a number with a unit of
+    `DURATION_UNITS`. A bare number above ``bare_max`` seconds is refused: it is most likely
+    milliseconds (Etsy's unit), and the error says how to write either meaning.
+    """
+    forms = "a number of seconds, or with a unit: 10s, 10000ms, 1min"
+
+    def convert(value: Any) -> Seconds:
+        if isinstance(value, Seconds):
+            return value
+        text = str(value).strip()
+        unit = next((u for u in sorted(DURATION_UNITS, key=len, reverse=True)
+                     if text.endswith(u) and text[:-len(u)].strip()), "")
+        number = text[:len(text) - len(unit)].strip()
+        try:
+            amount = float(number)
+        except ValueError:
+            raise ConfigError(f"{value!r} is not a duration: expected {forms}", key=key) from None
+        if not unit and amount > bare_max:
+            raise ConfigError(
+                f"{value!r} seconds is more than {bare_max:g} s; a bare number is seconds. "
+                f"If you meant milliseconds (Etsy's flushInterval), write {number}ms; "
+                f"if you do mean seconds, write {number}s", key=key)
+        return Seconds(amount * DURATION_UNITS[unit or "s"])
+
+    return convert
 
 
 def setting(
@@ -89,13 +126,15 @@ def load_toml(path: str) -> dict[str, Any]:
 def _check_type(name: str, kind: str, value: Any) -> None:
     expected: dict[str, tuple[type, ...]] = {
         "bool": (bool,), "optional_bool": (bool,), "int": (int,), "float": (int, float),
+        "duration": (int, float, str),
         "str": (str,), "optional_str": (str,), "list": (list, tuple), "table": (list, tuple),
     }
     ok = isinstance(value, expected[kind])
-    if kind in ("int", "float") and isinstance(value, bool):
+    if kind in ("int", "float", "duration") and isinstance(value, bool):
         ok = False
     if not ok:
-        wanted = {"optional_bool": "bool", "optional_str": "str", "table": "list"}.get(kind, kind)
+        wanted = {"optional_bool": "bool", "optional_str": "str", "table": "list",
+                  "duration": "number of seconds or a string such as \"10s\""}.get(kind, kind)
         raise ConfigError(f"expected a {wanted}, got {type(value).__name__} {value!r}", key=name)
 
 
@@ -137,6 +176,24 @@ def config_from_mapping(cls: type[T], mapping: Mapping[str, Any], *, source: str
 
 def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
+
+
+#: The distribution whose metadata gives ``--version``.
+DISTRIBUTION: Final = "tallyd"
+
+
+def package_version() -> str:
+    """The installed tallyd's version, from its package metadata."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
+def add_version_argument(parser: argparse.ArgumentParser) -> None:
+    """``--version``: prints ``PROG VERSION`` and exits 0 (every tallyd command has it)."""
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {package_version()}")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

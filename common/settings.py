@@ -28,6 +28,19 @@ DEFAULT_TCP_IDLE_TIMEOUT_SECONDS: Final = 300.0
 DEFAULT_UDP_RECEIVE_BUFFER_BYTES: Final = 32 * 1024 * 1024
 #: Etsy binds its admin port on every interface; ours stays on loopback unless asked.
 DEFAULT_MGMT_ADDRESS: Final = "127.0.0.1"
+
+# Default ports, one pair per role, so a proxy and an aggregator run side by side on one host
+# without flags (docs/operations.md, "Ports", lists them; a test checks the table). The
+# aggregator keeps Etsy statsd's (a drop-in replacement); the proxy is offset by 10, as Carbon
+# offsets its relay (2013) from the cache (2003).
+#: The aggregator's StatsD intake (UDP): Etsy's port.
+AGGREGATOR_STATSD_PORT: Final = 8125
+#: The aggregator's admin port: Etsy's mgmt_port.
+AGGREGATOR_MGMT_PORT: Final = 8126
+#: The proxy's StatsD intake (UDP).
+PROXY_STATSD_PORT: Final = 8135
+#: The proxy's admin port; process i of ``--processes`` uses this + i.
+PROXY_MGMT_PORT: Final = 8136
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 

@@ -4,8 +4,8 @@
 the lines received, every drop by reason, and per aggregator (by position and address):
 its state, why it is down, lines sent, lines buffered and lines dropped by reason.
 ``health`` is the proxy's own health (a load balancer in front of proxies reads it).
-The proxy holds no metric values: ``counters``/``timers``/``gauges`` and the ``del*``
-commands answer ``ERROR``.
+The proxy holds no metric values: it has no ``counters``/``timers``/``gauges`` or ``del*``
+commands (``help`` does not list them; they answer a one-line ``ERROR`` saying why).
 
 SHELL (reads the clock for uptime).
 """
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from common.admin import STATELESS_COMMANDS
 from common.listener import IntakeStatistics
 
 from .config import ProxyConfig, plain_value
@@ -33,6 +34,8 @@ _SECRET_KEYS = ("auth_tokens", "auth_revoked_tokens")
 
 class ProxyAdmin:
     """Implements `common.admin.AdminTarget` for one proxy process."""
+
+    commands: Sequence[str] = STATELESS_COMMANDS
 
     def __init__(self, config: ProxyConfig, proxy: Proxy, intake: IntakeStatistics) -> None:
         self.config = config

@@ -36,6 +36,7 @@ from common.address import ListenURL
 from common.config import (
     add_arguments,
     add_config_arguments,
+    add_version_argument,
     apply_arguments,
     config_from_mapping,
     format_toml,
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tallyd-proxy",
         description="Stateless StatsD sharding proxy: forwards each metric name to exactly "
                     "one aggregator of an ordered list.")
+    add_version_argument(parser)
     add_config_arguments(parser)
     add_arguments(parser, ProxyConfig)
     return parser
@@ -175,6 +177,10 @@ def supervise(config: ProxyConfig) -> int:
             continue
         index = children.pop(pid)
         code = os.waitstatus_to_exitcode(status)
+        if code == 2 and not stopping:
+            # A child that cannot start (its admin port is taken, say) ends the proxy with
+            # its reason (logged by the child) and exit 2, rather than running short a process.
+            forward(signal.SIGTERM, None)
         if stopping or code in (0, 2):
             worst = max(worst, abs(code))
             continue

@@ -20,6 +20,8 @@ from common.address import ListenURL, parse_listen_urls
 from common.auth import make_auth
 from common.config import setting
 from common.settings import (
+    PROXY_MGMT_PORT,
+    PROXY_STATSD_PORT,
     auth_mode_setting,
     auth_revoked_tokens_setting,
     auth_tokens_setting,
@@ -34,7 +36,9 @@ from common.settings import (
 
 from .membership import AggregatorSpec, Membership, parse_aggregator
 
-DEFAULT_LISTEN: Final = ["udp://0.0.0.0:8125"]  # proxy.js: UDP port 8125, every interface
+#: Every interface, on the proxy's own port (not the aggregator's 8125, so both run on one
+#: host without flags; docs/operations.md, "Ports").
+DEFAULT_LISTEN: Final = [f"udp://0.0.0.0:{PROXY_STATSD_PORT}"]
 #: 1500-byte Ethernet MTU minus IPv6/UDP headers and some tunnel overhead: a datagram this
 #: size is never fragmented on common networks.
 DEFAULT_MAX_DATAGRAM_BYTES: Final = 1432
@@ -126,7 +130,8 @@ class ProxyConfig:
     udp_receive_buffer_bytes: int = udp_receive_buffer_bytes_setting()
     mgmt_address: str = mgmt_address_setting()
     mgmt_port: int = setting(
-        8126, kind="int", converter=int, validator=[v.ge(0), v.le(65535)], metavar="PORT",
+        PROXY_MGMT_PORT, kind="int", converter=int, validator=[v.ge(0), v.le(65535)],
+        metavar="PORT",
         help="admin TCP port (process i of --processes uses PORT+i; 0: any free port)",
         etsy="mgmt_port")
     graceful_timeout: float = setting(

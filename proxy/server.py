@@ -27,7 +27,7 @@ from typing import Final
 
 import trio
 
-from common.admin_server import run_admin_server
+from common.admin_server import open_admin_listeners, run_admin_server
 from common.auth import make_auth
 from common.errors import ConfigError
 from common.listener import (
@@ -182,12 +182,11 @@ async def serve(
                                     idle_timeout_seconds=config.tcp_idle_timeout_seconds)
     mgmt_port = config.mgmt_port + process_index if config.mgmt_port else 0
     try:
-        mgmt_listeners = await trio.open_tcp_listeners(mgmt_port, host=config.mgmt_address)
-    except OSError as e:
+        mgmt_listeners = await open_admin_listeners(config.mgmt_address, mgmt_port)
+    except ConfigError:
         for b in bound:
             close_listener(b)
-        raise ConfigError(f"cannot bind the admin port {mgmt_port}: {e.strerror}",
-                          key="mgmt_port") from e
+        raise
     mgmt_host, mgmt_bound = mgmt_listeners[0].socket.getsockname()[:2]
     addresses = BoundAddresses(intake=tuple((b.url.scheme, b.address) for b in bound),
                                mgmt=f"{mgmt_host}:{mgmt_bound}")

@@ -281,7 +281,7 @@ def test_flush_timestamps_aligned_and_shared(graphite_sink: GraphiteSink) -> Non
 def test_sigterm_flushes_partial_interval(graphite_sink: GraphiteSink) -> None:
     proc = start_aggregator(["--listen", "udp://127.0.0.1:0", "--carbon",
                              f"127.0.0.1:{graphite_sink.port}", "--mgmt-address", "127.0.0.1",
-                             "--mgmt-port", "0", "--flush-interval", "3600"])
+                             "--mgmt-port", "0", "--flush-interval", "3600s"])
     try:
         send_udp(proc.udp, [b"final.c:5|c\nfinal.c:2|c", b"final.t:9|ms", b"final.g:4|g"])
         time.sleep(0.3)  # let the datagrams be read before the signal

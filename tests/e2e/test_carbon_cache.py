@@ -108,7 +108,7 @@ def test_each_flush_is_its_own_point(carbon: LocalCarbon, running: AggregatorPro
 
 def test_sigterm_delivers_partial_interval(carbon: LocalCarbon, prefix: str) -> None:
     """With a long interval nothing is flushed before SIGTERM; the final flush delivers it."""
-    proc = aggregator(carbon, "--flush-interval", "3600")
+    proc = aggregator(carbon, "--flush-interval", "3600s")
     try:
         send_udp(proc.udp, [f"{prefix}.final:5|c\n{prefix}.final:1|c\n{prefix}.g:-3|g\n"
                             f"{prefix}.t:8|ms".encode()])

@@ -140,7 +140,7 @@ def test_admin_commands_see_and_reach_every_worker() -> None:
     names = [f"adm.c{i}" for i in range(40)]
     with GraphiteSink() as sink:
         args = ["--listen", "udp://127.0.0.1:0", "--carbon", f"127.0.0.1:{sink.port}",
-                "--flush-interval", "86400", "--mgmt-port", "0", "--workers", "2"]
+                "--flush-interval", "86400s", "--mgmt-port", "0", "--workers", "2"]
         with start_aggregator(args) as agg:
             agg.wait_for_log(r"event=worker_started worker=1 ", 15)
             lines = [f"{n}:2|c" for n in names] + ["adm.t0:5|ms", "adm.t1:7|ms", "adm.g:3|g"]

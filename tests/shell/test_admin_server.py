@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 import uuid
+from collections.abc import Sequence
 from functools import partial
 
+import attrs
+import pytest
 import trio
 
 from aggregator.admin import AggregatorAdmin, WorkerAdminPeers, open_worker_admin
+from aggregator.carbon import CarbonOutput
 from aggregator.config import AggregatorConfig
 from aggregator.ledger import Aggregator
 from aggregator.server import serve
-from common.admin_server import answer, run_admin_server
+from common.admin import STATELESS_COMMANDS, handle_command
+from common.admin_server import AdminLimits, answer, run_admin_server
 from common.config import config_from_mapping
 from common.listener import IntakeStatistics
+from proxy.config import ProxyConfig
+from proxy.server import serve as proxy_serve
 
 
 async def ask(stream: trio.SocketStream, command: bytes, end: bytes) -> str:
@@ -54,7 +63,9 @@ async def test_admin_commands_on_live_aggregator(nursery, wall_clock, autojump_c
         assert '"app.a"' not in await ask(stream, b"counters\n", b"END\n\n")
         config_reply = await ask(stream, b"config\n", b"\"info\"\n")  # log_level is last
         assert config_reply.startswith("\n") and "\nflush_interval: 10.0\n" in config_reply
-        assert await ask(stream, b"nonsense\n", b"\n") == "ERROR\n"
+        assert await ask(stream, b"nonsense\n", b"\n") == (
+            "ERROR unknown command 'nonsense': try help (stats, counters, timers, gauges, "
+            "delcounters, deltimers, delgauges, health, config, quit)\n")
         await stream.send_all(b"quit\n")
         assert await stream.receive_some(10) == b""
 
@@ -101,3 +112,177 @@ async def test_a_peer_that_breaks_off_makes_an_error_not_a_silent_close(nursery)
     nursery.start_soon(trio.serve_listeners, hang_up, [listener])
     reply, close = await answer("counters", admin, WorkerAdminPeers({1: address}, timeout=2))
     assert (reply, close) == ("ERROR worker 1 closed the connection\n", False)
+
+
+# -- limits: idle, slow and stuck clients, a full server ------------------------------------
+
+
+@attrs.define
+class _Target:
+    """A daemon with a ``stats`` answer of ``stats_rows`` rows."""
+
+    health: str = "up"
+    commands: Sequence[str] = STATELESS_COMMANDS
+    stats_rows: int = 1
+
+    def stats_lines(self) -> Sequence[tuple[str, object]]:
+        return [(f"row{i:07d}", "x" * 50) for i in range(self.stats_rows)]
+
+    def config_lines(self) -> Sequence[tuple[str, object]]:
+        return []
+
+    def dump(self, kind: str) -> str | None:
+        return None
+
+    def delete(self, kind: str, names: Sequence[str]) -> list[str] | None:
+        return None
+
+
+async def _start_server(nursery: trio.Nursery, target: _Target,
+                        limits: AdminLimits) -> tuple[str, int]:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(partial(run_admin_server, listeners, target, limits=limits))
+    return listeners[0].socket.getsockname()[:2]  # type: ignore[no-any-return]
+
+
+async def _closed_at(stream: trio.SocketStream) -> float:
+    """When the server closed ``stream`` (whatever it had sent before)."""
+    while await stream.receive_some(65536):
+        pass
+    return trio.current_time()
+
+
+LIMITS = AdminLimits(max_connections=8, idle_seconds=60, command_seconds=10, write_seconds=10)
+
+
+async def test_a_silent_connection_is_closed_after_the_idle_timeout(
+        nursery, autojump_clock) -> None:
+    host, port = await _start_server(nursery, _Target(), LIMITS)
+    async with await trio.open_tcp_stream(host, port) as silent, \
+            await trio.open_tcp_stream(host, port) as asking:
+        start = trio.current_time()
+        assert await ask(asking, b"health\n", b"\n") == "health: up\n"
+        await trio.sleep(50)
+        assert await ask(asking, b"health\n", b"\n") == "health: up\n"  # a command resets it
+        assert await _closed_at(silent) - start == pytest.approx(60, abs=0.1)
+        assert await _closed_at(asking) - start == pytest.approx(110, abs=0.1)
+
+
+async def test_a_command_sent_a_byte_a_second_is_closed_at_the_command_deadline(
+        nursery, autojump_clock) -> None:
+    host, port = await _start_server(nursery, _Target(), LIMITS)
+    async with await trio.open_tcp_stream(host, port) as slow:
+        start = trio.current_time()
+        with pytest.raises(trio.BrokenResourceError):
+            for _ in range(60):
+                await slow.send_all(b"x")
+                await trio.sleep(1)
+        assert trio.current_time() - start == pytest.approx(11, abs=0.1)
+        assert await _closed_at(slow) - start < 12
+    # A command split over chunks within the deadline is answered.
+    async with await trio.open_tcp_stream(host, port) as split:
+        await split.send_all(b"hea")
+        await trio.sleep(5)
+        assert await ask(split, b"lth\n", b"\n") == "health: up\n"
+
+
+async def test_a_client_that_reads_nothing_is_closed_at_the_write_deadline(
+        nursery, autojump_clock) -> None:
+    host, port = await _start_server(nursery, _Target(stats_rows=200_000), LIMITS)
+    async with await trio.open_tcp_stream(host, port) as stuck:
+        stuck.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+        start = trio.current_time()
+        await stuck.send_all(b"stats\n")
+        await trio.sleep(30)
+        got = 0
+        while chunk := await stuck.receive_some(65536):
+            got += len(chunk)
+        assert got < 200_000 * 60  # cut off, never the whole answer
+        assert trio.current_time() - start == pytest.approx(30, abs=0.1)
+
+
+async def test_a_full_admin_port_serves_the_newcomer_and_closes_the_longest_idle(
+        nursery, autojump_clock) -> None:
+    """64 (here 8) silent or dribbling connections cannot lock out a health probe: each new
+    connection closes the one that has gone longest without a command."""
+    host, port = await _start_server(nursery, _Target(), LIMITS)
+    async with contextlib.AsyncExitStack() as stack:
+        hogs = []
+        for i in range(2 * LIMITS.max_connections):
+            hog = await stack.enter_async_context(await trio.open_tcp_stream(host, port))
+            if i % 2:
+                await hog.send_all(b"x")  # a slow-loris: some bytes, never a line
+            hogs.append(hog)
+            await trio.sleep(0.5)
+        # An operator who asked a moment ago is not the longest idle.
+        operator = await stack.enter_async_context(await trio.open_tcp_stream(host, port))
+        await trio.sleep(0.5)
+        assert await ask(operator, b"health\n", b"\n") == "health: up\n"
+        for _ in range(3 * LIMITS.max_connections):
+            async with await trio.open_tcp_stream(host, port) as probe:
+                start = trio.current_time()
+                assert await ask(probe, b"health\n", b"\n") == "health: up\n"
+                assert trio.current_time() - start < 0.01
+        assert await ask(operator, b"health\n", b"\n") == "health: up\n"
+        # The first hogs were evicted as the others came (the oldest first); the rest met
+        # their own deadline: 10 s for a dribbled command, 60 s for a silent one.
+        closed = [0.0] * len(hogs)
+
+        async def watch(i: int) -> None:
+            closed[i] = await _closed_at(hogs[i])
+
+        async with trio.open_nursery() as watchers:
+            for i in range(len(hogs)):
+                watchers.start_soon(watch, i)
+        evicted = [i for i, at in enumerate(closed) if at < start + 1]
+        assert evicted == list(range(len(evicted))) and len(evicted) >= LIMITS.max_connections
+        for i in range(len(evicted), len(hogs)):
+            timeout = LIMITS.command_seconds if i % 2 else LIMITS.idle_seconds
+            assert closed[i] == pytest.approx(i * 0.5 + timeout, abs=0.1)
+
+
+async def test_stats_prints_etsys_plain_graphite_lines_over_the_nodes_and_the_per_node_ones(
+        ) -> None:
+    config = config_from_mapping(AggregatorConfig, {
+        "listen": ["udp://127.0.0.1:0"], "carbon": ["127.0.0.1:2003", "127.0.0.2:2003"]})
+    carbon = CarbonOutput(config)
+    now = time.time()
+    first, second = carbon.senders.values()
+    first.last_flush, second.last_flush = now - 3, now - 30
+    first.last_exception, second.last_exception = now - 100, now - 7
+    first.flush_time_ms, second.flush_time_ms = 12.0, 4.0
+    first.flush_length, second.flush_length = 1000, 234
+    admin = AggregatorAdmin(config, Aggregator(config.ledger_options), carbon,
+                            IntakeStatistics())
+    reply, _ = handle_command("stats", admin)
+    rows = dict(row.split(": ", 1) for row in reply.removesuffix("END\n\n").splitlines())
+    assert abs(int(rows["graphite.last_flush"]) - 30) <= 1  # the node furthest behind
+    assert abs(int(rows["graphite.last_exception"]) - 7) <= 1  # the latest exception
+    assert rows["graphite.flush_time"] == "12"  # the slowest, ms
+    assert rows["graphite.flush_length"] == "1234"  # every node's bytes
+    assert rows["graphite.127.0.0.1:2003.last_flush"] in ("2", "3", "4")  # per node, kept
+    assert rows["graphite.127.0.0.2:2003.last_exception"] in ("6", "7", "8")
+    # With no exception at all, Etsy prints seconds since the epoch.
+    first.last_exception = second.last_exception = 0.0
+    rows = dict(row.split(": ", 1)
+                for row in handle_command("stats", admin)[0].removesuffix("END\n\n").splitlines())
+    assert abs(int(rows["graphite.last_exception"]) - now) <= 2
+    assert rows["graphite.127.0.0.1:2003.last_exception"] == "never"
+
+
+async def test_a_live_proxys_help_lists_what_works_and_the_rest_answers_why(nursery) -> None:
+    config = config_from_mapping(ProxyConfig, {"listen": ["udp://127.0.0.1:0"],
+                                               "aggregator": ["127.0.0.1:9"], "mgmt_port": 0})
+    addrs = await nursery.start(partial(proxy_serve, config))
+    mhost, mport = addrs.mgmt.rsplit(":", 1)
+    async with await trio.open_tcp_stream(mhost, int(mport)) as stream:
+        assert await ask(stream, b"help\n", b"\n\n") == (
+            "Commands: stats, health, config, quit\n\n")
+        for command in ("counters", "timers", "gauges", "delcounters a", "deltimers",
+                        "delgauges b"):
+            name = command.split()[0]
+            assert await ask(stream, command.encode() + b"\n", b"\n") == (
+                f"ERROR {name}: not available here (this daemon holds no metric values)\n")
+        assert await ask(stream, b"bogus\n", b"\n") == (
+            "ERROR unknown command 'bogus': try help (stats, health, config, quit)\n")
+        assert (await ask(stream, b"stats\n", b"END\n\n")).startswith("uptime: ")

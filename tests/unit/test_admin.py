@@ -7,12 +7,22 @@ from collections.abc import Sequence
 
 import attrs
 
-from common.admin import HELP, handle_command, join_replies, needs_join, per_name, split_commands
+from common.admin import (
+    COMMANDS,
+    STATELESS_COMMANDS,
+    handle_command,
+    join_replies,
+    needs_join,
+    per_name,
+    split_commands,
+    take_commands,
+)
 
 
 @attrs.define
 class Target:
     health: str = "up"
+    commands: Sequence[str] = COMMANDS
     deleted: list[str] = attrs.Factory(list)
 
     def stats_lines(self) -> Sequence[tuple[str, object]]:
@@ -44,25 +54,55 @@ def test_stats_config_help_quit_and_errors() -> None:
     t = Target()
     assert handle_command("stats", t)[0] == "uptime: 5\nmessages.bad_lines_seen: 2\nEND\n\n"
     assert handle_command("config", t)[0] == "\nflush_interval: 10.0\n"
-    assert handle_command("help", t)[0] == HELP
+    assert handle_command("help", t)[0] == (  # Etsy 0.9.0's stats.js, byte for byte
+        "Commands: stats, counters, timers, gauges, delcounters, deltimers, delgauges, health, "
+        "config, quit\n\n")
     assert handle_command("quit", t) == ("", True)
-    assert handle_command("Stats", t) == ("ERROR\n", False)
+    reply, close = handle_command("Stats", t)
+    assert reply.startswith("ERROR unknown command 'Stats': try help (stats, ")
+    assert reply.count("\n") == 1 and reply.endswith("\n") and not close
     assert handle_command("   ", t) == ("", False)
 
 
 def test_dump_and_delete_commands() -> None:
     t = Target()
     assert handle_command("counters", t)[0] == '{"a": 1}\nEND\n\n'
-    assert handle_command("gauges", t)[0] == "ERROR\n"
+    assert handle_command("gauges", t)[0].startswith("ERROR gauges: not available")
     reply, _ = handle_command("delcounters a.* missing", t)
     assert reply == "deleted: a.*\nmetric missing not found\nEND\n\n"
-    assert handle_command("delgauges x", t)[0] == "ERROR\n"
+    assert handle_command("delgauges x", t)[0].startswith("ERROR delgauges: not available")
 
 
 def test_split_commands_accepts_lines_and_bare_chunks() -> None:
     assert split_commands(b"health") == ["health"]
     assert split_commands(b"health\r\nstats\n\n") == ["health", "stats"]
     assert split_commands(b"\xff\n") == ["\ufffd"]
+
+
+def test_help_lists_only_the_commands_the_daemon_answers() -> None:
+    """The proxy (no metric values) lists no dumps or deletes, and answers them with a
+    one-line reason instead of a bare ERROR."""
+    t = Target(commands=STATELESS_COMMANDS)
+    reply = handle_command("help", t)[0]
+    assert reply == "Commands: stats, health, config, quit\n\n"
+    for command in ("counters", "timers", "gauges", "delcounters x", "deltimers", "delgauges"):
+        answer, close = handle_command(command, t)
+        name = command.split()[0]
+        assert answer == f"ERROR {name}: not available here (this daemon holds no metric values)\n"
+        assert not close
+    assert not t.deleted
+    assert handle_command("x" * 100, t)[0] == (
+        f"ERROR unknown command '{'x' * 40}...': try help (stats, health, config, quit)\n")
+
+
+def test_take_commands_waits_for_the_rest_of_a_line() -> None:
+    assert take_commands(b"", b"health") == (["health"], b"")  # echo -n health | nc
+    assert take_commands(b"", b"stats\nhea") == (["stats"], b"hea")
+    assert take_commands(b"hea", b"lth\n") == (["health"], b"")
+    assert take_commands(b"", b"x") == ([], b"x")  # one byte at a time: no command yet
+    assert take_commands(b"x", b"y") == ([], b"xy")
+    assert take_commands(b"", b"nonsense\n") == (["nonsense"], b"")
+    assert take_commands(b"", b"\n  \n  ") == ([], b"")
 
 
 def test_join_replies_over_workers() -> None:

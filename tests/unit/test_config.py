@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 
 import pytest
@@ -136,3 +137,57 @@ def test_configuration_doc_is_generated_from_declarations() -> None:
     result = subprocess.run([sys.executable, str(root / "tools" / "gendocs.py"), "--check"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(("given", "seconds"), [
+    ("10", 10.0), ("10s", 10.0), ("10000ms", 10.0), ("250ms", 0.25), ("1min", 60.0),
+    ("3600s", 3600.0), (" 2.5 s", 2.5), (600, 600.0), (0.5, 0.5),
+])
+def test_flush_interval_takes_seconds_or_an_explicit_unit(given: object, seconds: float) -> None:
+    assert from_map(flush_interval=given).flush_interval == seconds
+    args = build_parser().parse_args(["--flush-interval", str(given)])
+    assert load_config(args)[0].flush_interval == seconds
+
+
+@pytest.mark.parametrize("given", [10000, "10000", 601, 60000.0])
+def test_flush_interval_in_etsy_milliseconds_is_refused_naming_the_unit(given: object) -> None:
+    """An Etsy user's ``--flush-interval 10000`` (milliseconds) must not flush every 2.8 h."""
+    for build in (lambda: from_map(flush_interval=given),
+                  lambda: load_config(build_parser().parse_args(["--flush-interval",
+                                                                 str(given)]))):
+        with pytest.raises(ConfigError) as info:
+            build()
+        message = str(info.value)
+        assert info.value.key == "flush_interval"
+        assert "is more than 600 s; a bare number is seconds" in message
+        assert f"write {given}ms" in message and f"write {given}s" in message
+
+
+@pytest.mark.parametrize(("given", "words"), [
+    ("ten", "is not a duration: expected a number of seconds, or with a unit: 10s, 10000ms"),
+    ("10h", "is not a duration"), ("ms", "is not a duration"),
+    ("50ms", "0.05 s is out of range: from 0.1 s (100ms) to 86400 s (a day)"),
+    ("90000s", "90000 s is out of range"), (True, "expected a number of seconds or a string"),
+])
+def test_bad_flush_intervals_say_what_is_accepted(given: object, words: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        from_map(flush_interval=given)
+
+
+def test_a_long_flush_interval_prints_with_its_unit_and_reads_back() -> None:
+    config = from_map(flush_interval="1800s")
+    text = format_toml(config, plain=plain_value)
+    assert 'flush_interval = "1800.0s"' in text
+    assert config_from_mapping(AggregatorConfig, tomllib.loads(text)) == config
+    assert 'flush_interval = 10.0' in format_toml(from_map(), plain=plain_value)
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("udp://127.0.0.1", "bad listen URL 'udp://127.0.0.1': missing port (expected HOST:PORT)"),
+    ("tcp://127.0.0.1:x", "bad listen URL 'tcp://127.0.0.1:x': port must be a number"),
+    ("udp://:8125", "bad listen URL 'udp://:8125': missing host"),
+    ("udp://[::1]", "bad listen URL 'udp://[::1]': expected [IPV6]:PORT"),
+])
+def test_bad_listen_urls_quote_what_was_typed(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_listen_url(url)

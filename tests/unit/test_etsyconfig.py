@@ -90,3 +90,15 @@ def test_unknown_and_backend_sections_warn() -> None:
 def test_unparsable_file_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="object literal"):
         parse_etsy_config("{ port: ")
+
+
+@pytest.mark.parametrize(("ms", "seconds"), [(10000, 10.0), (900000, 900.0), (250, 0.25),
+                                              (1500.5, 1.5005)])
+def test_flush_interval_in_milliseconds_migrates_at_any_length(tmp_path, ms: float,
+                                                               seconds: float) -> None:
+    """Etsy's milliseconds keep their unit on the way in: 15 minutes is not refused as a
+    bare number of seconds would be."""
+    path = tmp_path / "config.js"
+    path.write_text(f"{{flushInterval: {ms}}}")
+    config, _ = load_config(build_parser().parse_args(["--etsy-config", str(path)]))
+    assert config.flush_interval == pytest.approx(seconds)

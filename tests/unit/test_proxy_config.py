@@ -23,7 +23,7 @@ def test_defaults_match_documented_values() -> None:
     assert config.forward == "udp"
     assert config.max_datagram_bytes == 1432
     assert config.max_batch_delay_ms == 2.0
-    assert [str(u) for u in config.listen] == ["udp://0.0.0.0:8125"]
+    assert [str(u) for u in config.listen] == ["udp://0.0.0.0:8135"]
     assert config.processes == 1 and config.auth == "none"
 
 

@@ -24,7 +24,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def test_lookup_prints_path_tab_node(capsys: pytest.CaptureFixture[str]) -> None:
-    status, out, err = run(capsys, "lookup", *CARBON_FLAGS, "hosts.worker1.cpu", "müller.cpu")
+    status, out, err = run(capsys, "lookup", *CARBON_FLAGS, "--", "hosts.worker1.cpu", "müller.cpu")
     assert (status, err) == (0, "")
     lines = out.splitlines()
     assert lines[0] == "hosts.worker1.cpu\t127.0.0.1:2303:cache2"
@@ -37,7 +37,7 @@ def test_lookup_lists_replicas_primary_first(capsys: pytest.CaptureFixture[str])
     carbon += ["--carbon", "[::1]:2003"]
     paths = [f"stats.gauges.db{i}.connections" for i in range(20)]
     status, out, _ = run(capsys, "lookup", *carbon, "--replication-factor", "2", *paths)
-    _, primaries, _ = run(capsys, "lookup", *carbon, *paths)
+    _, primaries, _ = run(capsys, "lookup", *carbon, "--", *paths)
     assert status == 0
     for line, primary in zip(out.splitlines(), primaries.splitlines(), strict=True):
         path, _, placed = line.partition("\t")
@@ -57,7 +57,7 @@ def test_lookup_reads_stdin_without_paths_or_with_dash(
         "hosts.worker2.cpu",
     ]
     monkeypatch.setattr(sys, "stdin", io.StringIO("hosts.worker2.cpu\n"))
-    status, mixed, _ = run(capsys, "lookup", *CARBON_FLAGS, "hosts.worker1.cpu", "-")
+    status, mixed, _ = run(capsys, "lookup", *CARBON_FLAGS, "--", "hosts.worker1.cpu", "-")
     assert (status, mixed) == (0, from_stdin)
 
 
@@ -77,11 +77,11 @@ def test_lookup_takes_ring_settings_from_config_and_flags_override(
     status, overridden, err = run(
         capsys, "lookup", "--config", str(config), "--ring-hash", "carbon_ch", *paths
     )
-    _, default_mode, _ = run(capsys, "lookup", *CARBON_FLAGS, *paths)
+    _, default_mode, _ = run(capsys, "lookup", *paths, *CARBON_FLAGS)
     assert (status, err, overridden) == (0, "", default_mode)
     assert overridden != from_file  # the mode really changed some placements
     _, one_node, _ = run(
-        capsys, "lookup", "--config", str(config), "--carbon", "10.9.9.9:2003", *paths[:2]
+        capsys, "lookup", "--config", str(config), "--carbon", "10.9.9.9:2003", "--", *paths[:2]
     )
     assert one_node.splitlines() == [f"{path}\t10.9.9.9:2003" for path in paths[:2]]
 
@@ -91,7 +91,7 @@ def test_lookup_takes_ring_settings_from_config_and_flags_override(
     [
         (["lookup", "a.b"], "no carbon nodes"),
         (["lookup", "--carbon", "10.0.0.1", "a.b"], "bad carbon node '10.0.0.1'"),
-        (["lookup", "--carbon", "h:1:a", "--carbon", "h:2:a", "a.b"], "one ring node"),
+        (["lookup", "a.b", "--carbon", "h:1:a", "--carbon", "h:2:a"], "one ring node"),
         (["lookup", "--carbon", "h:1", "--ring-hash", "fnv1a_ch", "a.b"], "instance"),
         (["lookup", "--carbon", "h:1", "--replication-factor", "0", "a"], "replication_factor"),
         (["lookup", "--carbon", "h:1", "--replication-factor", "two", "a"], "invalid int"),
@@ -140,7 +140,7 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_runs_as_a_real_process() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "aggregator.ringtool", "lookup", *CARBON_FLAGS, "-"],
+        [sys.executable, "-m", "aggregator.ringtool", "lookup", *CARBON_FLAGS, "--", "-"],
         input="hosts.worker1.cpu\nhosts.worker2.cpu\n",
         capture_output=True,
         text=True,
@@ -178,3 +178,49 @@ def test_a_reader_that_goes_away_ends_it_quietly(tmp_path: Path) -> None:
         err = process.stderr.read()
         process.stderr.close()
         assert (process.wait(timeout=60), err) == (1, b"")
+
+
+def test_carbon_takes_several_values_and_repeats_as_for_the_aggregator(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    paths = [f"stats.counters.svc{i}.count" for i in range(30)]
+    _, one_per_flag, _ = run(capsys, "lookup", *paths, *CARBON_FLAGS)
+    status, several, err = run(capsys, "lookup", "--carbon", *GRAPHITE_WEB[:2],
+                               "--carbon", GRAPHITE_WEB[2], "--", *paths)
+    assert (status, err) == (0, "")
+    assert several == one_per_flag and len(several.splitlines()) == 30
+    _, all_in_one, _ = run(capsys, "lookup", *paths, "--carbon", *GRAPHITE_WEB)
+    assert all_in_one == one_per_flag
+
+
+def test_the_aggregators_form_of_carbon_lists_every_node(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``lookup --carbon a b c`` once took b and c as paths (exit 0, "b<TAB>a"); now all three
+    are the ring, and the paths come from stdin."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hosts.worker1.cpu\n"))
+    status, out, err = run(capsys, "lookup", "--carbon", *GRAPHITE_WEB)
+    assert (status, err) == (0, "")
+    assert out == "hosts.worker1.cpu\t127.0.0.1:2303:cache2\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["lookup", "--carbon", "h:2003", "some.path"],
+         "bad carbon node 'some.path': expected HOST:PORT[:INSTANCE], IPv6 as "
+         "[ADDR]:PORT[:INSTANCE]. --carbon takes every value up to the next flag: put the "
+         "paths before --carbon, or after --"),
+        (["lookup", "--carbon", "a:2003", "--", "x.y", "b:2003"],
+         "'b:2003' is a carbon node (HOST:PORT), not a Graphite path: give every node with "
+         "--carbon (it takes several: --carbon a:2003 b:2003)"),
+        (["lookup", "c:2003:x", "--carbon", "a:2003"], "'c:2003:x' is a carbon node"),
+    ],
+)
+def test_a_node_where_a_path_belongs_and_a_path_where_a_node_belongs_are_errors(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    status, out, err = run(capsys, *argv)
+    assert (status, out) == (2, "")
+    assert err.startswith("tallyd-ring: error: ") and err.endswith("\n")
+    assert message in err and err.count("\n") == 1
