@@ -77,9 +77,12 @@ class RunLocal(DaemonProcess):
     name = "tools/run-local"
 
 
-@pytest.fixture
-def run_local(carbon_available: Path, tmp_path: Path) -> Iterator[tuple[RunLocal, dict[str, str]]]:
-    data = tmp_path / "run" / "carbon"
+@pytest.fixture(scope="module")
+def run_local(carbon_available: Path, tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[tuple[RunLocal, dict[str, str]]]:
+    """tools/run-local, shared by the tests of this module; stopped with SIGTERM at the end,
+    which must end in exit status 0 (the graceful stop)."""
+    data = tmp_path_factory.mktemp("quickstart") / "run" / "carbon"
     ports = {"statsd": free_port_both(), "mgmt": free_tcp_port(), "carbon": free_tcp_port(),
              "graphite": free_tcp_port()}
     env = dict(os.environ, TALLYD_STATSD_PORT=str(ports["statsd"]),
