@@ -48,9 +48,9 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import signal
 import socket
-import secrets
 import subprocess
 import sys
 import time
