@@ -7,6 +7,7 @@ the data with :meth:`LocalCarbon.wait_for_points` (which polls the Whisper file)
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -20,6 +21,18 @@ LOCALCARBON = REPO_ROOT / "tools" / "localcarbon.py"
 CARBON_DIR = REPO_ROOT / ".cache" / "carbon"
 
 Points = list[tuple[int, float]]
+
+
+def _load_localcarbon():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("localcarbon", LOCALCARBON)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: tools/localcarbon.py as a module (for its carbon path scheme: whisper_file).
+localcarbon = _load_localcarbon()
 
 
 def carbon_installed() -> bool:
@@ -75,7 +88,8 @@ class LocalCarbon:
             self.pid = None
 
     def whisper_file(self, metric: str) -> Path:
-        return self.data_dir / "storage" / "whisper" / (metric.replace(".", "/") + ".wsp")
+        """Where carbon stores ``metric`` (tagged series under ``_tagged/``)."""
+        return Path(localcarbon.whisper_file(self.data_dir, metric))
 
     def fetch(self, metric: str) -> Points | None:
         """The series' non-empty points, oldest first, or None if it has no file yet."""
