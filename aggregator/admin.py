@@ -47,7 +47,7 @@ class AggregatorAdmin:
         agg = self.aggregator
         lines: list[tuple[str, object]] = [
             ("uptime", round(now - self.started)),
-            ("messages.last_msg_seen", round(now - self.last_msg_seen)),
+            *agg.message_stats(now, self.last_msg_seen),
             ("messages.bad_lines_seen", agg.bad_lines_total),
             ("intake.stream_connections", self.intake.stream_connections),
             ("intake.stream_connections_refused", self.intake.stream_connections_refused),
