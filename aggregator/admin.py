@@ -51,7 +51,7 @@ class AggregatorAdmin:
         agg = self.aggregator
         lines: list[tuple[str, object]] = [
             ("uptime", round(now - self.started)),
-            ("messages.last_msg_seen", round(now - self.last_msg_seen)),
+            *agg.message_stats(now, self.last_msg_seen),
             ("messages.bad_lines_seen", agg.bad_lines_total),
             *((f"intake.{name}", count) for name, count in attrs.asdict(self.intake).items()),
         ]

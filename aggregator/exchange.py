@@ -177,7 +177,7 @@ class Splitter:
 
         A line without a usable name stays here, where the parser will count it as bad.
         """
-        name_of = self.parser.name_of
+        name_of = self.parser.line_name
         owners = self._owners
         own: list[bytes] = []
         foreign: dict[int, list[bytes]] = {}

@@ -19,7 +19,9 @@ internal        ``stats.P.<x>S``                   ``<gp>.P.<x>S``
 is left out (no empty path component). The legacy namespace ignores them all.
 
 Values are printed as JavaScript prints numbers (`common.jsnum`). Every line of one flush
-carries the flush's timestamp.
+carries the flush's timestamp. No non-finite value is ever written: the ledger refuses the
+lines that would make a counter or gauge non-finite, `timer_stats` never returns one, and a
+non-finite value that got past them anyway is left out and counted (`non_finite`).
 
 Rendering is split into chunks (`render_chunks`) so the shell can let intake run between
 them: a flush of 100k names never holds the event loop for its whole duration.
@@ -95,6 +97,8 @@ class GraphiteRenderer:
             self.internal_ns = _namespace(n.global_prefix) + stats + b"."
             self.num_stats = self.internal_ns + b"numStats"
         self._stat_names: dict[str, bytes | None] = {}
+        #: Values left out because they were not finite, since start (should stay 0).
+        self.non_finite = 0
 
     def _split(self, key: bytes) -> tuple[bytes, bytes]:
         name, sep, tags = key.partition(b";")
@@ -138,9 +142,13 @@ class GraphiteRenderer:
             rate_pre, rate_post = c_ns, b".rate"
             count_pre, count_post = c_ns, b".count"
         for key, value in snap.counters.items():
+            rate = value / interval
+            if rate - rate != 0.0:  # inf or nan: neither line is written
+                self.non_finite += 1
+                continue
             name, tags = split(key)
             chunk.append(rate_pre + name + rate_post + sfx + tags + b" "
-                         + fmt(value / interval) + tail)
+                         + fmt(rate) + tail)
             if naming.flush_counts:
                 chunk.append(count_pre + name + count_post + sfx + tags + b" " + fmt(value) + tail)
             names += 1
@@ -174,6 +182,9 @@ class GraphiteRenderer:
 
         g_ns = self.gauge_ns
         for key, value in snap.gauges.items():
+            if value - value != 0.0:
+                self.non_finite += 1
+                continue
             name, tags = split(key)
             chunk.append(g_ns + name + sfx + tags + b" " + fmt(value) + tail)
             names += 1
@@ -205,5 +216,5 @@ class GraphiteRenderer:
         tail = b" " + str(timestamp).encode() + b"\n"
         return b"".join(
             self.internal_ns + name.encode() + self.suffix + b" " + fmt(value) + tail
-            for name, value in values.items()
+            for name, value in values.items() if value - value == 0.0
         )

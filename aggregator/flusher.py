@@ -132,6 +132,7 @@ class Flusher:
                 if self.coordinator is not None:
                     num_stats = await self.coordinator.num_stats(sequence, snapshot.key_count)
                 lines = 0
+                non_finite = self.renderer.non_finite
                 for chunk in self.renderer.render_chunks(snapshot, num_stats=num_stats):
                     lines += chunk.count(b"\n")
                     self._ship(chunk)
@@ -139,6 +140,9 @@ class Flusher:
                 if self.coordinator is not None:
                     self.coordinator.rendered(sequence)
                 done = time.perf_counter()
+                if self.renderer.non_finite > non_finite:
+                    log_event(LOGGER, "flush_values_omitted", level=logging.WARNING,
+                              reason="non_finite", count=self.renderer.non_finite - non_finite)
                 render_ms = (done - swapped) * 1000
                 internal: dict[str, float] = {}
                 if self.report_internal:

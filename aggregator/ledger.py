@@ -22,21 +22,60 @@ Pure: no I/O, no clock (the flush timestamp comes in as an argument).
 
 from __future__ import annotations
 
+import sys
 from array import array
 from typing import Any, Final
 
 import attrs
 
 from common.errors import ParseError
-from common.protocol import COUNTER, GAUGE, GAUGE_DELTA, HISTOGRAM, SET, TIMER, LineParser
+from common.protocol import (
+    COUNTER,
+    DOGSTATSD_EVENT,
+    DOGSTATSD_SERVICE_CHECK,
+    GAUGE,
+    GAUGE_DELTA,
+    HISTOGRAM,
+    SET,
+    TIMER,
+    UNSUPPORTED_REASONS,
+    LineParser,
+)
 
 #: Bad lines kept per interval for the shell to log; the rest are only counted.
 MAX_KEPT_ERRORS: Final = 20
 
 _KEEP_ON_DELETE: Final = (b"packets_received", b"metrics_received", b"bad_lines_seen")
 #: The exact type fields the inline path of `Aggregator.ingest` handles.
-_FAST_KINDS: Final = {b"c": COUNTER, b"ms": TIMER, b"g": GAUGE, b"h": HISTOGRAM, b"s": SET}
+_FAST_KINDS: Final = {b"c": COUNTER, b"ms": TIMER, b"g": GAUGE, b"h": HISTOGRAM,
+                      b"d": HISTOGRAM, b"s": SET}
 _SIGNS: Final = (0x2B, 0x2D)  # "+" and "-"
+
+#: The drop reason of a line refused because it would make an aggregate non-finite.
+OVERFLOW: Final = "overflow"
+#: Every reason a line is refused for other than being bad (Etsy's ``bad_lines_seen``),
+#: in the order the admin ``stats`` prints them.
+DROP_REASONS: Final = (OVERFLOW, DOGSTATSD_EVENT, DOGSTATSD_SERVICE_CHECK)
+
+# Overflow: nothing non-finite may reach Carbon. Where each check is:
+# * The inline path takes only values with |v| <= _FAST_LIMIT (2**969). Adding such a value
+#   to any finite double never gives infinity: near the largest double (just under
+#   2**1024) one unit in the last place is 2**971, and a value under half of it rounds
+#   back (IEEE 754 round-to-nearest). So counters, gauge deltas and timer counts stay
+#   finite with one comparison per line, and only for values that are not plain digits
+#   or not "1". Larger values go through `Aggregator._ingest_line`, which checks the
+#   result itself.
+# * A counter is written twice: its count and its rate, count / interval, with an interval
+#   of at least 0.1 s (`aggregator.config`). So the checked path keeps counters and timer
+#   counts within _COUNT_LIMIT (a tenth of the largest double), and the rate is finite.
+#   (The inline path could pass it only by adding 2**969 about 10**16 times in one
+#   interval; the renderer refuses any non-finite value anyway.)
+# * Timer samples are only stored; the statistics derived at flush (sums, squares) are
+#   made finite where they are computed (`aggregator.timers`).
+_MAX_DOUBLE: Final = sys.float_info.max
+_FAST_LIMIT: Final = 2.0**969
+_MIN_FLUSH_INTERVAL_SECONDS: Final = 0.1
+_COUNT_LIMIT: Final = _MAX_DOUBLE * _MIN_FLUSH_INTERVAL_SECONDS
 
 
 @attrs.frozen
@@ -117,6 +156,10 @@ class Aggregator:
         self.known_sets: set[bytes] = set()
         self.recent_errors: list[ParseError] = []
         self.bad_lines_total = 0
+        #: Lines (or segments) refused for one of `DROP_REASONS`, since start.
+        self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        #: Epoch seconds of the last message received (set by the shell; None: none yet).
+        self.last_message_time: float | None = None
         self.last_timestamp: int | None = None
         prefix = options.prefix_stats.encode()
         self.internal_keys = (
@@ -152,6 +195,7 @@ class Aggregator:
         keys = self.parser.keys
         max_line = self.parser.max_line_bytes
         slow = self._ingest_line
+        fast_limit = _FAST_LIMIT
         lines = 0
         for line in packet.split(b"\n"):
             if not line:
@@ -173,15 +217,21 @@ class Aggregator:
                     members = ledger.sets[key] = set()
                 members.add(value or b"0")
                 continue
-            if value.isdigit():  # the common case: no sign, dot, exponent, inf or "_"
-                number = 1.0 if value == b"1" else float(value)
+            if value == b"1":
+                number = 1.0
+            elif value.isdigit():  # the common case: no sign, dot, exponent, inf or "_"
+                number = float(value)
+                if number > fast_limit:  # 400 digits: too large for the inline path
+                    slow(line)
+                    continue
             else:
                 try:
                     number = float(value)
                 except ValueError:
                     slow(line)
                     continue
-                if number - number != 0.0 or b"_" in value:  # inf, nan, or 1_000
+                # inf, nan (no comparison holds), too large, or 1_000
+                if not -fast_limit <= number <= fast_limit or b"_" in value:
                     slow(line)
                     continue
             if fast == COUNTER:
@@ -212,37 +262,83 @@ class Aggregator:
             ledger.lines += lines
 
     def _ingest_line(self, line: bytes) -> None:
-        """The general path: parse with `LineParser` and apply every sample."""
+        """The general path: parse with `LineParser` and apply every sample.
+
+        A sample that would make its aggregate non-finite (or a counter's rate) is refused
+        (`OVERFLOW`); the aggregate keeps its value and the line's other samples count.
+        """
         ledger = self.ledger
         samples, errors = self.parser.parse_line(line)
         if errors:
-            ledger.bad_lines += len(errors)
-            self.bad_lines_total += len(errors)
-            if len(self.recent_errors) < MAX_KEPT_ERRORS:
-                self.recent_errors.extend(errors[: MAX_KEPT_ERRORS - len(self.recent_errors)])
+            self._refuse(errors)
         for kind, key, value, rate in samples:
             if kind == COUNTER:
                 if rate != 1.0:
                     value = value * (1.0 / rate)  # type: ignore[operator]
-                ledger.counters[key] = ledger.counters.get(key, 0.0) + value  # type: ignore[operator]
+                total = ledger.counters.get(key, 0.0) + value  # type: ignore[operator]
+                if not -_COUNT_LIMIT <= total <= _COUNT_LIMIT:  # also false for nan
+                    self._refuse([ParseError(OVERFLOW, line, "counter")])
+                    continue
+                ledger.counters[key] = total
             elif kind == TIMER or kind == HISTOGRAM:
+                counts = ledger.timer_counts
+                count = counts.get(key, 0.0) + (1.0 / rate)
+                if count > _COUNT_LIMIT:
+                    self._refuse([ParseError(OVERFLOW, line, "timer count")])
+                    continue
                 timer = ledger.timers.get(key)
                 if timer is None:
                     timer = ledger.timers[key] = array("d")
                 timer.append(value)  # type: ignore[arg-type]
-                counts = ledger.timer_counts
-                counts[key] = counts.get(key, 0.0) + (1.0 / rate)
+                counts[key] = count
             elif kind == GAUGE:
                 self.gauges[key] = value  # type: ignore[assignment]
                 ledger.gauges_touched.add(key)
             elif kind == GAUGE_DELTA:
-                self.gauges[key] = self.gauges.get(key, 0.0) + value  # type: ignore[operator]
+                gauge = self.gauges.get(key, 0.0) + value  # type: ignore[operator]
+                if not -_MAX_DOUBLE <= gauge <= _MAX_DOUBLE:
+                    self._refuse([ParseError(OVERFLOW, line, "gauge")])
+                    continue
+                self.gauges[key] = gauge
                 ledger.gauges_touched.add(key)
             elif kind == SET:
                 members = ledger.sets.get(key)
                 if members is None:
                     members = ledger.sets[key] = set()
                 members.add(value)  # type: ignore[arg-type]
+
+    def _refuse(self, errors: list[ParseError]) -> None:
+        """Count refused segments: bad lines, or one of `DROP_REASONS`; keep some to log.
+
+        DogStatsD events and service checks are ordinary traffic for such clients: only
+        the first of each is kept for the log, the counter says the rest.
+        """
+        reason = errors[0].reason
+        if reason in UNSUPPORTED_REASONS or reason == OVERFLOW:  # always one error
+            seen = self.dropped[reason]
+            self.dropped[reason] = seen + 1
+            if seen and reason != OVERFLOW:
+                return
+        else:
+            self.ledger.bad_lines += len(errors)
+            self.bad_lines_total += len(errors)
+        if len(self.recent_errors) < MAX_KEPT_ERRORS:
+            self.recent_errors.extend(errors[: MAX_KEPT_ERRORS - len(self.recent_errors)])
+
+    def drop_metrics(self, head: str) -> dict[str, float]:
+        """Self-metrics: the lines refused for each of `DROP_REASONS` since start."""
+        return {head + "dropped_lines." + reason: n for reason, n in self.dropped.items()}
+
+    def message_stats(self, now: float, started: float) -> list[tuple[str, object]]:
+        """The admin ``stats`` lines about messages, besides ``bad_lines_seen``.
+
+        ``messages.last_msg_seen`` is, as in Etsy, the seconds since the last message
+        received (since ``started`` when there was none); then the lines refused for each
+        of `DROP_REASONS` since start.
+        """
+        last = self.last_message_time if self.last_message_time is not None else started
+        return [("messages.last_msg_seen", round(now - last)),
+                *((f"messages.dropped_lines.{r}", n) for r, n in self.dropped.items())]
 
     def add_intake(self, packets: int, lines: int, bad_lines: int) -> None:
         """Count intake that happened elsewhere (another worker's share) in this interval."""

@@ -163,6 +163,7 @@ async def serve(
     auth = make_auth(config.auth, config.auth_tokens, config.auth_revoked_tokens)
     if auth is not None:
         handle = authenticated(handle, auth)
+    handle = noting_arrival(handle, aggregator)
 
     def handle_batch(datagrams: list[bytes]) -> None:
         handle(b"\n".join(datagrams), packets=len(datagrams))
@@ -188,6 +189,8 @@ async def serve(
                 values.update(carbon.self_metrics(identity))
         if exchange is not None and flusher.self_metrics:
             values.update(exchange_metrics(exchange, identity))
+        if flusher.self_metrics:
+            values.update(aggregator.drop_metrics(f"tallyd.{identity}.ledger."))
         if auth is not None and flusher.self_metrics:
             stats = auth.stats
             head = f"tallyd.{identity}.auth.refused_lines."
@@ -309,6 +312,15 @@ def authenticated(handle: Intake, auth: TokenAuth) -> Intake:
         handle(auth.filter_packet(packet), packets=packets)
 
     return handle_authenticated
+
+
+def noting_arrival(handle: Intake, aggregator: Aggregator) -> Intake:
+    """Wrap the intake callback: note when the last message arrived (admin ``stats``)."""
+    def handle_noted(packet: bytes, *, packets: int = 1) -> None:
+        aggregator.last_message_time = time.time()
+        handle(packet, packets=packets)
+
+    return handle_noted
 
 
 def log_listening(config: AggregatorConfig, bound: Sequence[BoundSocket], mgmt: str) -> None:

@@ -23,6 +23,18 @@ Histogram bins ``[b1, b2, ..., "inf"]`` count the values below each bound that n
 bin counted; values at or above the last finite bound without an ``inf`` bin are not
 counted anywhere.
 
+Overflow: every sample is finite, but sums, squares and differences of large samples need
+not be (``1e308`` twice sums to Infinity; ``1e200`` squared is Infinity). Nothing
+non-finite is returned. When the plain computation above gives a non-finite statistic
+(and only then: otherwise every value is Etsy's, bit for bit), it is computed again on the
+samples scaled by a power of two (exact), with ``math.fsum``:
+
+* ``mean``, ``median``, ``std`` and ``mean_P`` always lie within the samples' range, so
+  they are always emitted (correctly rounded where Etsy would print Infinity or NaN);
+* ``sum``, ``sum_squares``, ``sum_P`` and ``sum_squares_P`` are emitted when their exact
+  value is within the double range, and left out when it is not;
+* ``count``, ``count_ps``, ``upper``, ``lower`` and the bins cannot overflow.
+
 Never use ``sum()`` on floats here: from Python 3.12 it compensates rounding errors and
 would no longer match JavaScript's plain left-to-right additions.
 
@@ -102,6 +114,7 @@ def timer_stats(
     """
     v = sorted(values)
     n = len(v)
+    groups: dict[str, tuple[int, int]] = {"": (0, n)}
     low, high = v[0], v[n - 1]
     cum = list(accumulate(v))
     cumsq = list(accumulate(map(mul, v, v)))
@@ -122,6 +135,7 @@ def timer_stats(
                 part_sum = cum[n - 1] - cum[n - m - 1]
                 part_sq = cumsq[n - 1] - cumsq[n - m - 1]
         suffix = percentile_suffix(pct)
+        groups[suffix] = (0, m) if pct > 0 or n == 1 else (n - m, n)
         out.append(("count_" + suffix, m))
         out.append(("mean_" + suffix, part_sum / m if n > 1 else low))
         out.append((("upper_" if pct > 0 else "lower_") + suffix, boundary))
@@ -155,7 +169,63 @@ def timer_stats(
                 while i < n and v[i] < limit:
                     i += 1
             out.append(("histogram." + bin_name(bound), i - start))
+    for _, value in out:
+        if value - value != 0.0:  # inf or nan: rare, so checked once, at the end
+            return _without_overflow(out, v, groups)
     return out
+
+
+# A statistic's name -> (what it is, the group suffix): whole-set names first.
+_WHOLE: Final = {"sum": "sum", "sum_squares": "sum_squares", "mean": "mean",
+                 "median": "median", "std": "std"}
+_PER_GROUP: Final = (("sum_squares_", "sum_squares"), ("sum_", "sum"), ("mean_", "mean"))
+
+
+def _without_overflow(out: list[tuple[str, float]], v: list[float],
+                      groups: dict[str, tuple[int, int]]) -> list[tuple[str, float]]:
+    """``out`` with every non-finite statistic computed again, or left out if its exact
+    value is beyond the double range (see the module's docstring)."""
+    kept: list[tuple[str, float]] = []
+    for name, value in out:
+        if value - value == 0.0:
+            kept.append((name, value))
+            continue
+        what, suffix = _WHOLE.get(name), ""
+        if what is None:
+            for prefix, what_p in _PER_GROUP:
+                if name.startswith(prefix) and name[len(prefix):] in groups:
+                    what, suffix = what_p, name[len(prefix):]
+                    break
+        if what is None:
+            continue  # nothing else can overflow; never written non-finite
+        lo, hi = groups[suffix]
+        fixed = _robust(what, v[lo:hi])
+        if fixed is not None:
+            kept.append((name, fixed))
+    return kept
+
+
+def _robust(what: str, values: list[float]) -> float | None:
+    """``what`` (sum, sum_squares, mean, median, std) of sorted ``values``, computed on
+    the values scaled by 2**-e (exact) so that no intermediate overflows; None when the
+    result itself is beyond the double range."""
+    n = len(values)
+    if what == "median":
+        mid = n // 2
+        return values[mid] if n % 2 else values[mid - 1] / 2 + values[mid] / 2
+    e = math.frexp(max(abs(values[0]), abs(values[n - 1])))[1]
+    scaled = [math.ldexp(x, -e) for x in values]  # each within (-1, 1)
+    try:
+        if what == "sum":
+            return math.ldexp(math.fsum(scaled), e)
+        if what == "sum_squares":
+            return math.ldexp(math.fsum(y * y for y in scaled), 2 * e)
+        mean = math.fsum(scaled) / n
+        if what == "mean":
+            return math.ldexp(mean, e)
+        return math.ldexp(math.sqrt(math.fsum((y - mean) ** 2 for y in scaled) / n), e)
+    except OverflowError:
+        return None
 
 
 def idle_timer_stats() -> list[tuple[str, float]]:

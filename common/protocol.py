@@ -7,7 +7,8 @@ Grammar, in the order the parser applies it::
     body     := key ( ":" segment )+        one key, one or more value segments
     segment  := value "|" type [ "|" "@" rate ] ( "|" ignored )*
     tags     := tag ( "," tag )*            DogStatsD tags
-    type     := "c" | "g" | "ms" | "h" | "s"   (surrounding white space is ignored: CRLF senders)
+    type     := "c" | "g" | "ms" | "h" | "d" | "s"   (surrounding white space is ignored:
+                                            CRLF senders)
 
 Examples::
 
@@ -16,6 +17,7 @@ Examples::
     db.pool:7|g   db.pool:-2|g       gauge: an unsigned value sets, a signed one is a delta
     api.latency:320|ms|@0.5          timer sample; it counts as 2 events in `count`
     api.size:1024|h                  histogram: aggregated exactly like a timer
+    api.size:1024|d                  DogStatsD distribution: exactly like "h"
     api.users:alice|s                set member (any bytes; an empty value means "0")
     a:1|c:2|c:7|ms                   several segments share one key
     req:1|c|#env:prod,az:b           key "req;env=prod;az=b" (Graphite 1.1 tags)
@@ -24,6 +26,10 @@ The key, tags included, is then sanitised as Etsy statsd does: each run of white
 becomes one ``_``, ``/`` becomes ``-``, and every byte outside ``[A-Za-z0-9_.;=-]`` is
 removed. In a DogStatsD tag only the first ``;`` becomes ``_`` and the first ``:`` becomes
 ``=`` (Etsy's rule, kept so series names stay identical after a migration).
+
+DogStatsD events (``_e{5,4}:title|text...``) and service checks (``_sc|name|0...``) are
+recognised by their first bytes and refused whole, under their own reasons
+(`UNSUPPORTED_REASONS`): they are not metrics, and not bad lines either.
 
 A bad segment never spoils the others: each one is reported as its own `ParseError`
 and the valid segments of the same line are still returned::
@@ -50,7 +56,7 @@ COUNTER: Final = 0
 GAUGE: Final = 1  # sets the gauge
 GAUGE_DELTA: Final = 2  # adds to the gauge
 TIMER: Final = 3  # "ms"
-HISTOGRAM: Final = 4  # "h": aggregated as a timer, may be negative
+HISTOGRAM: Final = 4  # "h" and DogStatsD's "d": aggregated as a timer, may be negative
 SET: Final = 5
 
 KIND_NAMES: Final = {
@@ -66,7 +72,16 @@ KIND_NAMES: Final = {
 #: member bytes for a set.
 Sample: TypeAlias = tuple[int, bytes, "float | bytes", float]
 
-_TYPES: Final = {b"c": COUNTER, b"g": GAUGE, b"ms": TIMER, b"h": HISTOGRAM, b"s": SET}
+_TYPES: Final = {b"c": COUNTER, b"g": GAUGE, b"ms": TIMER, b"h": HISTOGRAM, b"d": HISTOGRAM,
+                 b"s": SET}
+
+#: Refusal reasons of lines that are valid DogStatsD but not metrics: counted under their
+#: own names, apart from the bad lines (Etsy's ``bad_lines_seen``).
+DOGSTATSD_EVENT: Final = "dogstatsd_event"
+DOGSTATSD_SERVICE_CHECK: Final = "dogstatsd_service_check"
+UNSUPPORTED_REASONS: Final = frozenset({DOGSTATSD_EVENT, DOGSTATSD_SERVICE_CHECK})
+_EVENT_HEAD: Final = b"_e{"
+_SERVICE_CHECK_HEAD: Final = b"_sc|"
 _ASCII_WS: Final = b" \t\n\v\f\r"
 _SIGNS: Final = (0x2B, 0x2D)  # "+" and "-"
 _INF: Final = float("inf")
@@ -82,12 +97,21 @@ _JS_WS_RUN: Final = re.compile(
     "[\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]+"
 )
 
-#: Distinct raw keys remembered by one parser before its cache is cleared. Sanitising is
-#: a regex plus two byte passes; the cache turns it into one dict lookup per line, and the
-#: ledger's fast path only takes lines whose key is cached, so the cache must hold every
-#: live name (a smaller one was cleared over and over with 1M names). A clean key is
-#: stored as the raw key object itself, so an entry costs a dict slot (~100 bytes).
-DEFAULT_KEY_CACHE_SIZE: Final = 2_000_000
+#: Bytes of raw key -> stored key entries one parser remembers before its cache is cleared.
+#: Sanitising is a regex plus two byte passes; the cache turns it into one dict lookup per
+#: line, and the ledger's fast path only takes lines whose key is cached, so the cache must
+#: hold every live name: 256 MiB holds about 2M names of typical length (~30 bytes, ~120
+#: bytes an entry, the old cap of 2M entries), while a sender of long keys (4 KiB each)
+#: can make it hold no more than ~60k of them. The bound is in bytes because keys may be
+#: up to ``max_line_bytes`` long; only keys of lines that parsed are cached (a bad line
+#: costs nothing once refused).
+DEFAULT_KEY_CACHE_BYTES: Final = 256 * 1024 * 1024
+#: What one cache entry costs besides the bytes of its keys (measured with tracemalloc,
+#: CPython 3.11, x86-64): the dict's slot and index (~50 bytes at its usual fill) and the
+#: raw key's object header (33 bytes). A stored key that is not the raw key object adds
+#: its own header (`_KEY_HEADER_BYTES`).
+_ENTRY_OVERHEAD_BYTES: Final = 83
+_KEY_HEADER_BYTES: Final = 33
 
 
 def sanitize_key(raw: bytes) -> bytes:
@@ -163,14 +187,15 @@ class LineParser:
     """Parses StatsD lines into samples, remembering sanitised keys.
 
     One parser belongs to one owner (a listener, a ledger): it keeps a cache of raw key
-    -> stored key, so it is not shared between threads or processes.
+    -> stored key, so it is not shared between threads or processes. Only the keys of
+    lines that gave at least one sample are cached, within ``cache_bytes``.
 
     Args:
         sanitize: apply Etsy's key sanitising at intake (``key_name_sanitize``). When
             false the key is stored as sent and only the Graphite name is cleaned on
             output, as Etsy does.
         max_line_bytes: longer lines are refused whole (``line_too_long``).
-        cache_size: see `DEFAULT_KEY_CACHE_SIZE`.
+        cache_bytes: see `DEFAULT_KEY_CACHE_BYTES`; 0 caches nothing.
     """
 
     def __init__(
@@ -178,50 +203,81 @@ class LineParser:
         *,
         sanitize: bool = True,
         max_line_bytes: int = 65_536,
-        cache_size: int = DEFAULT_KEY_CACHE_SIZE,
+        cache_bytes: int = DEFAULT_KEY_CACHE_BYTES,
     ) -> None:
         self.sanitize = sanitize
         self.max_line_bytes = max_line_bytes
-        self._cache_size = cache_size
-        #: Raw key (plus ``:`` and the DogStatsD tag text, if any) -> stored key; b"" for
-        #: keys that are unusable. Read directly by the ledger's inline fast path.
+        self.cache_bytes = cache_bytes
+        #: What the entries of `keys` cost, by the estimate of `_ENTRY_OVERHEAD_BYTES`.
+        self.cached_bytes = 0
+        #: Raw key (plus ``:`` and the DogStatsD tag text, if any) -> stored key, for keys
+        #: of lines that parsed. Read directly by the ledger's inline fast path, which
+        #: takes a line only when its raw key is here (so it is cleared, never replaced).
         self.keys: dict[bytes, bytes] = {}
 
     def stored_key(self, raw: bytes, tagpart: bytes = b"") -> bytes:
         """Return the key a ledger stores for ``raw`` with DogStatsD ``tagpart``.
 
         Empty when the key's name (the part before any ``;``) sanitises to nothing.
+        Looks in the cache but adds nothing to it (`parse_line` does, for lines that parse).
         """
         # ":" never occurs in a raw key, so a tagged entry can never be mistaken for an
         # untagged key (the ledger's fast path looks raw keys up directly).
-        cache_key = raw + b":" + tagpart if tagpart else raw
-        key = self.keys.get(cache_key)
-        if key is None:
-            key = raw
-            if tagpart:
-                tagpart = tagpart.split(b"|#", 1)[0]
-                key += b";" + b";".join(_dogstatsd_tag(t) for t in tagpart.split(b","))
-            if self.sanitize:
-                key = sanitize_key(key)
-                if key == raw:
-                    key = raw  # share the object: most keys are already clean
-            name = key.split(b";", 1)[0]
-            if not (sanitize_key(name) if not self.sanitize else name):
-                key = b""
-            if len(self.keys) >= self._cache_size:
-                self.keys.clear()
-            self.keys[cache_key] = key
+        key = self.keys.get(raw + b":" + tagpart if tagpart else raw)
+        return self._make_key(raw, tagpart) if key is None else key
+
+    def _make_key(self, raw: bytes, tagpart: bytes) -> bytes:
+        key = raw
+        if tagpart:
+            tagpart = tagpart.split(b"|#", 1)[0]
+            key += b";" + b";".join(_dogstatsd_tag(t) for t in tagpart.split(b","))
+        if self.sanitize:
+            key = sanitize_key(key)
+            if key == raw:
+                key = raw  # share the object: most keys are already clean
+        name = key.split(b";", 1)[0]
+        if not (sanitize_key(name) if not self.sanitize else name):
+            return b""
         return key
+
+    def _remember(self, cache_key: bytes, key: bytes) -> None:
+        cost = _ENTRY_OVERHEAD_BYTES + len(cache_key)
+        if key is not cache_key:
+            cost += _KEY_HEADER_BYTES + len(key)
+        if self.cached_bytes + cost > self.cache_bytes:
+            self.keys.clear()
+            self.cached_bytes = 0
+            if cost > self.cache_bytes:
+                return
+        self.keys[cache_key] = key
+        self.cached_bytes += cost
 
     def name_of(self, line: bytes) -> bytes:
         """The Graphite name a line's samples are stored under, tags excluded.
 
         This is what sharding hashes: two spellings that sanitise to one Graphite path
         give the same name, and every tag variant of a series gives the same name.
-        Empty when the line has no usable key.
+        Empty when the line has no usable key. ``line`` may be a bare key.
         """
         body, _, tagpart = line.partition(b"|#")
         key = self.stored_key(body.split(b":", 1)[0], tagpart)
+        name = key.split(b";", 1)[0]
+        return name if self.sanitize else sanitize_key(name)
+
+    def line_name(self, line: bytes) -> bytes:
+        """`name_of` for a whole line, but empty unless the line gives a sample.
+
+        For deciding which worker aggregates a line: a line that cannot be used is counted
+        where it was read, and its key is neither cached nor remembered anywhere.
+        """
+        body, _, tagpart = line.partition(b"|#")
+        raw = body.split(b":", 1)[0]
+        key = self.keys.get(raw + b":" + tagpart if tagpart else raw)
+        if key is None:
+            samples, _ = self.parse_line(line)
+            if not samples:
+                return b""
+            key = samples[0][1]
         name = key.split(b";", 1)[0]
         return name if self.sanitize else sanitize_key(name)
 
@@ -230,13 +286,22 @@ class LineParser:
 
         Returns:
             ``(samples, errors)``: every valid segment as a `Sample`, and one `ParseError`
-            per bad segment (or one for the whole line when it has no usable key).
+            per bad segment (or one for the whole line when it has no usable key, or is a
+            DogStatsD event or service check). The line's key is cached when there is at
+            least one sample.
         """
         if len(line) > self.max_line_bytes:
             return [], [ParseError("line_too_long", line, f"over {self.max_line_bytes} bytes")]
+        if line[:4] == _SERVICE_CHECK_HEAD:
+            return [], [ParseError(DOGSTATSD_SERVICE_CHECK, line)]
+        if line[:3] == _EVENT_HEAD:
+            return [], [ParseError(DOGSTATSD_EVENT, line)]
         body, _, tagpart = line.partition(b"|#")
         segments = body.split(b":")
-        key = self.stored_key(segments[0], tagpart)
+        raw_key = segments[0]
+        cache_key = raw_key + b":" + tagpart if tagpart else raw_key
+        cached = self.keys.get(cache_key)
+        key = self._make_key(raw_key, tagpart) if cached is None else cached
         if len(segments) == 1:
             return [], [ParseError("missing_value", line, "no ':' after the key")]
         if not key:
@@ -276,4 +341,6 @@ class LineParser:
                 errors.append(ParseError("negative_timer", line))
                 continue
             samples.append((kind, key, value, rate))
+        if samples and cached is None:
+            self._remember(cache_key, key)
         return samples, errors

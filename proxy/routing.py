@@ -102,7 +102,7 @@ class Router:
         self.stats = RouteStatistics()
         #: Lines (or kept-back chunks) waiting, per aggregator, in arrival order.
         self.pending: list[list[bytes]] = [[] for _ in range(n)]
-        self._parser = LineParser(sanitize=sanitize, cache_size=1)
+        self._parser = LineParser(sanitize=sanitize, cache_bytes=0)
         self._cache: dict[bytes, int] = {}
         self._cache_size = cache_size
 

@@ -101,8 +101,9 @@ _TIMING_DEPENDENT = re.compile(
     r"|last_flush|flush_time|flush_length))(?:$|[.;])"
 )
 MASK = "<masked>"
-#: tallyd's own metrics, on by default: <prefix_stats>.tallyd.<identity>.{carbon,exchange,...}.
-_SELF_METRICS = re.compile(r"(^|\.)tallyd\.[^.;]+\.(carbon|exchange|worker|auth)\.")
+#: tallyd's own metrics, on by default:
+#: <prefix_stats>.tallyd.<identity>.{carbon,exchange,ledger,...}.
+_SELF_METRICS = re.compile(r"(^|\.)tallyd\.[^.;]+\.(carbon|exchange|worker|auth|ledger)\.")
 
 
 class HarnessTimingError(Exception):

@@ -73,14 +73,34 @@ CASES = ordered([
         etsy=[[*counter_lines("{k}.h", 2), *counter_lines("{k}.hr", 20), *bad_lines(0)]],
         difference="1: type h is a histogram (a timer), Etsy counts it",
     ),
+    # 1. DogStatsD's d (distribution) is aggregated exactly like h: the h case's lines, as d.
+    divergent(
+        "d1_d_is_h", "{k}.h:5|d\n{k}.h:-3|d\n{k}.hr:10|d|@0.5",
+        tallyd=[[
+            *timer_lines("{k}.h", count=2, count_ps=per_second(2), lower=-3, upper=5, sum=2,
+                         sum_squares=34, mean=1, median=1, std=4, count_90=2, mean_90=1,
+                         upper_90=5, sum_90=2, sum_squares_90=34),
+            *single_value_timer("{k}.hr", "10", "100", count=2),
+            *bad_lines(0),
+        ]],
+        etsy=[[*counter_lines("{k}.h", 2), *counter_lines("{k}.hr", 20), *bad_lines(0)]],
+        difference="1: type d (DogStatsD distribution) is h, a timer; Etsy counts it",
+    ),
+    # 33. DogStatsD events and service checks: refused under their own reasons, not bad lines.
+    divergent(
+        "d1_dogstatsd_events", "_e{5,4}:{k}.t|text|#a:b\n_sc|{k}.sc|0\n{k}.ok:1|c",
+        tallyd=[[*counter_lines("{k}.ok", 1), *bad_lines(0)]],
+        send_to_etsy=False,
+        difference="33: DogStatsD events and service checks are counted as dropped, not bad",
+    ),
     # 2. Unknown types are bad lines.
     divergent(
-        "d2_unknown_types", "{k}.x:1|x\n{k}.C:1|C\n{k}.M:1|MS\n{k}.e:1|\n{k}.G:2|G\n{k}.d:1|d",
+        "d2_unknown_types", "{k}.x:1|x\n{k}.C:1|C\n{k}.M:1|MS\n{k}.e:1|\n{k}.G:2|G\n{k}.D:1|D",
         tallyd=[bad_lines(6)],
         etsy=[[*counter_lines("{k}.x", 1), *counter_lines("{k}.C", 1),
                *counter_lines("{k}.M", 1), *counter_lines("{k}.e", 1),
-               *counter_lines("{k}.G", 2), *counter_lines("{k}.d", 1), *bad_lines(0)]],
-        difference="2: anything but c, g, ms, h, s is a bad line; Etsy counts it",
+               *counter_lines("{k}.G", 2), *counter_lines("{k}.D", 1), *bad_lines(0)]],
+        difference="2: anything but c, g, ms, h, d, s is a bad line; Etsy counts it",
     ),
     # 3. Sample rates are Python floats > 0.
     divergent(
@@ -122,6 +142,15 @@ CASES = ordered([
             *bad_lines(0),
         ]],
         difference="4: Infinity and overflowing values are bad lines; Etsy prints Infinity",
+    ),
+    # 34. Finite values whose aggregate would overflow are refused (as overflow, not bad).
+    divergent(
+        "d34_overflow", "{k}.o:1e307|c\n{k}.o:1e307|c\n{k}.g:1e308|g\n{k}.g:+1e308|g",
+        tallyd=[["stats.{k}.o 2e+307", "stats_counts.{k}.o 1e+307",
+                 "stats.gauges.{k}.g 1e+308", *bad_lines(0)]],
+        etsy=[["stats.{k}.o 4e+307", "stats_counts.{k}.o 2e+307",
+               "stats.gauges.{k}.g Infinity", *bad_lines(0)]],
+        difference="34: a line that would make an aggregate non-finite is refused",
     ),
     divergent(
         "d4_whitespace_only_values", "{k}.ws: |c\n{k}.wg: |g\n{k}.wt:  |ms\n{k}.tab:\t|c",

@@ -114,3 +114,29 @@ def test_without_num_stats_the_line_is_left_out() -> None:
     a.ingest(b"c:1|c")
     out = b"".join(GraphiteRenderer(Naming()).render_chunks(a.swap(10, 10.0)))
     assert out == b"stats.c 0.1 10\nstats_counts.c 1 10\n"
+
+
+def test_non_finite_values_are_never_rendered() -> None:
+    from aggregator.ledger import FlushSnapshot
+
+    snap = FlushSnapshot(timestamp=10, interval=0.1, counters={b"c": 1e308, b"ok": 1.0},
+                         timers={}, timer_counts={}, idle_timers=frozenset(), sets={},
+                         idle_sets=frozenset(), gauges={b"g": float("nan"), b"h": 2.0})
+    renderer = GraphiteRenderer(DEFAULT_NAMING)
+    out = b"".join(renderer.render_chunks(snap, num_stats=4))
+    out += renderer.render_internal(10, {"x": float("inf"), "y": 1.0})
+    assert b"Infinity" not in out and b"NaN" not in out
+    assert b"stats.c " not in out and b"stats_counts.c " not in out and b"gauges.g " not in out
+    assert b"stats_counts.ok 1 10\n" in out and b"stats.gauges.h 2 10\n" in out
+    assert b"stats.statsd.y 1 10\n" in out
+    assert renderer.non_finite == 2
+
+
+def test_overflowing_input_renders_no_infinity() -> None:
+    out = render([b"big:1e307|c\nbig:1e307|c\ng:1e308|g\ng:+1e308|g\nx:1|c|@1e-320",
+                  b"t:1e308|ms\nt:1e308|ms\nt:1e200|ms\nd:1e300|d\nd:-1e300|d"], interval=0.1)
+    assert not any("Infinity" in line or "NaN" in line for line in out)
+    assert {"stats_counts.big 1e+307", "stats.big 1e+308", "stats.gauges.g 1e+308",
+            "stats.timers.t.upper 1e+308", "stats.timers.t.median 1e+308",
+            "stats.timers.d.mean 0", "stats.timers.d.sum 0"} <= out
+    assert not any(line.startswith("stats.timers.t.sum ") for line in out)

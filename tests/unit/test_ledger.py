@@ -134,11 +134,14 @@ _piece = st.sampled_from([b"a", b"b", b"a b", b"a|#t", b"x:y", b"", b"+", b"-", 
                           b"|", b":", b"|#", b"\xc3\xa9", b"/"])
 
 
-_name = st.sampled_from([b"a", b"b", b"a b", b"a|#t", b"x;k=v", b"", b"+", b"\xc3\xa9", b"a/b"])
+_name = st.sampled_from([b"a", b"b", b"a b", b"a|#t", b"x;k=v", b"", b"+", b"\xc3\xa9", b"a/b",
+                        b"_e{1,1}", b"_sc|a|0"])
 _value = st.sampled_from([b"1", b"-2", b"+3", b"1.5", b"0x1F", b"1_0", b"inf", b"nan", b"1e400",
-                          b" 3", b"", b"x", b"a:b", b"-0"])
-_kind = st.sampled_from([b"c", b"ms", b"g", b"h", b"s", b"C", b"c\r", b"", b"ms "])
-_segment = st.tuples(_value, _kind, st.sampled_from([b"", b"|@0.5", b"|@0", b"|x"])).map(
+                          b" 3", b"", b"x", b"a:b", b"-0", b"1e308", b"+1e308", b"-1e308",
+                          b"1e300", b"9" * 400, b"1e307"])
+_kind = st.sampled_from([b"c", b"ms", b"g", b"h", b"d", b"s", b"C", b"c\r", b"", b"ms "])
+_segment = st.tuples(_value, _kind, st.sampled_from([b"", b"|@0.5", b"|@0", b"|x",
+                                                      b"|@1e-320"])).map(
     lambda t: t[0] + b"|" + t[1] + t[2])
 _structured = st.tuples(_name, st.lists(_segment, min_size=0, max_size=3),
                         st.sampled_from([b"", b"|#k:v", b"|#"])).map(
@@ -148,7 +151,9 @@ _free = st.lists(_piece, min_size=1, max_size=7).map(b"".join)
 
 TRICKY = [b"s:a:b|s", b"a|#t:1|c", b"a:1|c|#t", b"a:1|c", b"a:1|c\r", b"t:-1|ms", b"t:1|ms",
           b"g:+1|g", b"g: +1|g", b"h:-1|h", b"c:1_0|c", b"c:inf|c", b"c:0x1F|c", b"s:|s",
-          b"c:1|c:2|c", b"x:1|C", b"a b:1|c", b"" + b"y" * 30 + b":1|c"]
+          b"c:1|c:2|c", b"x:1|C", b"a b:1|c", b"" + b"y" * 30 + b":1|c", b"d:-1|d",
+          b"c:1e308|c", b"c:1e307|c", b"g:1e308|g", b"g:+1e308|g", b"_e{1,1}:a|b",
+          b"_sc|a|0"]
 
 
 @settings(max_examples=500)
@@ -172,3 +177,101 @@ def test_fast_path_agrees_with_general_parser(lines: list[bytes]) -> None:
     assert a.sets == b.sets
     assert a.gauges == b.gauges
     assert fast.bad_lines_total == general.bad_lines_total
+    assert fast.dropped == general.dropped
+
+
+# Overflow: a line that would make an aggregate non-finite is refused as "overflow", the
+# aggregate keeps its value, and every other line counts.
+
+def overflow_run(*packets: bytes, **options: object) -> tuple[Aggregator, object]:
+    a = agg(**options)
+    for p in packets:
+        a.ingest(p)
+    return a, a.swap(100, 10.0)
+
+
+def test_tiny_sample_rate_is_refused_as_overflow() -> None:
+    a, snap = overflow_run(b"x:1|c\nx:1|c|@1e-320\nx:0|c|@1e-320\nt:1|ms|@1e-320\nok:2|c")
+    assert a.dropped["overflow"] == 3
+    assert snap.counters[b"x"] == 1.0 and snap.counters[b"ok"] == 2.0
+    assert b"t" not in snap.timers and b"t" not in snap.timer_counts
+    assert snap.counters[b"statsd.bad_lines_seen"] == 0
+    assert snap.counters[b"statsd.metrics_received"] == 5
+
+
+def test_counter_sum_over_the_limit_is_refused_and_keeps_its_value() -> None:
+    # The first 1e307 takes the checked path (a new name), the second the inline path's
+    # magnitude test: both refuse what would pass a tenth of the largest double (the rate
+    # at a 0.1 s interval).
+    a, snap = overflow_run(b"x:1e307|c", b"x:1e307|c\nx:1|c", b"y:1e308|c")
+    assert snap.counters[b"x"] == 1e307 + 1
+    assert b"y" not in snap.counters
+    assert a.dropped["overflow"] == 2
+    assert [e.reason for e in a.take_errors()] == ["overflow", "overflow"]
+
+
+def test_gauge_delta_past_the_largest_double_is_refused() -> None:
+    a, snap = overflow_run(b"g:1e308|g", b"g:+1e308|g\ng:-1|g", b"h:-1e308|g\nh:-1e308|g")
+    assert snap.gauges[b"g"] == 1e308 - 1
+    assert snap.gauges[b"h"] == -1e308  # set, then a delta of -1e308 refused
+    assert a.dropped["overflow"] == 2
+    a.ingest(b"g:+1e308|g")
+    assert a.gauges[b"g"] == 1e308 - 1 and a.dropped["overflow"] == 3
+
+
+def test_inline_path_never_adds_a_value_past_its_limit() -> None:
+    a = agg()
+    a.ingest(b"c:1|c\ng:1|g\nt:1|ms")  # known names: the next lines reach the inline path
+    big = b"9" * 400  # float() reads it as inf
+    a.ingest(b"c:" + big + b"|c\nc:1e300|c\ng:+" + big + b"|g\nt:" + big + b"|ms")
+    snap = a.swap(100, 10.0)
+    assert snap.counters[b"c"] == 1 + 1e300
+    assert snap.gauges[b"g"] == 1.0
+    assert list(snap.timers[b"t"]) == [1.0]
+    assert snap.counters[b"statsd.bad_lines_seen"] == 3  # not numbers: bad_value
+
+
+def test_overflow_leaves_the_other_segments_of_a_line() -> None:
+    a, snap = overflow_run(b"x:1e307|c", b"x:1e307|c:5|c")
+    assert snap.counters[b"x"] == 1e307 + 5 and a.dropped["overflow"] == 1
+
+
+def test_distribution_is_aggregated_like_a_histogram() -> None:
+    d, h = agg(), agg()
+    for packet in (b"m:-3|d\nm:5|d|@0.5\nm:7|d|#k:v", b"m:2|d\nm:x|d"):
+        d.ingest(packet)
+        h.ingest(packet.replace(b"|d", b"|h"))
+    a, b = d.swap(10, 10.0), h.swap(10, 10.0)
+    assert {k: list(v) for k, v in a.timers.items()} == {k: list(v) for k, v in b.timers.items()}
+    assert a.timers[b"m"].tolist() == [-3.0, 5.0, 2.0]
+    assert a.timer_counts == b.timer_counts and a.counters == b.counters
+
+
+def test_dogstatsd_events_and_service_checks_have_their_own_reasons() -> None:
+    a = agg()
+    a.ingest(b"_e{5,4}:title|text|#k:v\n_e{1,1}:a|b\n_sc|db.up|0\n_sc|db|1|#a:b|m:down:x\nok:1|c")
+    assert a.dropped == {"overflow": 0, "dogstatsd_event": 2, "dogstatsd_service_check": 2}
+    assert [e.reason for e in a.take_errors()] == ["dogstatsd_event", "dogstatsd_service_check"]
+    assert a.drop_metrics("h.")["h.dropped_lines.dogstatsd_event"] == 2
+    stats = dict(a.message_stats(1000.0, 990.0))
+    assert stats["messages.dropped_lines.dogstatsd_service_check"] == 2
+    snap = a.swap(10, 10.0)
+    assert snap.counters[b"statsd.bad_lines_seen"] == 0
+    assert snap.counters[b"statsd.metrics_received"] == 5
+    assert a.parser.keys == {b"ok": b"ok"}
+
+
+def test_last_msg_seen_counts_from_the_last_message() -> None:
+    a = agg()
+    assert dict(a.message_stats(1000.0, 900.0))["messages.last_msg_seen"] == 100
+    a.last_message_time = 990.0
+    assert dict(a.message_stats(1000.0, 900.0))["messages.last_msg_seen"] == 10
+
+
+def test_bad_lines_leave_the_key_cache_empty() -> None:
+    a = agg()
+    name = b"k" * 4000
+    for i in range(200):
+        a.ingest(b"%s%d:x|c\n%s%d|c\n%s%d:1|q" % (name, i, name, i, name, i))
+    assert a.parser.keys == {} and a.parser.cached_bytes == 0
+    assert a.bad_lines_total == 600

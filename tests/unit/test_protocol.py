@@ -43,6 +43,9 @@ VALID = [
     (b"t:0|ms", [(TIMER, b"t", 0.0, 1.0)]),
     (b"t:-0|ms", [(TIMER, b"t", -0.0, 1.0)]),
     (b"h:-3|h", [(HISTOGRAM, b"h", -3.0, 1.0)]),
+    (b"d:-3|d", [(HISTOGRAM, b"d", -3.0, 1.0)]),
+    (b"d:2.5|d|@0.5|#env:prod", [(HISTOGRAM, b"d;env=prod", 2.5, 0.5)]),
+    (b"d:1|d\r", [(HISTOGRAM, b"d", 1.0, 1.0)]),
     (b"s:alice|s", [(SET, b"s", b"alice", 1.0)]),
     (b"s:|s", [(SET, b"s", b"0", 1.0)]),
     (b"s:abc|s\r", [(SET, b"s", b"abc", 1.0)]),
@@ -92,6 +95,11 @@ INVALID = [
     (b":2|c", "empty_key"),
     (b"+++:1|c", "empty_key"),
     (b";k=v:1|c", "empty_key"),
+    (b"a:1|D", "unknown_type"),
+    (b"_e{5,4}:title|text", "dogstatsd_event"),
+    (b"_e{5,4}:title|text|d:1700000000|h:host|p:low|t:info|#k:v", "dogstatsd_event"),
+    (b"_sc|db.up|0", "dogstatsd_service_check"),
+    (b"_sc|db.up|2|d:1700000000|h:host|#k:v|m:down: since 10:00", "dogstatsd_service_check"),
 ]
 
 
@@ -199,7 +207,7 @@ _name = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_.-", min_size=1, 
 _value = st.integers(min_value=0, max_value=10**9)
 
 
-@given(_name, _value, st.sampled_from(["c", "g", "ms", "h"]))
+@given(_name, _value, st.sampled_from(["c", "g", "ms", "h", "d"]))
 def test_parser_round_trips_generated_valid_lines(name: str, value: int, kind: str) -> None:
     line = f"{name}:{value}|{kind}".encode()
     samples, errors = LineParser().parse_line(line)
@@ -207,3 +215,48 @@ def test_parser_round_trips_generated_valid_lines(name: str, value: int, kind: s
     assert len(samples) == 1
     assert samples[0][1] == name.encode()
     assert samples[0][2] == float(value)
+
+
+def test_only_keys_of_lines_that_parse_are_cached() -> None:
+    parser = LineParser()
+    bad = [b"bad", b"k1:x|c", b"k2:1|q", b"k3:1|c|@0", b"k4:1", b"+++:1|c", b"_e{1,1}:a|b",
+           b"_sc|a|0", b"k5:1|c|#t:1" + b"x" * 70_000]
+    for line in bad:
+        assert parser.parse_line(line)[0] == []
+        assert parser.line_name(line) == b""
+        parser.name_of(line)
+    assert parser.keys == {} and parser.cached_bytes == 0
+    assert parser.parse_line(b"k1:oops|c:1|c")[0] == [(COUNTER, b"k1", 1.0, 1.0)]
+    assert parser.parse_line(b"a b:1|c|#t:1")[0] == [(COUNTER, b"a_b;t=1", 1.0, 1.0)]
+    assert parser.keys == {b"k1": b"k1", b"a b:t:1": b"a_b;t=1"}
+    assert parser.line_name(b"k6:1|c") == b"k6" and b"k6" in parser.keys
+
+
+def test_key_cache_stays_within_its_byte_bound() -> None:
+    parser = LineParser(cache_bytes=50_000)
+    for i in range(1_000):
+        key = b"%04d" % i + b"k" * 1_000
+        assert parser.parse_line(key + b":1|c")[1] == []
+        assert parser.cached_bytes <= 50_000
+        assert parser.keys[key] == key  # the line just parsed is cached
+    assert 0 < len(parser.keys) <= 50_000 // 1_000
+    assert parser.cached_bytes == sum(83 + len(k) for k in parser.keys)
+    nothing = LineParser(cache_bytes=0)
+    nothing.parse_line(b"a:1|c")
+    assert nothing.keys == {}
+
+
+def test_key_cache_estimate_covers_what_entries_really_cost() -> None:
+    import tracemalloc
+
+    parser = LineParser()
+    lines = [b"app.service%d.requests:1|c" % i for i in range(20_000)]
+    lines += [b"app service%d:1|c" % i for i in range(20_000)]  # a stored key of its own
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for line in lines:
+        parser.parse_line(line)
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(parser.keys) == 40_000
+    assert 0.7 * used <= parser.cached_bytes <= 1.3 * used

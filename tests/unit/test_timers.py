@@ -121,3 +121,54 @@ def test_invariants_hold_for_any_samples(values: list[float]) -> None:
     assert s["std"] >= 0 and math.isfinite(s["std"])
     assert s["upper_100"] == s["upper"]
     assert all(math.isfinite(v) for v in s.values())
+
+
+def _all_finite(stats: dict[str, float]) -> bool:
+    return all(math.isfinite(v) for v in stats.values())
+
+
+def test_overflowing_sums_are_left_out_and_the_rest_kept() -> None:
+    s = stats_of([1e308, 1e308], pcts=(90.0, -50.0))
+    assert _all_finite(s)
+    assert s["mean"] == s["median"] == s["upper"] == s["lower"] == 1e308
+    assert s["std"] == 0.0 and s["count"] == 2 and s["count_ps"] == 0.2
+    assert "sum" not in s and "sum_squares" not in s and "sum_90" not in s
+    assert s["mean_90"] == 1e308 and s["sum_top50"] == 1e308 and s["mean_top50"] == 1e308
+    assert "sum_squares_top50" not in s
+
+
+def test_overflowing_squares_keep_a_finite_sum_and_std() -> None:
+    s = stats_of([1e200, 3e200])
+    assert _all_finite(s)
+    assert s["sum"] == 4e200 and s["mean"] == 2e200 and s["std"] == 1e200
+    assert "sum_squares" not in s and "sum_squares_90" not in s
+    assert s["median"] == 2e200
+
+
+def test_opposite_extremes_give_finite_mean_std_and_median() -> None:
+    s = stats_of([-1.5e308, -1e308, 1e308, 1.5e308], pcts=(-25.0, 50.0))
+    assert _all_finite(s)
+    assert s["mean"] == 0.0 and s["median"] == 0.0 and s["sum"] == 0.0
+    assert math.isclose(s["std"], math.sqrt((2 * 1.5**2 + 2) / 4) * 1e308)
+    assert s["sum_top25"] == 1.5e308 and s["mean_50"] == -1.25e308
+    assert "sum_50" not in s
+
+
+def test_ordinary_values_take_etsys_path_unchanged() -> None:
+    values = [0.1, 0.2, 0.3, 1e10, 7.0]
+    plain = stats_of(values)
+    assert plain["sum"] == 0.1 + 0.2 + 0.3 + 7.0 + 1e10  # ascending, left to right
+    assert plain["sum_squares"] == 0.1 * 0.1 + 0.2 * 0.2 + 0.3 * 0.3 + 7.0 * 7.0 + 1e20
+
+
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=40),
+       st.sampled_from([(90.0,), (50.0, -10.0), (-100.0, 100.0)]))
+def test_no_statistic_is_ever_non_finite(values: list[float], pcts: tuple[float, ...]) -> None:
+    s = stats_of(values, pcts=pcts, bins=(0.0, "inf"))
+    assert _all_finite(s)
+    for stat in ("mean", "median", "std", "upper", "lower", "count", "count_ps"):
+        assert stat in s
+    low, high = min(values), max(values)  # Etsy's sum / n may round just past them
+    assert low - 1e-12 * abs(low) <= s["mean"] <= high + 1e-12 * abs(high)
+    assert s["std"] >= 0.0
+    assert s["histogram.bin_0"] + s["histogram.bin_inf"] == len(values)
