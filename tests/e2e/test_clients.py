@@ -300,7 +300,7 @@ def test_third_party_clients_values_in_whisper(
         "--listen", "udp://127.0.0.1:0", "tcp://127.0.0.1:0", f"unix://{unix_path}",
         f"unixgram://{unixgram_path}",
         "--carbon", carbon.endpoint, "--mgmt-address", "127.0.0.1", "--mgmt-port", "0",
-        "--flush-interval", str(interval), "--workers", "1",
+        "--flush-interval", f"{interval}s", "--workers", "1",
     ])
     try:
         udp_host, udp_port = agg.udp
