@@ -1,13 +1,15 @@
 """A process and its descendants, read from /proc (Linux): who they are, and their memory.
 
 `process_tree` lists a daemon's pid and every descendant's (a supervisor and its workers);
-`rss_bytes` reads one process's resident set size; `RssSampler` samples a tree in a
+`rss_bytes` reads one process's resident set size, `cpu_seconds` its CPU time (to tell a busy
+daemon from an idle one); `RssSampler` samples a tree in a
 background thread, keeping each process's peak and last value, so a test can bound memory
 over a run, not only at its end.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -47,6 +49,16 @@ def rss_bytes(pid: int) -> int | None:
     except OSError:
         return None
     return None  # a zombie has no VmRSS line
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time ``pid`` has used (0 when it is gone)."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(") ", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def is_running(pid: int) -> bool:
