@@ -41,10 +41,10 @@ import pytest
 
 from common.protocol import LineParser
 from support.hostile import Traffic, count_lines
-from support.procs import AggregatorProcess, parse_logfmt, start_aggregator
+from support.procs import AggregatorProcess, DaemonError, parse_logfmt, start_aggregator
 from support.proctree import RssSampler, cpu_seconds, is_running, process_tree
 from support.sink import GraphiteSink, Record
-from support.wire import Wire
+from support.wire import Wire, WireError
 
 pytestmark = [pytest.mark.e2e]
 
@@ -148,6 +148,8 @@ CATCH_UP_SECONDS = 30.0
 #: exchange, ~0.13 core here, and a flush of this test's names takes a few ms), will not move.
 QUIET_SECONDS = 3.0
 BUSY_MARGIN_CORES = 0.25
+#: The graceful stop: the daemon's graceful_timeout (15 s) and the supervisor's margin (5 s).
+STOP_TIMEOUT_SECONDS = 25.0
 #: How long the idle CPU use is measured, after the daemon has started.
 IDLE_MEASURE_SECONDS = 1.5
 
@@ -445,7 +447,10 @@ def test_hostile_input_keeps_the_daemon_up_bounded_exact_and_accounted(
                        unixgram=agg.address("unixgram")) as wire, RssSampler(agg.pid) as rss:
             pids = process_tree(agg.pid)
             assert len(pids) == 1 + WORKERS, f"a supervisor and {WORKERS} workers: {pids}"
-            run_phases(traffic, wire, sink, rss, pids, agg.pid, failures)
+            try:
+                run_phases(traffic, wire, sink, rss, pids, agg.pid, failures)
+            except (OSError, WireError) as e:  # the daemon stopped reading: report it all
+                failures.check(False, f"sending stopped: {e!r}")
             now = process_tree(agg.pid)
             failures.check(sorted(now) == sorted(pids) and all(is_running(p) for p in pids),
                            f"processes changed: {pids} at start, {now} at the end "
@@ -455,7 +460,10 @@ def test_hostile_input_keeps_the_daemon_up_bounded_exact_and_accounted(
             drops = wire.udp_drops()
             failures.check(drops == 0, f"the kernel dropped {drops} UDP datagrams: the test's "
                            "pacing failed, so the totals cannot be exact")
-            code = agg.stop()
+            try:
+                code = agg.stop(STOP_TIMEOUT_SECONDS)
+            except DaemonError:
+                code = None
             failures.check(code == 0, f"the graceful stop exited {code}")
         sink.wait_closed(10)
         series = Series(sink.records())
