@@ -103,7 +103,7 @@ _TIMING_DEPENDENT = re.compile(
 MASK = "<masked>"
 #: tallyd's own metrics, on by default:
 #: <prefix_stats>.tallyd.<identity>.{carbon,exchange,ledger,...}.
-_SELF_METRICS = re.compile(r"(^|\.)tallyd\.[^.;]+\.(carbon|exchange|worker|auth|ledger)\.")
+_SELF_METRICS = re.compile(r"(^|\.)tallyd\.[^.;]+\.(carbon|exchange|worker|workers|auth|ledger)\.")
 
 
 class HarnessTimingError(Exception):

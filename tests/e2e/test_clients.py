@@ -43,7 +43,7 @@ from support.whisper_batch import wait_for_series
 
 pytestmark = pytest.mark.e2e
 
-HOT_SHOTS_DIR = REPO_ROOT / ".cache" / "etsy" / "node_modules" / "hot-shots"
+HOT_SHOTS_DIR = REPO_ROOT / ".cache" / "hot-shots" / "node_modules" / "hot-shots"
 
 #: Candidate flush intervals (seconds). The test needs one whose next wall-clock boundary is
 #: far enough away that every line lands in the final flush.
@@ -251,7 +251,7 @@ def carbon(carbon_available: Path, tmp_path: Path) -> Iterator[LocalCarbon]:
 
 @pytest.fixture
 def hot_shots_available() -> bool:
-    """hot-shots beside Etsy statsd (tools/bootstrap --test); missing: skipped, failed in CI."""
+    """hot-shots in .cache/hot-shots (tools/bootstrap --test); missing: skipped, failed in CI."""
     found = (HOT_SHOTS_DIR / "package.json").is_file() and node_binary() is not None
     if not found and os.environ.get("CI"):
         pytest.fail(f"hot-shots is not installed in {HOT_SHOTS_DIR}; run tools/bootstrap --test",
