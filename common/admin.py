@@ -1,7 +1,9 @@
 """The Etsy statsd management protocol (TCP, default port 8126), as pure functions.
 
 Commands, one per line (Etsy reads one per TCP chunk; tallyd also accepts several lines in
-one chunk, and a chunk without a newline is one command, as ``echo -n health | nc`` sends)::
+one chunk, and a line split across chunks; a last line without its newline runs when the
+client closes, or, for a bare read-only command such as ``health``, once nothing more comes
+for a moment, as ``echo -n health | nc`` sends: `take_commands`, `bare_command`)::
 
     help                          list the commands
     health                        "health: up" or "health: down"
@@ -186,18 +188,31 @@ def split_commands(chunk: bytes) -> list[str]:
 def take_commands(pending: bytes, chunk: bytes) -> tuple[list[str], bytes]:
     """The complete commands in ``pending + chunk``, and the bytes still waiting for more.
 
-    Every line ended by a newline is a command. What follows the last newline is a command
-    too when it starts with a command's name (``echo -n health | nc`` sends no newline, and
-    Etsy takes each chunk as a command); anything else waits for the rest of its line, so a
-    client sending one byte at a time makes no commands (and meets the command deadline).
+    Every line ended by a newline is a command; what follows the last newline waits for the
+    rest of its line, even when it starts with a command's name: a command split across reads
+    (``delcounters api.req`` + ``uests``, ``health`` + `` down``) must not run cut short. The
+    shell runs a waiting tail at the client's EOF, or, when it is a `bare_command`, once the
+    client has sent nothing more for a moment (``echo -n health | nc``: Etsy takes each chunk
+    as a command). A client sending one byte at a time makes no commands (and meets the
+    command deadline).
     """
     data = pending + chunk
     head, newline, tail = data.rpartition(b"\n")
     commands = split_commands(head) if newline else []
-    words = tail.split()
-    if not words:
+    if not tail.strip():
         return commands, b""
-    if words[0].decode("utf-8", "replace") in COMMANDS:
-        commands += split_commands(tail)
-        tail = b""
     return commands, tail
+
+
+#: The commands an unterminated tail may be on its own, after a quiet moment: they take no
+#: argument and change nothing, so running one that was really the start of a longer line
+#: costs an extra answer at worst (never ``health down`` run as ``health``, or a delete of a
+#: prefix of the name).
+BARE_COMMANDS: Final = ("stats", *DUMPS, "health", "config", "help")
+
+
+def bare_command(tail: bytes) -> str | None:
+    """``tail`` (bytes after the last newline) as a command if it is exactly one of
+    `BARE_COMMANDS` (leading blanks allowed; a trailing blank means more is coming)."""
+    word = tail.lstrip().decode("utf-8", "replace")
+    return word if word in BARE_COMMANDS else None

@@ -13,12 +13,20 @@ operator) whatever other clients do, so no client can hold a connection for free
 * full: when `AdminLimits.max_connections` are open, a new connection is served and the one
   that has gone longest without a command is closed (``admin_connection_evicted``), so
   a flood of silent or slow connections cannot lock out a health probe (which connects,
-  asks at once and leaves).
+  asks at once and leaves). A connection busy answering (waiting for the worker peers, or
+  writing its reply) is never closed for a newcomer: a delete is never cut off half applied
+  across workers. When every connection is busy, the newcomer gets a one-line ``ERROR`` and
+  is closed (``admin_connection_refused``).
+
+A last line without its newline waits for the rest of it (a command split across reads runs
+whole), and runs when the client closes; a bare read-only command (``echo -n health | nc``
+without the close) runs once the client has sent nothing for `AdminLimits.quiet_seconds`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from collections.abc import Sequence
@@ -31,6 +39,7 @@ from .address import format_host_port
 from .admin import (
     END,
     AdminTarget,
+    bare_command,
     handle_command,
     join_replies,
     needs_join,
@@ -56,6 +65,15 @@ ADMIN_WRITE_SECONDS: Final = 10.0
 #: At most one ``admin_connection_evicted`` log line per this many seconds (a flood of
 #: connections must not become a flood of log lines); the line counts the evictions.
 EVICTION_LOG_SECONDS: Final = 10.0
+#: A bare command without its newline (``health``, Etsy's one command per chunk) runs after
+#: this long with no further bytes: longer than the gap between two reads of one line sent at
+#: once, short enough that a probe waiting for its answer does not notice.
+ADMIN_QUIET_SECONDS: Final = 0.1
+#: A refused connection is read (and what it sends dropped) this long after its ERROR line,
+#: so that closing it with its command unread does not reset it before the line is read.
+REFUSE_LINGER_SECONDS: Final = 1.0
+#: What a newcomer reads when every admin connection is busy answering.
+REFUSED_REPLY: Final = "ERROR admin port busy: every connection is answering a command; retry\n"
 
 
 @attrs.frozen
@@ -66,14 +84,17 @@ class AdminLimits:
     idle_seconds: float = ADMIN_IDLE_SECONDS
     command_seconds: float = ADMIN_COMMAND_SECONDS
     write_seconds: float = ADMIN_WRITE_SECONDS
+    quiet_seconds: float = ADMIN_QUIET_SECONDS
 
 
 @attrs.define(eq=False)
 class _Slot:
-    """One open admin connection: the scope that closes it, and when it last asked."""
+    """One open admin connection: the scope that closes it, when it last asked, and whether
+    it is answering a command now (then it is not evicted)."""
 
     scope: trio.CancelScope
     last_command: float
+    busy: bool = False
 
 
 def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
@@ -162,21 +183,27 @@ async def _serve_commands(stream: trio.abc.Stream, target: AdminTarget,
                           peers: AdminPeers | None, limits: AdminLimits,
                           slot: _Slot | None) -> None:
     pending = b""
-    waiting_since = pending_since = trio.current_time()
+    waiting_since = pending_since = last_bytes = trio.current_time()
     while True:
         if pending:
             deadline, reason = pending_since + limits.command_seconds, "command_timeout"
         else:
             deadline, reason = waiting_since + limits.idle_seconds, "idle_timeout"
+        bare = bare_command(pending) if pending else None
+        quiet_at = last_bytes + limits.quiet_seconds if bare is not None else math.inf
         chunk: bytes | None = None
-        with trio.move_on_at(deadline):
+        with trio.move_on_at(min(deadline, quiet_at)):
             chunk = bytes(await stream.receive_some(MAX_COMMAND_BYTES))
+        eof = chunk == b""
         if chunk is None:
-            log_event(LOGGER, "admin_connection_closed", level=logging.DEBUG, reason=reason)
-            return
-        if not chunk:  # the client is done sending; what it left is a command
+            if bare is None or trio.current_time() < quiet_at:
+                log_event(LOGGER, "admin_connection_closed", level=logging.DEBUG, reason=reason)
+                return
+            commands, pending = [bare], b""  # a bare command, and nothing more came
+        elif eof:  # the client is done sending; what it left is a command
             commands, pending = take_commands(pending, b"\n" if pending else b"")
         else:
+            last_bytes = trio.current_time()
             had_pending = bool(pending)
             commands, pending = take_commands(pending, chunk)
             if len(pending) > MAX_COMMAND_BYTES:
@@ -184,24 +211,38 @@ async def _serve_commands(stream: trio.abc.Stream, target: AdminTarget,
                           reason="command_too_long")
                 return
             if pending and (commands or not had_pending):
-                pending_since = trio.current_time()
-        for command in commands:
-            reply, close = await answer(command, target, peers)
-            if reply:
-                with trio.move_on_after(limits.write_seconds) as write:
-                    await stream.send_all(reply.encode())
-                if write.cancelled_caught:
-                    log_event(LOGGER, "admin_connection_closed", level=logging.DEBUG,
-                              reason="write_timeout")
-                    return
-            if close:
-                return
+                pending_since = last_bytes
         if commands:
+            if slot is not None:  # answering: not evicted until the last reply is sent
+                slot.busy, slot.last_command = True, trio.current_time()
+            try:
+                if not await _answer_all(stream, commands, target, peers, limits):
+                    return
+            finally:
+                if slot is not None:
+                    slot.busy = False
             waiting_since = trio.current_time()
             if slot is not None:
                 slot.last_command = waiting_since
-        if not chunk:
+        if eof:
             return
+
+
+async def _answer_all(stream: trio.abc.Stream, commands: Sequence[str], target: AdminTarget,
+                      peers: AdminPeers | None, limits: AdminLimits) -> bool:
+    """Answer ``commands`` in order; False when the connection is to be closed."""
+    for command in commands:
+        reply, close = await answer(command, target, peers)
+        if reply:
+            with trio.move_on_after(limits.write_seconds) as write:
+                await stream.send_all(reply.encode())
+            if write.cancelled_caught:
+                log_event(LOGGER, "admin_connection_closed", level=logging.DEBUG,
+                          reason="write_timeout")
+                return False
+        if close:
+            return False
+    return True
 
 
 async def run_admin_server(
@@ -215,28 +256,56 @@ async def run_admin_server(
     """Accept admin connections on ``listeners`` until cancelled.
 
     At most ``limits.max_connections`` are served: a new one closes the connection that has
-    gone longest without a command (module docstring).
+    gone longest without a command and is not answering one; when all are answering, the
+    new one is refused with a one-line ``ERROR`` (module docstring).
     """
     slots: set[_Slot] = set()
-    evicted = 0
-    logged_at = -EVICTION_LOG_SECONDS
+    # Evictions and refusals not logged yet, and when each was last logged (one line per
+    # EVICTION_LOG_SECONDS, counting them: admin_connection_evicted evicted=N, ..._refused
+    # refused=N).
+    unlogged = {"evicted": 0, "refused": 0}
+    logged_at = dict.fromkeys(unlogged, -EVICTION_LOG_SECONDS)
 
-    def make_room() -> None:
-        nonlocal evicted, logged_at
+    def count(what: str) -> None:
+        unlogged[what] += 1
+        now = trio.current_time()
+        if now - logged_at[what] >= EVICTION_LOG_SECONDS:
+            log_event(LOGGER, f"admin_connection_{what}", level=logging.WARNING,
+                      reason="max_admin_connections", **{what: unlogged[what]},
+                      max_connections=limits.max_connections)
+            unlogged[what], logged_at[what] = 0, now
+
+    def make_room() -> bool:
+        """Room for one more connection (closing idle ones); False if all are busy."""
         while len(slots) >= limits.max_connections:
-            oldest = min(slots, key=lambda one: one.last_command)
+            idle = [one for one in slots if not one.busy]
+            if not idle:
+                return False
+            oldest = min(idle, key=lambda one: one.last_command)
             slots.discard(oldest)
             oldest.scope.cancel()
-            evicted += 1
-        now = trio.current_time()
-        if evicted and now - logged_at >= EVICTION_LOG_SECONDS:
-            log_event(LOGGER, "admin_connection_evicted", level=logging.WARNING,
-                      reason="max_admin_connections", evicted=evicted,
-                      max_connections=limits.max_connections)
-            evicted, logged_at = 0, now
+            count("evicted")
+        return True
+
+    async def refuse(stream: trio.SocketStream) -> None:
+        count("refused")
+        async with stream:
+            try:
+                with trio.move_on_after(limits.write_seconds):
+                    await stream.send_all(REFUSED_REPLY.encode())
+                    await stream.send_eof()
+                # Closing with the client's command unread would reset the connection, and
+                # the client could lose the line: read what it sends, for a moment.
+                with trio.move_on_after(REFUSE_LINGER_SECONDS):
+                    while await stream.receive_some(MAX_COMMAND_BYTES):
+                        pass
+            except trio.BrokenResourceError:
+                pass
 
     async def handler(stream: trio.SocketStream) -> None:
-        make_room()
+        if not make_room():
+            await refuse(stream)
+            return
         slot = _Slot(scope=trio.CancelScope(), last_command=trio.current_time())
         slots.add(slot)
         try:

@@ -6,7 +6,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from functools import partial
 
 import attrs
@@ -18,8 +18,8 @@ from aggregator.carbon import CarbonOutput
 from aggregator.config import AggregatorConfig
 from aggregator.ledger import Aggregator
 from aggregator.server import serve
-from common.admin import STATELESS_COMMANDS, handle_command
-from common.admin_server import AdminLimits, answer, run_admin_server
+from common.admin import COMMANDS, STATELESS_COMMANDS, handle_command
+from common.admin_server import REFUSED_REPLY, AdminLimits, answer, run_admin_server
 from common.config import config_from_mapping
 from common.listener import IntakeStatistics
 from proxy.config import ProxyConfig
@@ -138,11 +138,45 @@ class _Target:
         return None
 
 
-async def _start_server(nursery: trio.Nursery, target: _Target,
-                        limits: AdminLimits) -> tuple[str, int]:
+@attrs.define
+class _Recorder(_Target):
+    """A daemon with every command, that deletes any name and remembers which."""
+
+    commands: Sequence[str] = COMMANDS
+    deleted: list[str] = attrs.Factory(list)
+
+    def delete(self, kind: str, names: Sequence[str]) -> list[str] | None:
+        self.deleted += names
+        return list(names)
+
+
+@attrs.define
+class _SlowPeers:
+    """One worker peer that takes ``seconds`` to answer (a busy worker, a big dump)."""
+
+    seconds: float
+    asked: list[str] = attrs.Factory(list)
+
+    async def ask(self, command: str) -> list[tuple[int, str]]:
+        self.asked.append(command)
+        await trio.sleep(self.seconds)
+        return [(1, "uptime: 1\nEND\n\n")]
+
+
+async def _start_server(nursery: trio.Nursery, target: _Target, limits: AdminLimits,
+                        peers: _SlowPeers | None = None) -> tuple[str, int]:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    await nursery.start(partial(run_admin_server, listeners, target, limits=limits))
+    await nursery.start(partial(run_admin_server, listeners, target, peers=peers,
+                                limits=limits))
     return listeners[0].socket.getsockname()[:2]  # type: ignore[no-any-return]
+
+
+async def _read_to_close(stream: trio.SocketStream) -> str:
+    """Everything the server sends until it closes ``stream``."""
+    got = b""
+    while chunk := await stream.receive_some(65536):
+        got += chunk
+    return got.decode()
 
 
 async def _closed_at(stream: trio.SocketStream) -> float:
@@ -239,6 +273,101 @@ async def test_a_full_admin_port_serves_the_newcomer_and_closes_the_longest_idle
         for i in range(len(evicted), len(hogs)):
             timeout = LIMITS.command_seconds if i % 2 else LIMITS.idle_seconds
             assert closed[i] == pytest.approx(i * 0.5 + timeout, abs=0.1)
+
+
+async def test_a_command_split_across_reads_runs_whole(nursery, autojump_clock) -> None:
+    """A read that ends inside a line is not a command, even when it starts with one's name:
+    ``delcounters api.req`` + ``uests`` deletes api.requests (not the prefix), ``health`` +
+    `` down`` sets the health (not ``health``, then an unknown command)."""
+    target = _Recorder()
+    host, port = await _start_server(nursery, target, LIMITS)
+    async with await trio.open_tcp_stream(host, port) as stream:
+        await stream.send_all(b"delcounters api.req")
+        await trio.sleep(1)
+        assert target.deleted == []
+        assert await ask(stream, b"uests\n", b"END\n\n") == "deleted: api.requests\nEND\n\n"
+        assert target.deleted == ["api.requests"]
+        await stream.send_all(b"health")
+        await trio.sleep(LIMITS.quiet_seconds / 2)  # the rest comes before the quiet moment
+        assert await ask(stream, b" down\n", b"\n") == "health: down\n"
+        # Nothing else was answered in between (an ERROR line would come first here).
+        assert await ask(stream, b"health\n", b"\n") == "health: down\n"
+        assert target.health == "down"
+
+
+async def test_echo_n_health_is_answered_with_or_without_the_close(
+        nursery, autojump_clock) -> None:
+    """Etsy takes each chunk as a command: ``echo -n health | nc`` (which closes) and a probe
+    that sends ``health`` and waits both get their answer; a delete without its newline runs
+    only at the close."""
+    target = _Recorder()
+    host, port = await _start_server(nursery, target, LIMITS)
+    async with await trio.open_tcp_stream(host, port) as probe:
+        start = trio.current_time()
+        assert await ask(probe, b"health", b"\n") == "health: up\n"
+        assert trio.current_time() - start == pytest.approx(LIMITS.quiet_seconds, abs=0.01)
+        assert await ask(probe, b"  stats", b"END\n\n") == "row0000000: " + "x" * 50 + "\nEND\n\n"
+    async with await trio.open_tcp_stream(host, port) as echo:
+        await echo.send_all(b"health")
+        await echo.send_eof()
+        assert await _read_to_close(echo) == "health: up\n"
+    async with await trio.open_tcp_stream(host, port) as echo:
+        await echo.send_all(b"delcounters x")
+        await trio.sleep(5)  # no quiet-moment run for a delete
+        assert target.deleted == []
+        await echo.send_eof()
+        assert await _read_to_close(echo) == "deleted: x\nEND\n\n"
+        assert target.deleted == ["x"]
+
+
+async def test_a_connection_answering_is_not_evicted_for_a_newcomer(
+        nursery, autojump_clock) -> None:
+    """Its slot is busy from the moment its command is taken: the newcomer evicts an idle
+    connection that asked later (by its connect time), never the one mid-reply."""
+    limits = attrs.evolve(LIMITS, max_connections=2)
+    peers = _SlowPeers(seconds=10)
+    host, port = await _start_server(nursery, _Target(), limits, peers)
+    async with await trio.open_tcp_stream(host, port) as answering:
+        await trio.sleep(1)
+        async with await trio.open_tcp_stream(host, port) as idle:
+            await trio.sleep(1)
+            async with trio.open_nursery() as inner:
+                replies: list[str] = []
+
+                async def ask_stats() -> None:
+                    replies.append(await ask(answering, b"stats\n", b"END\n\n"))
+
+                inner.start_soon(ask_stats)
+                await trio.sleep(1)  # the peer is still answering
+                async with await trio.open_tcp_stream(host, port) as newcomer:
+                    assert await ask(newcomer, b"health\n", b"\n") == "health: up\n"
+                assert await _closed_at(idle) == pytest.approx(3, abs=0.1)
+            assert replies == ["row0000000: " + "x" * 50 + "\nworker.1.uptime: 1\nEND\n\n"]
+            assert trio.current_time() == pytest.approx(12, abs=0.1)
+
+
+async def test_when_every_connection_is_answering_the_newcomer_is_refused_in_one_line(
+        nursery, autojump_clock) -> None:
+    limits = attrs.evolve(LIMITS, max_connections=2)
+    peers = _SlowPeers(seconds=10)
+    host, port = await _start_server(nursery, _Target(), limits, peers)
+    async with await trio.open_tcp_stream(host, port) as first, \
+            await trio.open_tcp_stream(host, port) as second:
+        replies: list[str] = []
+        async with trio.open_nursery() as inner:
+            for stream in (first, second):
+                inner.start_soon(
+                    lambda s=stream: _append(replies, ask(s, b"stats\n", b"END\n\n")))
+            await trio.sleep(1)
+            async with await trio.open_tcp_stream(host, port) as newcomer:
+                await newcomer.send_all(b"health\n")  # unread: the close must not lose the line
+                assert await _read_to_close(newcomer) == REFUSED_REPLY
+        assert replies == ["row0000000: " + "x" * 50 + "\nworker.1.uptime: 1\nEND\n\n"] * 2
+        assert peers.asked == ["stats", "stats"]
+
+
+async def _append(replies: list[str], reply: Awaitable[str]) -> None:
+    replies.append(await reply)
 
 
 async def test_stats_prints_etsys_plain_graphite_lines_over_the_nodes_and_the_per_node_ones(

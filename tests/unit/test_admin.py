@@ -10,6 +10,7 @@ import attrs
 from common.admin import (
     COMMANDS,
     STATELESS_COMMANDS,
+    bare_command,
     handle_command,
     join_replies,
     needs_join,
@@ -96,13 +97,30 @@ def test_help_lists_only_the_commands_the_daemon_answers() -> None:
 
 
 def test_take_commands_waits_for_the_rest_of_a_line() -> None:
-    assert take_commands(b"", b"health") == (["health"], b"")  # echo -n health | nc
     assert take_commands(b"", b"stats\nhea") == (["stats"], b"hea")
     assert take_commands(b"hea", b"lth\n") == (["health"], b"")
     assert take_commands(b"", b"x") == ([], b"x")  # one byte at a time: no command yet
     assert take_commands(b"x", b"y") == ([], b"xy")
     assert take_commands(b"", b"nonsense\n") == (["nonsense"], b"")
     assert take_commands(b"", b"\n  \n  ") == ([], b"")
+
+
+def test_a_command_split_across_reads_waits_for_its_newline_even_after_a_command_name() -> None:
+    """``delcounters api.req`` + ``uests``: running the first read would delete a prefix;
+    ``health`` + `` down``: it would answer ``health`` and then an unknown command."""
+    assert take_commands(b"", b"delcounters api.req") == ([], b"delcounters api.req")
+    assert take_commands(b"delcounters api.req", b"uests\n") == (["delcounters api.requests"], b"")
+    assert take_commands(b"", b"health") == ([], b"health")  # echo -n health: the shell decides
+    assert take_commands(b"health", b" down\n") == (["health down"], b"")
+
+
+def test_only_a_bare_read_only_command_may_run_without_its_newline() -> None:
+    for command in ("health", "stats", "help", "counters", "timers", "gauges", "config"):
+        assert bare_command(command.encode()) == command
+        assert bare_command(b"  " + command.encode()) == command
+    for tail in (b"health ", b"health down", b"health up", b"delcounters x", b"delcounters",
+                 b"deltimers a.*", b"quit", b"hea", b"stats\r", b"nonsense", b""):
+        assert bare_command(tail) is None, tail
 
 
 def test_join_replies_over_workers() -> None:
