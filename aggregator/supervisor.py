@@ -168,17 +168,25 @@ async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int)
                                config.graceful_timeout + STOP_MARGIN_SECONDS)
             nursery.start_soon(_cancel_when_done, procs, nursery.cancel_scope)
 
+    async def announce_when_ready() -> None:
+        ready = await reports.wait_ready(workers, READY_TIMEOUT_SECONDS)
+        if stopping.is_set():
+            return
+        log_listening(config, bound, mgmt_address)
+        log_event(LOGGER, "started", workers=workers, ready=ready, runtime_dir=runtime_dir,
+                  flush_interval=config.flush_interval,
+                  carbon=",".join(str(n) for n in config.carbon) or "none",
+                  level=logging.INFO if ready == workers else logging.WARNING)
+
     try:
-        async with trio.open_nursery() as nursery:
-            for index in range(workers):
-                nursery.start_soon(keep_worker, index)
-            ready = await reports.wait_ready(workers, READY_TIMEOUT_SECONDS)
-            log_listening(config, bound, mgmt_address)
-            log_event(LOGGER, "started", workers=workers, ready=ready, runtime_dir=runtime_dir,
-                      flush_interval=config.flush_interval,
-                      carbon=",".join(str(n) for n in config.carbon) or "none",
-                      level=logging.INFO if ready == workers else logging.WARNING)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+        # Signals are ours before any worker starts: a SIGTERM that comes while the workers
+        # are starting (or right after ``started``) is a graceful stop, never a death by the
+        # default action that would leave socket files and the runtime dir behind.
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            async with trio.open_nursery() as nursery:
+                for index in range(workers):
+                    nursery.start_soon(keep_worker, index)
+                nursery.start_soon(announce_when_ready)
                 async for signum in sigs:
                     log_event(LOGGER, "signal", signal=signal.Signals(signum).name)
                     if signum == signal.SIGHUP:
