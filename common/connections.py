@@ -9,13 +9,17 @@ one slot per process:
 
 Each process writes only its own slot; the daemon's count is the sum of the slots. A
 reservation (check the sum, add one) runs under an exclusive ``flock`` on the file, so two
-processes accepting at the same moment cannot both take the last place. A process that
-dies takes its connections with it: its slot is cleared when it is replaced
+processes accepting at the same moment cannot both take the last place. A ``flock`` belongs
+to an open file description, and the descriptor the supervisor passes down is one
+description shared by every worker (a lock on it would exclude nobody): each process
+reopens the file (`ConnectionTable.attach`, `clear_connection_slot`) and locks its own.
+
+A process that dies takes its connections with it: its slot is cleared when it is replaced
 (`clear_connection_slot`, by the supervisor, and again by the new process).
 
 The second field lets a full process that has nothing to evict itself leave a new
 connection in the shared accept queue for a process that has (see
-`common.listener.run_stream_listener`).
+`common.streams.run_stream_listener`).
 
 SHELL (shared memory, file locks).
 """
@@ -40,10 +44,20 @@ def create_connection_table(slots: int) -> int:
     return fd
 
 
+def _reopen(fd: int) -> int:
+    """A new open file description of the file behind ``fd``: a ``flock`` on it excludes
+    the other processes, which a lock on the inherited (shared) description would not."""
+    return os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+
+
 def clear_connection_slot(fd: int, index: int) -> None:
     """Zero the slot of process ``index`` (it died, and its connections with it)."""
-    with mmap.mmap(fd, 0) as table:
-        _locked_pack(fd, table, index, 0, 0)
+    own = _reopen(fd)
+    try:
+        with mmap.mmap(own, 0) as table:
+            _locked_pack(own, table, index, 0, 0)
+    finally:
+        os.close(own)
 
 
 def _locked_pack(fd: int | None, table: mmap.mmap, index: int, open_: int, idle: int) -> None:
@@ -79,8 +93,21 @@ class ConnectionTable:
 
     @classmethod
     def attach(cls, fd: int, index: int) -> ConnectionTable:
-        """Map the shared table behind ``fd`` as process ``index`` (its slot starts at 0)."""
-        return cls(mmap.mmap(fd, 0), fd, index)
+        """Map the shared table behind ``fd`` as process ``index`` (its slot starts at 0).
+
+        The file is reopened: this process locks its own open file description (the
+        module docstring says why); it stays open as long as the process."""
+        own = _reopen(fd)
+        try:
+            return cls(mmap.mmap(own, 0), own, index)
+        except BaseException:
+            os.close(own)
+            raise
+
+    @property
+    def lock_fd(self) -> int | None:
+        """The descriptor this process locks (None: a table of this process only)."""
+        return self._fd
 
     def _totals(self) -> tuple[int, int]:
         unpack = _SLOT.unpack_from
