@@ -28,7 +28,9 @@ that ``tools/bootstrap`` installs into ``.cache/carbon`` (carbon 1.1.10 needs Py
         until it answers and prints ``url=http://ADDRESS:P/ pid=PID``. Graphs:
         ``/render?target=stats_counts.demo.hits&from=-10min`` (PNG, ``&format=json`` for JSON).
     localcarbon.py web-stop --data-dir DIR
-        SIGTERM to the pid in DIR/graphite-web.pid, then waits for it to exit.
+        SIGTERM to the pid in DIR/graphite-web.pid (written as soon as the server is started,
+        so an interrupted web-start leaves it; without it, the pid in DIR/graphite-web.json),
+        then waits for it to exit.
 
 Settings that matter (see docs in the generated carbon.conf): every creation allowed at once
 (``MAX_CREATES_PER_MINUTE = inf``; carbon's example value 50 silently drops new metrics), no
@@ -303,13 +305,17 @@ def cmd_start(args: argparse.Namespace) -> None:
     fail("could not find a free port for carbon-cache\n" + log_tail(data_dir))
 
 
-def stop_pid_file(data_dir: Path, pid_file: str, marker: str, timeout: float) -> None:
-    """SIGTERM the process in DIR/pid_file (if its command line has ``marker``), wait for it."""
+def stop_pid_file(data_dir: Path, pid_file: str, marker: str, timeout: float, *,
+                  fallback_pid: int | None = None) -> None:
+    """SIGTERM the process in DIR/pid_file (if its command line has ``marker``), wait for it.
+    Without a readable pid file, ``fallback_pid`` (if given) is the process."""
     try:
         pid = int((data_dir / pid_file).read_text().strip())
     except (OSError, ValueError):
-        print(f"not running (no {pid_file} in {data_dir})")
-        return
+        if fallback_pid is None:
+            print(f"not running (no {pid_file} in {data_dir})")
+            return
+        pid = fallback_pid
     if pid_alive(pid) and pid_is(pid, marker):
         try:
             os.kill(pid, signal.SIGTERM)
@@ -436,6 +442,7 @@ def cmd_web_start(args: argparse.Namespace) -> None:
         if migrate.returncode != 0:
             fail(f"django-admin migrate failed:\n{migrate.stdout}{migrate.stderr}")
     state_file.unlink(missing_ok=True)
+    pid_file = data_dir / WEB_PID_FILE
     with open(data_dir / WEB_LOG_FILE, "ab") as log:
         proc = subprocess.Popen(
             [str(python), str(webapp / WEB_SERVER_SCRIPT), args.bind, str(args.port),
@@ -443,28 +450,56 @@ def cmd_web_start(args: argparse.Namespace) -> None:
             cwd=str(webapp), env=env, stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        state = read_json(state_file)
-        if state:
-            url = f"http://{args.bind}:{state['port']}/"
-            if web_answers(url):
-                (data_dir / WEB_PID_FILE).write_text(f"{proc.pid}\n")
-                print(f"url={url} pid={proc.pid}", flush=True)
-                proc.returncode = 0  # it lives on in its own session
-                return
-        time.sleep(0.1)
+    # At once, not once it answers: it lives in its own session, so a web-start interrupted
+    # while waiting (Ctrl-C in tools/run-local, a SIGTERM) leaves it running, and web-stop
+    # finds it by this file.
+    pid_file.write_text(f"{proc.pid}\n")
+    try:
+        url = wait_for_web(proc, state_file, args.bind, args.timeout)
+    except KeyboardInterrupt:
+        stop_web_child(proc, pid_file)
+        raise
+    if url:
+        print(f"url={url} pid={proc.pid}", flush=True)
+        proc.returncode = 0  # it lives on in its own session
+        return
     if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+        stop_web_child(proc, pid_file)
         fail(f"graphite-web did not answer within {args.timeout}s\n"
              + log_tail(data_dir, name=WEB_LOG_FILE))
+    pid_file.unlink(missing_ok=True)
     fail(f"graphite-web exited with code {proc.returncode}\n"
          + log_tail(data_dir, name=WEB_LOG_FILE))
 
 
+def wait_for_web(proc: subprocess.Popen[bytes], state_file: Path, bind: str,
+                 timeout: float) -> str | None:
+    """graphite-web's URL once it answers; None if it exits or does not answer in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        state = read_json(state_file)
+        if state:
+            url = f"http://{bind}:{state['port']}/"
+            if web_answers(url):
+                return url
+        time.sleep(0.1)
+    return None
+
+
+def stop_web_child(proc: subprocess.Popen[bytes], pid_file: Path) -> None:
+    proc.kill()
+    proc.wait()
+    pid_file.unlink(missing_ok=True)
+
+
 def cmd_web_stop(args: argparse.Namespace) -> None:
-    stop_pid_file(Path(args.data_dir).resolve(), WEB_PID_FILE, WEB_SERVER_SCRIPT, args.timeout)
+    data_dir = Path(args.data_dir).resolve()
+    # No pid file (an older web-start, interrupted before it wrote one): the server's own
+    # state file has its pid too.
+    state = read_json(data_dir / WEB_STATE_FILE)
+    fallback = state.get("pid") if state else None
+    stop_pid_file(data_dir, WEB_PID_FILE, WEB_SERVER_SCRIPT, args.timeout,
+                  fallback_pid=fallback if isinstance(fallback, int) else None)
 
 
 def cmd_status(args: argparse.Namespace) -> None:
