@@ -8,8 +8,8 @@ role counts them where it counts its other refused lines (`RefusedLines`).
 
 Binding never takes an address from another process: udp/tcp ports are shared only with
 ``reuse_port`` (SO_REUSEPORT); a Unix socket path is replaced only when nothing listens on
-it (probed with a connect), and removed at exit only by the process that bound it and only
-while the file is still the one it bound.
+it (probed with a non-blocking connect), and removed at exit only by the process that bound
+it and only while the file is still the one it bound.
 
 Datagram sockets (udp, unixgram) are drained by `DatagramReader` (see there: no scheduler
 round trip per datagram, reads as large as the largest datagram the socket
@@ -114,8 +114,19 @@ class BoundAddresses:
 def _claim_unix_path(url: ListenURL) -> None:
     """Remove a stale socket file at ``url.path``; refuse a live one.
 
+    The probe is a non-blocking connect (of the socket's own type): refused means nobody
+    listens (a daemon died and left the file), so it is removed; anything else means live.
+    A listener whose accept queue is full answers EAGAIN, which is live too (a blocking
+    probe would wait for it forever).
+
+    What this cannot close: two daemons started at the same instant on one stale path may
+    both find it stale; the second to unlink removes the file the first has just bound, and
+    the first keeps serving a socket nobody can reach by path. Starting one daemon per path
+    (systemd, the supervisor) is the operator's part.
+
     Raises:
-        ConfigError: something answers on the path (another daemon), or it cannot be told.
+        ConfigError: something answers on the path (another daemon), or it cannot be told,
+            or the stale file cannot be removed.
     """
     try:
         if not stat.S_ISSOCK(os.stat(url.path).st_mode):
@@ -123,19 +134,31 @@ def _claim_unix_path(url: ListenURL) -> None:
     except FileNotFoundError:
         return
     kind = stdsocket.SOCK_STREAM if url.is_stream else stdsocket.SOCK_DGRAM
-    with stdsocket.socket(stdsocket.AF_UNIX, kind) as probe:
+    with stdsocket.socket(stdsocket.AF_UNIX, kind | stdsocket.SOCK_NONBLOCK) as probe:
         try:
             probe.connect(url.path)
         except ConnectionRefusedError:
-            os.unlink(url.path)  # nobody listens: left by a daemon that died
+            _remove_stale(url)  # nobody listens: left by a daemon that died
             return
         except FileNotFoundError:
-            return
+            return  # removed meanwhile: nothing to claim
+        except BlockingIOError:
+            pass  # a live listener with a full accept queue
         except OSError as e:
             if e.errno != errno.EPROTOTYPE:  # EPROTOTYPE: live, with the other socket type
                 raise ConfigError(f"cannot bind {url}: cannot tell whether the socket file is "
                                   f"in use ({e.strerror or e})", key="listen") from e
     raise ConfigError(f"cannot bind {url}: another process is listening on it", key="listen")
+
+
+def _remove_stale(url: ListenURL) -> None:
+    try:
+        os.unlink(url.path)
+    except FileNotFoundError:
+        pass  # another process removed it meanwhile
+    except OSError as e:
+        raise ConfigError(f"cannot bind {url}: cannot remove the stale socket file "
+                          f"({e.strerror or e})", key="listen") from e
 
 
 def bind_listener(url: ListenURL, *, receive_buffer_bytes: int = 0,
@@ -152,14 +175,16 @@ def bind_listener(url: ListenURL, *, receive_buffer_bytes: int = 0,
     target: Any
     unix = url.scheme in ("unix", "unixgram")
     if unix:
-        family, target = stdsocket.AF_UNIX, url.path
         _claim_unix_path(url)
-    else:
-        infos = stdsocket.getaddrinfo(url.host, url.port, type=stdsocket.SOCK_DGRAM)
-        family, target = infos[0][0], infos[0][4][:2]
     kind = stdsocket.SOCK_STREAM if url.is_stream else stdsocket.SOCK_DGRAM
-    sock = stdsocket.socket(family, kind)
+    sock: stdsocket.socket | None = None
     try:
+        if unix:
+            family, target = stdsocket.AF_UNIX, url.path
+        else:  # a name that does not resolve is a bad address too (gaierror is an OSError)
+            infos = stdsocket.getaddrinfo(url.host, url.port, type=stdsocket.SOCK_DGRAM)
+            family, target = infos[0][0], infos[0][4][:2]
+        sock = stdsocket.socket(family, kind)
         if url.scheme == "tcp":
             # TCP: rebinding over our own TIME_WAIT connections after a restart; Linux
             # still refuses a port another socket listens on. (UDP: SO_REUSEADDR would
@@ -174,7 +199,8 @@ def bind_listener(url: ListenURL, *, receive_buffer_bytes: int = 0,
             sock.listen(backlog)
         sock.setblocking(False)
     except OSError as e:
-        sock.close()
+        if sock is not None:
+            sock.close()
         hint = ""
         if e.errno == errno.EADDRINUSE and not unix:
             hint = " (another process has it; set reuse_port to share it deliberately)"
@@ -372,14 +398,18 @@ async def run_datagram_listener(bound: BoundSocket, handle: Handler, *,
 
 
 def close_listener(bound: BoundSocket) -> None:
-    """Close the socket; remove a Unix socket's file if this process bound it and the file
-    is still the one it bound (another daemon may have replaced a stale one since)."""
-    bound.sock.close()
-    if bound.file_id is None or bound.owner_pid != os.getpid():
-        return
+    """Close the socket; first remove a Unix socket's file if this process bound it and the
+    file is still the one it bound (another daemon may have replaced a stale one since).
+
+    The file goes first: while the socket is open it answers on the file, so another
+    daemon's probe finds it live and never removes or replaces it between the check of
+    the file and its removal here."""
     try:
-        st = os.stat(bound.url.path)
-        if (st.st_dev, st.st_ino) == bound.file_id:
-            os.unlink(bound.url.path)
+        if bound.file_id is not None and bound.owner_pid == os.getpid():
+            st = os.stat(bound.url.path)
+            if (st.st_dev, st.st_ino) == bound.file_id:
+                os.unlink(bound.url.path)
     except OSError:
         pass
+    finally:
+        bound.sock.close()

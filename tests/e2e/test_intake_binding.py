@@ -90,3 +90,11 @@ def test_socket_file_replaced_by_another_is_left_at_exit(tmp_path: Path) -> None
             other.listen(1)
             assert agg.stop() == 0
             assert path.exists()  # not ours any more: left alone
+
+
+@pytest.mark.parametrize("scheme", ["udp", "tcp"])
+def test_listen_host_that_does_not_resolve_exits_2(scheme: str) -> None:
+    url = f"{scheme}://nosuch.invalid:8125"  # .invalid never resolves (RFC 6761)
+    result = run_second(url)
+    assert_refused(result, url)
+    assert "Traceback" not in result.stderr

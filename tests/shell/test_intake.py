@@ -3,16 +3,22 @@ the unixgram queue warning. Real loopback sockets, fake time."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 from test_aggregator_serve import host_port, make_config, start
 
 import common.listener
 from common.address import ListenURL
+from common.errors import ConfigError
 from common.listener import DatagramReader, IntakeStatistics, bind_listener
 from support.triosink import TrioSink
 
@@ -153,3 +159,103 @@ def test_short_unix_dgram_queue_is_warned_about(tmp_path: Path, monkeypatch,
     assert not [r for r in caplog.records if r.getMessage() == "unix_dgram_queue_short"]
 
 
+
+
+class Hung(Exception):
+    """Raised by the alarm below: the call under test blocked."""
+
+
+@pytest.fixture
+def alarm() -> Iterator[None]:
+    """Fail a call that blocks for 10 s (rather than hang the suite)."""
+    def ring(signum: int, frame: object) -> None:
+        raise Hung
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, 10)
+    yield
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_live_unix_listener_with_a_full_queue_is_refused_at_once(tmp_path: Path,
+                                                                 alarm: None) -> None:
+    path = f"{tmp_path}/busy.sock"
+    clients: list[socket.socket] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:
+        live.bind(path)
+        live.listen(0)
+        try:
+            while True:  # fill its accept queue: a blocking connect would now wait forever
+                c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+                clients.append(c)
+                c.connect(path)
+        except BlockingIOError:
+            pass
+        finally:
+            try:
+                with pytest.raises(ConfigError, match="another process is listening"):
+                    bind_listener(ListenURL("unix", path=path))
+            finally:
+                for c in clients:
+                    c.close()
+    assert os.path.exists(path)
+
+
+def test_live_unixgram_socket_file_is_refused(tmp_path: Path, alarm: None) -> None:
+    path = f"{tmp_path}/live.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as live:
+        live.bind(path)
+        with pytest.raises(ConfigError, match="another process is listening"):
+            bind_listener(ListenURL("unixgram", path=path))
+    assert os.path.exists(path)
+
+
+def stale_socket_file(path: str) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(path)  # closed without unlinking: what a killed daemon leaves
+
+
+def test_stale_file_removed_meanwhile_by_another_is_no_error(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    path = f"{tmp_path}/stale.sock"
+    stale_socket_file(path)
+    unlink = os.unlink
+
+    def raced(target: str) -> None:
+        unlink(target)  # another process removed it first
+        unlink(target)
+
+    monkeypatch.setattr(os, "unlink", raced)
+    bound = bind_listener(ListenURL("unix", path=path))
+    monkeypatch.undo()
+    common.listener.close_listener(bound)
+
+
+def test_stale_file_that_cannot_be_removed_is_a_config_error(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    path = f"{tmp_path}/stale.sock"
+    stale_socket_file(path)
+
+    def refused(target: str) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(os, "unlink", refused)
+    with pytest.raises(ConfigError, match="cannot remove the stale socket file"):
+        bind_listener(ListenURL("unix", path=path))
+
+
+def test_socket_file_is_removed_before_the_socket_closes(tmp_path: Path) -> None:
+    path = f"{tmp_path}/own.sock"
+    seen: list[bool] = []
+
+    class Watched(socket.socket):
+        def close(self) -> None:
+            seen.append(os.path.exists(path))
+            super().close()
+
+    bound = bind_listener(ListenURL("unix", path=path))
+    watched = Watched(fileno=bound.sock.detach())
+    common.listener.close_listener(attrs.evolve(bound, sock=watched))
+    assert seen == [False]  # never a moment with the file there and nobody answering
+    assert not os.path.exists(path)
