@@ -216,8 +216,8 @@ def stale_socket_file(path: str) -> None:
         dead.bind(path)  # closed without unlinking: what a killed daemon leaves
 
 
-def test_stale_file_removed_meanwhile_by_another_is_no_error(tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stale_file_removed_meanwhile_by_another_is_no_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = f"{tmp_path}/stale.sock"
     stale_socket_file(path)
     unlink = os.unlink
@@ -232,8 +232,8 @@ def test_stale_file_removed_meanwhile_by_another_is_no_error(tmp_path: Path,
     common.listener.close_listener(bound)
 
 
-def test_stale_file_that_cannot_be_removed_is_a_config_error(tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stale_file_that_cannot_be_removed_is_a_config_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = f"{tmp_path}/stale.sock"
     stale_socket_file(path)
 
