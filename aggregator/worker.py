@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Final
@@ -36,6 +37,7 @@ from common.logging import log_event
 
 from .exchange import (
     DATA,
+    DATA_HEADER_BYTES,
     MARK,
     MAX_MESSAGE_BYTES,
     STATS,
@@ -117,8 +119,13 @@ class Exchange:
         # cut, and the lines sent to / received from each peer.
         self.records = context.records
         self._taken = self._rendered_upto = self._swap_base = 0
-        self._sent: dict[int, int] = dict.fromkeys(self.peers, 0)
-        self._received: dict[int, int] = dict.fromkeys(self.peers, 0)
+        # The pair counters run since the supervisor started: a restarted worker goes on
+        # from its predecessor's (`WorkerRecords.record_death`).
+        records = self.records
+        self._sent: dict[int, int] = {
+            p: records.sent(context.index, p) if records else 0 for p in self.peers}
+        self._received: dict[int, int] = {
+            p: records.received(context.index, p) if records else 0 for p in self.peers}
         self._batch: dict[int, list[bytes]] = {p: [] for p in self.peers}
         self._batch_bytes: dict[int, int] = dict.fromkeys(self.peers, 0)
         self._queue: dict[int, deque[bytes]] = {p: deque() for p in self.peers}
@@ -148,16 +155,40 @@ class Exchange:
         self.peer_down: dict[int, bool] = {}
         self.forwarded_lines = 0
         self.received_lines = 0
+        # Worker 0 answers admin ``stats``: its last_msg_seen follows the peers' reads too.
+        self._notes_arrivals = context.index == 0
 
     def close(self) -> None:
+        """At the final stop: what is still here is lost, and said (nothing follows):
+        peers' lines unread in this socket (sent after the final barrier gave up on
+        them), lines queued for a peer gone at the final flush, and the intake counts in
+        marks that never reached worker 0."""
+        unread = self._drain_unread()
         unsent = sum(data_line_count(m) for q in self._queue.values() for m in q
                      if m[:1] == DATA) + sum(map(len, self._batch.values()))
-        if unsent:  # a peer that was gone at the final flush: said, as nothing follows
+        unsent_intake = sum(decode_mark(m)[3] for m in self._queue.get(0, ())
+                            if m[:1] == MARK)
+        if unread or unsent or unsent_intake:
             log_event(LOGGER, "exchange_closed", level=logging.WARNING,
-                      worker=self.context.index, unsent_lines=unsent)
+                      worker=self.context.index, unread_lines=unread, unsent_lines=unsent,
+                      unsent_intake_lines=unsent_intake)
         self.sock.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.address)
+
+    def _drain_unread(self) -> int:
+        """Read what waits in the socket without blocking; the lines of its data messages
+        (by their headers)."""
+        lines = 0
+        buffer = self._receive_buffer
+        while True:
+            try:
+                size = self.sock.recv_into(buffer, MAX_MESSAGE_BYTES,
+                                           socket.MSG_TRUNC | socket.MSG_DONTWAIT)
+            except OSError:  # empty (EAGAIN), or unreadable: nothing more to count
+                return lines
+            if buffer[:1] == DATA and size >= DATA_HEADER_BYTES:
+                lines += data_line_count(bytes(buffer[:DATA_HEADER_BYTES]))
 
     def worker_deaths(self, head: str) -> dict[str, float]:
         """Worker 0's figures of worker deaths (from the shared record), under ``head``:
@@ -270,6 +301,10 @@ class Exchange:
                 queue.popleft()
                 self._queued_bytes[peer] -= len(message)
                 self._count_send_failure(message, e)
+                if peer == 0 and message[:1] == MARK:
+                    # The intake counts it carried travel with the next mark instead.
+                    _, _, packets, lines, bad = decode_mark(message)
+                    self.aggregator.add_intake(packets, lines, bad)
                 continue
             if message[:1] == DATA:
                 self._sent[peer] += data_line_count(message)
@@ -335,6 +370,8 @@ class Exchange:
         if kind == DATA:
             sender, lines, payload = decode_data(message)
             self._check_sender(sender)
+            if self._notes_arrivals:  # a peer read a message just now (admin stats)
+                self.aggregator.last_message_time = time.time()
             self.received_lines += lines
             self._taken += lines
             self._received[sender] += lines
@@ -356,6 +393,10 @@ class Exchange:
         elif kind == MARK:
             sender, flush, packets, lines, bad = decode_mark(message)
             self._check_sender(sender)
+            if packets and self._notes_arrivals:
+                # The peer read a message since its previous mark: at most one flush
+                # interval before now (its own lines it sends nobody).
+                self.aggregator.last_message_time = time.time()
             if flush > self._marks_closed:
                 self._marks.setdefault(flush, {})[sender] = (packets, lines, bad)
                 self._open_marks[sender] = max(flush, self._open_marks.get(sender, -1))

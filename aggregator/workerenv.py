@@ -90,8 +90,10 @@ class WorkerRecords:
 
     One slot per worker, of 8-byte counters: written by the worker, ``taken`` (lines taken
     in since its last flush was rendered) and, for each peer, ``sent`` (lines delivered to
-    it) and ``received`` (lines received from it); written by the supervisor, ``deaths``
-    and ``lost`` (the sum of `record_death`'s bounds). Each counter has one writer.
+    it) and ``received`` (lines received from it), both since the supervisor started (a
+    restarted worker goes on from the values its predecessor left); written by the
+    supervisor, ``deaths`` and ``lost`` (the sum of `record_death`'s bounds), and
+    ``received`` of a dead worker (`record_death`). Each counter has one writer at a time.
 
     Args:
         fd: a file of `size` bytes (`create` makes one).
@@ -104,8 +106,6 @@ class WorkerRecords:
         self.fd = fd
         self.workers = workers
         self._map = mmap.mmap(fd, self.size(workers))
-        # The sender's counts of lines delivered to each peer at that peer's last death.
-        self._sent_before: dict[tuple[int, int], int] = {}
 
     @classmethod
     def size(cls, workers: int) -> int:
@@ -150,10 +150,22 @@ class WorkerRecords:
     def lost_at_most(self) -> int:
         return sum(self._get(w, 2) for w in range(self.workers))
 
+    def sent(self, worker: int, peer: int) -> int:
+        return self._get(worker, self._FIXED + peer)
+
+    def received(self, worker: int, peer: int) -> int:
+        return self._get(worker, self._FIXED + self.workers + peer)
+
     # Written by the supervisor.
     def record_death(self, worker: int) -> tuple[int, int]:
         """Count the death of ``worker`` (not running, not yet restarted) and reset its
         counters for the next one.
+
+        The pair counters run since the supervisor started, across generations of both
+        ends (a new worker starts from the values in the record), so what a peer delivered
+        to the dead worker's socket and it never read is ``sent - received``. The dead
+        worker's received counters are then set to its peers' sent ones: that is closed,
+        and its successor starts even.
 
         Returns:
             ``(taken, in_flight)``: the lines it took in since its last flush, and the
@@ -165,18 +177,13 @@ class WorkerRecords:
         for peer in range(self.workers):
             if peer == worker:
                 continue
-            sent = self._get(peer, self._FIXED + worker)
-            before = self._sent_before.get((peer, worker), 0)
-            in_flight += max(0, sent - before - self._get(worker, self._FIXED + self.workers
-                                                           + peer))
-            self._sent_before[(peer, worker)] = sent
+            sent = self.sent(peer, worker)
+            in_flight += max(0, sent - self.received(worker, peer))
+            self.set_received(worker, peer, sent)
         taken = self.taken(worker)
         self._set(worker, 1, self._get(worker, 1) + 1)
         self._set(worker, 2, self._get(worker, 2) + taken + in_flight)
         self.set_taken(worker, 0)
-        for peer in range(self.workers):
-            self.set_sent(worker, peer, 0)
-            self.set_received(worker, peer, 0)
         return taken, in_flight
 
 

@@ -8,6 +8,7 @@ worker's mark and its swap, or a peer's lines arrive after that peer's mark.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import socket
@@ -361,6 +362,78 @@ async def test_any_other_send_error_drops_that_message_counted(pair: Pair) -> No
     assert ex1.aggregator.ledger.counters[to1] == 4
 
 
+async def test_a_mark_that_fails_to_send_hands_its_intake_to_the_next_mark(
+        pair: Pair) -> None:
+    """metrics_received = aggregated + drops: the intake counts of a mark dropped by a send
+    error are not lost with it, they go with the next mark."""
+    ex0, ex1 = pair
+    to0 = _names_of(0, 1)[0]
+    out: Flushed = {}
+    async with running(pair):
+        ex1.handle(b"\n".join([to0 + b":1|c", b"bad line"]))
+        ex1._close_batch(0)  # the lines go
+        await _eventually(lambda: to0 in ex0.aggregator.ledger.counters)
+        ex1.sock = _FailingSocket(ex1.sock, [errno.EPERM])  # type: ignore[assignment]
+        await _flush_both(pair, 1, out)  # the mark of flush 1 fails
+        assert ex1.dropped_messages["send_failed"] == 1
+        assert _received(out[0]) == (0, 0)  # the counts were not in the failed mark's flush
+        await _flush_both(pair, 2, out)
+    assert _received(out[0]) == (1, 2)  # but in the next one, with their lines' flush's
+    assert out[0].counters[b"statsd.bad_lines_seen"] == 1
+
+
+def _closed_fields(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    return [r.fields for r in caplog.records  # type: ignore[attr-defined]
+            if r.getMessage() == "exchange_closed"]
+
+
+def test_closing_counts_and_says_what_it_leaves(
+        runtime_dir: str, caplog: pytest.LogCaptureFixture) -> None:
+    """At the final stop, a peer's lines still unread in the socket and the intake counts
+    of marks never sent to worker 0 are said, with the unsent lines."""
+    caplog.set_level(logging.WARNING)
+    ex0, ex1 = (Exchange(_context(i, runtime_dir),
+                         Aggregator(LedgerOptions(report_internal=i == 0)), INTERVAL)
+                for i in (0, 1))
+    try:
+        ex1.handle(b"\n".join(n + b":1|c" for n in _names_of(0, 3)))
+        ex1._close_batch(0)  # delivered to worker 0's socket: never read
+        ex0.close()
+        assert _closed_fields(caplog) == [{"event": "exchange_closed", "worker": 0,
+                                           "unread_lines": 3, "unsent_lines": 0,
+                                           "unsent_intake_lines": 0}]
+        caplog.clear()
+        ex1.handle(b"\n".join(n + b":1|c" for n in _names_of(0, 2)))
+        ex1._close_batch(0)  # worker 0 is gone: queued
+        ex1._enqueue(0, encode_mark(1, 7, *ex1.aggregator.take_intake()))
+        ex1.close()
+        assert _closed_fields(caplog) == [{"event": "exchange_closed", "worker": 1,
+                                           "unread_lines": 0, "unsent_lines": 2,
+                                           "unsent_intake_lines": 5}]
+    finally:
+        ex0.close()
+        ex1.close()
+
+
+async def test_worker_0_notes_the_messages_its_peers_read(pair: Pair) -> None:
+    """Admin ``messages.last_msg_seen`` (worker 0) follows every worker's reads: a peer's
+    lines arrive at once, a peer's own lines with its next mark (within an interval)."""
+    ex0, ex1 = pair
+    out: Flushed = {}
+    async with running(pair):
+        ex1.handle(_names_of(0, 1)[0] + b":1|c")  # for worker 0
+        ex1._close_batch(0)
+        await _eventually(lambda: ex0.aggregator.last_message_time is not None)
+        ex0.aggregator.last_message_time = None
+        ex1.handle(_names_of(1, 1)[0] + b":1|c")  # its own: only its mark tells
+        await _flush_both(pair, 1, out)
+        assert ex0.aggregator.last_message_time is not None
+        ex0.aggregator.last_message_time = None
+        await _flush_both(pair, 2, out)  # nothing read: a mark of no packets
+    assert ex0.aggregator.last_message_time is None
+    assert ex1.aggregator.last_message_time is None  # only worker 0 answers stats
+
+
 def test_the_shared_record_bounds_what_a_killed_worker_held(runtime_dir: str) -> None:
     """Issue 8, item 4: what a worker took in since its last rendered flush, and what its
     peers delivered to its socket that it never read, are known after it is killed."""
@@ -384,6 +457,41 @@ def test_the_shared_record_bounds_what_a_killed_worker_held(runtime_dir: str) ->
         # again at its next death.
         assert records.record_death(1) == (0, 0)
         assert (records.deaths(), records.lost_at_most()) == (2, 7)
+    finally:
+        for exchange in exchanges:
+            exchange.close()
+        records.close()
+
+
+def test_sender_restarts_then_the_receiver_is_killed(runtime_dir: str) -> None:
+    """What a restarted sender delivered and its receiver never read is still counted: the
+    pair counters run across the sender's generations, as the receiver's do."""
+    records = WorkerRecords.create(2)
+    to1 = _names_of(1, 6)
+    ex1 = Exchange(_context(1, runtime_dir, records),
+                   Aggregator(LedgerOptions()), INTERVAL)
+    exchanges = [ex1]
+    try:
+        ex0 = Exchange(_context(0, runtime_dir, records),
+                       Aggregator(LedgerOptions(report_internal=True)), INTERVAL)
+        exchanges.append(ex0)
+        ex0.handle(b"\n".join(n + b":1|c" for n in to1[:3]))
+        ex0._close_batch(1)
+        ex1._receive_all()  # all read
+        ex0.close()
+        assert records.record_death(0) == (3, 0)  # worker 0 dies, and is restarted
+        ex0 = Exchange(_context(0, runtime_dir, records),
+                       Aggregator(LedgerOptions(report_internal=True)), INTERVAL)
+        exchanges.append(ex0)
+        ex0.handle(b"\n".join(n + b":1|c" for n in to1[3:5]))
+        ex0._close_batch(1)
+        ex1._receive_all()  # read too
+        ex0.handle(to1[5] + b":1|c")
+        ex0._close_batch(1)  # delivered, never read: worker 1 is SIGKILLed now
+        assert records.record_death(1) == (5, 1)  # 5 read, not yet flushed; 1 unread
+        assert records.lost_at_most() == 3 + 6
+        # Its successor starts even: nothing is counted twice at its next death.
+        assert records.record_death(1) == (0, 0)
     finally:
         for exchange in exchanges:
             exchange.close()
