@@ -9,15 +9,18 @@ aggregator accept from one shared listening socket and count in one shared table
 
 * a connection that receives nothing for ``tcp_idle_timeout_seconds`` is closed;
 * when the daemon is full, a new connection closes (evicts) the connection of its process
-  that has been idle longest, if it has been idle at least `EVICT_IDLE_SECONDS`; a process
-  with nothing to evict leaves the new connection queued (up to `MAX_DEFER_SECONDS`) while
-  another process reports something to evict, so that one accepts it;
+  that has been idle longest, if it has been idle at least `EVICT_IDLE_SECONDS`: only once
+  the process has accepted the newcomer and found no place (every process sharing the
+  socket is woken for it, and only one gets it); a process with nothing to evict leaves
+  the new connection queued (up to `MAX_DEFER_SECONDS` per wake-up) while another process
+  reports something to evict, so that one accepts it;
 * otherwise (every place is held by a client that is sending) the new connection is
   refused: closed at once, counted and logged.
 
-When the daemon closes a connection (idle, evicted) its unfinished last line, if any, is
-refused (``truncated``), never parsed. What a client had in flight when its connection was
-closed (or refused) is lost in the kernel and cannot be counted.
+When the daemon closes a connection (idle, evicted), or the client resets it, its
+unfinished last line, if any, is refused (``truncated``), never parsed: only a clean end of
+stream (the client's FIN) hands on an unterminated last line. What a client had in flight
+when its connection was closed (or refused) is lost in the kernel and cannot be counted.
 
 SHELL.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 import errno
 import logging
 import resource
+import select
 from functools import partial
 from typing import Final
 
@@ -56,7 +60,8 @@ EVICT_IDLE_SECONDS: Final = 1.0
 #: How often each process looks for idle connections (idle timeout, evictable count).
 SWEEP_SECONDS: Final = 0.25
 #: A full process with nothing to evict leaves a new connection in the shared accept queue
-#: for this long at a time, up to `MAX_DEFER_SECONDS`, if another process can evict.
+#: for this long at a time, up to `MAX_DEFER_SECONDS` per wake-up, if another process can
+#: evict.
 DEFER_SECONDS: Final = 0.02
 MAX_DEFER_SECONDS: Final = 0.5
 #: File descriptors wanted beyond the connection limit (sockets, pipes, files, Carbon).
@@ -108,6 +113,13 @@ class StreamConnections:
     def _forget(self, conn: StreamConnection) -> None:
         if self.open.pop(conn, False) is None:
             self.table.release()
+
+    def can_evict(self) -> bool:
+        """Whether a connection has been idle long enough to be evicted (none is closed)."""
+        if not self.open:
+            return False
+        oldest = min(c.last_activity for c in self.open)
+        return trio.current_time() - oldest >= EVICT_IDLE_SECONDS
 
     def evict_one(self) -> bool:
         """Close the connection idle longest, if idle long enough; say whether one was."""
@@ -174,7 +186,7 @@ async def serve_stream(stream: trio.abc.ReceiveStream, handle: Handler, *,
             if block:
                 handle(block)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
+        cut = True  # reset by the client (or closed under us): the tail may be a cut line
     except trio.Cancelled:
         cut = True  # closed by the daemon (idle, evicted, stopping), maybe mid-line
         raise
@@ -186,12 +198,18 @@ async def serve_stream(stream: trio.abc.ReceiveStream, handle: Handler, *,
             handle(tail)
 
 
+#: The process's budget of ``stream_line_too_long`` warnings (all its connections).
+_OVERLONG_LOG: Final = RateLimiter(LOG_PER_SECOND)
+
+
 def _refuse_overlong(count: int, refuse: RefusedLines, stats: IntakeStatistics,
                      limit: int) -> None:
     stats.overlong_stream_lines += count
     refuse("line_too_long", count)
-    log_event(LOGGER, "stream_line_too_long", level=logging.WARNING, count=count,
-              limit_bytes=limit, total=stats.overlong_stream_lines)
+    if _OVERLONG_LOG.allow():
+        log_event(LOGGER, "stream_line_too_long", level=logging.WARNING, count=count,
+                  limit_bytes=limit, total=stats.overlong_stream_lines,
+                  suppressed=_OVERLONG_LOG.take_suppressed())
 
 
 async def run_stream_listener(bound: BoundSocket, handle: Handler, *, max_line_bytes: int,
@@ -201,16 +219,21 @@ async def run_stream_listener(bound: BoundSocket, handle: Handler, *, max_line_b
     ensure_file_limit(connections.limit + FD_HEADROOM)
     sock = bound.sock
     refuse = refused or _ignore_refused
+    queued = select.poll()  # whether a deferred connection is still in the accept queue
+    queued.register(sock, select.POLLIN)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(connections.run_sweeper)
-        deferred = 0.0
         while True:
             await trio.lowlevel.wait_readable(sock)
-            if connections.full() and not connections.evict_one():
-                if deferred < MAX_DEFER_SECONDS and connections.table.evictable_elsewhere():
-                    deferred += DEFER_SECONDS
-                    await trio.sleep(DEFER_SECONDS)
-                    continue
+            # Full, nothing to evict here, something elsewhere: leave the newcomer queued
+            # for the process that can evict (woken for it too), for a while this wake-up.
+            deferred = 0.0
+            while (deferred < MAX_DEFER_SECONDS and connections.full()
+                   and not connections.can_evict() and connections.table.evictable_elsewhere()):
+                deferred += DEFER_SECONDS
+                await trio.sleep(DEFER_SECONDS)
+                if not queued.poll(0):
+                    break  # taken meanwhile: this wake-up is over (accept finds nothing)
             try:
                 client, _ = sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -223,7 +246,6 @@ async def run_stream_listener(bound: BoundSocket, handle: Handler, *, max_line_b
                               listener=str(bound.url), error=e.strerror)
                 await trio.sleep(_ACCEPT_PAUSE_SECONDS)
                 continue
-            deferred = 0.0
             reserved = connections.table.reserve(connections.limit)
             if not reserved and connections.evict_one():
                 reserved = connections.table.reserve(connections.limit)

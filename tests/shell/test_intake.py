@@ -3,12 +3,15 @@ the unixgram queue warning. Real loopback sockets, fake time."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import signal
 import socket
-from collections.abc import Iterator
+import struct
+from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -17,9 +20,19 @@ import trio
 from test_aggregator_serve import host_port, make_config, start
 
 import common.listener
+import common.streams
 from common.address import ListenURL
+from common.connections import ConnectionTable, create_connection_table
 from common.errors import ConfigError
-from common.listener import DatagramReader, IntakeStatistics, bind_listener
+from common.listener import LOG_PER_SECOND, DatagramReader, IntakeStatistics, bind_listener
+from common.logging import RateLimiter
+from common.streams import (
+    SWEEP_SECONDS,
+    StreamConnection,
+    StreamConnections,
+    run_stream_listener,
+    serve_stream,
+)
 from support.triosink import TrioSink
 
 
@@ -259,3 +272,128 @@ def test_socket_file_is_removed_before_the_socket_closes(tmp_path: Path) -> None
     common.listener.close_listener(attrs.evolve(bound, sock=watched))
     assert seen == [False]  # never a moment with the file there and nobody answering
     assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize("ending", ["reset", "eof"])
+async def test_connection_reset_mid_line_refuses_the_cut_tail(ending: str,
+                                                              autojump_clock) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname()[:2])
+        accepted, _ = server.accept()
+    accepted.setblocking(False)
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(accepted))
+    with client:
+        client.sendall(b"ok:1|c\nx:1|c")  # "x:1|c|@0.1" lost its "|@0.1": counts 10x
+        if ending == "reset":
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    handled: list[bytes] = []
+    refused: list[tuple[str, int]] = []
+    async with stream:
+        await serve_stream(stream, handled.append, max_line_bytes=1000, stats=IntakeStatistics(),
+                           refused=lambda reason, n: refused.append((reason, n)))
+    if ending == "reset":
+        assert handled == [b"ok:1|c\n"]
+        assert refused == [("truncated", 1)]
+    else:  # a clean end of stream: the client ended its last line there
+        assert handled == [b"ok:1|c\n", b"x:1|c"]
+        assert refused == []
+
+
+class Chunks(trio.abc.ReceiveStream):
+    """A stream that returns one chunk per receive."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return self.chunks.pop(0) if self.chunks else b""
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_overlong_line_warnings_are_rate_limited_and_counted_exactly(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(common.streams, "_OVERLONG_LOG", RateLimiter(LOG_PER_SECOND))
+    caplog.set_level(logging.WARNING)
+    stats = IntakeStatistics()
+    refused: list[tuple[str, int]] = []
+    lines = 200
+    # Each read ends the overlong line before it and starts another (cut off at 20 bytes).
+    await serve_stream(Chunks([b"\n" + b"y" * 50] * lines), lambda block: None,
+                       max_line_bytes=20, stats=stats,
+                       refused=lambda reason, n: refused.append((reason, n)))
+    assert stats.overlong_stream_lines == lines
+    assert sum(n for reason, n in refused if reason == "line_too_long") == lines
+    warned = [r for r in caplog.records if r.getMessage() == "stream_line_too_long"]
+    assert 1 <= len(warned) <= 2 * LOG_PER_SECOND  # two windows at most, on a slow machine
+
+
+async def idle_connection(connections: StreamConnections, idle_seconds: float) -> StreamConnection:
+    """A connection of ``connections`` (holding its place) last active ``idle_seconds`` ago."""
+    assert connections.table.reserve(connections.limit)
+    conn = StreamConnection(last_activity=trio.current_time() - idle_seconds)
+    connections.open[conn] = None
+    return conn
+
+
+@contextlib.asynccontextmanager
+async def two_processes(limit: int) -> AsyncIterator[tuple[list[StreamConnections], str]]:
+    """Two "processes" (connection sets) sharing one table and one listening socket (each
+    its own descriptor of it, as each worker has), accepting until the block ends."""
+    fd = create_connection_table(2)
+    bound = bind_listener(ListenURL("tcp", host="127.0.0.1"))
+    second = attrs.evolve(bound, sock=bound.sock.dup())
+    procs = [StreamConnections(max_connections=limit, table=ConnectionTable.attach(fd, i))
+             for i in range(2)]
+    try:
+        async with trio.open_nursery() as nursery:
+            for b, c in zip((bound, second), procs, strict=True):
+                nursery.start_soon(partial(run_stream_listener, b, lambda block: None,
+                                           max_line_bytes=1000, connections=c))
+            await trio.sleep(2 * SWEEP_SECONDS)  # both have published their evictable counts
+            yield procs, bound.address
+            nursery.cancel_scope.cancel()
+    finally:
+        bound.sock.close()
+        second.sock.close()
+        for c in procs:
+            assert c.table.lock_fd is not None
+            os.close(c.table.lock_fd)
+        os.close(fd)
+
+
+async def test_one_newcomer_evicts_one_idle_connection_of_all_processes(autojump_clock) -> None:
+    async with two_processes(limit=2) as (procs, address):
+        for c in procs:
+            await idle_connection(c, 10)
+        with socket.create_connection(host_port(address)) as newcomer:
+            await trio.sleep(0.1)  # both processes are woken for it
+            assert sum(c.stats.stream_connections_evicted for c in procs) == 1
+            assert sum(c.stats.stream_connections for c in procs) == 1
+            assert sum(len(c.open) for c in procs) == 2
+            newcomer.close()
+
+
+async def test_a_process_losing_every_accept_race_keeps_deferring(autojump_clock) -> None:
+    rounds = 40  # over MAX_DEFER_SECONDS / DEFER_SECONDS: a budget never reset is spent
+    async with two_processes(limit=2 + rounds + 5) as (procs, address):
+        full, evicting = procs
+        busy = [await idle_connection(full, 0) for _ in range(2)]
+        for _ in range(rounds + 5):
+            await idle_connection(evicting, 10)
+        await trio.sleep(2 * SWEEP_SECONDS)
+        clients: list[socket.socket] = []
+        try:
+            for _ in range(rounds):
+                for conn in busy:  # never evictable
+                    conn.last_activity = trio.current_time()
+                clients.append(socket.create_connection(host_port(address)))
+                await trio.sleep(0.05)
+        finally:
+            for s in clients:
+                s.close()
+        refused = sum(c.stats.stream_connections_refused for c in procs)
+        assert refused == 0  # every newcomer went to the process that could evict
+        assert evicting.stats.stream_connections_evicted == rounds
