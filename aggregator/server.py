@@ -146,24 +146,18 @@ async def serve(
             for b in bound:
                 close_listener(b)
             raise
-        handle: Intake = aggregator.ingest
     else:
         bound = [adopt_socket(url, sock)
                  for url, sock in zip(config.listen, worker.sockets, strict=True)]
         mgmt_listeners = ([trio.SocketListener(trio.socket.from_stdlib_socket(worker.mgmt))]
                           if worker.mgmt is not None else [])
         identity = f"{identity}-w{worker.index}"
-        exchange = Exchange(worker, aggregator, config.flush_interval)
-        handle = exchange.handle
         if worker.index:
             mgmt_listeners.append(await open_worker_admin(worker.admin_address(worker.index)))
         else:
             admin_peers = WorkerAdminPeers({i: worker.admin_address(i)
                                             for i in range(1, worker.count)})
     auth = make_auth(config.auth, config.auth_tokens, config.auth_revoked_tokens)
-    if auth is not None:
-        handle = authenticated(handle, auth)
-    handle = noting_arrival(handle, aggregator)
 
     def handle_batch(datagrams: list[bytes]) -> None:
         handle(b"\n".join(datagrams), packets=len(datagrams))
@@ -198,16 +192,23 @@ async def serve(
                            head + "revoked": stats.revoked})
         return values
 
-    flusher = Flusher(aggregator, GraphiteRenderer(config.naming), outputs,
-                      config.flush_interval, internal_values=internal_values,
-                      coordinator=exchange)
-    flusher.self_metrics = config.self_metrics
     mgmt = ""
     if mgmt_listeners and mgmt_listeners[0].socket.family != socket.AF_UNIX:
         mgmt_host, mgmt_port = mgmt_listeners[0].socket.getsockname()[:2]
         mgmt = format_host_port(mgmt_host, mgmt_port)
     addresses = BoundAddresses(intake=tuple((b.url.scheme, b.address) for b in bound), mgmt=mgmt)
     try:
+        if worker is not None:
+            # Made in the try whose finally closes it: its socket file never stays behind.
+            exchange = Exchange(worker, aggregator, config.flush_interval)
+        handle: Intake = exchange.handle if exchange is not None else aggregator.ingest
+        if auth is not None:
+            handle = authenticated(handle, auth)
+        handle = noting_arrival(handle, aggregator)
+        flusher = Flusher(aggregator, GraphiteRenderer(config.naming), outputs,
+                          config.flush_interval, internal_values=internal_values,
+                          coordinator=exchange)
+        flusher.self_metrics = config.self_metrics
         async with trio.open_nursery() as nursery:
             for output in outputs:
                 if isinstance(output, CarbonOutput):

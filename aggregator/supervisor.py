@@ -32,6 +32,7 @@ SHELL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -48,7 +49,7 @@ from common.address import format_host_port
 from common.admin_server import bind_admin_socket
 from common.connections import clear_connection_slot, create_connection_table
 from common.errors import ConfigError
-from common.listener import bind_listeners, close_listener
+from common.listener import BoundSocket, bind_listeners, close_listener
 from common.logging import log_event
 
 from .config import AggregatorConfig
@@ -75,28 +76,59 @@ CONFIG_ERROR_EXIT: Final = 2
 
 
 async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int) -> int:
-    """Run ``workers`` worker processes until a stop signal; return the exit code."""
+    """Run ``workers`` worker processes until a stop signal; return the exit code.
+
+    Raises:
+        ConfigError: a socket cannot be bound, or the runtime directory cannot be made
+            (one line and exit 2, `aggregator.cli.main`); whatever was set up is undone.
+    """
     bound = bind_listeners(config.listen, receive_buffer_bytes=config.udp_receive_buffer_bytes,
                            reuse_port=config.reuse_port)
-    try:
-        mgmt = bind_admin_socket(config.mgmt_address, config.mgmt_port)
-    except ConfigError:  # one line and exit 2 (cli.main), never a traceback
-        for b in bound:
-            close_listener(b)
-        raise
+    # Everything set up from here on is undone, in reverse, however the supervisor ends
+    # (before its workers start too): no socket file or runtime dir is left behind.
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(_close_listeners, bound)
+        return await _supervise(config, argv, workers, bound, cleanup)
+
+
+def _close_listeners(bound: Sequence[BoundSocket]) -> None:
+    for b in bound:
+        close_listener(b)
+
+
+async def _supervise(config: AggregatorConfig, argv: Sequence[str], workers: int,
+                     bound: Sequence[BoundSocket], cleanup: contextlib.ExitStack) -> int:
+    mgmt = bind_admin_socket(config.mgmt_address, config.mgmt_port)
+    cleanup.callback(mgmt.close)
     # The daemon-wide count of stream connections, one slot per worker (common.connections).
     connections_fd = create_connection_table(workers)
+    cleanup.callback(os.close, connections_fd)
     mgmt_address = format_host_port(*mgmt.getsockname()[:2])
     # Private (0700): the exchange and worker-admin sockets; only this user reaches them.
-    runtime_dir = make_runtime_dir(workers)
+    try:
+        runtime_dir = make_runtime_dir(workers)
+    except OSError as e:
+        raise ConfigError(f"cannot make the workers' runtime directory: {e}") from e
+    procs: dict[int, trio.Process] = {}
+
+    def remove_runtime_dir() -> None:
+        if all(p.returncode is not None for p in procs.values()):
+            shutil.rmtree(runtime_dir, ignore_errors=True)
+        # else: the workers still use it for their final flush; the last one out removes it.
+
+    cleanup.callback(remove_runtime_dir)
     records = WorkerRecords.create(workers)
+    cleanup.callback(records.close)
     # The workers hold the read end; only we hold the write end, so they read EOF (and stop)
     # when we exit, however we die.
     lifeline_read, lifeline_write = os.pipe()
+    cleanup.callback(os.close, lifeline_read)
+    cleanup.callback(os.close, lifeline_write)
     # Each worker reports here once it serves, or why it cannot start.
     ready_read, ready_write = os.pipe()
+    cleanup.callback(os.close, ready_read)
+    cleanup.callback(os.close, ready_write)
     reports = ReadyReports(ready_read)
-    procs: dict[int, trio.Process] = {}
     stopping = trio.Event()
     exit_codes: dict[int, int] = {}
     gave_up: list[tuple[int, int, str]] = []  # (worker, exit code, reason)
@@ -127,6 +159,11 @@ async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int)
             clear_connection_slot(connections_fd, index)  # its connections died with it
             if stopping.is_set():
                 exit_codes[index] = code
+                if code == -signal.SIGKILL:  # at graceful_timeout: no final flush
+                    taken, in_flight = records.record_death(index)
+                    log_event(LOGGER, "worker_died", level=logging.ERROR, worker=index,
+                              exit_code=code, stopping=True, lost_at_most=taken + in_flight,
+                              taken=taken, in_flight=in_flight)
                 return
             reports.poll()  # its last report was written before it exited
             served = proc.pid in reports.ready_pids
@@ -194,15 +231,7 @@ async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int)
                         continue
                     stop()
     finally:
-        for fd in (lifeline_read, lifeline_write, ready_read, ready_write, connections_fd):
-            os.close(fd)
-        records.close()
-        if all(p.returncode is not None for p in procs.values()):
-            shutil.rmtree(runtime_dir, ignore_errors=True)
-        # else: the workers still use it for their final flush; the last one out removes it.
-        mgmt.close()
-        for b in bound:
-            close_listener(b)
+        cleanup.close()  # before the "stopped" line: once it is out, nothing is left
     if gave_up:
         index, code, reason = gave_up[0]
         log_event(LOGGER, "stopped", level=logging.ERROR, workers=workers,

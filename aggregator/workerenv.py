@@ -45,13 +45,15 @@ def make_runtime_dir(workers: int, base: str | None = None) -> str:
     """A new private (0700) directory for the workers' sockets.
 
     It is made in ``base`` (default: ``$TMPDIR`` or ``/tmp``); when that path is too long
-    for a Unix socket path, in ``/tmp``.
+    for a Unix socket path, in ``/tmp``. A ``$TMPDIR`` that is set is used as given (one
+    that cannot be used is an error, never a silent move to the shared ``/tmp``, which
+    `tempfile.gettempdir` would make).
 
     Raises:
         OSError: no such directory could be made.
     """
     longest = _SOCKET_NAME_BYTES + len(str(workers))
-    for candidate in (base or tempfile.gettempdir(), "/tmp"):
+    for candidate in (base or os.environ.get("TMPDIR") or tempfile.gettempdir(), "/tmp"):
         # mkdtemp: a new name, mode 0700, never an existing directory.
         if len(os.fsencode(candidate)) + len("/tallyd-XXXXXXXX") + longest \
                 <= MAX_SOCKET_PATH_BYTES:

@@ -263,3 +263,57 @@ def test_the_runtime_dir_goes_with_a_killed_supervisor() -> None:
         agg.kill()
         wait_until(lambda: not os.path.exists(runtime_dir), 30,
                    message="the workers removed the runtime directory")
+
+
+def test_a_worker_killed_at_graceful_timeout_gets_a_loss_bound() -> None:
+    """A worker that does not stop within ``graceful_timeout`` is SIGKILLed: what died
+    with it is bounded and said, as for a death while running."""
+    names = _names_owned_by(1, 50, "stuck.c")
+    args = ["--listen", "udp://127.0.0.1:0", "--flush-interval", "30", "--mgmt-port", "0",
+            "--workers", "2", "--graceful-timeout", "1", "--no-self-metrics"]
+    pid = 0
+    try:
+        with start_aggregator(args) as agg:
+            line = agg.wait_for_log(r"event=worker_started worker=1 .*pid=\d+", 15)
+            pid = int(line.split("pid=")[1].split()[0])
+            send_udp(agg.udp, [("\n".join(f"{n}:1|c" for n in names)).encode()])
+
+            def in_ledgers() -> int:
+                reply = mgmt_command(agg.mgmt, "counters", timeout=10).removesuffix("END\n\n")
+                counters = json.loads(reply) if reply.startswith("{") else {}
+                return int(sum(counters.get(n, 0) for n in names))
+
+            wait_until(lambda: in_ledgers() >= len(names), 15,
+                       message="the lines in worker 1's ledger")
+            os.kill(pid, signal.SIGSTOP)  # stuck: it cannot stop gracefully
+            code = agg.stop(timeout=60)
+            died = [parse_logfmt(x) for x in agg.log_text(tail=None).splitlines()
+                    if "event=worker_died" in x]
+    finally:
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert code == 1
+    assert len(died) == 1, died
+    assert died[0]["worker"] == "1" and died[0]["exit_code"] == str(-signal.SIGKILL)
+    assert int(died[0]["lost_at_most"]) >= len(names), died
+
+
+@pytest.mark.parametrize("tmpdir", ["file", "missing"])
+def test_a_runtime_dir_that_cannot_be_made_is_a_config_error(tmp_path: Path,
+                                                               tmpdir: str) -> None:
+    """The supervisor's steps after binding the listeners undo them when they fail: an
+    unusable ``$TMPDIR`` is one ``config_error`` line and exit 2, and no socket file stays
+    (it was a traceback, with the intake's socket file left behind)."""
+    (tmp_path / "file").write_text("not a directory")
+    path = tmp_path / "intake.sock"
+    env = dict(os.environ, TMPDIR=str(tmp_path / tmpdir))
+    done = subprocess.run(
+        [sys.executable, "-m", "aggregator", "--listen", f"unix://{path}", "--mgmt-port", "0",
+         "--workers", "2"], capture_output=True, text=True, timeout=60,
+        stdin=subprocess.DEVNULL, env=env)
+    errors = [x for x in done.stderr.splitlines() if "event=config_error" in x]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert len(errors) == 1 and "runtime directory" in errors[0], done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert not path.exists()

@@ -19,6 +19,7 @@ import pytest
 import trio
 
 import aggregator.worker as worker_module
+from aggregator.config import AggregatorConfig
 from aggregator.exchange import (
     DATA,
     DATA_HEADER_BYTES,
@@ -29,8 +30,10 @@ from aggregator.exchange import (
     encode_mark,
 )
 from aggregator.ledger import Aggregator, FlushSnapshot, LedgerOptions
+from aggregator.server import serve
 from aggregator.worker import Exchange
 from aggregator.workerenv import WorkerContext, WorkerRecords, make_runtime_dir
+from common.config import config_from_mapping
 from common.shard import worker_index
 
 INTERVAL = 3.0  # the barrier waits at most a third of it
@@ -496,6 +499,22 @@ def test_sender_restarts_then_the_receiver_is_killed(runtime_dir: str) -> None:
         for exchange in exchanges:
             exchange.close()
         records.close()
+
+
+async def test_a_worker_that_fails_to_start_leaves_no_exchange_socket(runtime_dir: str) -> None:
+    """A worker whose start fails after its exchange would be made (here its admin socket
+    cannot be bound: a directory is in the way) leaves no socket file behind."""
+    os.makedirs(os.path.join(runtime_dir, "a1", "in-the-way"))
+    config = config_from_mapping(AggregatorConfig, {"listen": ["udp://127.0.0.1:0"],
+                                                    "mgmt_port": 0})
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as intake:
+        intake.bind(("127.0.0.1", 0))
+        intake.setblocking(False)
+        context = WorkerContext(index=1, count=2, runtime_dir=runtime_dir, generation=0,
+                                sockets=(intake,), mgmt=None)
+        with pytest.raises(IsADirectoryError):
+            await serve(config, worker=context)
+    assert sorted(os.listdir(runtime_dir)) == ["a1"]
 
 
 def test_the_runtime_dir_is_private_and_fits_a_socket_path() -> None:
