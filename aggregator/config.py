@@ -350,8 +350,10 @@ def check_config(config: AggregatorConfig) -> None:
     Raises:
         ConfigError: bad auth settings (token mode without tokens, a token both valid
             and revoked, a malformed token), or a Carbon ring that cannot be built
-            (``fnv1a_ch`` without instance names, two nodes on one host without instance
-            names, a replication factor above the number of hosts, ...).
+            (an unknown ``ring_hash``, a replication factor that is not an integer >= 1,
+            ``fnv1a_ch`` without instance names, two nodes that are one ring node: the
+            same host and instance). A replication factor above the number of distinct
+            hosts is not refused: a path then goes to every host, once (as carbon's).
     """
     make_auth(config.auth, config.auth_tokens, config.auth_revoked_tokens)
     if config.carbon:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from common.protocol import LineParser
+from common.protocol import _ENTRY_OVERHEAD_BYTES, DEFAULT_KEY_CACHE_BYTES, LineParser
 from common.shard import worker_index
 
 DATA: Final = b"D"
@@ -53,9 +53,6 @@ DATA_HEADER_BYTES: Final = 1 + _DATA.size
 MAX_MESSAGE_BYTES: Final = 128 * 1024
 _MARK: Final = struct.Struct("!HqQQQ")
 _STATS: Final = struct.Struct("!HqQ")
-
-#: Names whose owner is remembered; the cache starts over past it.
-MAX_CACHED_OWNERS: Final = 1_000_000
 
 
 def encode_data(sender: int, lines: list[bytes]) -> bytes:
@@ -156,20 +153,33 @@ class Splitter:
         parser: gives each line's Graphite name (and caches it).
         index: this worker's number.
         workers: how many workers there are.
+        cache_bytes: what the remembered owners may cost, by the parser's estimate of a
+            key cache entry (names may be up to ``max_line_bytes`` long, so the bound is in
+            bytes, as the parser's); past it the cache starts over.
     """
 
-    def __init__(self, parser: LineParser, index: int, workers: int) -> None:
+    def __init__(self, parser: LineParser, index: int, workers: int,
+                 cache_bytes: int = DEFAULT_KEY_CACHE_BYTES) -> None:
         self.parser = parser
         self.index = index
         self.workers = workers
+        self.cache_bytes = cache_bytes
+        #: What the entries of ``_owners`` cost (an int owner is a shared small int).
+        self.cached_bytes = 0
         self._owners: dict[bytes, int] = {}
 
     def owner(self, name: bytes) -> int:
         owner = self._owners.get(name)
         if owner is None:
-            if len(self._owners) >= MAX_CACHED_OWNERS:
+            owner = worker_index(name, self.workers)
+            cost = _ENTRY_OVERHEAD_BYTES + len(name)
+            if self.cached_bytes + cost > self.cache_bytes:
                 self._owners.clear()
-            owner = self._owners[name] = worker_index(name, self.workers)
+                self.cached_bytes = 0
+                if cost > self.cache_bytes:
+                    return owner
+            self._owners[name] = owner
+            self.cached_bytes += cost
         return owner
 
     def split(self, packet: bytes) -> tuple[bytes, dict[int, list[bytes]], int]:

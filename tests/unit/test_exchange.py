@@ -17,7 +17,7 @@ from aggregator.exchange import (
     encode_stats,
     pack_data,
 )
-from common.protocol import LineParser
+from common.protocol import DEFAULT_KEY_CACHE_BYTES, LineParser
 from common.shard import worker_index
 
 
@@ -77,3 +77,19 @@ def test_pack_data_cuts_a_burst_into_full_messages() -> None:
     assert all(len(m) <= MAX_MESSAGE_BYTES for m in messages)
     assert all(len(m) > MAX_MESSAGE_BYTES - 20 for m in messages[:-1])  # no tiny messages
     assert sum(data_line_count(m) for m in messages) == len(lines)
+
+
+def test_the_owner_cache_is_bounded_in_bytes() -> None:
+    """Long unique valid names (up to ``max_line_bytes``) cannot make the owner cache
+    hold a million entries of 60 KiB: the bound is in bytes, by the parser's estimate."""
+    limit = 1024 * 1024
+    splitter = Splitter(LineParser(), 0, 3, cache_bytes=limit)
+    for i in range(100):  # 6 MB of unique names
+        name = b"long.%06d." % i + b"x" * 60_000
+        own, foreign, _ = splitter.split(name + b":1|c")
+        assert (0 if own else next(iter(foreign))) == worker_index(name, 3)  # still right
+        held = sum(len(k) for k in splitter._owners)
+        assert held <= splitter.cached_bytes <= limit
+    assert splitter._owners  # it still caches what fits
+    short = Splitter(LineParser(), 0, 3)
+    assert short.cache_bytes == DEFAULT_KEY_CACHE_BYTES
