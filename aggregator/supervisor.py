@@ -24,7 +24,8 @@ restart loop behind an admin port that never answers. (The configuration itself 
 checked before any worker starts: `aggregator.config.check_config`.)
 
 Signals: SIGTERM/SIGINT are passed to the workers, which stop gracefully (final flush);
-the supervisor waits for them (``graceful_timeout`` plus a margin, then SIGKILL). SIGHUP
+the supervisor waits for them (``graceful_timeout`` plus a margin, then SIGKILL, whose loss
+is bounded and logged as a death's: ``worker_died stopping=True lost_at_most=...``). SIGHUP
 is passed on, and each worker reloads its configuration.
 
 SHELL.

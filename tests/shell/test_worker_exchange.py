@@ -456,7 +456,7 @@ def test_the_shared_record_bounds_what_a_killed_worker_held(runtime_dir: str) ->
         ex0._close_batch(1)  # delivered to its socket, never read: it is "killed" now
         assert records.record_death(1) == (2, 5)
         assert (records.deaths(), records.lost_at_most()) == (1, 7)
-        # Its successor starts from zero: what worker 0 delivered before is not counted
+        # Its successor starts even (received = sent): what worker 0 delivered is not counted
         # again at its next death.
         assert records.record_death(1) == (0, 0)
         assert (records.deaths(), records.lost_at_most()) == (2, 7)
