@@ -316,6 +316,7 @@ def noise_datagram(traffic: Traffic) -> bytes:
 def stream_chunks(traffic: Traffic, group: str) -> tuple[list[bytes], bool]:
     """A stream's contents, cut into the pieces written, and whether to end it by a reset."""
     rng = traffic.rng
+    reset = rng.random() < 0.3 and group == "tcp"  # (a Unix stream cannot be reset)
     parts: list[bytes] = []
     for line in traffic.mixed_lines(rng.randrange(10, 150), group, hostile=0.5,
                                     max_random=RANDOM_LINE_BYTES):
@@ -331,11 +332,12 @@ def stream_chunks(traffic: Traffic, group: str) -> tuple[list[bytes], bool]:
         parts.append(traffic.cut(line))
     elif rng.random() < 0.5:  # the last line complete, without its newline
         name, line = traffic.plain_line(group)
-        parts.append(traffic.take_plain(name, line))
+        # After a FIN it is a last line; before a reset it may be a cut one, and is refused.
+        parts.append(traffic.unterminated(line) if reset else traffic.take_plain(name, line))
     payload = b"".join(parts)
     cuts = sorted(rng.sample(range(1, len(payload)), min(len(payload) - 1, rng.randrange(6))))
     chunks = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, len(payload)], strict=True)]
-    return chunks, rng.random() < 0.3
+    return chunks, reset
 
 
 def mixed_phase(traffic: Traffic, wire: Wire, actions: int) -> None:

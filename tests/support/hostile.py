@@ -34,7 +34,8 @@ overflow probe      ``1e308|c`` twice, ``1e308|g`` then ``+1e308|g``, ``1e200|ms
 empty name          ``:1|c``, ``%%%:1|g``, ``;a=b:1|c``                                  refused
 DogStatsD           ``_e{5,4}:hello|text``, ``_sc|hz.check|0``                           refused
 line too long       over ``max_line_bytes`` (a unixgram datagram or a stream)           refused
-cut stream          a stream that ends inside ``name:12|c`` (a proper prefix)           refused
+cut stream          a stream that ends inside ``name:12|c`` (a proper prefix), or     refused
+                    a whole last line without newline before a reset
 ==================  ============================================================  =========
 
 Pure: no I/O.
@@ -320,6 +321,12 @@ class Traffic:
         it is refused; cutting a CRLF or sampled line could leave a valid one, never used."""
         self._refuse("cut_line")
         return line[:self.rng.randrange(1, len(line))]
+
+    def unterminated(self, line: bytes) -> bytes:
+        """A whole `plain_line` without its newline, at the end of a stream ended by a reset:
+        refused as ``truncated`` (a reset can cut ``x:1|c|@0.1`` to ``x:1|c``)."""
+        self._refuse("cut_line")
+        return line
 
     def hostile_line(self, *, max_random: int = 200) -> bytes:
         """One refused line of a random kind (not overflow: that one needs a datagram)."""
