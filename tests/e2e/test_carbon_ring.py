@@ -471,9 +471,15 @@ def test_stalled_node_fills_its_buffer_and_drops_without_stopping_others(
     stats = admin_stats(agg)
     assert node_stat(stats, node_s, "dropped_lines") > 0, logs(agg)()
     # A level, sampled: right after a reconnect the new connection's kernel buffers may hold
-    # all that was queued for a moment, until the next flush queues more.
-    wait_until(lambda: node_stat(admin_stats(agg), node_s, "buffered_lines") > 0, 10,
-               message="the stalled node's buffer holds lines")
+    # all that was queued, and with no more traffic the buffer drains into the connections
+    # that follow (one per write timeout) and stays empty. So bulk for the stalled node keeps
+    # coming while we look, and the level is read just after the flush that queues it.
+    def stalled_buffer_holds_lines() -> bool:
+        send_round(agg.udp, dict.fromkeys(bulk, 1))
+        time.sleep(0.7)  # the round's flush is at the next whole second
+        return node_stat(admin_stats(agg), node_s, "buffered_lines") > 0
+
+    wait_until(stalled_buffer_holds_lines, 20, message="the stalled node's buffer holds lines")
     assert node_stat(stats, node_r, "dropped_lines") == 0
     wait_until(lambda: node_stat(admin_stats(agg), node_r, "buffered_lines") == 0, 5,
                message="the real node's buffer empties")
