@@ -167,7 +167,8 @@ def supervise(config: ProxyConfig) -> int:
         signal.signal(sig, forward)
     log_event(LOGGER, "supervising", processes=config.processes,
               pids=",".join(str(p) for p in children))
-    worst = 0
+    failed = False  # a child ended by itself with an error while stopping
+    cannot_start = False  # a child exited 2: its configuration cannot work (a bind failed)
     while children:
         try:
             pid, status = os.wait()
@@ -177,12 +178,17 @@ def supervise(config: ProxyConfig) -> int:
             continue
         index = children.pop(pid)
         code = os.waitstatus_to_exitcode(status)
-        if code == 2 and not stopping:
+        if code == 2:
             # A child that cannot start (its admin port is taken, say) ends the proxy with
             # its reason (logged by the child) and exit 2, rather than running short a process.
-            forward(signal.SIGTERM, None)
-        if stopping or code in (0, 2):
-            worst = max(worst, abs(code))
+            cannot_start = True
+            if not stopping:
+                forward(signal.SIGTERM, None)
+            continue
+        if stopping or code == 0:
+            # Dying of the stop signal (it came before the child's own handler) is a clean
+            # stop too.
+            failed = failed or code not in (0, -signal.SIGTERM)
             continue
         log_event(LOGGER, "process_died", level=logging.ERROR, process=index, pid=pid,
                   exit_code=code)
@@ -191,7 +197,7 @@ def supervise(config: ProxyConfig) -> int:
             spawn(index)
     for sock in {id(s): s for g in groups for s in g}.values():
         close_listener(sock)  # a unix socket's file goes with the parent, which bound it
-    return min(worst, 1) if worst != 2 else 2
+    return 2 if cannot_start else int(failed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -443,6 +443,11 @@ def cmd_web_start(args: argparse.Namespace) -> None:
             fail(f"django-admin migrate failed:\n{migrate.stdout}{migrate.stderr}")
     state_file.unlink(missing_ok=True)
     pid_file = data_dir / WEB_PID_FILE
+    # Ctrl-C (and a SIGTERM) while waiting stops what was started, whatever disposition was
+    # inherited: a shell's background job starts with SIGINT ignored, and Python then
+    # installs no handler of its own.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with open(data_dir / WEB_LOG_FILE, "ab") as log:
         proc = subprocess.Popen(
             [str(python), str(webapp / WEB_SERVER_SCRIPT), args.bind, str(args.port),
