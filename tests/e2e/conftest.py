@@ -1,4 +1,5 @@
-"""Launch helpers for tests that run ``python -m proxy`` as a real process.
+"""Launch helpers for tests that run ``python -m proxy`` as a real process, and a module's
+real carbon-cache (the ``carbon`` fixture).
 
 tests/support/procs.py launches aggregators and reads their ``event=listening`` /
 ``event=started`` log lines; the proxy logs the same lines, so its launcher is the same
@@ -8,10 +9,12 @@ class under another name.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import pytest
 
+from support.carbon import LocalCarbon
 from support.procs import (
     AggregatorProcess,
     DaemonError,
@@ -50,6 +53,18 @@ ProxyLauncher = Callable[..., ProxyProcess]
 def proxy_launcher() -> ProxyLauncher:
     """`start_proxy`, for tests (they cannot import a conftest module)."""
     return start_proxy
+
+
+@pytest.fixture(scope="module")
+def carbon(carbon_available: Path, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[LocalCarbon]:
+    """One real carbon-cache (1 s resolution, an hour kept) for a test module."""
+    cache = LocalCarbon(tmp_path_factory.mktemp("carbon"), schema="1s:1h")
+    cache.start()
+    try:
+        yield cache
+    finally:
+        cache.stop()
 
 
 __all__ = ["ProxyLauncher", "ProxyProcess", "split_host_port", "start_proxy"]

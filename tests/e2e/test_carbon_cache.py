@@ -12,7 +12,6 @@ import itertools
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -22,17 +21,6 @@ from support.procs import AggregatorProcess, send_udp, start_aggregator
 pytestmark = pytest.mark.e2e
 
 _names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def carbon(carbon_available: Path, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[LocalCarbon]:
-    cache = LocalCarbon(tmp_path_factory.mktemp("carbon"), schema="1s:1h")
-    cache.start()
-    try:
-        yield cache
-    finally:
-        cache.stop()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,17 +25,6 @@ from support.procs import REPO_ROOT, send_udp, start_aggregator
 pytestmark = pytest.mark.e2e
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def carbon(carbon_available: Path, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[LocalCarbon]:
-    cache = LocalCarbon(tmp_path_factory.mktemp("carbon"), schema="1s:1h")
-    cache.start()
-    try:
-        yield cache
-    finally:
-        cache.stop()
 
 
 def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
