@@ -348,8 +348,8 @@ class Exchange:
             try:
                 self._on_message(message)
             except (struct.error, ValueError):
-                # Not from a peer: the abstract namespace has no permissions, any local
-                # process can send here. Dropped, counted, never fatal.
+                # Not from a peer (the socket is in the private runtime dir, so only this
+                # user or root can send here; still). Dropped, counted, never fatal.
                 self.dropped_messages["malformed"] += 1
                 log_event(LOGGER, "exchange_message_malformed", level=logging.WARNING,
                           worker=self.context.index, bytes=len(message))
