@@ -40,7 +40,7 @@ from .config import AggregatorConfig, check_config, plain_value
 from .etsyconfig import map_etsy_config, parse_etsy_config
 from .server import serve
 from .supervisor import supervise
-from .workerenv import (
+from .workers.context import (
     WorkerContext,
     remove_worker_files,
     report_to_supervisor,

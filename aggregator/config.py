@@ -38,7 +38,7 @@ from common.settings import (
     udp_receive_buffer_bytes_setting,
 )
 
-from .flush import Naming
+from .backends.render import Naming
 from .ledger import LedgerOptions
 from .timers import Bound, timer_metric_filter
 

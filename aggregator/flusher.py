@@ -5,7 +5,7 @@ after the previous one, and every line of it carries that instant as its timesta
 aggregators (or workers) with the same interval therefore stamp one interval's points with
 one timestamp, whatever moment they started.
 
-Intake is never paused for long: `Aggregator.swap` is a few dict operations, and rendering
+Intake is never paused for long: `Accumulator.swap` is a few dict operations, and rendering
 runs in chunks with a checkpoint between them, so the receive loops get the CPU every few
 milliseconds while a large flush is being computed.
 
@@ -24,8 +24,8 @@ import trio
 
 from common.logging import log_event
 
-from .flush import GraphiteRenderer
-from .ledger import Aggregator
+from .backends.render import GraphiteRenderer
+from .ledger import Accumulator
 
 LOGGER = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class Output(Protocol):
 
 
 class Coordinator(Protocol):
-    """Keeps the workers of one aggregator in step at each flush (`aggregator.worker`)."""
+    """Keeps the workers of one aggregator in step at each flush (`aggregator.workers.exchange`)."""
 
     async def before_swap(self, sequence: int) -> None: ...
 
@@ -86,7 +86,7 @@ class Flusher:
             e.g. the Graphite backend's figures; called once per flush.
     """
 
-    def __init__(self, aggregator: Aggregator, renderer: GraphiteRenderer,
+    def __init__(self, aggregator: Accumulator, renderer: GraphiteRenderer,
                  outputs: Sequence[Output], interval: float, *,
                  internal_values: Callable[[], dict[str, float]] = dict,
                  coordinator: Coordinator | None = None) -> None:

@@ -1,6 +1,6 @@
 """The aggregation ledger: what one worker accumulates between two flushes.
 
-`Aggregator` owns the live `Ledger` and everything that outlives an interval (gauge values,
+`Accumulator` owns the live `Ledger` and everything that outlives an interval (gauge values,
 the names of idle counters, timers and sets, gauge TTLs). Intake calls `ingest` for each
 packet; the flusher calls `swap`, which installs a fresh ledger in O(1)-ish time (a few
 C-level dict/set operations, no Python loop over the names unless idle deletion needs one)
@@ -46,7 +46,7 @@ from common.protocol import (
 MAX_KEPT_ERRORS: Final = 20
 
 _KEEP_ON_DELETE: Final = (b"packets_received", b"metrics_received", b"bad_lines_seen")
-#: The exact type fields the inline path of `Aggregator.ingest` handles.
+#: The exact type fields the inline path of `Accumulator.ingest` handles.
 _FAST_KINDS: Final = {b"c": COUNTER, b"ms": TIMER, b"g": GAUGE, b"h": HISTOGRAM,
                       b"d": HISTOGRAM, b"s": SET}
 _SIGNS: Final = (0x2B, 0x2D)  # "+" and "-"
@@ -63,7 +63,7 @@ DROP_REASONS: Final = (OVERFLOW, DOGSTATSD_EVENT, DOGSTATSD_SERVICE_CHECK)
 #   2**1024) one unit in the last place is 2**971, and a value under half of it rounds
 #   back (IEEE 754 round-to-nearest). So counters, gauge deltas and timer counts stay
 #   finite with one comparison per line, and only for values that are not plain digits
-#   or not "1". Larger values go through `Aggregator._ingest_line`, which checks the
+#   or not "1". Larger values go through `Accumulator._ingest_line`, which checks the
 #   result itself.
 # * A counter is written twice: its count and its rate, count / interval, with an interval
 #   of at least 0.1 s (`aggregator.config`). So the checked path keeps counters and timer
@@ -97,7 +97,7 @@ class LedgerOptions:
 
 
 class Ledger:
-    """One interval's counters, timers and sets (gauges live on the `Aggregator`)."""
+    """One interval's counters, timers and sets (gauges live on the `Accumulator`)."""
 
     __slots__ = ("bad_lines", "counters", "gauges_touched", "lines", "packets", "sets",
                  "timer_counts", "timers")
@@ -137,7 +137,7 @@ class FlushSnapshot:
                 + len(self.gauges) + len(self.sets) + len(self.idle_sets))
 
 
-class Aggregator:
+class Accumulator:
     """The aggregation state machine of one worker.
 
     Args:

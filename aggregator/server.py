@@ -2,7 +2,7 @@
 
 Wiring, all inside one nursery owned by `serve`:
 
-    intake sockets --handle(packet)--> Aggregator (the ledger, single-threaded)
+    intake sockets --handle(packet)--> Accumulator (the ledger, single-threaded)
     Flusher (every interval) --swap--> render --> CarbonOutput --> one CarbonSender per node
                                                `-> ConsoleOutput
     admin TCP (Etsy management protocol), bad-line reporter, signals (from the CLI)
@@ -29,7 +29,6 @@ import attrs
 import trio
 
 from common.address import format_host_port
-from common.admin_server import open_admin_listeners, run_admin_server
 from common.auth import TokenAuth, make_auth
 from common.errors import ConfigError
 from common.listener import (
@@ -43,18 +42,19 @@ from common.listener import (
     run_datagram_listener,
 )
 from common.logging import log_event, set_level
+from common.mgmt_server import open_mgmt_listeners, run_mgmt_server
 from common.netstat import udp_socket_drops
 from common.streams import StreamConnections, run_stream_listener
 
-from .admin import AggregatorAdmin, WorkerAdminPeers, open_worker_admin
+from .backends.carbon import CarbonOutput
 from .backends.console import ConsoleOutput
-from .carbon import CarbonOutput
+from .backends.render import GraphiteRenderer
 from .config import AggregatorConfig, identity_from_hostname
-from .flush import GraphiteRenderer
 from .flusher import Flusher, final_flush_plan, flush_sequence
-from .ledger import Aggregator
-from .worker import Exchange
-from .workerenv import WorkerContext
+from .ledger import Accumulator
+from .mgmt import AggregatorMgmt, WorkerMgmtPeers, open_worker_mgmt
+from .workers.context import WorkerContext
+from .workers.exchange import Exchange
 
 LOGGER = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ async def _run_reloads(
     reload_trigger: Callable[[], Awaitable[AggregatorConfig]],
     config: AggregatorConfig,
     flusher: Flusher,
-    aggregator: Aggregator,
+    aggregator: Accumulator,
 ) -> None:
     """Apply each reloaded config: the reloadable settings now, the rest after a restart."""
     current = config
@@ -88,7 +88,7 @@ async def _run_reloads(
                   level=logging.WARNING if ignored else logging.INFO)
 
 
-async def _report_bad_lines(aggregator: Aggregator) -> None:
+async def _report_bad_lines(aggregator: Accumulator) -> None:
     reported = 0
     while True:
         await trio.sleep(BAD_LINE_LOG_PERIOD_SECONDS)
@@ -129,19 +129,19 @@ async def serve(
     """
     first = worker is None or worker.index == 0
     options = attrs.evolve(config.ledger_options, report_internal=first)
-    aggregator = Aggregator(options)
+    aggregator = Accumulator(options)
     carbon = CarbonOutput(config) if config.carbon else None
     console = ConsoleOutput() if config.console else None
     outputs: list[Any] = [o for o in (carbon, console) if o is not None]
     intake = IntakeStatistics()
     identity = config.identity or identity_from_hostname(socket.gethostname())
     exchange: Exchange | None = None
-    admin_peers: WorkerAdminPeers | None = None
+    admin_peers: WorkerMgmtPeers | None = None
     if worker is None:
         bound = bind_listeners(config.listen, reuse_port=config.reuse_port,
                                receive_buffer_bytes=config.udp_receive_buffer_bytes)
         try:
-            mgmt_listeners = await open_admin_listeners(config.mgmt_address, config.mgmt_port)
+            mgmt_listeners = await open_mgmt_listeners(config.mgmt_address, config.mgmt_port)
         except ConfigError:
             for b in bound:
                 close_listener(b)
@@ -153,9 +153,9 @@ async def serve(
                           if worker.mgmt is not None else [])
         identity = f"{identity}-w{worker.index}"
         if worker.index:
-            mgmt_listeners.append(await open_worker_admin(worker.admin_address(worker.index)))
+            mgmt_listeners.append(await open_worker_mgmt(worker.admin_address(worker.index)))
         else:
-            admin_peers = WorkerAdminPeers({i: worker.admin_address(i)
+            admin_peers = WorkerMgmtPeers({i: worker.admin_address(i)
                                             for i in range(1, worker.count)})
     auth = make_auth(config.auth, config.auth_tokens, config.auth_revoked_tokens)
 
@@ -172,7 +172,7 @@ async def serve(
         idle_timeout_seconds=config.tcp_idle_timeout_seconds,
         table=worker.connections if worker is not None else None)
 
-    admin = AggregatorAdmin(config, aggregator, carbon, intake, auth)
+    admin = AggregatorMgmt(config, aggregator, carbon, intake, auth)
 
     def internal_values() -> dict[str, float]:
         values: dict[str, float] = {}
@@ -217,7 +217,7 @@ async def serve(
                 else:
                     nursery.start_soon(output.run)
             if mgmt_listeners:
-                await nursery.start(partial(run_admin_server, mgmt_listeners, admin,
+                await nursery.start(partial(run_mgmt_server, mgmt_listeners, admin,
                                             peers=admin_peers))
             if exchange is not None:
                 nursery.start_soon(exchange.run)
@@ -315,7 +315,7 @@ def authenticated(handle: Intake, auth: TokenAuth) -> Intake:
     return handle_authenticated
 
 
-def noting_arrival(handle: Intake, aggregator: Aggregator) -> Intake:
+def noting_arrival(handle: Intake, aggregator: Accumulator) -> Intake:
     """Wrap the intake callback: note when the last message arrived (admin ``stats``)."""
     def handle_noted(packet: bytes, *, packets: int = 1) -> None:
         aggregator.last_message_time = time.time()

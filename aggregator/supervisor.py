@@ -47,15 +47,15 @@ from typing import Final
 import trio
 
 from common.address import format_host_port
-from common.admin_server import bind_admin_socket
 from common.connections import clear_connection_slot, create_connection_table
 from common.errors import ConfigError
 from common.listener import BoundSocket, bind_listeners, close_listener
 from common.logging import log_event
+from common.mgmt_server import bind_mgmt_socket
 
 from .config import AggregatorConfig
 from .server import log_listening
-from .workerenv import ReadyReports, WorkerRecords, make_runtime_dir
+from .workers.context import ReadyReports, WorkerRecords, make_runtime_dir
 
 LOGGER = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def _close_listeners(bound: Sequence[BoundSocket]) -> None:
 
 async def _supervise(config: AggregatorConfig, argv: Sequence[str], workers: int,
                      bound: Sequence[BoundSocket], cleanup: contextlib.ExitStack) -> int:
-    mgmt = bind_admin_socket(config.mgmt_address, config.mgmt_port)
+    mgmt = bind_mgmt_socket(config.mgmt_address, config.mgmt_port)
     cleanup.callback(mgmt.close)
     # The daemon-wide count of stream connections, one slot per worker (common.connections).
     connections_fd = create_connection_table(workers)

@@ -23,7 +23,7 @@ import trio
 from common.address import format_host_port
 from common.logging import log_event
 
-from .forwarder import Forwarder
+from .forwarders.base import Forwarder
 
 LOGGER = logging.getLogger(__name__)
 

@@ -27,7 +27,6 @@ from typing import Final
 
 import trio
 
-from common.admin_server import open_admin_listeners, run_admin_server
 from common.auth import make_auth
 from common.errors import ConfigError
 from common.listener import (
@@ -39,15 +38,16 @@ from common.listener import (
     close_listener,
 )
 from common.logging import log_event
+from common.mgmt_server import open_mgmt_listeners, run_mgmt_server
 from common.streams import StreamConnections, run_stream_listener
 
-from .admin import ProxyAdmin
 from .config import ProxyConfig, check_config
-from .connection import TcpForwarder
-from .datagram import UdpForwarder
-from .forwarder import SHUTDOWN, Forwarder
-from .health import run_health_monitor
+from .forwarders.base import SHUTDOWN, Forwarder
+from .forwarders.tcp import TcpForwarder
+from .forwarders.udp import UdpForwarder
 from .membership import Membership
+from .mgmt import ProxyMgmt
+from .probe import run_health_monitor
 from .resolver import resolve_one, run_resolver
 from .routing import Router
 
@@ -182,7 +182,7 @@ async def serve(
                                     idle_timeout_seconds=config.tcp_idle_timeout_seconds)
     mgmt_port = config.mgmt_port + process_index if config.mgmt_port else 0
     try:
-        mgmt_listeners = await open_admin_listeners(config.mgmt_address, mgmt_port)
+        mgmt_listeners = await open_mgmt_listeners(config.mgmt_address, mgmt_port)
     except ConfigError:
         for b in bound:
             close_listener(b)
@@ -190,7 +190,7 @@ async def serve(
     mgmt_host, mgmt_bound = mgmt_listeners[0].socket.getsockname()[:2]
     addresses = BoundAddresses(intake=tuple((b.url.scheme, b.address) for b in bound),
                                mgmt=f"{mgmt_host}:{mgmt_bound}")
-    admin = ProxyAdmin(config, proxy, intake)
+    admin = ProxyMgmt(config, proxy, intake)
     try:
         for forwarder in proxy.forwarders:
             await resolve_one(forwarder)
@@ -205,7 +205,7 @@ async def serve(
             if proxy.keep_tails:
                 nursery.start_soon(proxy.run_tail_flusher)
             nursery.start_soon(proxy.run_drop_reporter)
-            await nursery.start(run_admin_server, mgmt_listeners, admin)
+            await nursery.start(run_mgmt_server, mgmt_listeners, admin)
             intake_scope = trio.CancelScope()
 
             async def run_intake() -> None:

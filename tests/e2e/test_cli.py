@@ -20,7 +20,7 @@ from support.procs import REPO_ROOT
 pytestmark = pytest.mark.e2e
 
 COMMANDS = {"tallyd-aggregator": "aggregator", "tallyd-proxy": "proxy",
-            "tallyd-ring": "aggregator.ringtool"}
+            "tallyd-ring": "ringtool.cli"}
 #: Every run here ends on its own within seconds (a bind failure ends the daemon at start).
 RUN_TIMEOUT = 60
 

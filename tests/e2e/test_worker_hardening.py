@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.exchange import encode_data
+from aggregator.workers.codec import encode_data
 from common.shard import worker_index
 from support.procs import mgmt_command, parse_logfmt, send_udp, start_aggregator, wait_until
 from support.sink import GraphiteSink

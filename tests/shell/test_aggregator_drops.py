@@ -12,7 +12,7 @@ from functools import partial
 import pytest
 import trio
 
-import aggregator.admin
+import aggregator.mgmt
 import aggregator.server
 from aggregator.config import AggregatorConfig
 from aggregator.server import serve
@@ -98,7 +98,7 @@ async def test_last_msg_seen_is_the_time_since_the_last_message(
         nursery, wall_clock: Callable[[], float], autojump_clock,
         monkeypatch: pytest.MonkeyPatch) -> None:
     fake_time = types.SimpleNamespace(time=wall_clock)  # follows trio's mocked clock
-    monkeypatch.setattr(aggregator.admin, "time", fake_time)
+    monkeypatch.setattr(aggregator.mgmt, "time", fake_time)
     monkeypatch.setattr(aggregator.server, "time", fake_time)
     addrs = await nursery.start(partial(serve, make_config(flush_interval=10),
                                         wall_clock=wall_clock))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import trio
 
-from aggregator.backends.graphite import CarbonSender
-from aggregator.spool import Spool
+from aggregator.backends.sender import CarbonSender
+from aggregator.backends.spool import Spool
 from common.ring import CarbonNode
 from support.triosink import TrioSink
 

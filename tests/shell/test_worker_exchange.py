@@ -18,9 +18,11 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-import aggregator.worker as worker_module
+import aggregator.workers.exchange as worker_module
 from aggregator.config import AggregatorConfig
-from aggregator.exchange import (
+from aggregator.ledger import Accumulator, FlushSnapshot, LedgerOptions
+from aggregator.server import serve
+from aggregator.workers.codec import (
     DATA,
     DATA_HEADER_BYTES,
     MARK,
@@ -29,10 +31,8 @@ from aggregator.exchange import (
     encode_data,
     encode_mark,
 )
-from aggregator.ledger import Aggregator, FlushSnapshot, LedgerOptions
-from aggregator.server import serve
-from aggregator.worker import Exchange
-from aggregator.workerenv import WorkerContext, WorkerRecords, make_runtime_dir
+from aggregator.workers.context import WorkerContext, WorkerRecords, make_runtime_dir
+from aggregator.workers.exchange import Exchange
 from common.config import config_from_mapping
 from common.shard import worker_index
 
@@ -66,7 +66,7 @@ def runtime_dir() -> Iterator[str]:
 @pytest.fixture
 def pair(runtime_dir: str) -> Iterator[Pair]:
     exchanges = [Exchange(_context(i, runtime_dir),
-                          Aggregator(LedgerOptions(report_internal=i == 0)), INTERVAL)
+                          Accumulator(LedgerOptions(report_internal=i == 0)), INTERVAL)
                  for i in (0, 1)]
     yield exchanges[0], exchanges[1]
     for exchange in exchanges:
@@ -272,7 +272,7 @@ async def test_the_final_flush_waits_for_nothing(pair: Pair) -> None:
 async def test_a_full_queue_for_an_absent_peer_drops_lines_but_keeps_marks(
         monkeypatch: pytest.MonkeyPatch, runtime_dir: str) -> None:
     monkeypatch.setattr(worker_module, "MAX_PENDING_BYTES", 2_000)
-    ex0 = Exchange(_context(0, runtime_dir), Aggregator(LedgerOptions()), INTERVAL)
+    ex0 = Exchange(_context(0, runtime_dir), Accumulator(LedgerOptions()), INTERVAL)
     try:
         line = b"x" * (100 - DATA_HEADER_BYTES)  # 100-byte data messages, one line each
         for flush in range(3):
@@ -396,7 +396,7 @@ def test_closing_counts_and_says_what_it_leaves(
     of marks never sent to worker 0 are said, with the unsent lines."""
     caplog.set_level(logging.WARNING)
     ex0, ex1 = (Exchange(_context(i, runtime_dir),
-                         Aggregator(LedgerOptions(report_internal=i == 0)), INTERVAL)
+                         Accumulator(LedgerOptions(report_internal=i == 0)), INTERVAL)
                 for i in (0, 1))
     try:
         ex1.handle(b"\n".join(n + b":1|c" for n in _names_of(0, 3)))
@@ -442,7 +442,7 @@ def test_the_shared_record_bounds_what_a_killed_worker_held(runtime_dir: str) ->
     peers delivered to its socket that it never read, are known after it is killed."""
     records = WorkerRecords.create(2)
     exchanges = [Exchange(_context(i, runtime_dir, records),
-                          Aggregator(LedgerOptions(report_internal=i == 0)), INTERVAL)
+                          Accumulator(LedgerOptions(report_internal=i == 0)), INTERVAL)
                  for i in (0, 1)]
     ex0, ex1 = exchanges
     try:
@@ -472,11 +472,11 @@ def test_sender_restarts_then_the_receiver_is_killed(runtime_dir: str) -> None:
     records = WorkerRecords.create(2)
     to1 = _names_of(1, 6)
     ex1 = Exchange(_context(1, runtime_dir, records),
-                   Aggregator(LedgerOptions()), INTERVAL)
+                   Accumulator(LedgerOptions()), INTERVAL)
     exchanges = [ex1]
     try:
         ex0 = Exchange(_context(0, runtime_dir, records),
-                       Aggregator(LedgerOptions(report_internal=True)), INTERVAL)
+                       Accumulator(LedgerOptions(report_internal=True)), INTERVAL)
         exchanges.append(ex0)
         ex0.handle(b"\n".join(n + b":1|c" for n in to1[:3]))
         ex0._close_batch(1)
@@ -484,7 +484,7 @@ def test_sender_restarts_then_the_receiver_is_killed(runtime_dir: str) -> None:
         ex0.close()
         assert records.record_death(0) == (3, 0)  # worker 0 dies, and is restarted
         ex0 = Exchange(_context(0, runtime_dir, records),
-                       Aggregator(LedgerOptions(report_internal=True)), INTERVAL)
+                       Accumulator(LedgerOptions(report_internal=True)), INTERVAL)
         exchanges.append(ex0)
         ex0.handle(b"\n".join(n + b":1|c" for n in to1[3:5]))
         ex0._close_batch(1)

@@ -10,15 +10,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 CORE = [
     "common/protocol.py", "common/framing.py", "common/errors.py", "common/config.py",
-    "common/address.py", "common/admin.py", "common/jsnum.py", "common/ring.py",
-    "aggregator/ledger.py", "aggregator/timers.py", "aggregator/flush.py",
-    "aggregator/config.py", "aggregator/etsyconfig.py", "aggregator/placement.py",
-    "aggregator/exchange.py", "common/shard.py", "common/auth.py", "common/settings.py",
+    "common/address.py", "common/mgmt.py", "common/jsnum.py", "common/ring.py",
+    "aggregator/ledger.py", "aggregator/timers.py", "aggregator/backends/render.py",
+    "aggregator/config.py", "aggregator/etsyconfig.py", "aggregator/backends/placement.py",
+    "aggregator/workers/codec.py", "common/shard.py", "common/auth.py", "common/settings.py",
     "proxy/routing.py", "proxy/membership.py", "proxy/config.py",
 ]
 FORBIDDEN = {"trio", "socket", "time", "logging", "os", "asyncio", "select", "threading"}
 SHELL_MODULES = ("server", "listener", "flusher", "admin_server", "signals", "cli", "netstat",
-                 "backends.graphite", "backends.console")
+                 "backends.sender", "backends.console")
 
 
 def imports_of(path: Path) -> set[str]:

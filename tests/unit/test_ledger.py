@@ -1,14 +1,14 @@
-"""Aggregator ledger: accumulation, swap, and Etsy's reset rules across flushes."""
+"""Accumulator ledger: accumulation, swap, and Etsy's reset rules across flushes."""
 
 from __future__ import annotations
 
-from aggregator.ledger import Aggregator, LedgerOptions
+from aggregator.ledger import Accumulator, LedgerOptions
 
 INTERNAL = {b"statsd.bad_lines_seen", b"statsd.packets_received", b"statsd.metrics_received"}
 
 
-def agg(**options) -> Aggregator:
-    return Aggregator(LedgerOptions(**options))
+def agg(**options) -> Accumulator:
+    return Accumulator(LedgerOptions(**options))
 
 
 def test_counters_scale_by_sample_rate_in_etsy_order() -> None:
@@ -183,7 +183,7 @@ def test_fast_path_agrees_with_general_parser(lines: list[bytes]) -> None:
 # Overflow: a line that would make an aggregate non-finite is refused as "overflow", the
 # aggregate keeps its value, and every other line counts.
 
-def overflow_run(*packets: bytes, **options: object) -> tuple[Aggregator, object]:
+def overflow_run(*packets: bytes, **options: object) -> tuple[Accumulator, object]:
     a = agg(**options)
     for p in packets:
         a.ingest(p)

@@ -1,4 +1,4 @@
-"""Tests for aggregator.ringtool: ``tallyd-ring lookup``, in-process and as a real process."""
+"""Tests for ringtool.cli: ``tallyd-ring lookup``, in-process and as a real process."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.ringtool import main
+from ringtool.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 # graphite-web's test ring; hosts.worker1.cpu -> cache2 is its published vector.
@@ -140,7 +140,7 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_runs_as_a_real_process() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "aggregator.ringtool", "lookup", *CARBON_FLAGS, "--", "-"],
+        [sys.executable, "-m", "ringtool.cli", "lookup", *CARBON_FLAGS, "--", "-"],
         input="hosts.worker1.cpu\nhosts.worker2.cpu\n",
         capture_output=True,
         text=True,
@@ -150,7 +150,7 @@ def test_runs_as_a_real_process() -> None:
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.splitlines()[0] == "hosts.worker1.cpu\t127.0.0.1:2303:cache2"
     bad = subprocess.run(
-        [sys.executable, "-m", "aggregator.ringtool", "lookup", "--carbon", "nope", "x"],
+        [sys.executable, "-m", "ringtool.cli", "lookup", "--carbon", "nope", "x"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -166,7 +166,7 @@ def test_a_reader_that_goes_away_ends_it_quietly(tmp_path: Path) -> None:
     paths.write_text("".join(f"stats.counters.svc{i}.count\n" for i in range(20_000)))
     with paths.open() as stdin:
         process = subprocess.Popen(
-            [sys.executable, "-m", "aggregator.ringtool", "lookup", *CARBON_FLAGS],
+            [sys.executable, "-m", "ringtool.cli", "lookup", *CARBON_FLAGS],
             stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aggregator.spool import Spool
+from aggregator.backends.spool import Spool
 
 
 def chunk(tag: str, lines: int = 2) -> bytes:

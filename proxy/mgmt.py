@@ -1,4 +1,4 @@
-"""The proxy as the management protocol (`common.admin`) sees it.
+"""The proxy as the management protocol (`common.mgmt`) sees it.
 
 ``stats`` reports, besides uptime, the membership fingerprint (compare it across proxies),
 the lines received, every drop by reason, and per aggregator (by position and address):
@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from common.admin import STATELESS_COMMANDS
 from common.listener import IntakeStatistics
+from common.mgmt import STATELESS_COMMANDS
 
 from .config import ProxyConfig, plain_value
-from .connection import TcpForwarder
-from .forwarder import BUFFER_FULL, DESTINATION_DOWN, SHUTDOWN
+from .forwarders.base import BUFFER_FULL, DESTINATION_DOWN, SHUTDOWN
+from .forwarders.tcp import TcpForwarder
 
 if TYPE_CHECKING:
     from .server import Proxy
@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 _SECRET_KEYS = ("auth_tokens", "auth_revoked_tokens")
 
 
-class ProxyAdmin:
-    """Implements `common.admin.AdminTarget` for one proxy process."""
+class ProxyMgmt:
+    """Implements `common.mgmt.MgmtTarget` for one proxy process."""
 
     commands: Sequence[str] = STATELESS_COMMANDS
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from common.admin_server import MAX_ADMIN_CONNECTIONS
+from common.mgmt_server import MAX_ADMIN_CONNECTIONS
 from support.procs import AggregatorProcess, mgmt_command, send_udp, start_aggregator, wait_until
 
 pytestmark = pytest.mark.e2e

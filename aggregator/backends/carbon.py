@@ -1,6 +1,6 @@
 """The aggregator's Carbon output: one sender per ring node, each line placed by its path.
 
-SHELL (owns the senders; placement itself is the pure `aggregator.placement`).
+SHELL (owns the senders; placement itself is the pure `aggregator.backends.placement`).
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 
 from common.ring import CarbonNode, Ring
 
-from .backends.graphite import CarbonSender, SenderStatistics
-from .config import AggregatorConfig
+from ..config import AggregatorConfig
 from .placement import Placement
+from .sender import CarbonSender, SenderStatistics
 from .spool import Spool
 
 

@@ -15,11 +15,11 @@ for a moment, as ``echo -n health | nc`` sends: `take_commands`, `bare_command`)
     config                        the running configuration, "key: value" lines
     quit                          close the connection
 
-``help`` lists only the commands the daemon answers (`AdminTarget.commands`: the proxy holds
+``help`` lists only the commands the daemon answers (`MgmtTarget.commands`: the proxy holds
 no metric values, so it has no dumps or deletes). Anything else answers one line,
 ``ERROR <reason>``: an unknown command, or a command this role does not have.
 
-Pure: `handle_command` takes the command and an `AdminTarget` and returns the reply.
+Pure: `handle_command` takes the command and an `MgmtTarget` and returns the reply.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ STATELESS_COMMANDS: Final = tuple(c for c in COMMANDS if c not in DUMPS and c no
 END: Final = "END\n\n"
 
 
-class AdminTarget(Protocol):
+class MgmtTarget(Protocol):
     """What a daemon exposes to the management protocol."""
 
     health: str
@@ -76,7 +76,7 @@ def unknown_command(cmd: str, commands: Sequence[str]) -> str:
     return f"ERROR unknown command {shown!r}: try help ({_listed(commands)})\n"
 
 
-def handle_command(line: str, target: AdminTarget) -> tuple[str, bool]:
+def handle_command(line: str, target: MgmtTarget) -> tuple[str, bool]:
     """Run one management command.
 
     Returns:

@@ -1,6 +1,6 @@
-"""The aggregator as the Etsy management protocol sees it (`common.admin.AdminTarget`).
+"""The aggregator as the Etsy management protocol sees it (`common.mgmt.MgmtTarget`).
 
-SHELL (reads live state; the protocol itself is the pure `common.admin`).
+SHELL (reads live state; the protocol itself is the pure `common.mgmt`).
 """
 
 from __future__ import annotations
@@ -16,25 +16,25 @@ from typing import Any, Final
 import attrs
 import trio
 
-from common.admin import COMMANDS, END
-from common.admin_server import PeerUnavailable
 from common.auth import TokenAuth
 from common.listener import IntakeStatistics
+from common.mgmt import COMMANDS, END
+from common.mgmt_server import PeerUnavailable
 
-from .carbon import CarbonOutput
+from .backends.carbon import CarbonOutput
 from .config import AggregatorConfig, plain_value
-from .ledger import Aggregator
+from .ledger import Accumulator
 
 #: How long worker 0 waits for another worker's part of an admin answer.
 PEER_TIMEOUT: Final = 5.0
 
 
-class AggregatorAdmin:
+class AggregatorMgmt:
     """The aggregator as the management protocol sees it."""
 
     commands: Sequence[str] = COMMANDS
 
-    def __init__(self, config: AggregatorConfig, aggregator: Aggregator,
+    def __init__(self, config: AggregatorConfig, aggregator: Accumulator,
                  carbon: CarbonOutput | None, intake: IntakeStatistics,
                  auth: TokenAuth | None = None) -> None:
         self.config = config
@@ -109,14 +109,14 @@ class AggregatorAdmin:
         return [d.decode("ascii", "replace") for d in deleted]
 
 
-class WorkerAdminPeers:
-    """Worker 0 asks the other workers (`common.admin_server.AdminPeers`).
+class WorkerMgmtPeers:
+    """Worker 0 asks the other workers (`common.mgmt_server.MgmtPeers`).
 
     Every other worker answers the management protocol for its own names on a Unix stream
     socket in the supervisor's private runtime directory (``<runtime_dir>/a<index>``,
-    `aggregator.workerenv.WorkerContext.admin_address`); worker 0, which owns the admin port, joins
-    their answers to its own, so ``counters`` shows every name and ``delcounters`` reaches
-    the worker that owns the name.
+    `aggregator.workers.context.WorkerContext.admin_address`); worker 0, which owns the
+    management port, joins their answers to its own, so ``counters`` shows every name and
+    ``delcounters`` reaches the worker that owns the name.
     """
 
     def __init__(self, addresses: dict[int, str], timeout: float = PEER_TIMEOUT) -> None:
@@ -152,7 +152,7 @@ class WorkerAdminPeers:
         raise PeerUnavailable(f"worker {index} did not answer within {self.timeout:g} s")
 
 
-async def open_worker_admin(address: str) -> trio.SocketListener:
+async def open_worker_mgmt(address: str) -> trio.SocketListener:
     """The listener on which a worker other than 0 answers admin commands for worker 0.
 
     ``address`` is a path in the private runtime directory, where a socket left by a

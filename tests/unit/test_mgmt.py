@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from common.admin import (
+from common.mgmt import (
     COMMANDS,
     STATELESS_COMMANDS,
     bare_command,

@@ -39,8 +39,8 @@ import attrs
 from common.jsnum import format_number_bytes as fmt
 from common.protocol import sanitize_key
 
-from .ledger import FlushSnapshot
-from .timers import Bound, bins_for, idle_timer_stats, keeps_stat, timer_stats
+from ..ledger import FlushSnapshot
+from ..timers import Bound, bins_for, idle_timer_stats, keeps_stat, timer_stats
 
 #: Names rendered per chunk: about 5-10 ms of work for counters, less for timers.
 DEFAULT_CHUNK_NAMES: Final = 2_000

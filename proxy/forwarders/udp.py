@@ -22,10 +22,10 @@ from typing import Any, Final
 
 import trio
 
-from .forwarder import Forwarder, SockAddr
-from .health import probe_admin
-from .membership import Membership
-from .routing import count_lines
+from ..membership import Membership
+from ..probe import probe_mgmt
+from ..routing import count_lines
+from .base import Forwarder, SockAddr
 
 #: Chunks sent from the queue before yielding to other tasks.
 CHUNKS_PER_CHECKPOINT: Final = 256
@@ -117,7 +117,7 @@ class UdpForwarder(Forwarder):
         if not self.sockets:
             return "unresolved"
         if self.spec.admin_port is not None:
-            return await probe_admin(self.spec.host if self.sockaddr is None else
+            return await probe_mgmt(self.spec.host if self.sockaddr is None else
                                      self.sockaddr[0], self.spec.admin_port,
                                      wait_seconds=self.connect_timeout)
         sock = self.sockets[0]

@@ -8,8 +8,8 @@ record (`WorkerRecords`) as inherited file descriptors, and describes them in th
 Workers find each other by path in the supervisor's private runtime directory (mode 0700,
 so only the daemon's own user, and root, can reach these sockets; the abstract Unix
 namespace has no permissions at all): ``x<index>`` for lines and flush marks
-(`aggregator.worker`), ``a<index>`` for admin commands joined by worker 0
-(`aggregator.admin.WorkerAdminPeers`).
+(`aggregator.workers.exchange`), ``a<index>`` for admin commands joined by worker 0
+(`aggregator.mgmt.WorkerMgmtPeers`).
 
 SHELL.
 """
@@ -78,11 +78,11 @@ class WorkerContext:
     connections: ConnectionTable | None = None
 
     def address(self, index: int) -> str:
-        """Where worker ``index`` receives lines and flush marks (`aggregator.worker`)."""
+        """Where worker ``index`` receives lines and flush marks (`aggregator.workers.exchange`)."""
         return os.path.join(self.runtime_dir, f"x{index}")
 
     def admin_address(self, index: int) -> str:
-        """Where worker ``index`` answers admin commands for worker 0 (`WorkerAdminPeers`)."""
+        """Where worker ``index`` answers admin commands for worker 0 (`WorkerMgmtPeers`)."""
         return os.path.join(self.runtime_dir, f"a{index}")
 
 

@@ -5,7 +5,7 @@ TCP listener reads it like any client's). Chunks are written in batches, each en
 newline. A write that stalls longer than ``write_timeout`` or fails drops the connection;
 the unwritten batch goes back to the head of the queue, and the forwarder reconnects with
 exponential backoff and jitter (so that many proxies do not reconnect in lockstep).
-While disconnected, lines wait in the bounded queue (`proxy.forwarder.Forwarder`).
+While disconnected, lines wait in the bounded queue (`proxy.forwarders.base.Forwarder`).
 
 A DNS change of the aggregator's name (`proxy.resolver`) closes the connection; the next
 one goes to the new address. The aggregator keeps its position, so no name moves.
@@ -23,10 +23,10 @@ import trio
 
 from common.logging import log_event
 
-from .forwarder import Forwarder, SockAddr
-from .health import probe_admin
-from .membership import Membership
-from .routing import count_lines
+from ..membership import Membership
+from ..probe import probe_mgmt
+from ..routing import count_lines
+from .base import Forwarder, SockAddr
 
 LOGGER = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class TcpForwarder(Forwarder):
             return "unresolved"
         host, port = self.sockaddr[0], self.sockaddr[1]
         if self.spec.admin_port is not None:
-            reason = await probe_admin(host, self.spec.admin_port,
+            reason = await probe_mgmt(host, self.spec.admin_port,
                                        wait_seconds=self.connect_timeout)
             if reason is not None:
                 return reason

@@ -1,16 +1,16 @@
-"""Serves the management protocol (`common.admin`) over TCP with trio.
+"""Serves the management protocol (`common.mgmt`) over TCP with trio.
 
 SHELL: one task per connection, all inside the caller's nursery.
 
 The admin port must keep answering ``health`` (a proxy's probe, a load balancer, an
 operator) whatever other clients do, so no client can hold a connection for free:
 
-* idle: a connection that sends no command for `AdminLimits.idle_seconds` is closed;
-* slow: a command must be complete (its newline) within `AdminLimits.command_seconds` of its
+* idle: a connection that sends no command for `MgmtLimits.idle_seconds` is closed;
+* slow: a command must be complete (its newline) within `MgmtLimits.command_seconds` of its
   first byte, so a client dribbling a byte a second is closed too;
-* stuck reader: a reply that cannot be written within `AdminLimits.write_seconds` closes the
+* stuck reader: a reply that cannot be written within `MgmtLimits.write_seconds` closes the
   connection;
-* full: when `AdminLimits.max_connections` are open, a new connection is served and the one
+* full: when `MgmtLimits.max_connections` are open, a new connection is served and the one
   that has gone longest without a command is closed (``admin_connection_evicted``), so
   a flood of silent or slow connections cannot lock out a health probe (which connects,
   asks at once and leaves). A connection busy answering (waiting for the worker peers, or
@@ -20,7 +20,7 @@ operator) whatever other clients do, so no client can hold a connection for free
 
 A last line without its newline waits for the rest of it (a command split across reads runs
 whole), and runs when the client closes; a bare read-only command (``echo -n health | nc``
-without the close) runs once the client has sent nothing for `AdminLimits.quiet_seconds`.
+without the close) runs once the client has sent nothing for `MgmtLimits.quiet_seconds`.
 """
 
 from __future__ import annotations
@@ -36,9 +36,11 @@ import attrs
 import trio
 
 from .address import format_host_port
-from .admin import (
+from .errors import ConfigError
+from .logging import log_event
+from .mgmt import (
     END,
-    AdminTarget,
+    MgmtTarget,
     bare_command,
     handle_command,
     join_replies,
@@ -46,8 +48,6 @@ from .admin import (
     per_name,
     take_commands,
 )
-from .errors import ConfigError
-from .logging import log_event
 
 LOGGER = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ REFUSED_REPLY: Final = "ERROR admin port busy: every connection is answering a c
 
 
 @attrs.frozen
-class AdminLimits:
+class MgmtLimits:
     """The limits of one admin server (module docstring); tests shorten them."""
 
     max_connections: int = MAX_ADMIN_CONNECTIONS
@@ -106,7 +106,7 @@ def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
                        key="mgmt_port")
 
 
-def bind_admin_socket(host: str, port: int) -> socket.socket:
+def bind_mgmt_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket for the admin port (the multi-worker supervisor binds it and
     hands it to worker 0).
 
@@ -124,7 +124,7 @@ def bind_admin_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def open_admin_listeners(host: str, port: int) -> list[trio.SocketListener]:
+async def open_mgmt_listeners(host: str, port: int) -> list[trio.SocketListener]:
     """The listeners of the admin port, on every address ``host`` resolves to.
 
     Raises:
@@ -136,7 +136,7 @@ async def open_admin_listeners(host: str, port: int) -> list[trio.SocketListener
         raise _bind_error(host, port, exc) from exc
 
 
-class AdminPeers(Protocol):
+class MgmtPeers(Protocol):
     """The other worker processes of a daemon, asked for their part of an answer."""
 
     async def ask(self, command: str) -> list[tuple[int, str]]:
@@ -147,7 +147,7 @@ class PeerUnavailable(Exception):
     """A peer did not answer an admin command."""
 
 
-async def answer(command: str, target: AdminTarget, peers: AdminPeers | None) -> tuple[str, bool]:
+async def answer(command: str, target: MgmtTarget, peers: MgmtPeers | None) -> tuple[str, bool]:
     """The reply to ``command``, joined over ``peers`` where the command needs it."""
     if peers is None or not needs_join(command):
         return handle_command(command, target)
@@ -166,9 +166,9 @@ async def answer(command: str, target: AdminTarget, peers: AdminPeers | None) ->
     return reply, False
 
 
-async def serve_admin_connection(stream: trio.abc.Stream, target: AdminTarget,
-                                 peers: AdminPeers | None = None, *,
-                                 limits: AdminLimits = AdminLimits(),
+async def serve_mgmt_connection(stream: trio.abc.Stream, target: MgmtTarget,
+                                 peers: MgmtPeers | None = None, *,
+                                 limits: MgmtLimits = MgmtLimits(),
                                  slot: _Slot | None = None) -> None:
     """Answer commands on one connection until the peer leaves, says ``quit``, or breaks a
     limit of ``limits`` (idle, slow command, stuck reader: module docstring)."""
@@ -179,8 +179,8 @@ async def serve_admin_connection(stream: trio.abc.Stream, target: AdminTarget,
             return
 
 
-async def _serve_commands(stream: trio.abc.Stream, target: AdminTarget,
-                          peers: AdminPeers | None, limits: AdminLimits,
+async def _serve_commands(stream: trio.abc.Stream, target: MgmtTarget,
+                          peers: MgmtPeers | None, limits: MgmtLimits,
                           slot: _Slot | None) -> None:
     pending = b""
     waiting_since = pending_since = last_bytes = trio.current_time()
@@ -228,8 +228,8 @@ async def _serve_commands(stream: trio.abc.Stream, target: AdminTarget,
             return
 
 
-async def _answer_all(stream: trio.abc.Stream, commands: Sequence[str], target: AdminTarget,
-                      peers: AdminPeers | None, limits: AdminLimits) -> bool:
+async def _answer_all(stream: trio.abc.Stream, commands: Sequence[str], target: MgmtTarget,
+                      peers: MgmtPeers | None, limits: MgmtLimits) -> bool:
     """Answer ``commands`` in order; False when the connection is to be closed."""
     for command in commands:
         reply, close = await answer(command, target, peers)
@@ -245,12 +245,12 @@ async def _answer_all(stream: trio.abc.Stream, commands: Sequence[str], target: 
     return True
 
 
-async def run_admin_server(
+async def run_mgmt_server(
     listeners: Sequence[trio.SocketListener],
-    target: AdminTarget,
+    target: MgmtTarget,
     *,
-    peers: AdminPeers | None = None,
-    limits: AdminLimits = AdminLimits(),
+    peers: MgmtPeers | None = None,
+    limits: MgmtLimits = MgmtLimits(),
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept admin connections on ``listeners`` until cancelled.
@@ -310,7 +310,7 @@ async def run_admin_server(
         slots.add(slot)
         try:
             with slot.scope:
-                await serve_admin_connection(stream, target, peers, limits=limits, slot=slot)
+                await serve_mgmt_connection(stream, target, peers, limits=limits, slot=slot)
         finally:
             slots.discard(slot)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aggregator.exchange import (
+from aggregator.workers.codec import (
     DATA_HEADER_BYTES,
     MAX_MESSAGE_BYTES,
     Splitter,

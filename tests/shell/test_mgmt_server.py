@@ -13,15 +13,15 @@ import attrs
 import pytest
 import trio
 
-from aggregator.admin import AggregatorAdmin, WorkerAdminPeers, open_worker_admin
-from aggregator.carbon import CarbonOutput
+from aggregator.backends.carbon import CarbonOutput
 from aggregator.config import AggregatorConfig
-from aggregator.ledger import Aggregator
+from aggregator.ledger import Accumulator
+from aggregator.mgmt import AggregatorMgmt, WorkerMgmtPeers, open_worker_mgmt
 from aggregator.server import serve
-from common.admin import COMMANDS, STATELESS_COMMANDS, handle_command
-from common.admin_server import REFUSED_REPLY, AdminLimits, answer, run_admin_server
 from common.config import config_from_mapping
 from common.listener import IntakeStatistics
+from common.mgmt import COMMANDS, STATELESS_COMMANDS, handle_command
+from common.mgmt_server import REFUSED_REPLY, MgmtLimits, answer, run_mgmt_server
 from proxy.config import ProxyConfig
 from proxy.server import serve as proxy_serve
 
@@ -74,17 +74,17 @@ async def test_joined_commands_answer_error_when_a_worker_is_away(nursery) -> No
     """Worker 0 asks its peers; one that is not there (restarting) makes a clear ERROR,
     never a partial dump; a peer that answers is joined."""
     config = config_from_mapping(AggregatorConfig, {"listen": ["udp://127.0.0.1:0"]})
-    own = Aggregator(config.ledger_options)
+    own = Accumulator(config.ledger_options)
     own.ingest(b"own.c:1|c")
-    peer = Aggregator(config.ledger_options)
+    peer = Accumulator(config.ledger_options)
     peer.ingest(b"peer.c:4|c\npeer.t:9|ms")
-    peer_admin = AggregatorAdmin(config, peer, None, IntakeStatistics())
+    peer_admin = AggregatorMgmt(config, peer, None, IntakeStatistics())
     name = f"\0tallyd-test-admin-{uuid.uuid4().hex}"
-    listener = await open_worker_admin(name + "-1")
-    await nursery.start(run_admin_server, [listener], peer_admin)
+    listener = await open_worker_mgmt(name + "-1")
+    await nursery.start(run_mgmt_server, [listener], peer_admin)
 
-    admin = AggregatorAdmin(config, own, None, IntakeStatistics())
-    peers = WorkerAdminPeers({1: name + "-1"}, timeout=2)
+    admin = AggregatorMgmt(config, own, None, IntakeStatistics())
+    peers = WorkerMgmtPeers({1: name + "-1"}, timeout=2)
     reply, _ = await answer("counters", admin, peers)
     dump = json.loads(reply.removesuffix("END\n\n"))
     assert dump["own.c"] == 1 and dump["peer.c"] == 4
@@ -92,7 +92,7 @@ async def test_joined_commands_answer_error_when_a_worker_is_away(nursery) -> No
     assert reply == "deleted: peer.t\nmetric own.t not found\nEND\n\n"
     assert "peer.t" not in peer.ledger.timers
 
-    away = WorkerAdminPeers({1: name + "-1", 2: name + "-2"}, timeout=2)
+    away = WorkerMgmtPeers({1: name + "-1", 2: name + "-2"}, timeout=2)
     reply, _ = await answer("counters", admin, away)
     assert reply.startswith("ERROR worker 2 unreachable: ") and reply.endswith("\n")
     assert (await answer("health", admin, away))[0] == "health: up\n"  # not joined
@@ -100,9 +100,9 @@ async def test_joined_commands_answer_error_when_a_worker_is_away(nursery) -> No
 
 async def test_a_peer_that_breaks_off_makes_an_error_not_a_silent_close(nursery) -> None:
     config = config_from_mapping(AggregatorConfig, {"listen": ["udp://127.0.0.1:0"]})
-    admin = AggregatorAdmin(config, Aggregator(config.ledger_options), None, IntakeStatistics())
+    admin = AggregatorMgmt(config, Accumulator(config.ledger_options), None, IntakeStatistics())
     address = f"\0tallyd-test-admin-{uuid.uuid4().hex}-1"
-    listener = await open_worker_admin(address)
+    listener = await open_worker_mgmt(address)
 
     async def hang_up(stream: trio.SocketStream) -> None:
         await stream.receive_some(100)
@@ -110,7 +110,7 @@ async def test_a_peer_that_breaks_off_makes_an_error_not_a_silent_close(nursery)
         await stream.aclose()
 
     nursery.start_soon(trio.serve_listeners, hang_up, [listener])
-    reply, close = await answer("counters", admin, WorkerAdminPeers({1: address}, timeout=2))
+    reply, close = await answer("counters", admin, WorkerMgmtPeers({1: address}, timeout=2))
     assert (reply, close) == ("ERROR worker 1 closed the connection\n", False)
 
 
@@ -163,10 +163,10 @@ class _SlowPeers:
         return [(1, "uptime: 1\nEND\n\n")]
 
 
-async def _start_server(nursery: trio.Nursery, target: _Target, limits: AdminLimits,
+async def _start_server(nursery: trio.Nursery, target: _Target, limits: MgmtLimits,
                         peers: _SlowPeers | None = None) -> tuple[str, int]:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    await nursery.start(partial(run_admin_server, listeners, target, peers=peers,
+    await nursery.start(partial(run_mgmt_server, listeners, target, peers=peers,
                                 limits=limits))
     return listeners[0].socket.getsockname()[:2]  # type: ignore[no-any-return]
 
@@ -186,7 +186,7 @@ async def _closed_at(stream: trio.SocketStream) -> float:
     return trio.current_time()
 
 
-LIMITS = AdminLimits(max_connections=8, idle_seconds=60, command_seconds=10, write_seconds=10)
+LIMITS = MgmtLimits(max_connections=8, idle_seconds=60, command_seconds=10, write_seconds=10)
 
 
 async def test_a_silent_connection_is_closed_after_the_idle_timeout(
@@ -381,7 +381,7 @@ async def test_stats_prints_etsys_plain_graphite_lines_over_the_nodes_and_the_pe
     first.last_exception, second.last_exception = now - 100, now - 7
     first.flush_time_ms, second.flush_time_ms = 12.0, 4.0
     first.flush_length, second.flush_length = 1000, 234
-    admin = AggregatorAdmin(config, Aggregator(config.ledger_options), carbon,
+    admin = AggregatorMgmt(config, Accumulator(config.ledger_options), carbon,
                             IntakeStatistics())
     reply, _ = handle_command("stats", admin)
     rows = dict(row.split(": ", 1) for row in reply.removesuffix("END\n\n").splitlines())

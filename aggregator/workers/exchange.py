@@ -1,8 +1,8 @@
 """One worker of a multi-process aggregator: the exchange between workers and the flush barrier.
 
 Every worker binds a Unix datagram socket in the supervisor's private runtime directory
-(``<runtime_dir>/x<index>``, see `aggregator.workerenv`) and sends its peers their lines
-(see `aggregator.exchange`), in messages of at most `MAX_MESSAGE_BYTES`. Outgoing messages
+(``<runtime_dir>/x<index>``, see `aggregator.workers.context`) and sends its peers their lines
+(see `aggregator.workers.codec`), in messages of at most `MAX_MESSAGE_BYTES`. Outgoing messages
 go through one FIFO queue per peer, so a mark never overtakes the lines sent before it. A
 peer whose socket is full (EAGAIN, ENOBUFS: back-pressure), or not there (still starting,
 or restarting), is retried every few milliseconds; its lines wait in the queue and are
@@ -35,7 +35,8 @@ import trio
 from common.listener import set_receive_buffer
 from common.logging import log_event
 
-from .exchange import (
+from ..ledger import Accumulator
+from .codec import (
     DATA,
     DATA_HEADER_BYTES,
     MARK,
@@ -51,8 +52,7 @@ from .exchange import (
     pack_data,
     split_gauges,
 )
-from .ledger import Aggregator
-from .workerenv import WorkerContext
+from .context import WorkerContext
 
 LOGGER = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ FINAL_BARRIER_SECONDS: Final = 2.0
 class Exchange:
     """Moves lines and flush marks between this worker and its peers."""
 
-    def __init__(self, context: WorkerContext, aggregator: Aggregator, interval: float) -> None:
+    def __init__(self, context: WorkerContext, aggregator: Accumulator, interval: float) -> None:
         self.context = context
         self.aggregator = aggregator
         self.peers = [i for i in range(context.count) if i != context.index]

@@ -10,8 +10,8 @@ One aggregator's trouble therefore never touches another's traffic or the intake
 Each forwarder's task (`run`) empties the queue, and while the aggregator is down waits
 with exponential backoff and jitter, probes it, and resumes by itself when it answers.
 
-Transports: `proxy.datagram.UdpForwarder` (packed datagrams) and
-`proxy.connection.TcpForwarder` (one persistent newline-framed stream).
+Transports: `proxy.forwarders.udp.UdpForwarder` (packed datagrams) and
+`proxy.forwarders.tcp.TcpForwarder` (one persistent newline-framed stream).
 
 SHELL.
 """
@@ -30,8 +30,8 @@ import trio
 
 from common.logging import log_event
 
-from .membership import AggregatorSpec, Membership, backoff_delay
-from .routing import count_lines
+from ..membership import AggregatorSpec, Membership, backoff_delay
+from ..routing import count_lines
 
 LOGGER = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 if TYPE_CHECKING:
-    from .forwarder import Forwarder
+    from .forwarders.base import Forwarder
 
 LOGGER = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ DRAINING: Final = "draining"
 MAX_REPLY_BYTES: Final = 4096
 
 
-async def probe_admin(host: str, port: int, *, wait_seconds: float) -> str | None:
+async def probe_mgmt(host: str, port: int, *, wait_seconds: float) -> str | None:
     """Ask ``host:port`` for its health, within ``wait_seconds``.
 
     Returns:
@@ -73,6 +73,6 @@ async def run_health_monitor(forwarder: Forwarder, *, interval: float,
         if not forwarder.up:
             continue
         host = forwarder.sockaddr[0] if forwarder.sockaddr else forwarder.spec.host
-        reason = await probe_admin(host, admin_port, wait_seconds=wait_seconds)
+        reason = await probe_mgmt(host, admin_port, wait_seconds=wait_seconds)
         if reason is not None:
             forwarder.fail(reason)

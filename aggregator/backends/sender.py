@@ -36,7 +36,7 @@ import trio
 from common.logging import log_event
 from common.ring import CarbonNode
 
-from ..spool import Spool
+from .spool import Spool
 
 LOGGER = logging.getLogger(__name__)
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from aggregator.flush import GraphiteRenderer, Naming
-from aggregator.ledger import Aggregator, LedgerOptions
+from aggregator.backends.render import GraphiteRenderer, Naming
+from aggregator.ledger import Accumulator, LedgerOptions
 
 DEFAULT_NAMING = Naming()
 
 
 def render(packets: list[bytes], naming: Naming = DEFAULT_NAMING, *, flushes: int = 1,
            interval: float = 10.0, chunk_names: int = 2000) -> set[str]:
-    a = Aggregator(LedgerOptions(prefix_stats=naming.prefix_stats,
+    a = Accumulator(LedgerOptions(prefix_stats=naming.prefix_stats,
                                  key_name_sanitize=naming.key_name_sanitize))
     for p in packets:
         a.ingest(p)
@@ -93,7 +93,7 @@ def test_calculated_timer_metrics_filters_stats_but_counts_the_timer() -> None:
 
 
 def test_chunks_split_large_flushes() -> None:
-    a = Aggregator(LedgerOptions())
+    a = Accumulator(LedgerOptions())
     a.ingest(b"".join(b"c%d:1|c\n" % i for i in range(25)))
     snap = a.swap(10, 10.0)
     chunks = list(GraphiteRenderer(Naming(), chunk_names=10).render_chunks(snap, num_stats=28))
@@ -110,7 +110,7 @@ def test_render_internal_names() -> None:
 
 
 def test_without_num_stats_the_line_is_left_out() -> None:
-    a = Aggregator(LedgerOptions(report_internal=False))
+    a = Accumulator(LedgerOptions(report_internal=False))
     a.ingest(b"c:1|c")
     out = b"".join(GraphiteRenderer(Naming()).render_chunks(a.swap(10, 10.0)))
     assert out == b"stats.c 0.1 10\nstats_counts.c 1 10\n"
