@@ -82,20 +82,6 @@ def membership_fingerprint(aggregators: Sequence[AggregatorSpec],
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def backoff_delay(failures: int, *, base: float, cap: float, jitter: float) -> float:
-    """Seconds to wait before the next attempt after ``failures`` consecutive failures.
-
-    Exponential (``base * 2**(failures-1)``, at most ``cap``) with "equal jitter": half
-    the delay is fixed and half is scaled by ``jitter`` in [0, 1). Many proxies that lost
-    one aggregator at the same moment thus spread their reconnects instead of arriving
-    together (the retry storm of atlassian/gostatsd#255).
-    """
-    if failures <= 0:
-        return 0.0
-    delay = min(cap, base * 2.0 ** min(failures - 1, 30))
-    return delay / 2 + delay / 2 * jitter
-
-
 @attrs.define
 class MemberState:
     """One aggregator's current condition, as the proxy sees it."""

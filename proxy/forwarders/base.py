@@ -28,9 +28,10 @@ from typing import Any, Final
 import attrs
 import trio
 
+from common.backoff import backoff_delay
 from common.logging import log_event
 
-from ..membership import AggregatorSpec, Membership, backoff_delay
+from ..membership import AggregatorSpec, Membership
 from ..routing import count_lines
 
 LOGGER = logging.getLogger(__name__)

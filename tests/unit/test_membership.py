@@ -1,4 +1,4 @@
-"""Tests for proxy.membership: the ordered list, its fingerprint, up/down state, backoff."""
+"""Tests for proxy.membership: the ordered list, its fingerprint, up/down state."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from proxy.membership import (
     UP,
     AggregatorSpec,
     Membership,
-    backoff_delay,
     membership_fingerprint,
     parse_aggregator,
 )
@@ -83,15 +82,3 @@ def test_set_address_reports_changes_only() -> None:
     assert members.set_address(0, "10.1.1.1:8125") is True
     assert members.set_address(0, "10.1.1.1:8125") is False
     assert members.set_address(0, "10.1.1.2:8125") is True
-
-
-@pytest.mark.parametrize(("failures", "low", "high"), [(0, 0.0, 0.0), (1, 0.05, 0.1),
-                                                       (2, 0.1, 0.2), (4, 0.4, 0.8),
-                                                       (30, 5.0, 10.0)])
-def test_backoff_delay_doubles_with_jitter_up_to_cap(failures: int, low: float,
-                                                     high: float) -> None:
-    for jitter in (0.0, 0.5, 0.999):
-        delay = backoff_delay(failures, base=0.1, cap=10.0, jitter=jitter)
-        assert low <= delay <= high
-    if failures:
-        assert backoff_delay(failures, base=0.1, cap=10.0, jitter=0.0) == low
