@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from common.auth import TokenAuth
-from common.listener import IntakeStatistics
+from common.listener import IntakeCounters
 from common.mgmt import COMMANDS, END
 from common.mgmt_server import PeerUnavailable
 
@@ -35,7 +35,7 @@ class AggregatorMgmt:
     commands: Sequence[str] = COMMANDS
 
     def __init__(self, config: AggregatorConfig, aggregator: Accumulator,
-                 carbon: CarbonOutput | None, intake: IntakeStatistics,
+                 carbon: CarbonOutput | None, intake: IntakeCounters,
                  auth: TokenAuth | None = None) -> None:
         self.config = config
         self.aggregator = aggregator
@@ -56,9 +56,9 @@ class AggregatorMgmt:
             *((f"intake.{name}", count) for name, count in attrs.asdict(self.intake).items()),
         ]
         if self.auth is not None:
-            lines += [("auth.refused_lines.missing", self.auth.stats.missing),
-                      ("auth.refused_lines.invalid", self.auth.stats.invalid),
-                      ("auth.refused_lines.revoked", self.auth.stats.revoked)]
+            refused = self.auth.statistics().refused_lines
+            lines += [(f"auth.refused_lines.{reason}", refused[reason])
+                      for reason in ("missing", "invalid", "revoked")]
         if self.carbon is not None:
             # Etsy's graphite backend lines, over every node: the oldest node's last flush,
             # the latest exception, the slowest flush (ms) and the bytes of all; last_* are

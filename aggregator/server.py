@@ -35,7 +35,7 @@ from common.listener import (
     BoundAddresses,
     BoundSocket,
     DatagramReader,
-    IntakeStatistics,
+    IntakeCounters,
     adopt_socket,
     bind_listeners,
     close_listener,
@@ -133,7 +133,7 @@ async def serve(
     carbon = CarbonOutput(config) if config.carbon else None
     console = ConsoleOutput() if config.console else None
     outputs: list[Any] = [o for o in (carbon, console) if o is not None]
-    intake = IntakeStatistics()
+    intake = IntakeCounters()
     identity = config.identity or identity_from_hostname(socket.gethostname())
     exchange: Exchange | None = None
     admin_peers: WorkerMgmtPeers | None = None
@@ -186,10 +186,10 @@ async def serve(
         if flusher.self_metrics:
             values.update(aggregator.drop_metrics(f"tallyd.{identity}.ledger."))
         if auth is not None and flusher.self_metrics:
-            stats = auth.stats
+            refused = auth.statistics().refused_lines
             head = f"tallyd.{identity}.auth.refused_lines."
-            values.update({head + "missing": stats.missing, head + "invalid": stats.invalid,
-                           head + "revoked": stats.revoked})
+            values.update({head + reason: refused[reason]
+                           for reason in ("missing", "invalid", "revoked")})
         return values
 
     mgmt = ""

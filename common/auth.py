@@ -34,6 +34,7 @@ from typing import Final
 import attrs
 
 from .errors import ConfigError
+from .stats import counter
 
 AUTH_MODES: Final = ("none", "token")
 _FORBIDDEN: Final = frozenset(b".:|\n\r")
@@ -52,17 +53,16 @@ def check_token(token: str) -> bytes:
     return raw
 
 
-@attrs.define
+@attrs.frozen
 class AuthStatistics:
     """Lines refused, by reason: no token at all, an unknown token, a revoked token."""
 
-    missing: int = 0
-    invalid: int = 0
-    revoked: int = 0
+    refused_lines: dict[str, int] = counter(help="lines refused by token authentication, by "
+                                            "reason (missing, invalid, revoked)")
 
     @property
     def refused(self) -> int:
-        return self.missing + self.invalid + self.revoked
+        return sum(self.refused_lines.values())
 
 
 class TokenAuth:
@@ -83,15 +83,18 @@ class TokenAuth:
         if both:
             names = ", ".join(sorted(t.decode() for t in both))
             raise ConfigError(f"token(s) both valid and revoked: {names}", key="auth_tokens")
-        self.stats = AuthStatistics()
+        self._refused = {"missing": 0, "invalid": 0, "revoked": 0}
+
+    def statistics(self) -> AuthStatistics:
+        return AuthStatistics(dict(self._refused))
 
     def _refuse(self, token: bytes | None) -> None:
         if token is None:
-            self.stats.missing += 1
+            self._refused["missing"] += 1
         elif token in self.revoked:
-            self.stats.revoked += 1
+            self._refused["revoked"] += 1
         else:
-            self.stats.invalid += 1
+            self._refused["invalid"] += 1
 
     def strip_token(self, line: bytes) -> bytes | None:
         """Authenticate one line (without its newline).

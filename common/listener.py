@@ -38,6 +38,7 @@ from .address import ListenURL, format_host_port
 from .errors import ConfigError
 from .logging import RateLimiter, log_event
 from .netstat import read_sysctl
+from .stats import counter
 
 LOGGER = logging.getLogger(__name__)
 
@@ -73,8 +74,9 @@ def _ignore_refused(reason: str, lines: int) -> None:
 
 
 @attrs.define
-class IntakeStatistics:
-    """Counters of the intake sockets (shared by all listeners of one process)."""
+class IntakeCounters:
+    """Counters of the intake sockets (shared by all listeners of one process); readers
+    take a snapshot with `statistics`."""
 
     stream_connections: int = 0
     stream_connections_refused: int = 0
@@ -82,6 +84,24 @@ class IntakeStatistics:
     stream_connections_idle_closed: int = 0
     overlong_stream_lines: int = 0
     truncated_datagrams: int = 0
+
+    def statistics(self) -> IntakeStatistics:
+        return IntakeStatistics(**attrs.asdict(self))
+
+
+@attrs.frozen
+class IntakeStatistics:
+    """A snapshot of `IntakeCounters`."""
+
+    stream_connections: int = counter(help="stream connections accepted")
+    stream_connections_refused: int = counter(
+        help="stream connections refused at the connection limit")
+    stream_connections_evicted: int = counter(
+        help="idle stream connections closed to make room for a new one")
+    stream_connections_idle_closed: int = counter(
+        help="stream connections closed after the idle timeout")
+    overlong_stream_lines: int = counter(help="stream lines longer than max_line_bytes")
+    truncated_datagrams: int = counter(help="datagrams longer than the receive buffer")
 
 
 @attrs.frozen
@@ -293,12 +313,12 @@ class DatagramReader:
         buffer_bytes: the buffer size; by default `datagram_buffer_bytes`.
     """
 
-    def __init__(self, bound: BoundSocket, *, stats: IntakeStatistics | None = None,
+    def __init__(self, bound: BoundSocket, *, stats: IntakeCounters | None = None,
                  refused: RefusedLines | None = None, buffer_bytes: int = 0) -> None:
         self.sock = bound.sock
         self.listener = str(bound.url)
         self.size = buffer_bytes or datagram_buffer_bytes(bound.url)
-        self.stats = stats if stats is not None else IntakeStatistics()
+        self.stats = stats if stats is not None else IntakeCounters()
         self.refused = refused or _ignore_refused
         self._log = RateLimiter(LOG_PER_SECOND)
         self.buffer: mmap.mmap | None = None
@@ -369,7 +389,7 @@ class DatagramReader:
 
 async def run_datagram_listener(bound: BoundSocket, handle: Handler, *,
                                 handle_batch: BatchHandler | None = None,
-                                stats: IntakeStatistics | None = None,
+                                stats: IntakeCounters | None = None,
                                 refused: RefusedLines | None = None) -> None:
     """Receive datagrams on ``bound`` until cancelled.
 

@@ -43,7 +43,7 @@ from .listener import (
     LOG_PER_SECOND,
     BoundSocket,
     Handler,
-    IntakeStatistics,
+    IntakeCounters,
     RefusedLines,
     _ignore_refused,
 )
@@ -91,11 +91,11 @@ class StreamConnections:
     """
 
     def __init__(self, *, max_connections: int, idle_timeout_seconds: float = 0.0,
-                 stats: IntakeStatistics | None = None,
+                 stats: IntakeCounters | None = None,
                  table: ConnectionTable | None = None) -> None:
         self.limit = max_connections
         self.idle_timeout = idle_timeout_seconds
-        self.stats = stats if stats is not None else IntakeStatistics()
+        self.stats = stats if stats is not None else IntakeCounters()
         self.table = table if table is not None else ConnectionTable.local()
         self.open: dict[StreamConnection, None] = {}
         self.log = RateLimiter(LOG_PER_SECOND)
@@ -160,7 +160,7 @@ class StreamConnections:
 
 
 async def serve_stream(stream: trio.abc.ReceiveStream, handle: Handler, *,
-                       max_line_bytes: int, stats: IntakeStatistics,
+                       max_line_bytes: int, stats: IntakeCounters,
                        refused: RefusedLines | None = None,
                        connection: StreamConnection | None = None) -> None:
     """Read newline-framed lines from one stream connection until it ends.
@@ -202,7 +202,7 @@ async def serve_stream(stream: trio.abc.ReceiveStream, handle: Handler, *,
 _OVERLONG_LOG: Final = RateLimiter(LOG_PER_SECOND)
 
 
-def _refuse_overlong(count: int, refuse: RefusedLines, stats: IntakeStatistics,
+def _refuse_overlong(count: int, refuse: RefusedLines, stats: IntakeCounters,
                      limit: int) -> None:
     stats.overlong_stream_lines += count
     refuse("line_too_long", count)

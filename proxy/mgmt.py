@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from common.listener import IntakeStatistics
+from common.listener import IntakeCounters
 from common.mgmt import STATELESS_COMMANDS
 
 from .config import ProxyConfig, plain_value
@@ -37,7 +37,7 @@ class ProxyMgmt:
 
     commands: Sequence[str] = STATELESS_COMMANDS
 
-    def __init__(self, config: ProxyConfig, proxy: Proxy, intake: IntakeStatistics) -> None:
+    def __init__(self, config: ProxyConfig, proxy: Proxy, intake: IntakeCounters) -> None:
         self.config = config
         self.proxy = proxy
         self.intake = intake
@@ -53,7 +53,7 @@ class ProxyMgmt:
             ("proxy.hash", proxy.membership.hash_mode),
             ("proxy.aggregators", len(proxy.membership)),
             ("proxy.packets_received", route.packets),
-            ("proxy.lines_received", route.lines + (proxy.auth.stats.refused
+            ("proxy.lines_received", route.lines + (proxy.auth.statistics().refused
                                                     if proxy.auth is not None else 0)),
             ("proxy.lines_sent", sum(f.stats.sent_lines for f in proxy.forwarders)),
             *((f"intake.{name}", count) for name, count in attrs.asdict(self.intake).items()),
@@ -61,9 +61,9 @@ class ProxyMgmt:
         lines += [(f"proxy.dropped.{reason}", count)
                   for reason, count in sorted(proxy.dropped().items())]
         if proxy.auth is not None:
-            auth = proxy.auth.stats
-            lines += [("proxy.auth.missing", auth.missing), ("proxy.auth.invalid", auth.invalid),
-                      ("proxy.auth.revoked", auth.revoked)]
+            refused = proxy.auth.statistics().refused_lines
+            lines += [(f"proxy.auth.{reason}", refused[reason])
+                      for reason in ("missing", "invalid", "revoked")]
         for forwarder in proxy.forwarders:
             member = proxy.membership.states[forwarder.index]
             stats = forwarder.stats

@@ -33,7 +33,7 @@ from common.listener import (
     BoundAddresses,
     BoundSocket,
     DatagramReader,
-    IntakeStatistics,
+    IntakeCounters,
     bind_listeners,
     close_listener,
 )
@@ -107,7 +107,7 @@ class Proxy:
         else:
             stats.bad_lines += lines
 
-    async def run_datagram_intake(self, bound: BoundSocket, intake: IntakeStatistics) -> None:
+    async def run_datagram_intake(self, bound: BoundSocket, intake: IntakeCounters) -> None:
         sock, route = bound.sock, self.router.route
         reader = DatagramReader(bound, stats=intake, refused=self.refused)
         while True:
@@ -131,7 +131,7 @@ class Proxy:
         """Every drop of this process by reason (lines), all aggregators summed."""
         stats = self.router.stats
         totals = {"bad_line": stats.bad_lines, "line_too_long": stats.too_long,
-                  "auth": self.auth.stats.refused if self.auth else 0}
+                  "auth": self.auth.statistics().refused if self.auth else 0}
         for forwarder in self.forwarders:
             for reason, lines in forwarder.stats.dropped.items():
                 totals[reason] = totals.get(reason, 0) + lines
@@ -177,7 +177,7 @@ async def serve(
     if bound is None:
         bound = bind_listeners(config.listen, reuse_port=config.reuse_port,
                                receive_buffer_bytes=config.udp_receive_buffer_bytes)
-    intake = IntakeStatistics()
+    intake = IntakeCounters()
     connections = StreamConnections(max_connections=config.max_tcp_connections, stats=intake,
                                     idle_timeout_seconds=config.tcp_idle_timeout_seconds)
     mgmt_port = config.mgmt_port + process_index if config.mgmt_port else 0

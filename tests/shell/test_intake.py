@@ -24,7 +24,7 @@ import common.streams
 from common.address import ListenURL
 from common.connections import ConnectionTable, create_connection_table
 from common.errors import ConfigError
-from common.listener import LOG_PER_SECOND, DatagramReader, IntakeStatistics, bind_listener
+from common.listener import LOG_PER_SECOND, DatagramReader, IntakeCounters, bind_listener
 from common.logging import RateLimiter
 from common.streams import (
     SWEEP_SECONDS,
@@ -63,7 +63,7 @@ def test_truncated_datagram_keeps_whole_lines_and_counts_the_cut_one(scheme: str
            else ListenURL(scheme, path=f"{tmp_path}/t.sock"))
     bound = bind_listener(url)
     refused: list[tuple[str, int]] = []
-    stats = IntakeStatistics()
+    stats = IntakeCounters()
     reader = DatagramReader(bound, stats=stats, refused=lambda r, n: refused.append((r, n)),
                             buffer_bytes=26)
     target = bound.sock.getsockname()
@@ -289,7 +289,7 @@ async def test_connection_reset_mid_line_refuses_the_cut_tail(ending: str,
     handled: list[bytes] = []
     refused: list[tuple[str, int]] = []
     async with stream:
-        await serve_stream(stream, handled.append, max_line_bytes=1000, stats=IntakeStatistics(),
+        await serve_stream(stream, handled.append, max_line_bytes=1000, stats=IntakeCounters(),
                            refused=lambda reason, n: refused.append((reason, n)))
     if ending == "reset":
         assert handled == [b"ok:1|c\n"]
@@ -317,7 +317,7 @@ async def test_overlong_line_warnings_are_rate_limited_and_counted_exactly(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(common.streams, "_OVERLONG_LOG", RateLimiter(LOG_PER_SECOND))
     caplog.set_level(logging.WARNING)
-    stats = IntakeStatistics()
+    stats = IntakeCounters()
     refused: list[tuple[str, int]] = []
     lines = 200
     # Each read ends the overlong line before it and starts another (cut off at 20 bytes).

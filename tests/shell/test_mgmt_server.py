@@ -19,7 +19,7 @@ from aggregator.ledger import Accumulator
 from aggregator.mgmt import AggregatorMgmt, WorkerMgmtPeers, open_worker_mgmt
 from aggregator.server import serve
 from common.config import config_from_mapping
-from common.listener import IntakeStatistics
+from common.listener import IntakeCounters
 from common.mgmt import COMMANDS, STATELESS_COMMANDS, handle_command
 from common.mgmt_server import REFUSED_REPLY, MgmtLimits, answer, run_mgmt_server
 from proxy.config import ProxyConfig
@@ -78,12 +78,12 @@ async def test_joined_commands_answer_error_when_a_worker_is_away(nursery) -> No
     own.ingest(b"own.c:1|c")
     peer = Accumulator(config.ledger_options)
     peer.ingest(b"peer.c:4|c\npeer.t:9|ms")
-    peer_admin = AggregatorMgmt(config, peer, None, IntakeStatistics())
+    peer_admin = AggregatorMgmt(config, peer, None, IntakeCounters())
     name = f"\0tallyd-test-admin-{uuid.uuid4().hex}"
     listener = await open_worker_mgmt(name + "-1")
     await nursery.start(run_mgmt_server, [listener], peer_admin)
 
-    admin = AggregatorMgmt(config, own, None, IntakeStatistics())
+    admin = AggregatorMgmt(config, own, None, IntakeCounters())
     peers = WorkerMgmtPeers({1: name + "-1"}, timeout=2)
     reply, _ = await answer("counters", admin, peers)
     dump = json.loads(reply.removesuffix("END\n\n"))
@@ -100,7 +100,7 @@ async def test_joined_commands_answer_error_when_a_worker_is_away(nursery) -> No
 
 async def test_a_peer_that_breaks_off_makes_an_error_not_a_silent_close(nursery) -> None:
     config = config_from_mapping(AggregatorConfig, {"listen": ["udp://127.0.0.1:0"]})
-    admin = AggregatorMgmt(config, Accumulator(config.ledger_options), None, IntakeStatistics())
+    admin = AggregatorMgmt(config, Accumulator(config.ledger_options), None, IntakeCounters())
     address = f"\0tallyd-test-admin-{uuid.uuid4().hex}-1"
     listener = await open_worker_mgmt(address)
 
@@ -382,7 +382,7 @@ async def test_stats_prints_etsys_plain_graphite_lines_over_the_nodes_and_the_pe
     first.flush_time_ms, second.flush_time_ms = 12.0, 4.0
     first.flush_length, second.flush_length = 1000, 234
     admin = AggregatorMgmt(config, Accumulator(config.ledger_options), carbon,
-                            IntakeStatistics())
+                            IntakeCounters())
     reply, _ = handle_command("stats", admin)
     rows = dict(row.split(": ", 1) for row in reply.removesuffix("END\n\n").splitlines())
     assert abs(int(rows["graphite.last_flush"]) - 30) <= 1  # the node furthest behind

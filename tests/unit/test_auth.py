@@ -17,7 +17,7 @@ def auth() -> TokenAuth:
 
 def test_strip_token_removes_valid_token_and_its_dot(auth: TokenAuth) -> None:
     assert auth.strip_token(b"s3cret.api.requests:1|c") == b"api.requests:1|c"
-    assert auth.stats.refused == 0
+    assert auth.statistics().refused == 0
 
 
 def test_strip_token_strips_only_up_to_first_dot(auth: TokenAuth) -> None:
@@ -26,18 +26,18 @@ def test_strip_token_strips_only_up_to_first_dot(auth: TokenAuth) -> None:
 
 def test_strip_token_refuses_line_without_dot_as_missing(auth: TokenAuth) -> None:
     assert auth.strip_token(b"requests:1|c") is None
-    assert (auth.stats.missing, auth.stats.invalid, auth.stats.revoked) == (1, 0, 0)
+    assert auth.statistics().refused_lines == {"missing": 1, "invalid": 0, "revoked": 0}
 
 
 def test_strip_token_refuses_unknown_token_as_invalid(auth: TokenAuth) -> None:
     assert auth.strip_token(b"guess.api:1|c") is None
     assert auth.strip_token(b".api:1|c") is None  # empty token
-    assert auth.stats.invalid == 2
+    assert auth.statistics().refused_lines["invalid"] == 2
 
 
 def test_strip_token_refuses_revoked_token_counted_separately(auth: TokenAuth) -> None:
     assert auth.strip_token(b"old.api:1|c") is None
-    assert (auth.stats.invalid, auth.stats.revoked) == (0, 1)
+    assert auth.statistics().refused_lines == {"missing": 0, "invalid": 0, "revoked": 1}
 
 
 def test_strip_token_is_case_sensitive(auth: TokenAuth) -> None:
@@ -47,12 +47,12 @@ def test_strip_token_is_case_sensitive(auth: TokenAuth) -> None:
 def test_filter_packet_keeps_valid_lines_in_order_and_skips_empty(auth: TokenAuth) -> None:
     packet = b"s3cret.a:1|c\nnope.b:1|c\n\nteam-b.c:2|g\nold.d:1|c\nbare:1|c\n"
     assert auth.filter_packet(packet) == b"a:1|c\nc:2|g"
-    assert (auth.stats.missing, auth.stats.invalid, auth.stats.revoked) == (1, 1, 1)
+    assert auth.statistics().refused_lines == {"missing": 1, "invalid": 1, "revoked": 1}
 
 
 def test_filter_packet_returns_empty_when_nothing_accepted(auth: TokenAuth) -> None:
     assert auth.filter_packet(b"x.a:1|c\ny.b:1|c") == b""
-    assert auth.stats.refused == 2
+    assert auth.statistics().refused == 2
 
 
 @given(st.lists(st.from_regex(rb"[a-z0-9_.;=:|-]{1,30}", fullmatch=True), max_size=20))
@@ -60,7 +60,7 @@ def test_filter_lines_with_valid_token_returns_lines_unchanged(lines: list[bytes
     auth = TokenAuth(["tok"])
     packet = b"\n".join(b"tok." + line for line in lines)
     assert auth.filter_lines(packet) == lines
-    assert auth.stats.refused == 0
+    assert auth.statistics().refused == 0
 
 
 @pytest.mark.parametrize("token", ["", "a.b", "a:b", "a|b", "a\nb"])

@@ -81,7 +81,7 @@ def test_route_with_auth_strips_tokens_and_refuses_others() -> None:
     router = Router(1, max_chunk_bytes=1432, auth=auth)
     router.route(b"tok.a:1|c\nbad.b:1|c\nc:1|c")
     assert router.pending[0] == [b"a:1|c"]
-    assert auth.stats.refused == 2
+    assert auth.statistics().refused == 2
     assert router.stats.lines == 1
 
 
