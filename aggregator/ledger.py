@@ -41,6 +41,7 @@ from common.protocol import (
     UNSUPPORTED_REASONS,
     LineParser,
 )
+from common.stats import counter
 
 #: Bad lines kept per interval for the shell to log; the rest are only counted.
 MAX_KEPT_ERRORS: Final = 20
@@ -135,6 +136,16 @@ class FlushSnapshot:
         """Etsy's ``numStats``: counters + timers (idle ones too) + gauges + sets."""
         return (len(self.counters) + len(self.timers) + len(self.idle_timers)
                 + len(self.gauges) + len(self.sets) + len(self.idle_sets))
+
+
+@attrs.frozen
+class LedgerStatistics:
+    """A snapshot of what the accumulator refused after parsing, since start."""
+
+    dropped_lines: dict[str, int] = counter(
+        help="lines refused after parsing, by reason (overflow: an aggregate would not be "
+             "finite; dogstatsd_event, dogstatsd_service_check: not metrics)")
+    bad_lines: int = counter(help="lines refused as malformed (Etsy's bad_lines_seen)")
 
 
 class Accumulator:
@@ -324,6 +335,9 @@ class Accumulator:
             self.bad_lines_total += len(errors)
         if len(self.recent_errors) < MAX_KEPT_ERRORS:
             self.recent_errors.extend(errors[: MAX_KEPT_ERRORS - len(self.recent_errors)])
+
+    def statistics(self) -> LedgerStatistics:
+        return LedgerStatistics(dict(self.dropped), self.bad_lines_total)
 
     def drop_metrics(self, head: str) -> dict[str, float]:
         """Self-metrics: the lines refused for each of `DROP_REASONS` since start."""

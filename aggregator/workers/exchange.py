@@ -30,10 +30,12 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Final
 
+import attrs
 import trio
 
 from common.listener import set_receive_buffer
 from common.logging import log_event
+from common.stats import counter, level
 
 from ..ledger import Accumulator
 from .codec import (
@@ -83,6 +85,35 @@ MAX_BARRIER_SECONDS: Final = 1.0
 #: The same bound for the final flush at shutdown, when there is no next interval to take
 #: what comes late, and no next flush to delay.
 FINAL_BARRIER_SECONDS: Final = 2.0
+
+
+@attrs.frozen
+class ExchangeStatistics:
+    """A snapshot of one worker's exchange, since this worker started."""
+
+    forwarded_lines: int = counter(help="lines read here and sent to the worker owning them")
+    received_lines: int = counter(help="lines received from the other workers")
+    dropped_lines: dict[str, int] = counter(
+        help="lines that never reached their owner, by reason (worker_down, exchange_full, "
+             "too_large, truncated, send_failed)")
+    dropped_messages: dict[str, int] = counter(
+        help="exchange messages dropped whole, by reason (malformed, truncated, send_failed)")
+
+
+@attrs.frozen
+class WorkerStatistics:
+    """This worker's place."""
+
+    generation: int = level(help="how many times this worker index was restarted")
+
+
+@attrs.frozen
+class WorkersStatistics:
+    """Worker 0's view of every worker's deaths (from the supervisor's shared record)."""
+
+    deaths: int = counter(help="workers that died since the supervisor started")
+    lost_lines_at_most: int = counter(
+        help="the most lines those deaths can have lost (the sum of their bounds)")
 
 
 class Exchange:
@@ -189,6 +220,22 @@ class Exchange:
                 return lines
             if buffer[:1] == DATA and size >= DATA_HEADER_BYTES:
                 lines += data_line_count(bytes(buffer[:DATA_HEADER_BYTES]))
+
+    def statistics(self) -> ExchangeStatistics:
+        return ExchangeStatistics(
+            self.forwarded_lines, self.received_lines,
+            {r: self.dropped[r] for r in ("worker_down", "exchange_full", "too_large",
+                                          "truncated", "send_failed")},
+            {r: self.dropped_messages[r] for r in ("malformed", "truncated", "send_failed")})
+
+    def worker_statistics(self) -> WorkerStatistics:
+        return WorkerStatistics(self.context.generation)
+
+    def workers_statistics(self) -> WorkersStatistics | None:
+        """Every worker's deaths: on worker 0 with a shared record, else None."""
+        if self.records is None or self.context.index != 0:
+            return None
+        return WorkersStatistics(self.records.deaths(), self.records.lost_at_most())
 
     def worker_deaths(self, head: str) -> dict[str, float]:
         """Worker 0's figures of worker deaths (from the shared record), under ``head``:
