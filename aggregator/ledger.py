@@ -336,6 +336,11 @@ class Accumulator:
         if len(self.recent_errors) < MAX_KEPT_ERRORS:
             self.recent_errors.extend(errors[: MAX_KEPT_ERRORS - len(self.recent_errors)])
 
+    def reconfigure(self, options: LedgerOptions) -> None:
+        """Apply reloaded options; whether this worker reports Etsy's internal metrics
+        stays as it was (it is decided by the worker's place, not by the file)."""
+        self.options = attrs.evolve(options, report_internal=self.options.report_internal)
+
     def statistics(self) -> LedgerStatistics:
         return LedgerStatistics(dict(self.dropped), self.bad_lines_total)
 

@@ -80,8 +80,7 @@ async def _run_reloads(
         current = attrs.evolve(current, **{name: getattr(new, name) for name in applied})
         flusher.renderer = GraphiteRenderer(current.naming)
         flusher.self_metrics = current.self_metrics
-        aggregator.options = attrs.evolve(
-            current.ledger_options, report_internal=aggregator.options.report_internal)
+        aggregator.reconfigure(current.ledger_options)
         set_level(current.log_level)
         log_event(LOGGER, "reloaded", applied=",".join(applied) or "none",
                   restart_required=",".join(ignored) or "none",
