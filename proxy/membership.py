@@ -8,11 +8,12 @@ almost every name mid-interval, so two aggregators would write the same Graphite
 buffer, then are dropped and counted under its name; the others are unaffected.
 
 The fingerprint lets operators find proxies that disagree: every proxy logs it at start
-and reports it in admin ``stats``. Recipe: the first 16 hex digits of the SHA-256 of
-``"tallyd-proxy/1\\n{hash}\\n"`` followed by ``"{host}:{port}\\n"`` for each aggregator in
-list order (IPv6 hosts in brackets, admin ports excluded: they do not affect routing).
+and reports it in admin ``stats`` (``proxy.membership.fingerprint``). Recipe: the first 16
+hex digits of the SHA-256 of ``"tallyd-proxy/1\\n{hash}\\n"`` followed by
+``"{host}:{port}\\n"`` for each aggregator in list order (IPv6 hosts in brackets, admin
+ports excluded: they do not affect routing).
 
-Pure: times come in as arguments; jitter as a number in [0, 1).
+Pure: times come in as arguments.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import attrs
 from common.address import format_host_port, split_host_port
 from common.errors import ConfigError
 from common.shard import SHARD_HASH
+from common.stats import level, text
 
 UP: Final = "up"
 DOWN: Final = "down"
@@ -82,9 +84,10 @@ def membership_fingerprint(aggregators: Sequence[AggregatorSpec],
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-@attrs.define
+@attrs.frozen
 class MemberState:
-    """One aggregator's current condition, as the proxy sees it."""
+    """One aggregator's condition at one moment, as the proxy sees it (a new value replaces
+    it on every change, so a reader always holds a consistent snapshot)."""
 
     state: str = UP
     reason: str = ""
@@ -92,6 +95,15 @@ class MemberState:
     failures: int = 0
     transitions: int = 0
     address: str = ""
+
+
+@attrs.frozen
+class MembershipStatistics:
+    """The aggregator list in force."""
+
+    fingerprint: str = text(help="the fingerprint of the ordered list and the hash mode")
+    hash_mode: str = text(help="the H1 hash mode")
+    aggregators: int = level(help="how many aggregators the list holds")
 
 
 class Membership:
@@ -133,25 +145,24 @@ class Membership:
             True when this changed its state from up to down (log it once).
         """
         member = self.states[index]
-        member.failures += 1
-        member.reason = reason
         if member.state == DOWN:
+            self.states[index] = attrs.evolve(member, failures=member.failures + 1,
+                                              reason=reason)
             return False
-        member.state = DOWN
-        member.since = now
-        member.transitions += 1
+        self.states[index] = attrs.evolve(member, state=DOWN, reason=reason, since=now,
+                                          failures=member.failures + 1,
+                                          transitions=member.transitions + 1)
         return True
 
     def mark_up(self, index: int, now: float) -> bool:
         """Record a success of member ``index``; True when it was down until now."""
         member = self.states[index]
-        member.failures = 0
         if member.state == UP:
+            if member.failures:
+                self.states[index] = attrs.evolve(member, failures=0)
             return False
-        member.state = UP
-        member.reason = ""
-        member.since = now
-        member.transitions += 1
+        self.states[index] = attrs.evolve(member, state=UP, reason="", since=now, failures=0,
+                                          transitions=member.transitions + 1)
         return True
 
     def set_address(self, index: int, address: str) -> bool:
@@ -159,8 +170,12 @@ class Membership:
         member = self.states[index]
         if member.address == address:
             return False
-        member.address = address
+        self.states[index] = attrs.evolve(member, address=address)
         return True
 
     def down_members(self) -> list[int]:
         return [i for i, m in enumerate(self.states) if m.state == DOWN]
+
+    def statistics(self) -> MembershipStatistics:
+        return MembershipStatistics(fingerprint=self.fingerprint, hash_mode=self.hash_mode,
+                                    aggregators=len(self.aggregators))

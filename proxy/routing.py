@@ -30,6 +30,7 @@ import attrs
 from common.auth import TokenAuth
 from common.protocol import LineParser
 from common.shard import shard_index
+from common.stats import counter
 
 #: Distinct raw keys remembered before the cache is cleared (about 100 bytes each).
 DEFAULT_ROUTE_CACHE_SIZE: Final = 500_000
@@ -68,14 +69,20 @@ def count_lines(chunk: bytes) -> int:
     return chunk.count(b"\n") + 1
 
 
-@attrs.define
-class RouteStatistics:
-    """What the router saw and refused (lines; auth refusals are on `TokenAuth.stats`)."""
+@attrs.frozen
+class RouterStatistics:
+    """What the router received and refused, since start.
 
-    packets: int = 0
-    lines: int = 0
-    bad_lines: int = 0
-    too_long: int = 0
+    ``received_lines`` counts every line that reached the proxy: the ones the intake refused
+    (too long, cut) and the ones auth refused included, so that it equals the lines sent,
+    plus the lines dropped (here and by each forwarder), plus the lines still buffered.
+    """
+
+    received_packets: int = counter(help="datagrams and stream blocks routed")
+    received_lines: int = counter(help="lines received, refused ones included")
+    dropped_lines: dict[str, int] = counter(
+        help="lines refused before routing, by reason (bad_line: no usable name; "
+             "line_too_long: longer than a batch; auth: no valid token)")
 
 
 class Router:
@@ -99,7 +106,11 @@ class Router:
         self.n = n
         self.max_chunk_bytes = max_chunk_bytes
         self.auth = auth
-        self.stats = RouteStatistics()
+        #: Packets routed, lines past auth, and of those the ones refused (see `statistics`).
+        self.packets = 0
+        self.lines = 0
+        self.bad_lines = 0
+        self.too_long = 0
         #: Lines (or kept-back chunks) waiting, per aggregator, in arrival order.
         self.pending: list[list[bytes]] = [[] for _ in range(n)]
         self._parser = LineParser(sanitize=sanitize, cache_bytes=0)
@@ -128,11 +139,10 @@ class Router:
     def route(self, packet: bytes) -> None:
         """Route every line of ``packet`` (a datagram or a block of whole lines) onto
         `pending`. Never raises for bad input: refused lines are counted."""
-        stats = self.stats
-        stats.packets += 1
+        self.packets += 1
         lines = packet.split(b"\n") if self.auth is None else self.auth.filter_lines(packet)
         empty = lines.count(b"")
-        stats.lines += len(lines) - empty
+        self.lines += len(lines) - empty
         cache = self._cache
         pending = self.pending
         bad = 0
@@ -154,14 +164,30 @@ class Router:
                 if not line:
                     continue
                 if len(line) > limit:
-                    stats.too_long += 1
+                    self.too_long += 1
                     continue
                 index = self.index_of(line)
                 if index < 0:
                     bad += 1
                     continue
                 pending[index].append(line)
-        stats.bad_lines += bad
+        self.bad_lines += bad
+
+    def count_refused(self, reason: str, lines: int) -> None:
+        """Lines the intake refused before routing (``line_too_long``, or cut: counted as
+        ``bad_line``): received and dropped."""
+        self.lines += lines
+        if reason == "line_too_long":
+            self.too_long += lines
+        else:
+            self.bad_lines += lines
+
+    def statistics(self) -> RouterStatistics:
+        auth = self.auth.statistics().refused if self.auth is not None else 0
+        return RouterStatistics(
+            received_packets=self.packets, received_lines=self.lines + auth,
+            dropped_lines={"bad_line": self.bad_lines, "line_too_long": self.too_long,
+                           "auth": auth})
 
     def take_chunks(self, index: int, *, keep_tail: bool) -> list[bytes]:
         """Pack aggregator ``index``'s pending lines and hand the chunks over.

@@ -2,10 +2,14 @@
 
 Intake hands packed chunks to `Forwarder.offer`, a synchronous call that never blocks:
 when the aggregator is up and nothing is queued, a UDP chunk is sent on the spot (no task
-switch on the hot path); otherwise it is queued. The queue is bounded in bytes: past the
-bound the OLDEST chunks are dropped and their lines counted under this aggregator's name,
-as ``destination_down`` while it is down and ``buffer_full`` while it is up but slow.
-One aggregator's trouble therefore never touches another's traffic or the intake.
+switch on the hot path); otherwise it is queued. The queue is a `common.queue.ChunkQueue`
+bounded in bytes: past the bound the OLDEST chunks are dropped and their lines counted under
+this aggregator's name, as ``destination_down`` while it is down and ``buffer_full`` while it
+is up but slow. One aggregator's trouble therefore never touches another's traffic or the
+intake.
+
+`Forwarder.statistics` is a frozen `ForwarderStatistics`: this forwarder's figures and its
+aggregator's state in the membership, read as ``proxy.forwarder.<index>.<measure>``.
 
 Each forwarder's task (`run`) empties the queue, and while the aggregator is down waits
 with exponential backoff and jitter, probes it, and resumes by itself when it answers.
@@ -21,7 +25,6 @@ from __future__ import annotations
 import logging
 import random
 import socket
-from collections import deque
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -30,6 +33,8 @@ import trio
 
 from common.backoff import backoff_delay
 from common.logging import log_event
+from common.queue import ChunkQueue
+from common.stats import counter, level, text
 
 from ..membership import AggregatorSpec, Membership
 from ..routing import count_lines
@@ -39,18 +44,29 @@ LOGGER = logging.getLogger(__name__)
 BUFFER_FULL: Final = "buffer_full"
 DESTINATION_DOWN: Final = "destination_down"
 SHUTDOWN: Final = "shutdown"
+#: Every reason a forwarder drops lines for (each is reported, zero or not).
+DROP_REASONS: Final = (BUFFER_FULL, DESTINATION_DOWN, SHUTDOWN)
 
 SockAddr = tuple[Any, ...]
 
 
-@attrs.define
+@attrs.frozen
 class ForwarderStatistics:
-    """Lines and chunks delivered to one aggregator, and lines dropped by reason."""
+    """One forwarder and its aggregator, at one moment."""
 
-    sent_lines: int = 0
-    sent_chunks: int = 0
-    dropped: dict[str, int] = attrs.Factory(dict)
-    send_errors: int = 0
+    aggregator: str = text(help="the aggregator as configured (HOST:PORT[:ADMIN_PORT])")
+    address: str = text(help="the address its name resolved to (or unresolved)")
+    state: str = text(help="up or down")
+    reason: str = text(help="why it is down (or none)")
+    transitions: int = counter(help="changes between up and down")
+    sent_lines: int = counter(help="lines handed to the kernel for this aggregator")
+    sent_chunks: int = counter(help="datagrams (or TCP batches) handed to the kernel")
+    send_errors: int = counter(help="sends that failed with an error")
+    buffered_lines: int = level(help="lines waiting in the queue")
+    buffered_bytes: int = level(help="bytes waiting in the queue")
+    dropped_lines: dict[str, int] = counter(
+        help="lines dropped, by reason (buffer_full: queue full while up; destination_down: "
+             "queue full while down; shutdown: still queued at the end of a graceful stop)")
 
 
 class Forwarder:
@@ -74,9 +90,11 @@ class Forwarder:
         self.retry_base = retry_base
         self.retry_max = retry_max
         self.connect_timeout = connect_timeout
-        self.queue: deque[bytes] = deque()
-        self.queued_bytes = 0
-        self.stats = ForwarderStatistics()
+        self.queue = ChunkQueue(buffer_bytes, lines=count_lines)
+        self.sent_lines = 0
+        self.sent_chunks = 0
+        self.send_errors = 0
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self.family: int = socket.AF_INET
         self.sockaddr: SockAddr | None = None
         self._wake = trio.Event()
@@ -121,43 +139,46 @@ class Forwarder:
 
     @property
     def queued_lines(self) -> int:
-        return sum(count_lines(c) for c in self.queue)
+        return self.queue.total_lines
+
+    @property
+    def queued_bytes(self) -> int:
+        return self.queue.total_bytes
 
     def enqueue(self, chunks: Iterable[bytes]) -> None:
-        queue = self.queue
-        for chunk in chunks:
-            queue.append(chunk)
-            self.queued_bytes += len(chunk)
-        if self.queued_bytes > self.buffer_bytes:
+        evicted = self.queue.extend(chunks)
+        if evicted:
             reason = BUFFER_FULL if self.up else DESTINATION_DOWN
-            while self.queued_bytes > self.buffer_bytes and queue:
-                self.drop(self.pop(), reason)
+            for chunk in evicted:
+                self.drop(chunk, reason)
         self._wake.set()
 
     def requeue_front(self, chunks: list[bytes]) -> None:
         """Put chunks that could not be delivered back at the head of the queue."""
-        for chunk in reversed(chunks):
-            self.queue.appendleft(chunk)
-            self.queued_bytes += len(chunk)
+        self.queue.push_front(chunks)
 
     def pop(self) -> bytes:
-        chunk = self.queue.popleft()
-        self.queued_bytes -= len(chunk)
-        return chunk
+        return self.queue.popleft()
 
     def drop(self, chunk: bytes, reason: str) -> int:
         """Count a chunk (already out of the queue) as dropped; return its lines."""
         lines = count_lines(chunk)
-        dropped = self.stats.dropped
-        dropped[reason] = dropped.get(reason, 0) + lines
+        self.dropped[reason] += lines
         return lines
 
     def drop_all(self, reason: str) -> int:
         """Drop what is still queued (at the end of a graceful stop); return the lines."""
-        lines = 0
-        while self.queue:
-            lines += self.drop(self.pop(), reason)
-        return lines
+        return sum(self.drop(chunk, reason) for chunk in self.queue.clear())
+
+    def statistics(self) -> ForwarderStatistics:
+        member = self.membership.states[self.index]
+        return ForwarderStatistics(
+            aggregator=self.spec.spec, address=member.address or "unresolved",
+            state=member.state, reason=member.reason or "none",
+            transitions=member.transitions, sent_lines=self.sent_lines,
+            sent_chunks=self.sent_chunks, send_errors=self.send_errors,
+            buffered_lines=self.queued_lines, buffered_bytes=self.queued_bytes,
+            dropped_lines=dict(self.dropped))
 
     def offer(self, chunks: list[bytes]) -> None:
         """Hand chunks over for delivery. Never blocks."""

@@ -19,19 +19,29 @@ import errno
 import logging
 from typing import Any, Final
 
+import attrs
 import trio
 
 from common.logging import log_event
+from common.stats import counter, level
 
 from ..membership import Membership
 from ..probe import probe_mgmt
 from ..routing import count_lines
-from .base import Forwarder, SockAddr
+from .base import Forwarder, ForwarderStatistics, SockAddr
 
 LOGGER = logging.getLogger(__name__)
 
 #: Bytes written per send: large enough to amortise the call, small enough to requeue.
 MAX_WRITE_BYTES: Final = 256 * 1024
+
+
+@attrs.frozen
+class TcpForwarderStatistics(ForwarderStatistics):
+    """A TCP forwarder's figures, and its connection's."""
+
+    connected: int = level(help="1 while the connection is open, else 0")
+    connects: int = counter(help="connections opened")
 
 
 class TcpForwarder(Forwarder):
@@ -50,6 +60,10 @@ class TcpForwarder(Forwarder):
     @property
     def busy(self) -> bool:
         return bool(self._inflight)
+
+    def statistics(self) -> TcpForwarderStatistics:
+        return TcpForwarderStatistics(**attrs.asdict(super().statistics(), recurse=False),
+                                      connected=int(self.connected), connects=self.connects)
 
     def set_address(self, family: int, sockaddr: SockAddr) -> None:
         changed = self.sockaddr is not None and self.sockaddr != sockaddr
@@ -92,8 +106,8 @@ class TcpForwarder(Forwarder):
                 with trio.fail_after(self.write_timeout):
                     await stream.send_all(b"\n".join(batch))
                 batch.pop()
-                self.stats.sent_chunks += len(batch)
-                self.stats.sent_lines += sum(count_lines(c) for c in batch)
+                self.sent_chunks += len(batch)
+                self.sent_lines += sum(count_lines(c) for c in batch)
                 batch.clear()
         except trio.TooSlowError:
             return "write_timeout"

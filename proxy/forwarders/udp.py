@@ -73,7 +73,7 @@ class UdpForwarder(Forwarder):
         sockets = self.sockets
         count = len(sockets)
         turn = self._next
-        stats = self.stats
+        lines = 0
         for position, chunk in enumerate(chunks):
             try:
                 sockets[turn % count].send(chunk)
@@ -82,8 +82,9 @@ class UdpForwarder(Forwarder):
                 self.enqueue(chunks[position:])
                 break
             turn += 1
-            stats.sent_lines += chunk.count(b"\n") + 1
-        stats.sent_chunks += turn - self._next
+            lines += chunk.count(b"\n") + 1
+        self.sent_lines += lines
+        self.sent_chunks += turn - self._next
         self._next = turn
 
     def _send_failed(self, error: OSError) -> None:
@@ -91,7 +92,7 @@ class UdpForwarder(Forwarder):
             self._blocked = True
             self.wake()
             return
-        self.stats.send_errors += 1
+        self.send_errors += 1
         self.fail(errno.errorcode.get(error.errno or 0, "send_error").lower())
 
     def pump(self, limit: int) -> int:
@@ -99,7 +100,7 @@ class UdpForwarder(Forwarder):
         sockets = self.sockets
         sent = 0
         while self.queue and sent < limit and not self._blocked and self.up:
-            chunk = self.queue[0]
+            chunk = self.queue.peek()
             try:
                 sockets[self._next % len(sockets)].send(chunk)
             except OSError as e:
@@ -108,8 +109,8 @@ class UdpForwarder(Forwarder):
             self.pop()
             self._next += 1
             sent += 1
-            self.stats.sent_chunks += 1
-            self.stats.sent_lines += count_lines(chunk)
+            self.sent_chunks += 1
+            self.sent_lines += count_lines(chunk)
         return sent
 
     async def probe(self) -> str | None:

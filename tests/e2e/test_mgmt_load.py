@@ -85,10 +85,10 @@ def test_admin_port_answers_health_under_silent_and_slow_connections(
                 time.sleep(PROBE_INTERVAL / 2)
             assert slowest < 1.0
             stats = proxy.stats()
-            assert stats["aggregator.0.state"] == "up", stats
-            assert stats["aggregator.0.transitions"] == "0", stats
-            assert stats["aggregator.0.dropped.destination_down"] == "0", stats
-            wait_until(lambda: proxy.stats()["aggregator.0.sent_lines"] == str(sent), 10,
+            assert stats["proxy.forwarder.0.state"] == "up", stats
+            assert stats["proxy.forwarder.0.transitions"] == "0", stats
+            assert stats["proxy.forwarder.0.dropped_lines.destination_down"] == "0", stats
+            wait_until(lambda: proxy.stats()["proxy.forwarder.0.sent_lines"] == str(sent), 10,
                        message=f"the proxy sent all {sent} lines")
     finally:
         proxy.kill()

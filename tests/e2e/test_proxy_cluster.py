@@ -123,7 +123,8 @@ def test_cluster_every_path_from_one_aggregator_and_totals_exact(cluster: Cluste
         for b in range(a + 1, 3):
             assert not paths[a] & paths[b], f"written by aggregators {a} and {b}"
     stats = cluster.proxies[0].stats()
-    assert stats["proxy.fingerprint"] == cluster.proxies[1].stats()["proxy.fingerprint"]
+    assert (stats["proxy.membership.fingerprint"]
+            == cluster.proxies[1].stats()["proxy.membership.fingerprint"])
 
 
 def test_cluster_stopped_aggregator_drops_counted_others_exact_then_recovers(
@@ -134,26 +135,27 @@ def test_cluster_stopped_aggregator_drops_counted_others_exact_then_recovers(
                            for i in range(3)), 20, message="phase 1 totals")
     udp_port, mgmt_port = cluster.aggregators[1].udp[1], cluster.aggregators[1].mgmt[1]
     assert cluster.aggregators[1].stop() == 0
-    wait_until(lambda: all(p.stats()["aggregator.1.state"] == "down" for p in cluster.proxies),
-               10, message="proxies see aggregator 1 down")
+    wait_until(lambda: all(p.stats()["proxy.forwarder.1.state"] == "down"
+                           for p in cluster.proxies), 10, message="proxies see aggregator 1 down")
 
     cluster.send("p2", rounds=10)
     for index in (0, 2):
         wait_until(lambda i=index: cluster.totals(i, "p2") == expected_for("p2", 10, i), 20,
                    message=f"aggregator {index} totals while 1 is down")
     stats = [p.stats() for p in cluster.proxies]
-    dropped = sum(int(s["aggregator.1.dropped.destination_down"]) for s in stats)
-    buffered = sum(int(s["aggregator.1.buffered_lines"]) for s in stats)
+    dropped = sum(int(s["proxy.forwarder.1.dropped_lines.destination_down"]) for s in stats)
+    buffered = sum(int(s["proxy.forwarder.1.buffered_lines"]) for s in stats)
     owned = sum(1 for i in range(NAMES) if cluster.owner(f"p2.c{i}") == 1) * 10
     assert dropped > 0
     assert dropped + buffered == owned  # every line for it is held or counted
     for s in stats:
-        assert int(s["aggregator.0.dropped.destination_down"]) == 0
-        assert int(s["aggregator.2.dropped.destination_down"]) == 0
+        assert int(s["proxy.forwarder.0.dropped_lines.destination_down"]) == 0
+        assert int(s["proxy.forwarder.2.dropped_lines.destination_down"]) == 0
 
     cluster.restart_aggregator(1, udp_port, mgmt_port)
-    wait_until(lambda: all(p.stats()["aggregator.1.state"] == "up" for p in cluster.proxies),
-               10, message="proxies see aggregator 1 up again")
+    wait_until(lambda: all(p.stats()["proxy.forwarder.1.state"] == "up"
+                           for p in cluster.proxies), 10,
+               message="proxies see aggregator 1 up again")
     cluster.send("p3", rounds=3)
     for index in range(3):
         wait_until(lambda i=index: cluster.totals(i, "p3") == expected_for("p3", 3, i), 20,
@@ -189,7 +191,7 @@ def test_proxy_processes_share_one_port_and_forward_everything(
         assert sorted(lines) == sorted(b"proc.c%d:1|c" % i for i in range(200))
         received = [int(dict(line.split(": ", 1) for line in mgmt_command(
             split_host_port(address), "stats").splitlines() if ": " in line)[
-                "proxy.packets_received"]) for address in proc.addresses["mgmt"]]
+                "proxy.router.received_packets"]) for address in proc.addresses["mgmt"]]
         assert sum(received) == 40 and all(received), received
         assert proc.stop() == 0
     finally:

@@ -136,13 +136,13 @@ async def test_serve_down_aggregator_buffers_drops_counted_and_recovers() -> Non
             await trio.sleep(0.002)
         await wait_for(lambda: len(sinks[0].lines) == len(mine))
         stats = await admin_stats(addresses.mgmt)
-        assert stats["aggregator.1.state"] == "down"
-        assert int(stats["aggregator.1.dropped.destination_down"]) > 0
-        assert stats["aggregator.0.state"] == "up"
-        assert int(stats["aggregator.0.dropped.destination_down"]) == 0
-        dropped = int(stats["aggregator.1.dropped.destination_down"])
-        buffered = int(stats["aggregator.1.buffered_lines"])
-        sent = int(stats["aggregator.1.sent_lines"])
+        assert stats["proxy.forwarder.1.state"] == "down"
+        assert int(stats["proxy.forwarder.1.dropped_lines.destination_down"]) > 0
+        assert stats["proxy.forwarder.0.state"] == "up"
+        assert int(stats["proxy.forwarder.0.dropped_lines.destination_down"]) == 0
+        dropped = int(stats["proxy.forwarder.1.dropped_lines.destination_down"])
+        buffered = int(stats["proxy.forwarder.1.buffered_lines"])
+        sent = int(stats["proxy.forwarder.1.sent_lines"])
         assert sent + buffered + dropped == len(lines) - len(mine)
 
         back = await UdpSink().bind(down_port)
@@ -156,7 +156,7 @@ async def test_serve_down_aggregator_buffers_drops_counted_and_recovers() -> Non
             nursery.cancel_scope.cancel()
         back.sock.close()
         stats = await admin_stats(addresses.mgmt)
-        assert stats["aggregator.1.state"] == "up"
+        assert stats["proxy.forwarder.1.state"] == "up"
     assert sinks[0].lines == mine
 
 
@@ -196,9 +196,11 @@ async def test_serve_token_auth_forwards_only_authenticated_lines_stripped() -> 
         await wait_for(lambda: len(sink.lines) == 2)
         stats = await admin_stats(addresses.mgmt)
     assert sink.lines == [b"a:1|c", b"e:2|g"]
-    assert (stats["proxy.lines_received"], stats["proxy.lines_sent"]) == ("5", "2")
-    assert (stats["proxy.auth.missing"], stats["proxy.auth.invalid"],
-            stats["proxy.auth.revoked"], stats["proxy.dropped.auth"]) == ("1", "1", "1", "3")
+    assert (stats["proxy.router.received_lines"],
+            stats["proxy.forwarder.0.sent_lines"]) == ("5", "2")
+    assert (stats["proxy.auth.refused_lines.missing"], stats["proxy.auth.refused_lines.invalid"],
+            stats["proxy.auth.refused_lines.revoked"],
+            stats["proxy.router.dropped_lines.auth"]) == ("1", "1", "1", "3")
 
 
 async def test_serve_graceful_stop_sends_lines_still_held_back() -> None:
@@ -254,8 +256,8 @@ async def test_serve_follows_dns_change_without_moving_names(monkeypatch: Any) -
         await wait_for(lambda: first.lines == mine)
         current["ip"] = "127.0.0.2"
         with trio.fail_after(5):
-            while (await admin_stats(addresses.mgmt))["aggregator.0.address"] != (  # noqa: ASYNC110
-                    f"127.0.0.2:{first.port}"):
+            while (await admin_stats(addresses.mgmt))[  # noqa: ASYNC110
+                    "proxy.forwarder.0.address"] != f"127.0.0.2:{first.port}":
                 await trio.sleep(0.02)
         await send_udp(addresses.first("udp"), [b"\n".join(n + b":1|c" for n in names)])
         await wait_for(lambda: second.lines == mine)
@@ -285,16 +287,16 @@ async def test_serve_tcp_forwarding_reconnects_after_aggregator_restart() -> Non
             await wait_for(lambda: b"".join(received) == b"before:1|c\n")
             first.cancel()  # the aggregator goes away; its connections close
             with trio.fail_after(5):
-                while (await admin_stats(addresses.mgmt))["aggregator.0.state"] != (  # noqa: ASYNC110
-                        "down"):
+                while (await admin_stats(addresses.mgmt))[  # noqa: ASYNC110
+                        "proxy.forwarder.0.state"] != "down":
                     await trio.sleep(0.02)
             await send_udp(addresses.first("udp"), [b"during:1|c\nduring:2|c"])
             await trio.sleep(0.2)
             await nursery.start(run_aggregator, trio.CancelScope(), port)
             await wait_for(lambda: b"".join(received).endswith(b"during:1|c\nduring:2|c\n"))
             stats = await admin_stats(addresses.mgmt)
-            assert stats["aggregator.0.state"] == "up"
-            assert int(stats["aggregator.0.connects"]) == 2
+            assert stats["proxy.forwarder.0.state"] == "up"
+            assert int(stats["proxy.forwarder.0.connects"]) == 2
         nursery.cancel_scope.cancel()
     assert b"".join(received) == b"before:1|c\nduring:1|c\nduring:2|c\n"
 
@@ -315,5 +317,5 @@ async def test_serve_counts_overlong_stream_line_over_many_reads() -> None:
         await wait_for(lambda: len(sink.lines) == 2)
         stats = await admin_stats(addresses.mgmt)
     assert sink.lines == [b"a:1|c", b"b:2|c"]
-    assert stats["proxy.dropped.line_too_long"] == "1"
-    assert stats["proxy.lines_received"] == "3"
+    assert stats["proxy.router.dropped_lines.line_too_long"] == "1"
+    assert stats["proxy.router.received_lines"] == "3"

@@ -29,7 +29,7 @@ def test_route_sends_each_line_to_shard_index_of_its_name() -> None:
     for line in lines:
         index = shard_index(line.split(b":")[0], 3)
         assert line in router.pending[index]
-    assert router.stats.lines == 3
+    assert router.statistics().received_lines == 3
 
 
 @pytest.mark.parametrize("spelling", [b"a b.c", b"a_b.c", b"a\tb.c", b"a  b.c", b"a+_b.c"])
@@ -55,8 +55,8 @@ def test_route_forwards_lines_unchanged() -> None:
 def test_route_counts_lines_without_usable_name_as_bad() -> None:
     router = Router(2, max_chunk_bytes=1432)
     router.route(b"nocolon\n+++:1|c\n:1|c\ngood:1|c\n")
-    assert router.stats.bad_lines == 3
-    assert router.stats.lines == 4
+    assert router.statistics().dropped_lines["bad_line"] == 3
+    assert router.statistics().received_lines == 4
     assert sum(len(p) for p in router.pending) == 1
 
 
@@ -65,14 +65,15 @@ def test_route_skips_empty_lines_without_counting() -> None:
     router.route(b"\n\na:1|c\n\n")
     router.route(b":1|c\n\n")  # caches nothing for the empty key
     router.route(b"\n")
-    assert (router.stats.lines, router.stats.bad_lines) == (2, 1)
+    stats = router.statistics()
+    assert (stats.received_lines, stats.dropped_lines["bad_line"]) == (2, 1)
 
 
 def test_route_drops_line_longer_than_a_datagram_as_too_long() -> None:
     router = Router(1, max_chunk_bytes=100)
     long_line = b"x" * 100 + b":1|c"
     router.route(long_line + b"\nshort:1|c")
-    assert router.stats.too_long == 1
+    assert router.statistics().dropped_lines["line_too_long"] == 1
     assert router.pending[0] == [b"short:1|c"]
 
 
@@ -82,7 +83,8 @@ def test_route_with_auth_strips_tokens_and_refuses_others() -> None:
     router.route(b"tok.a:1|c\nbad.b:1|c\nc:1|c")
     assert router.pending[0] == [b"a:1|c"]
     assert auth.statistics().refused == 2
-    assert router.stats.lines == 1
+    stats = router.statistics()  # received_lines counts the refused ones too
+    assert stats.received_lines - stats.dropped_lines["auth"] == 1
 
 
 def test_route_hashes_unsanitized_name_when_aggregators_do_not_sanitize() -> None:

@@ -1,0 +1,164 @@
+"""`Pipeline`: one proxy process's components, from intake to the forwarders.
+
+It owns the membership, the auth filter, the router, one forwarder per aggregator and the
+intake counters, and runs the hand-over between them:
+
+    intake sockets --route(packet)--> Router (H1 + packing) --chunks--> one Forwarder per
+    aggregator (bounded queue; UDP datagrams or one TCP stream) --> aggregators
+
+Datagram intake reads until the socket would block (or `DATAGRAMS_PER_BATCH` datagrams),
+routes each datagram, then hands every aggregator's full datagrams to its forwarder at once;
+the last, partly filled one waits at most ``max_batch_delay_ms`` for more lines (the tail
+flusher sends it). A drop reporter logs new drops every `DROP_LOG_PERIOD_SECONDS`.
+
+`Pipeline.readings` names every component's statistics snapshot (`common.stats.read`):
+``proxy.membership.*``, ``proxy.router.*``, ``proxy.intake.*``, ``proxy.auth.*`` (with
+auth on) and ``proxy.forwarder.<index>.*``, in that order.
+
+SHELL.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+import trio
+
+from common.auth import make_auth
+from common.listener import BoundSocket, DatagramReader, IntakeCounters
+from common.logging import log_event
+from common.stats import Reading, read
+
+from .config import ProxyConfig
+from .forwarders.base import Forwarder
+from .forwarders.tcp import TcpForwarder
+from .forwarders.udp import UdpForwarder
+from .membership import Membership
+from .routing import Router
+
+LOGGER = logging.getLogger(__name__)
+
+#: Datagrams routed before their chunks are handed to the forwarders and other tasks run.
+DATAGRAMS_PER_BATCH: Final = 256
+#: Datagrams read per pass when the intake is drained at a graceful stop.
+DATAGRAMS_PER_DRAIN: Final = 10_000
+#: How often drops are summarised in the log (only when there are new ones).
+DROP_LOG_PERIOD_SECONDS: Final = 10.0
+
+
+class Pipeline:
+    """The components of one proxy process and the hand-over between them."""
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        self.membership = Membership(config.aggregator, now=trio.current_time())
+        self.auth = make_auth(config.auth, config.auth_tokens, config.auth_revoked_tokens)
+        self.router = Router(len(self.membership), max_chunk_bytes=config.max_chunk_bytes,
+                             sanitize=config.key_name_sanitize, auth=self.auth)
+        self.intake = IntakeCounters()
+        self.forwarders = [self._build_forwarder(i) for i in range(len(self.membership))]
+        self.keep_tails = config.max_batch_delay_ms > 0
+        self.tails_waiting = trio.Event()
+
+    def _build_forwarder(self, index: int) -> Forwarder:
+        config = self.config
+        if config.forward == "udp":
+            return UdpForwarder(index, self.membership, source_sockets=config.source_sockets,
+                                buffer_bytes=config.aggregator_buffer_bytes,
+                                retry_base=config.retry_base, retry_max=config.retry_max,
+                                connect_timeout=config.connect_timeout)
+        return TcpForwarder(index, self.membership, write_timeout=config.write_timeout,
+                            buffer_bytes=config.aggregator_buffer_bytes,
+                            retry_base=config.retry_base, retry_max=config.retry_max,
+                            connect_timeout=config.connect_timeout)
+
+    # -- the hand-over --------------------------------------------------------------------
+
+    def dispatch(self, *, final: bool = False) -> None:
+        """Hand every aggregator's packed chunks to its forwarder (keeping the partly
+        filled last one back for a few ms, unless ``final``)."""
+        keep = self.keep_tails and not final
+        take = self.router.take_chunks
+        for index, forwarder in enumerate(self.forwarders):
+            chunks = take(index, keep_tail=keep)
+            if chunks:
+                forwarder.offer(chunks)
+        if keep and self.router.has_pending():
+            self.tails_waiting.set()
+
+    def handle_block(self, block: bytes) -> None:
+        """A stream's block of whole lines: route it and hand it over at once."""
+        self.router.route(block)
+        self.dispatch()
+
+    def datagram_reader(self, bound: BoundSocket) -> DatagramReader:
+        return DatagramReader(bound, stats=self.intake, refused=self.router.count_refused)
+
+    async def run_datagram_intake(self, bound: BoundSocket) -> None:
+        """Route one datagram socket's traffic until cancelled."""
+        sock, route = bound.sock, self.router.route
+        reader = self.datagram_reader(bound)
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            while True:
+                count = reader.drain(route, DATAGRAMS_PER_BATCH)
+                self.dispatch()
+                if count < DATAGRAMS_PER_BATCH:
+                    break
+                await trio.lowlevel.checkpoint()
+
+    def drain_datagrams(self, bound: BoundSocket) -> None:
+        """Route what the kernel already queued on a datagram socket (graceful stop)."""
+        reader = self.datagram_reader(bound)
+        while reader.drain(self.router.route, DATAGRAMS_PER_DRAIN) == DATAGRAMS_PER_DRAIN:
+            pass
+
+    async def run_tail_flusher(self) -> None:
+        """Send the partly filled last chunks ``max_batch_delay_ms`` after they began."""
+        delay = self.config.max_batch_delay_ms / 1000.0
+        while True:
+            await self.tails_waiting.wait()
+            self.tails_waiting = trio.Event()
+            await trio.sleep(delay)
+            self.dispatch(final=True)
+
+    # -- what it reports ------------------------------------------------------------------
+
+    def readings(self) -> list[Reading]:
+        """Every component's figures, named (module docstring)."""
+        out = [*read("proxy", "membership", self.membership.statistics()),
+               *read("proxy", "router", self.router.statistics()),
+               *read("proxy", "intake", self.intake.statistics())]
+        if self.auth is not None:
+            out += read("proxy", "auth", self.auth.statistics())
+        for forwarder in self.forwarders:
+            out += read("proxy", "forwarder", forwarder.statistics(),
+                        instance=str(forwarder.index))
+        return out
+
+    def dropped(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Every drop of this process so far, in lines: by reason (all aggregators summed),
+        and per aggregator (``aggregator_<index>``, only those that dropped any)."""
+        totals = dict(self.router.statistics().dropped_lines)
+        per: dict[str, int] = {}
+        for forwarder in self.forwarders:
+            dropped = forwarder.statistics().dropped_lines
+            for reason, lines in dropped.items():
+                totals[reason] = totals.get(reason, 0) + lines
+            if sum(dropped.values()):
+                per[f"aggregator_{forwarder.index}"] = sum(dropped.values())
+        return totals, per
+
+    async def run_drop_reporter(self) -> None:
+        """Log the drops by reason that are new since the last report, until cancelled."""
+        reported: dict[str, int] = {}
+        while True:
+            await trio.sleep(DROP_LOG_PERIOD_SECONDS)
+            totals, per = self.dropped()
+            new = {k: v - reported.get(k, 0) for k, v in totals.items()
+                   if v > reported.get(k, 0)}
+            if new:
+                log_event(LOGGER, "lines_dropped", level=logging.WARNING,
+                          **dict(sorted(new.items())), **per)
+            reported = totals
