@@ -12,7 +12,12 @@ import trio
 from common.config import config_from_mapping
 from common.listener import BoundAddresses
 from common.shard import shard_index
+from common.stats import COUNTER, TEXT, Reading
 from proxy.config import ProxyConfig
+from proxy.forwarders.base import SHUTDOWN
+from proxy.forwarders.udp import UdpForwarder
+from proxy.membership import Membership, parse_aggregator
+from proxy.mgmt import ProxyMgmt
 from proxy.server import serve
 
 
@@ -319,3 +324,36 @@ async def test_serve_counts_overlong_stream_line_over_many_reads() -> None:
     assert sink.lines == [b"a:1|c", b"b:2|c"]
     assert stats["proxy.router.dropped_lines.line_too_long"] == "1"
     assert stats["proxy.router.received_lines"] == "3"
+
+
+async def test_forwarder_queue_drops_oldest_counted_by_state_and_reports_a_snapshot() -> None:
+    membership = Membership([parse_aggregator("127.0.0.1:9")])
+    forwarder = UdpForwarder(0, membership, source_sockets=1, buffer_bytes=20, retry_base=0.1,
+                             retry_max=1.0, connect_timeout=1.0)
+    chunks = [b"c%d:1|c" % i for i in range(4)]  # 6 bytes each; no socket yet: all queued
+    forwarder.offer(chunks)
+    assert list(forwarder.queue) == chunks[1:]
+    forwarder.fail("econnrefused")
+    forwarder.offer([b"d0:1|c\nd1:1|c"])
+    before = forwarder.statistics()
+    assert list(forwarder.queue) == [chunks[3], b"d0:1|c\nd1:1|c"]
+    assert forwarder.drop_all(SHUTDOWN) == 3
+    stats = forwarder.statistics()
+    assert (stats.state, stats.reason, stats.transitions) == ("down", "econnrefused", 1)
+    assert (stats.aggregator, stats.address) == ("127.0.0.1:9", "unresolved")
+    assert stats.dropped_lines == {"buffer_full": 1, "destination_down": 2, "shutdown": 3}
+    assert (stats.buffered_lines, stats.buffered_bytes, stats.sent_lines) == (0, 0, 0)
+    assert (before.buffered_lines, before.buffered_bytes) == (3, 19)
+    assert before.dropped_lines["shutdown"] == 0
+
+
+def test_mgmt_stats_are_uptime_then_the_readings_it_is_given() -> None:
+    readings = [Reading("proxy.membership.fingerprint", "abc", TEXT),
+                Reading("proxy.router.received_lines", 3, COUNTER)]
+    config = make_config(["127.0.0.1:9"])
+    mgmt = ProxyMgmt(config, lambda: readings, fingerprint="abc")
+    lines = list(mgmt.stats_lines())
+    assert lines[0][0] == "uptime"
+    assert lines[1:] == [("proxy.membership.fingerprint", "abc"),
+                         ("proxy.router.received_lines", 3)]
+    assert ("fingerprint", '"abc"') in mgmt.config_lines()

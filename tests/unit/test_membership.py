@@ -82,3 +82,32 @@ def test_set_address_reports_changes_only() -> None:
     assert members.set_address(0, "10.1.1.1:8125") is True
     assert members.set_address(0, "10.1.1.1:8125") is False
     assert members.set_address(0, "10.1.1.2:8125") is True
+
+
+def test_statistics_describe_the_list_in_force() -> None:
+    members = Membership([A, B, C])
+    stats = members.statistics()
+    assert (stats.fingerprint, stats.hash_mode, stats.aggregators) == (
+        membership_fingerprint([A, B, C]), members.hash_mode, 3)
+
+
+@pytest.mark.parametrize(("events", "expected"), [
+    ([], (UP, "", 0, 0)),
+    ([("down", "timeout")], (DOWN, "timeout", 1, 1)),
+    ([("down", "timeout"), ("down", "econnrefused")], (DOWN, "econnrefused", 2, 1)),
+    ([("down", "timeout"), ("up", "")], (UP, "", 0, 2)),
+    ([("up", ""), ("up", "")], (UP, "", 0, 0)),
+])
+def test_member_state_follows_events_and_earlier_values_stay_unchanged(
+    events: list[tuple[str, str]], expected: tuple[str, str, int, int],
+) -> None:
+    members = Membership([A, B])
+    first = members.states[0]
+    for now, (event, reason) in enumerate(events, start=1):
+        if event == "down":
+            members.mark_down(0, reason, now=float(now))
+        else:
+            members.mark_up(0, now=float(now))
+    state = members.states[0]
+    assert (state.state, state.reason, state.failures, state.transitions) == expected
+    assert (first.state, first.failures, first.transitions) == (UP, 0, 0)

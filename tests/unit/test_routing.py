@@ -174,3 +174,40 @@ def test_core_module_imports_no_io(module: str) -> None:
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             imported.add(node.module.split(".")[0])
     assert not imported & {"trio", "socket", "time", "logging", "os", "asyncio"}, imported
+
+
+@pytest.mark.parametrize(("packets", "refused", "expected"), [
+    ([], [], (0, 0, {"bad_line": 0, "line_too_long": 0, "auth": 0})),
+    ([b"a:1|c\nb:1|c"], [], (1, 2, {"bad_line": 0, "line_too_long": 0, "auth": 0})),
+    ([b"a:1|c\nnocolon", b":1|c"], [], (2, 3, {"bad_line": 2, "line_too_long": 0, "auth": 0})),
+    ([b"x" * 40 + b":1|c\na:1|c"], [], (1, 2, {"bad_line": 0, "line_too_long": 1, "auth": 0})),
+    ([b"a:1|c"], [("line_too_long", 2), ("truncated", 1)],
+     (1, 4, {"bad_line": 1, "line_too_long": 2, "auth": 0})),
+])
+def test_statistics_count_packets_lines_and_refusals_by_reason(
+    packets: list[bytes], refused: list[tuple[str, int]],
+    expected: tuple[int, int, dict[str, int]],
+) -> None:
+    router = Router(2, max_chunk_bytes=32)
+    for packet in packets:
+        router.route(packet)
+    for reason, lines in refused:
+        router.count_refused(reason, lines)
+    stats = router.statistics()
+    assert (stats.received_packets, stats.received_lines, stats.dropped_lines) == expected
+
+
+def test_statistics_with_auth_count_refused_lines_as_received_and_dropped() -> None:
+    router = Router(1, max_chunk_bytes=1432, auth=TokenAuth(["tok"], revoked=["old"]))
+    router.route(b"tok.a:1|c\nold.b:1|c\nc:1|c\nx.d:1|c")
+    stats = router.statistics()
+    assert (stats.received_packets, stats.received_lines) == (1, 4)
+    assert stats.dropped_lines == {"bad_line": 0, "line_too_long": 0, "auth": 3}
+
+
+def test_statistics_is_a_snapshot_not_a_live_view() -> None:
+    router = Router(1, max_chunk_bytes=1432)
+    before = router.statistics()
+    router.route(b"a:1|c\nnocolon")
+    assert (before.received_lines, before.dropped_lines["bad_line"]) == (0, 0)
+    assert router.statistics().received_lines == 2
