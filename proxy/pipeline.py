@@ -92,13 +92,13 @@ class Pipeline:
         self.router.route(block)
         self.dispatch()
 
-    def datagram_reader(self, bound: BoundSocket) -> DatagramReader:
+    def make_datagram_reader(self, bound: BoundSocket) -> DatagramReader:
         return DatagramReader(bound, stats=self.intake, refused=self.router.count_refused)
 
     async def run_datagram_intake(self, bound: BoundSocket) -> None:
         """Route one datagram socket's traffic until cancelled."""
         sock, route = bound.sock, self.router.route
-        reader = self.datagram_reader(bound)
+        reader = self.make_datagram_reader(bound)
         while True:
             await trio.lowlevel.wait_readable(sock)
             while True:
@@ -110,7 +110,7 @@ class Pipeline:
 
     def drain_datagrams(self, bound: BoundSocket) -> None:
         """Route what the kernel already queued on a datagram socket (graceful stop)."""
-        reader = self.datagram_reader(bound)
+        reader = self.make_datagram_reader(bound)
         while reader.drain(self.router.route, DATAGRAMS_PER_DRAIN) == DATAGRAMS_PER_DRAIN:
             pass
 
@@ -137,7 +137,7 @@ class Pipeline:
                         instance=str(forwarder.index))
         return out
 
-    def dropped(self) -> tuple[dict[str, int], dict[str, int]]:
+    def tally_drops(self) -> tuple[dict[str, int], dict[str, int]]:
         """Every drop of this process so far, in lines: by reason (all aggregators summed),
         and per aggregator (``aggregator_<index>``, only those that dropped any)."""
         totals = dict(self.router.statistics().dropped_lines)
@@ -155,7 +155,7 @@ class Pipeline:
         reported: dict[str, int] = {}
         while True:
             await trio.sleep(DROP_LOG_PERIOD_SECONDS)
-            totals, per = self.dropped()
+            totals, per = self.tally_drops()
             new = {k: v - reported.get(k, 0) for k, v in totals.items()
                    if v > reported.get(k, 0)}
             if new:
