@@ -12,7 +12,8 @@ run ``python -m <module> <the same arguments>``; each sees the description with
   ``generation``.
 * Signals are the supervisor's before any child starts (`common.signals`): SIGHUP is passed
   on; SIGTERM/SIGINT stop every child with SIGTERM and wait for them, at most the role's
-  stop timeout, then SIGKILL the stragglers (``worker_killed``).
+  ``graceful_timeout`` plus `STOP_MARGIN_SECONDS`, then SIGKILL the stragglers
+  (``worker_killed``).
 * `Supervisor.run` returns once every child has exited; `Outcome.exit_status` is 0 when
   all stopped cleanly (exit 0, or death by the SIGTERM a service manager may also send
   them straight), else 1, or the exit code of a `GiveUp`.
@@ -50,6 +51,10 @@ RESTART_PAUSE_SECONDS: Final = 0.5
 RESTART_PAUSE_MAX_SECONDS: Final = 30.0
 #: A child that ran this long is considered healthy again (its pause starts over).
 HEALTHY_AFTER_SECONDS: Final = 60.0
+#: Extra time over a role's graceful_timeout before children still running are killed.
+STOP_MARGIN_SECONDS: Final = 5.0
+#: The exit code of a child that stopped on a configuration error (as every CLI's).
+CONFIG_ERROR_EXIT: Final = 2
 
 
 def read_worker_description() -> dict[str, Any] | None:
@@ -136,14 +141,15 @@ class Supervisor:
     """Runs ``count`` children of ``python -m module *argv`` under ``policy``.
 
     Args:
-        stop_timeout: seconds the children get to stop before they are killed.
+        graceful_timeout: the role's; the children get it and `STOP_MARGIN_SECONDS` to stop
+            before they are killed.
     """
 
     policy: ChildPolicy
     module: str
     argv: Sequence[str]
     count: int
-    stop_timeout: float
+    graceful_timeout: float
     _procs: dict[int, trio.Process] = attrs.field(factory=dict, init=False)
     _exit_codes: dict[int, int] = attrs.field(factory=dict, init=False)
     _gave_up: list[tuple[int, GiveUp]] = attrs.field(factory=list, init=False)
@@ -179,7 +185,7 @@ class Supervisor:
             nursery.start_soon(self.kill_stragglers)
 
     async def kill_stragglers(self) -> None:
-        await trio.sleep(self.stop_timeout)
+        await trio.sleep(self.graceful_timeout + STOP_MARGIN_SECONDS)
         for index, proc in self._procs.items():
             if proc.returncode is None:
                 log_event(LOGGER, "worker_killed", level=logging.ERROR, worker=index,

@@ -26,7 +26,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from functools import partial
-from typing import Any, Final
+from typing import Any
 
 import attrs
 import trio
@@ -46,6 +46,7 @@ from common.listener import BoundSocket, adopt_socket, bind_listener, close_list
 from common.logging import configure_logging, log_event
 from common.signals import force_exit, ignore_stop_signal, run_signal_handler
 from common.supervisor import (
+    CONFIG_ERROR_EXIT,
     LET_GO,
     RESTART,
     ChildExit,
@@ -58,11 +59,6 @@ from common.supervisor import (
 
 from .config import ProxyConfig, check_config, plain_value
 from .server import serve
-
-#: The exit code of a process that cannot start (a configuration error, as the CLI's).
-CONFIG_ERROR_EXIT: Final = 2
-#: Extra time over graceful_timeout before processes that have not stopped are killed.
-STOP_MARGIN_SECONDS: Final = 5.0
 
 LOGGER = logging.getLogger("proxy")
 
@@ -182,7 +178,7 @@ def supervise(config: ProxyConfig, argv: Sequence[str]) -> int:
     groups = bind_groups(config)
     supervisor = Supervisor(ProcessSet(processes=config.processes, groups=groups),
                             module="proxy", argv=argv, count=config.processes,
-                            stop_timeout=config.graceful_timeout + STOP_MARGIN_SECONDS)
+                            graceful_timeout=config.graceful_timeout)
     try:
         outcome = trio.run(supervisor.run)
         ignore_stop_signal()

@@ -23,7 +23,7 @@ restart loop behind an admin port that never answers. (The configuration itself 
 checked before any worker starts: `aggregator.config.check_config`.)
 
 Signals (`common.supervisor`): SIGTERM/SIGINT stop the workers gracefully (final flush);
-they get ``graceful_timeout`` plus `STOP_MARGIN_SECONDS`, then SIGKILL, whose loss is
+they get ``graceful_timeout`` plus a margin, then SIGKILL, whose loss is
 bounded and logged as a death's (``worker_died stopping=True lost_at_most=...``). SIGHUP
 is passed on, and each worker reloads its configuration.
 
@@ -51,7 +51,16 @@ from common.errors import ConfigError
 from common.listener import BoundSocket, bind_listeners, close_listener
 from common.logging import log_event
 from common.mgmt_server import bind_mgmt_socket
-from common.supervisor import LET_GO, RESTART, ChildExit, GiveUp, Launch, Supervisor, Verdict
+from common.supervisor import (
+    CONFIG_ERROR_EXIT,
+    LET_GO,
+    RESTART,
+    ChildExit,
+    GiveUp,
+    Launch,
+    Supervisor,
+    Verdict,
+)
 
 from ..config import AggregatorConfig
 from ..server import log_listening
@@ -59,16 +68,12 @@ from .context import ReadyReports, WorkerRecords, make_runtime_dir
 
 LOGGER = logging.getLogger(__name__)
 
-#: Extra time over graceful_timeout before stragglers are killed.
-STOP_MARGIN_SECONDS: Final = 5.0
 #: How long "started" waits for every worker to report it is serving.
 READY_TIMEOUT_SECONDS: Final = 60.0
 #: Exits before serving, in a row, after which a worker is not restarted and the daemon
 #: ends: a worker that cannot start will not start on the next try either (a bad spool
 #: directory, a missing permission); three tries ride out a passing hiccup.
 MAX_START_FAILURES: Final = 3
-#: The exit code of a worker that stopped on a configuration error (as the CLI's).
-CONFIG_ERROR_EXIT: Final = 2
 
 
 async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int) -> int:
@@ -87,7 +92,7 @@ async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int)
             cleanup.callback(close_listener, b)
         pool = open_pool(config, workers, bound, cleanup)
         supervisor = Supervisor(pool, module="aggregator", argv=argv, count=workers,
-                                stop_timeout=config.graceful_timeout + STOP_MARGIN_SECONDS)
+                                graceful_timeout=config.graceful_timeout)
         cleanup.callback(remove_runtime_dir, pool.runtime_dir, supervisor)
         try:
             outcome = await supervisor.run()
