@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -32,24 +31,21 @@ from common.config import (
     load_toml,
 )
 from common.errors import ConfigError, find_config_error
-from common.listener import BoundAddresses
 from common.logging import configure_logging, log_event
-from common.signals import run_signal_handler
+from common.signals import force_exit, ignore_stop_signal, run_signal_handler
+from common.supervisor import read_worker_description
 
 from .config import AggregatorConfig, check_config, plain_value
 from .etsyconfig import map_etsy_config, parse_etsy_config
 from .server import serve
-from .supervisor import supervise
 from .workers.context import (
     WorkerContext,
     remove_worker_files,
     report_to_supervisor,
     watch_parent,
-    worker_context_from_env,
+    worker_context_from_description,
 )
-
-#: Set by the supervisor for its worker processes (JSON: index, sockets, ...).
-WORKER_ENV = "TALLYD_WORKER"
+from .workers.pool import supervise
 
 LOGGER = logging.getLogger("aggregator")
 
@@ -88,47 +84,36 @@ def load_config(args: argparse.Namespace) -> tuple[AggregatorConfig, list[str]]:
     return config, warnings
 
 
+def queue_reload(args: argparse.Namespace,
+                 reloads: trio.MemorySendChannel[AggregatorConfig]) -> None:
+    """SIGHUP: read the files and flags again and hand the result to `serve`."""
+    try:
+        new, _ = load_config(args)
+    except ConfigError as e:
+        log_event(LOGGER, "reload_failed", level=logging.ERROR, error=str(e))
+        return
+    try:
+        reloads.send_nowait(new)
+    except trio.WouldBlock:
+        log_event(LOGGER, "reload_skipped", level=logging.WARNING, reason="reload_in_progress")
+
+
 async def run(config: AggregatorConfig, args: argparse.Namespace,
               worker: WorkerContext | None = None) -> None:
+    """`serve` until a stop signal (or, for a worker, until its supervisor is gone)."""
     stop = trio.Event()
     reload_send, reload_receive = trio.open_memory_channel[AggregatorConfig](4)
-
-    def on_reload() -> None:
-        try:
-            new, _ = load_config(args)
-        except ConfigError as e:
-            log_event(LOGGER, "reload_failed", level=logging.ERROR, error=str(e))
-            return
-        try:
-            reload_send.send_nowait(new)
-        except trio.WouldBlock:
-            log_event(LOGGER, "reload_skipped", level=logging.WARNING, reason="reload_in_progress")
-
-    def on_force() -> None:
-        log_event(LOGGER, "forced_exit", level=logging.WARNING)
-        os._exit(1)
-
-    async def shutdown_trigger() -> None:
-        await stop.wait()
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(partial(run_signal_handler, on_stop=stop.set, on_force=on_force,
-                                   on_reload=on_reload))
+        await nursery.start(partial(run_signal_handler, on_stop=stop.set, on_force=force_exit,
+                                    on_reload=partial(queue_reload, args, reload_send)))
         if worker is not None and worker.parent_pipe is not None:
             nursery.start_soon(watch_parent, worker.parent_pipe, stop.set)
-
-        async def run_serve(
-            task_status: trio.TaskStatus[BoundAddresses] = trio.TASK_STATUS_IGNORED,
-        ) -> None:
-            await serve(config, shutdown_trigger=shutdown_trigger,
-                        reload_trigger=reload_receive.receive, worker=worker,
-                        task_status=task_status)
-            nursery.cancel_scope.cancel()
-
-        await nursery.start(run_serve)
-        if worker is not None and worker.ready_pipe is not None:
-            report_to_supervisor(worker.ready_pipe, worker.index, "ready")
-
+        async with trio.open_nursery() as serving:
+            await serving.start(partial(serve, config, shutdown_trigger=stop.wait,
+                                        reload_trigger=reload_receive.receive, worker=worker))
+            if worker is not None and worker.ready_pipe is not None:
+                report_to_supervisor(worker.ready_pipe, worker.index, "ready")
+        nursery.cancel_scope.cancel()  # served: the signal loop and the watch end
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,25 +134,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_config:
         print("configuration ok", file=sys.stderr)
         return 0
-    worker_env = os.environ.get(WORKER_ENV)
+    description = read_worker_description()
+    if description is not None:
+        return run_worker(config, args,
+                          worker_context_from_description(description, len(config.listen)))
     workers = config.workers or os.cpu_count() or 1
-    if worker_env:
-        return run_worker(config, args, worker_context_from_env(worker_env, len(config.listen)))
     try:
         if workers > 1:
-            return trio.run(supervise, config, argv, workers)
+            code = trio.run(supervise, config, argv, workers)
         else:
+            code = 0
             trio.run(run, config, args)
-        # Stopped: a late duplicate SIGTERM (service managers signal the whole group) must
-        # not turn a clean exit into a death by signal.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        ignore_stop_signal()
     except (Exception, KeyboardInterrupt) as e:
         error = find_config_error(e)
         if error is None:
             raise
         log_event(LOGGER, "config_error", level=logging.ERROR, error=str(error))
         return 2
-    return 0
+    return code
 
 
 def run_worker(config: AggregatorConfig, args: argparse.Namespace,
@@ -176,7 +161,7 @@ def run_worker(config: AggregatorConfig, args: argparse.Namespace,
     the supervisor (which stops restarting a worker that can never start)."""
     try:
         trio.run(run, config, args, worker)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as in main
+        ignore_stop_signal()
     except (Exception, KeyboardInterrupt) as e:
         error = find_config_error(e)
         cause: BaseException = e

@@ -19,24 +19,26 @@ from attrs import validators as v
 
 from common.address import Endpoint, ListenURL, parse_listen_urls
 from common.auth import make_auth
-from common.config import duration_converter, setting, to_strings
-from common.errors import ConfigError
-from common.protocol import sanitize_key
-from common.ring import RING_HASHES, CarbonNode, Ring, parse_carbon_node
-from common.settings import (
+from common.config import (
     AGGREGATOR_MGMT_PORT,
     AGGREGATOR_STATSD_PORT,
     auth_mode_setting,
     auth_revoked_tokens_setting,
     auth_tokens_setting,
+    duration_converter,
     log_level_setting,
     max_line_bytes_setting,
     max_tcp_connections_setting,
     mgmt_address_setting,
     reuse_port_setting,
+    setting,
     tcp_idle_timeout_seconds_setting,
+    to_strings,
     udp_receive_buffer_bytes_setting,
 )
+from common.errors import ConfigError
+from common.protocol import sanitize_key
+from common.ring import RING_HASHES, CarbonNode, Ring, parse_carbon_node
 
 from .backends.render import Naming
 from .ledger import LedgerOptions

@@ -69,8 +69,8 @@ RefusedLines = Callable[[str, int], None]
 _SO_RCVBUFFORCE_LINUX: Final = 33 if sys.platform == "linux" else None
 
 
-def _ignore_refused(reason: str, lines: int) -> None:
-    pass
+def ignore_refused(reason: str, lines: int) -> None:
+    """The `RefusedLines` of a caller that does not count refused lines (tests, tools)."""
 
 
 @attrs.define
@@ -319,7 +319,7 @@ class DatagramReader:
         self.listener = str(bound.url)
         self.size = buffer_bytes or datagram_buffer_bytes(bound.url)
         self.stats = stats if stats is not None else IntakeCounters()
-        self.refused = refused or _ignore_refused
+        self.refused = refused or ignore_refused
         self._log = RateLimiter(LOG_PER_SECOND)
         self.buffer: mmap.mmap | None = None
         if bound.url.scheme == "unixgram":

@@ -45,7 +45,7 @@ from .listener import (
     Handler,
     IntakeCounters,
     RefusedLines,
-    _ignore_refused,
+    ignore_refused,
 )
 from .logging import RateLimiter, log_event
 
@@ -168,7 +168,7 @@ async def serve_stream(stream: trio.abc.ReceiveStream, handle: Handler, *,
     Every line is handed to ``handle`` (in blocks) or to ``refused`` (too long, or cut by
     the daemon closing the connection mid-line), as soon as it is known.
     """
-    refuse = refused or _ignore_refused
+    refuse = refused or ignore_refused
     buffer = LineBuffer(max_line_bytes=max_line_bytes)
     counted = 0
     cut = False
@@ -218,7 +218,7 @@ async def run_stream_listener(bound: BoundSocket, handle: Handler, *, max_line_b
     """Accept stream connections on ``bound`` until cancelled (module docstring)."""
     ensure_file_limit(connections.limit + FD_HEADROOM)
     sock = bound.sock
-    refuse = refused or _ignore_refused
+    refuse = refused or ignore_refused
     queued = select.poll()  # whether a deferred connection is still in the accept queue
     queued.register(sock, select.POLLIN)
     async with trio.open_nursery() as nursery:

@@ -6,10 +6,11 @@ flags. ``--print-config`` shows the result as TOML, ``--check-config`` validates
 ``--processes N`` (N > 1): the proxy is stateless, so N identical processes share the
 listen ports. For each udp/tcp URL the parent binds N sockets to one port with SO_REUSEPORT
 (the kernel spreads senders over them; port 0 is resolved by the first bind), and one
-shared socket for unix URLs; then it forks N children, each serving its own set, and
-becomes their supervisor: it forwards SIGTERM/SIGINT/SIGHUP to them, restarts a child that
-died (its sockets stay open in the parent, so nothing queued on them is lost) and exits
-when they have all stopped. Child i's admin port is ``mgmt_port + i``.
+shared socket for unix URLs; then it runs N children under `common.supervisor`, each
+serving its own set: SIGTERM/SIGINT stop them, SIGHUP is passed on, a child that died is
+restarted (its sockets stay open in the parent, so nothing queued on them is lost), one
+that cannot start (exit 2: its admin port is taken, say) ends the proxy with exit 2, and
+the parent exits when they have all stopped. Child i's admin port is ``mgmt_port + i``.
 
 Exit codes: 0 after a clean stop or a passed check; 2 for a bad configuration or command
 line; 1 when the process fails while running.
@@ -21,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
+import socket
 import sys
-import time
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -43,9 +42,20 @@ from common.config import (
     load_toml,
 )
 from common.errors import ConfigError, find_config_error
-from common.listener import BoundSocket, bind_listener, close_listener
+from common.listener import BoundSocket, adopt_socket, bind_listener, close_listener
 from common.logging import configure_logging, log_event
-from common.signals import run_signal_handler
+from common.signals import force_exit, ignore_stop_signal, run_signal_handler
+from common.supervisor import (
+    CONFIG_ERROR_EXIT,
+    LET_GO,
+    RESTART,
+    ChildExit,
+    GiveUp,
+    Launch,
+    Supervisor,
+    Verdict,
+    read_worker_description,
+)
 
 from .config import ProxyConfig, check_config, plain_value
 from .server import serve
@@ -73,38 +83,41 @@ def load_config(args: argparse.Namespace) -> ProxyConfig:
     return config
 
 
+def ignore_reload() -> None:
+    log_event(LOGGER, "reload_ignored", detail="restart the proxy to change its settings")
+
+
 async def run(config: ProxyConfig, bound: list[BoundSocket] | None, index: int) -> None:
+    """`serve` until a stop signal."""
     stop = trio.Event()
-
-    def on_reload() -> None:
-        log_event(LOGGER, "reload_ignored", detail="restart the proxy to change its settings")
-
-    def on_force() -> None:
-        log_event(LOGGER, "forced_exit", level=logging.WARNING)
-        os._exit(1)
-
-    async def shutdown_trigger() -> None:
-        await stop.wait()
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(partial(run_signal_handler, on_stop=stop.set, on_force=on_force,
-                                   on_reload=on_reload))
-        await serve(config, shutdown_trigger=shutdown_trigger, bound=bound,
-                    process_index=index)
+        await nursery.start(partial(run_signal_handler, on_stop=stop.set, on_force=force_exit,
+                                    on_reload=ignore_reload))
+        await serve(config, shutdown_trigger=stop.wait, bound=bound, process_index=index)
         nursery.cancel_scope.cancel()
-
 
 
 def run_one(config: ProxyConfig, bound: list[BoundSocket] | None, index: int) -> int:
     try:
         trio.run(run, config, bound, index)
+        ignore_stop_signal()
     except (Exception, KeyboardInterrupt) as e:
         error = find_config_error(e)
         if error is None:
             raise
         log_event(LOGGER, "config_error", level=logging.ERROR, error=str(error))
-        return 2
+        return CONFIG_ERROR_EXIT
     return 0
+
+
+def adopt_sockets(config: ProxyConfig, description: dict[str, Any]) -> list[BoundSocket]:
+    """The socket set a supervisor passed this process (`ProcessSet.launch`)."""
+    fds = description["fds"]
+    if len(fds) != len(config.listen):
+        raise RuntimeError(f"supervisor passed {len(fds)} sockets for "
+                           f"{len(config.listen)} listeners")
+    return [adopt_socket(url, socket.socket(fileno=fd))
+            for url, fd in zip(config.listen, fds, strict=True)]
 
 
 def bind_groups(config: ProxyConfig) -> list[list[BoundSocket]]:
@@ -132,75 +145,51 @@ def bind_groups(config: ProxyConfig) -> list[list[BoundSocket]]:
     return groups
 
 
-def supervise(config: ProxyConfig) -> int:
-    """Run ``config.processes`` children and supervise them (module docstring)."""
-    groups = bind_groups(config)
-    children: dict[int, int] = {}  # pid -> process index
-    stopping = False
+@attrs.frozen
+class ProcessSet:
+    """The proxy's `common.supervisor.ChildPolicy`: child i serves socket set i."""
 
-    def spawn(index: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
-            code = 1
-            try:
-                code = run_one(config, groups[index], index)
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        children[pid] = index
+    processes: int
+    groups: list[list[BoundSocket]]
 
-    def forward(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        if signum != signal.SIGHUP:
-            stopping = True
-        for pid in list(children):
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
+    def launch(self, index: int, generation: int) -> Launch:
+        fds = [b.sock.fileno() for b in self.groups[index]]
+        return Launch(description={"index": index, "count": self.processes, "fds": fds},
+                      pass_fds=tuple(dict.fromkeys(fds)))
 
-    for index in range(config.processes):
-        spawn(index)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
-    log_event(LOGGER, "supervising", processes=config.processes,
-              pids=",".join(str(p) for p in children))
-    failed = False  # a child ended by itself with an error while stopping
-    cannot_start = False  # a child exited 2: its configuration cannot work (a bind failed)
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        index = children.pop(pid)
-        code = os.waitstatus_to_exitcode(status)
-        if code == 2:
+    def judge(self, child: ChildExit) -> Verdict | GiveUp:
+        if child.exit_code == CONFIG_ERROR_EXIT:
             # A child that cannot start (its admin port is taken, say) ends the proxy with
             # its reason (logged by the child) and exit 2, rather than running short a process.
-            cannot_start = True
-            if not stopping:
-                forward(signal.SIGTERM, None)
-            continue
-        if stopping or code == 0:
-            # Dying of the stop signal (it came before the child's own handler) is a clean
-            # stop too.
-            failed = failed or code not in (0, -signal.SIGTERM)
-            continue
-        log_event(LOGGER, "process_died", level=logging.ERROR, process=index, pid=pid,
-                  exit_code=code)
-        time.sleep(1.0)
-        if not stopping:
-            spawn(index)
-    for sock in {id(s): s for g in groups for s in g}.values():
-        close_listener(sock)  # a unix socket's file goes with the parent, which bound it
-    return 2 if cannot_start else int(failed)
+            return GiveUp(exit_code=CONFIG_ERROR_EXIT, reason="cannot start")
+        if child.stopping or child.exit_code == 0:
+            return LET_GO
+        log_event(LOGGER, "process_died", level=logging.ERROR, process=child.index,
+                  pid=child.pid, exit_code=child.exit_code)
+        return RESTART
+
+    async def announce(self, pids: Sequence[int], stopping: trio.Event) -> None:
+        log_event(LOGGER, "supervising", processes=self.processes,
+                  pids=",".join(str(p) for p in pids))
+
+
+def supervise(config: ProxyConfig, argv: Sequence[str]) -> int:
+    """Run ``config.processes`` children and supervise them (module docstring)."""
+    groups = bind_groups(config)
+    supervisor = Supervisor(ProcessSet(processes=config.processes, groups=groups),
+                            module="proxy", argv=argv, count=config.processes,
+                            graceful_timeout=config.graceful_timeout)
+    try:
+        outcome = trio.run(supervisor.run)
+        ignore_stop_signal()
+    finally:
+        for sock in {id(s): s for g in groups for s in g}.values():
+            close_listener(sock)  # a unix socket's file goes with the parent, which bound it
+    return outcome.exit_status()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -215,10 +204,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_config:
         print("configuration ok", file=sys.stderr)
         return 0
+    description = read_worker_description()
+    if description is not None:
+        return run_one(config, adopt_sockets(config, description), description["index"])
     if config.processes == 1:
         return run_one(config, None, 0)
     try:
-        return supervise(config)
+        return supervise(config, argv)
     except ConfigError as e:
         log_event(LOGGER, "config_error", level=logging.ERROR, error=str(e))
         return 2

@@ -18,8 +18,7 @@ from attrs import validators as v
 
 from common.address import ListenURL, parse_listen_urls
 from common.auth import make_auth
-from common.config import setting
-from common.settings import (
+from common.config import (
     PROXY_MGMT_PORT,
     PROXY_STATSD_PORT,
     auth_mode_setting,
@@ -30,6 +29,7 @@ from common.settings import (
     max_tcp_connections_setting,
     mgmt_address_setting,
     reuse_port_setting,
+    setting,
     tcp_idle_timeout_seconds_setting,
     udp_receive_buffer_bytes_setting,
 )

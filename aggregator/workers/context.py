@@ -1,9 +1,10 @@
 """What a supervisor hands each worker process, and how a worker keeps track of it.
 
-The supervisor (`aggregator.supervisor`) passes the bound intake sockets, the admin socket
-(worker 0 only), the read end of a lifeline pipe, a readiness pipe and the workers' shared
-record (`WorkerRecords`) as inherited file descriptors, and describes them in the
-``TALLYD_WORKER`` environment variable (JSON).
+The supervisor (`aggregator.workers.pool`, run by `common.supervisor`) passes the bound
+intake sockets, the admin socket (worker 0 only), the read end of a lifeline pipe, a
+readiness pipe and the workers' shared record (`WorkerRecords`) as inherited file
+descriptors, and describes them in the worker's description
+(`common.supervisor.read_worker_description`).
 
 Workers find each other by path in the supervisor's private runtime directory (mode 0700,
 so only the daemon's own user, and root, can reach these sockets; the abstract Unix
@@ -17,15 +18,14 @@ SHELL.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import mmap
 import os
 import socket
 import struct
 import tempfile
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
 import attrs
 import trio
@@ -297,9 +297,9 @@ def _supervisor_gone(fd: int) -> bool:
         return True
 
 
-def worker_context_from_env(value: str, listen_count: int) -> WorkerContext:
-    """Rebuild the context the supervisor put in ``TALLYD_WORKER`` (JSON)."""
-    data = json.loads(value)
+def worker_context_from_description(data: Mapping[str, Any],
+                                    listen_count: int) -> WorkerContext:
+    """Rebuild the context the supervisor described (`aggregator.workers.pool.WorkerPool`)."""
     fds = data["fds"]
     if len(fds) != listen_count:
         raise RuntimeError(f"supervisor passed {len(fds)} sockets for {listen_count} listeners")

@@ -33,7 +33,7 @@ def test_sigterm_while_workers_start_stops_cleanly(tmp_path: Path, when: str) ->
         code = proc.stop(timeout=30)
         log = proc.log_text(tail=None)
         assert code == 0, proc.describe()
-        assert re.search(r"logger=aggregator\.supervisor event=stopped", log), proc.describe()
+        assert re.search(r"logger=aggregator\.workers\.pool event=stopped", log), proc.describe()
         runtime = re.search(r"runtime_dir=(\S+)", log)
         if runtime:
             assert not Path(runtime.group(1)).exists(), proc.describe()
