@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from support.carbon import CARBON_DIR, LOCALCARBON, localcarbon
-from support.procs import REPO_ROOT, DaemonProcess
+from harness.carbon import CARBON_DIR, LOCALCARBON, localcarbon
+from harness.checkout import REPO_ROOT
+from harness.daemon import DaemonProcess
 
 pytestmark = pytest.mark.e2e
 

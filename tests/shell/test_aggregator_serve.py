@@ -15,7 +15,7 @@ from aggregator.server import serve
 from common.config import config_from_mapping
 from common.errors import ConfigError
 from common.listener import BoundAddresses
-from support.triosink import TrioSink
+from harness.triosink import TrioSink
 
 
 def make_config(**values: object) -> AggregatorConfig:

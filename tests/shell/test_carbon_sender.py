@@ -10,7 +10,7 @@ import trio
 from aggregator.backends.sender import CarbonSender
 from aggregator.backends.spool import Spool
 from common.ring import CarbonNode
-from support.triosink import TrioSink
+from harness.triosink import TrioSink
 
 
 def chunk(tag: str, lines: int = 10) -> bytes:

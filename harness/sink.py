@@ -14,6 +14,8 @@ The sink records every line as a :class:`Record` (connection id, line, arrival t
 both views: :meth:`GraphiteSink.flushes_by_connection` and
 :meth:`GraphiteSink.flushes_by_timestamp`. ``wait_for_flushes`` blocks until enough flushes of
 the chosen view exist. It binds 127.0.0.1 port 0, so tests never need a fixed port.
+
+SHELL (sockets, threads).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@
 daemon from an idle one); `RssSampler` samples a tree in a
 background thread, keeping each process's peak and last value, so a test can bound memory
 over a run, not only at its end.
+
+SHELL (reads /proc, a sampling thread).
 """
 
 from __future__ import annotations
