@@ -24,33 +24,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import selectors
-import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-BLAST = REPO / "bench" / "blast"
-BLAST_SOURCES = [REPO / "bench" / "blast.c", REPO.parent / "shared" / "bench" / "blast.c"]
-PROXY_JS = REPO / ".cache" / "etsy" / "node_modules" / "statsd" / "proxy.js"
+from harness.blast import BlastError, build_blast, run_blast
+from harness.daemon import DaemonError, DaemonProcess
+from harness.etsy import ETSY_DIR, node_binary
+from harness.port import free_port, udp_port_bound
+from harness.tallyd import start_proxy
+
+PROXY_JS = ETSY_DIR / "proxy.js"
 NAMES = 1000  # distinct metric names cycled by blast
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; not exported by Python
-
-
-def build_blast() -> Path:
-    """Compile blast.c into bench/blast (never committed) unless it is up to date."""
-    source = next((s for s in BLAST_SOURCES if s.is_file()), None)
-    if source is None:
-        sys.exit(f"blast.c not found in {', '.join(map(str, BLAST_SOURCES))}")
-    if not BLAST.exists() or BLAST.stat().st_mtime < source.stat().st_mtime:
-        subprocess.run(["gcc", "-O2", "-o", str(BLAST), str(source)], check=True)
-    return BLAST
+#: How long proxy.js may take to bind its UDP port.
+PROXY_JS_START_SECONDS = 15.0
 
 
 class Sinks:
@@ -147,56 +139,42 @@ class Sinks:
             sock.close()
 
 
-def start_tallyd(sinks: Sinks) -> tuple[subprocess.Popen[bytes], int]:
-    args = [sys.executable, "-m", "proxy", "--listen", "udp://127.0.0.1:0", "--mgmt-port", "0"]
+def start_tallyd(sinks: Sinks) -> tuple[DaemonProcess, int]:
+    args = ["--listen", "udp://127.0.0.1:0", "--mgmt-port", "0"]
     for port, _ in sinks.ports():
         args += ["--aggregator", f"127.0.0.1:{port}"]
-    proc = subprocess.Popen(args, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    assert proc.stderr is not None
-    port = 0
-    for raw in proc.stderr:
-        line = raw.decode()
-        found = re.search(r"kind=udp address=127\.0\.0\.1:(\d+)", line)
-        if found:
-            port = int(found.group(1))
-        if "event=started" in line:
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return proc, port
-    sys.exit("tallyd-proxy did not start")
+    try:
+        proc = start_proxy(args)
+    except DaemonError as exc:
+        sys.exit(f"tallyd-proxy did not start: {exc}")
+    return proc, proc.udp[1]
 
 
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_proxy_js(sinks: Sinks, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    node = shutil.which("node") or shutil.which("nodejs")
+def start_proxy_js(sinks: Sinks, workdir: Path) -> tuple[DaemonProcess, int]:
+    node = node_binary()
     if node is None or not PROXY_JS.is_file():
         sys.exit(f"node or {PROXY_JS} missing (tools/bootstrap --test installs them)")
-    port = free_port(socket.SOCK_DGRAM)
+    port = free_port("udp")
     config = {"nodes": [{"host": "127.0.0.1", "port": p, "adminport": a}
                         for p, a in sinks.ports()],
               "address": "127.0.0.1", "port": port, "mgmt_address": "127.0.0.1",
-              "mgmt_port": free_port(socket.SOCK_STREAM), "forkCount": 0,
+              "mgmt_port": free_port("tcp"), "forkCount": 0,
               "checkInterval": 1000, "cacheSize": 10000}
     path = workdir / "proxy-config.js"
     path.write_text(json.dumps(config))
-    proc = subprocess.Popen([node, str(PROXY_JS), str(path)], cwd=PROXY_JS.parent,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while f":{port:04X}" not in Path("/proc/net/udp").read_text():
-        if time.monotonic() > deadline or proc.poll() is not None:
-            sys.exit("proxy.js did not start")
+    proc = DaemonProcess([node, str(PROXY_JS), str(path)], cwd=PROXY_JS.parent)
+    deadline = time.monotonic() + PROXY_JS_START_SECONDS
+    while not udp_port_bound(port):
+        if time.monotonic() > deadline or proc.returncode is not None:
+            proc.kill()
+            sys.exit("proxy.js did not start\n" + proc.describe())
         time.sleep(0.05)
     time.sleep(0.5)  # its first health-check round
     return proc, port
 
 
 def blast(port: int, lines: int, per: int, rate: float) -> None:
-    subprocess.run([str(BLAST), "127.0.0.1", str(port), str(lines), str(per), str(NAMES),
-                    str(int(rate)), "c"], check=True, stdout=subprocess.DEVNULL)
+    run_blast(port, lines, per, NAMES, rate, "c")
 
 
 def trial(sinks: Sinks, port: int, per: int, rate: float, seconds: float) -> tuple[float, int]:
@@ -244,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="small, quick trials")
     parser.add_argument("--skip-proxy-js", action="store_true")
     args = parser.parse_args(argv)
-    build_blast()
+    try:
+        build_blast()
+    except BlastError as exc:
+        sys.exit(str(exc))
     seconds, steps, refine = (0.3, 2, 0) if args.short else (1.0, 8, 2)
     results: dict[tuple[str, int], float] = {}
     starts = {("tallyd", 1): 100_000, ("tallyd", 20): 400_000,
@@ -265,8 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    seconds=seconds, steps=steps,
                                                    refine=refine)
             finally:
-                proc.terminate()
-                proc.wait(10)
+                proc.stop(10)
                 sinks.close()
     print(f"summary (lines/s forwarded with 0 lost, one process each; cpus={os.cpu_count()})")
     for per in (1, 20):
