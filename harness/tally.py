@@ -3,8 +3,9 @@
 `harness.sink.GraphiteSink` keeps every line it receives, for tests that check them one by
 one; at a million lines a second that bookkeeping would be the bottleneck. `TallySink` keeps
 only the sums a benchmark checks (a `Tally`): each block of complete lines is scanned with a
-few literal-first regular expressions, and only matching lines reach Python. One background
-thread serves every connection (Etsy statsd opens one per flush, tallyd keeps one).
+few literal-first regular expressions, and only matching lines reach Python. One
+`harness.receiver.LineReceiver` thread serves every connection (Etsy statsd opens one per
+flush, tallyd keeps one).
 
 Every flush, in both daemons, ends with ``stats.statsd.graphiteStats.flush_length``; the
 sink records when each arrives, so a caller can wait for "the next flush".
@@ -15,16 +16,14 @@ SHELL (sockets, a thread).
 from __future__ import annotations
 
 import re
-import selectors
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 
+from harness.receiver import LineReceiver
+
 #: The receive buffer of each accepted connection, and the most read at once.
 RECEIVE_BYTES = 4 << 20
-#: How often the sink's thread looks at its stop flag while idle.
-POLL_SECONDS = 0.2
 
 
 @dataclass
@@ -58,27 +57,29 @@ _FLUSH_END = b"stats.statsd.graphiteStats.flush_length "
 
 
 class TallySink:
-    """A Graphite plaintext receiver on 127.0.0.1 (port 0) that tallies in one thread.
-
-    Lines are cut at newlines per connection; each block of complete lines is scanned with
-    the patterns above.
-    """
+    """A Graphite plaintext sink on 127.0.0.1 (port 0) that scans each block of complete
+    lines with the patterns above."""
 
     def __init__(self) -> None:
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.listener.setblocking(False)
-        self.port = int(self.listener.getsockname()[1])
         self.tally = Tally()
         self.flush_ends: list[float] = []
         self.cond = threading.Condition()
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="carbon-sink", daemon=True)
-        self._thread.start()
+        self._receiver = LineReceiver(self, receive_buffer_bytes=RECEIVE_BYTES,
+                                      read_bytes=RECEIVE_BYTES)
+        self.port = self._receiver.address[1]
+        self._receiver.start()
 
-    def _scan(self, block: bytes) -> None:
+    def opened(self, connection: int, now: float) -> None:
+        """Nothing to count for a new connection."""
+
+    def received(self, connection: int, lines: bytes, now: float, wall: float) -> None:
+        self._scan(lines, now)
+
+    def closed(self, connection: int, rest: bytes, now: float, wall: float) -> None:
+        if rest:
+            self._scan(rest + b"\n", now)
+
+    def _scan(self, block: bytes, now: float) -> None:
         counters: dict[bytes, float] = {}
         for prefix, value in _COUNTER.findall(block):
             counters[prefix] = counters.get(prefix, 0.0) + float(value)
@@ -106,47 +107,8 @@ class TallySink:
                 else:
                     t.packets_received += float(v)
             if ends:
-                now = time.monotonic()
                 self.flush_ends.extend([now] * ends)
                 self.cond.notify_all()
-
-    def _run(self) -> None:
-        sel = selectors.DefaultSelector()
-        sel.register(self.listener, selectors.EVENT_READ, None)
-        partial: dict[socket.socket, bytes] = {}
-        while not self._stop:
-            for key, _ in sel.select(POLL_SECONDS):
-                if key.data is None:
-                    try:
-                        conn, _ = self.listener.accept()
-                    except BlockingIOError:
-                        continue
-                    conn.setblocking(False)
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BYTES)
-                    sel.register(conn, selectors.EVENT_READ, True)
-                    partial[conn] = b""
-                    continue
-                conn = key.fileobj  # type: ignore[assignment]
-                try:
-                    data = conn.recv(RECEIVE_BYTES)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError:
-                    data = b""
-                if not data:
-                    rest = partial.pop(conn, b"")
-                    if rest:
-                        self._scan(rest + b"\n")
-                    sel.unregister(conn)
-                    conn.close()
-                    continue
-                data = partial[conn] + data
-                cut = data.rfind(b"\n") + 1
-                partial[conn] = data[cut:]
-                if cut:
-                    self._scan(data[:cut])
-        for key in list(sel.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
 
     def reset(self) -> Tally:
         """Start counting afresh; return what was counted before."""
@@ -172,6 +134,4 @@ class TallySink:
                 self.cond.wait(left)
 
     def close(self) -> None:
-        self._stop = True
-        self._thread.join(5)
-        self.listener.close()
+        self._receiver.close()
