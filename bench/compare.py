@@ -49,6 +49,8 @@ the first W to Etsy). Exit status: 0, or 1 when a --short trial lost lines.
 Beside this file: contender.py starts and stops the two daemons, trial.py runs a trial and
 the search, measurement.py the tallyd-only figures, report.py prints. blast, the counting
 sink and the launchers they build on are in harness/ (blast, tally, tallyd, etsy).
+
+ENTRY.
 """
 
 from __future__ import annotations

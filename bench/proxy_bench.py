@@ -17,6 +17,8 @@ one run, not across runs.
 Each proxy runs as one process (tallyd: ``--processes 1``; proxy.js: ``forkCount: 0``).
 Prints one line per trial and a summary with the ratios; exits 1 if a short run lost lines
 in every trial of a configuration.
+
+ENTRY.
 """
 
 from __future__ import annotations

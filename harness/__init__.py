@@ -4,4 +4,6 @@ clients and load generators.
 
 harness imports common only, never aggregator or proxy: it starts them as processes and
 talks to them over sockets, so its model of their behaviour stays independent of their code.
+
+Pure: the package itself holds no code.
 """
