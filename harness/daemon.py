@@ -18,9 +18,9 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from harness.checkout import REPO_ROOT
 
@@ -155,7 +155,7 @@ class DaemonProcess:
         self.kill()
 
 
-def wait_until(predicate: Any, timeout: float, *, interval: float = 0.05,
+def wait_until(predicate: Callable[[], object], timeout: float, *, interval: float = 0.05,
                message: str = "condition") -> None:
     """Poll ``predicate()`` until it is truthy; raise TimeoutError naming ``message``."""
     deadline = time.monotonic() + timeout
