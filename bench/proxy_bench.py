@@ -17,6 +17,8 @@ one run, not across runs.
 Each proxy runs as one process (tallyd: ``--processes 1``; proxy.js: ``forkCount: 0``).
 Prints one line per trial and a summary with the ratios; exits 1 if a short run lost lines
 in every trial of a configuration.
+
+ENTRY.
 """
 
 from __future__ import annotations
@@ -24,182 +26,64 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import selectors
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-BLAST = REPO / "bench" / "blast"
-BLAST_SOURCES = [REPO / "bench" / "blast.c", REPO.parent / "shared" / "bench" / "blast.c"]
-PROXY_JS = REPO / ".cache" / "etsy" / "node_modules" / "statsd" / "proxy.js"
+from harness.blast import BlastError, build_blast, run_blast
+from harness.daemon import DaemonError, DaemonProcess
+from harness.etsy import ETSY_DIR, node_binary
+from harness.port import free_port, udp_port_bound
+from harness.standin import AggregatorStandIns
+from harness.tallyd import start_proxy
+
+PROXY_JS = ETSY_DIR / "proxy.js"
 NAMES = 1000  # distinct metric names cycled by blast
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; not exported by Python
+#: How long proxy.js may take to bind its UDP port.
+PROXY_JS_START_SECONDS = 15.0
 
 
-def build_blast() -> Path:
-    """Compile blast.c into bench/blast (never committed) unless it is up to date."""
-    source = next((s for s in BLAST_SOURCES if s.is_file()), None)
-    if source is None:
-        sys.exit(f"blast.c not found in {', '.join(map(str, BLAST_SOURCES))}")
-    if not BLAST.exists() or BLAST.stat().st_mtime < source.stat().st_mtime:
-        subprocess.run(["gcc", "-O2", "-o", str(BLAST), str(source)], check=True)
-    return BLAST
-
-
-class Sinks:
-    """UDP sinks counting lines, plus admin ports answering ``health: up``."""
-
-    def __init__(self, count: int) -> None:
-        self.udp = []
-        self.admin = []
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            try:  # past net.core.rmem_max when running as root
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 32 << 20)
-            except OSError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
-            sock.bind(("127.0.0.1", 0))
-            sock.setblocking(False)
-            self.udp.append(sock)
-            admin = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            admin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            admin.bind(("127.0.0.1", 0))
-            admin.listen(16)
-            self.admin.append(admin)
-        self.lines = 0
-        self.first = 0.0
-        self.last = 0.0
-        self._lock = threading.Lock()
-        self._stop = False
-        self._threads = [threading.Thread(target=self._receive, daemon=True),
-                         *(threading.Thread(target=self._answer, args=(a,), daemon=True)
-                           for a in self.admin)]
-        for thread in self._threads:
-            thread.start()
-
-    def ports(self) -> list[tuple[int, int]]:
-        return [(u.getsockname()[1], a.getsockname()[1])
-                for u, a in zip(self.udp, self.admin, strict=True)]
-
-    def _receive(self) -> None:
-        selector = selectors.DefaultSelector()
-        for sock in self.udp:
-            selector.register(sock, selectors.EVENT_READ)
-        while not self._stop:
-            for key, _ in selector.select(0.2):
-                sock = key.fileobj
-                while True:
-                    try:
-                        data = sock.recv(65535)  # type: ignore[union-attr]
-                    except BlockingIOError:
-                        break
-                    if not data:
-                        continue
-                    now = time.perf_counter()
-                    with self._lock:
-                        if not self.lines:
-                            self.first = now
-                        self.lines += data.count(b"\n") + 1
-                        self.last = now
-
-    def _answer(self, listener: socket.socket) -> None:
-        while not self._stop:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                try:
-                    conn.settimeout(1.0)
-                    if conn.recv(1024):
-                        conn.sendall(b"health: up\n")
-                except OSError:
-                    pass
-
-    def reset(self) -> None:
-        with self._lock:
-            self.lines, self.first, self.last = 0, 0.0, 0.0
-
-    def wait_quiet(self, expected: int, timeout: float, quiet: float = 1.5) -> None:
-        deadline = time.monotonic() + timeout
-        seen, quiet_since = -1, time.monotonic()
-        while time.monotonic() < deadline:
-            with self._lock:
-                lines = self.lines
-            if lines >= expected:
-                return
-            if lines != seen:
-                seen, quiet_since = lines, time.monotonic()
-            elif time.monotonic() - quiet_since > quiet:
-                return
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        self._stop = True
-        for sock in self.udp + self.admin:
-            sock.close()
-
-
-def start_tallyd(sinks: Sinks) -> tuple[subprocess.Popen[bytes], int]:
-    args = [sys.executable, "-m", "proxy", "--listen", "udp://127.0.0.1:0", "--mgmt-port", "0"]
+def start_tallyd(sinks: AggregatorStandIns) -> tuple[DaemonProcess, int]:
+    args = ["--listen", "udp://127.0.0.1:0", "--mgmt-port", "0"]
     for port, _ in sinks.ports():
         args += ["--aggregator", f"127.0.0.1:{port}"]
-    proc = subprocess.Popen(args, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    assert proc.stderr is not None
-    port = 0
-    for raw in proc.stderr:
-        line = raw.decode()
-        found = re.search(r"kind=udp address=127\.0\.0\.1:(\d+)", line)
-        if found:
-            port = int(found.group(1))
-        if "event=started" in line:
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return proc, port
-    sys.exit("tallyd-proxy did not start")
+    try:
+        proc = start_proxy(args)
+    except DaemonError as exc:
+        sys.exit(f"tallyd-proxy did not start: {exc}")
+    return proc, proc.udp[1]
 
 
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_proxy_js(sinks: Sinks, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    node = shutil.which("node") or shutil.which("nodejs")
+def start_proxy_js(sinks: AggregatorStandIns, workdir: Path) -> tuple[DaemonProcess, int]:
+    node = node_binary()
     if node is None or not PROXY_JS.is_file():
         sys.exit(f"node or {PROXY_JS} missing (tools/bootstrap --test installs them)")
-    port = free_port(socket.SOCK_DGRAM)
+    port = free_port("udp")
     config = {"nodes": [{"host": "127.0.0.1", "port": p, "adminport": a}
                         for p, a in sinks.ports()],
               "address": "127.0.0.1", "port": port, "mgmt_address": "127.0.0.1",
-              "mgmt_port": free_port(socket.SOCK_STREAM), "forkCount": 0,
+              "mgmt_port": free_port("tcp"), "forkCount": 0,
               "checkInterval": 1000, "cacheSize": 10000}
     path = workdir / "proxy-config.js"
     path.write_text(json.dumps(config))
-    proc = subprocess.Popen([node, str(PROXY_JS), str(path)], cwd=PROXY_JS.parent,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while f":{port:04X}" not in Path("/proc/net/udp").read_text():
-        if time.monotonic() > deadline or proc.poll() is not None:
-            sys.exit("proxy.js did not start")
+    proc = DaemonProcess([node, str(PROXY_JS), str(path)], cwd=PROXY_JS.parent)
+    deadline = time.monotonic() + PROXY_JS_START_SECONDS
+    while not udp_port_bound(port):
+        if time.monotonic() > deadline or proc.returncode is not None:
+            proc.kill()
+            sys.exit("proxy.js did not start\n" + proc.describe())
         time.sleep(0.05)
     time.sleep(0.5)  # its first health-check round
     return proc, port
 
 
 def blast(port: int, lines: int, per: int, rate: float) -> None:
-    subprocess.run([str(BLAST), "127.0.0.1", str(port), str(lines), str(per), str(NAMES),
-                    str(int(rate)), "c"], check=True, stdout=subprocess.DEVNULL)
+    run_blast(port, lines, per, NAMES, rate, "c")
 
 
-def trial(sinks: Sinks, port: int, per: int, rate: float, seconds: float) -> tuple[float, int]:
+def trial(sinks: AggregatorStandIns, port: int, per: int, rate: float,
+          seconds: float) -> tuple[float, int]:
     """Offer ``rate`` lines/s for ``seconds``; return (received lines/s, lines lost)."""
     lines = int(rate * seconds)
     sinks.wait_quiet(1 << 62, timeout=5, quiet=0.3)  # late lines of the previous trial
@@ -211,7 +95,7 @@ def trial(sinks: Sinks, port: int, per: int, rate: float, seconds: float) -> tup
     return received / span, lines - received
 
 
-def measure(label: str, sinks: Sinks, port: int, per: int, start: float, *,
+def measure(label: str, sinks: AggregatorStandIns, port: int, per: int, start: float, *,
             seconds: float, steps: int, refine: int) -> float:
     """Raise the offered rate 1.5x per trial until one loses lines (halve it while none
     was lossless yet), then bisect between the last lossless rate and the lossy one
@@ -244,17 +128,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="small, quick trials")
     parser.add_argument("--skip-proxy-js", action="store_true")
     args = parser.parse_args(argv)
-    build_blast()
+    try:
+        build_blast()
+    except BlastError as exc:
+        sys.exit(str(exc))
     seconds, steps, refine = (0.3, 2, 0) if args.short else (1.0, 8, 2)
     results: dict[tuple[str, int], float] = {}
-    starts = {("tallyd", 1): 100_000, ("tallyd", 20): 400_000,
-              ("proxy.js", 1): 20_000, ("proxy.js", 20): 20_000}
+    starts: dict[tuple[str, int], float] = {("tallyd", 1): 100_000, ("tallyd", 20): 400_000,
+                                          ("proxy.js", 1): 20_000, ("proxy.js", 20): 20_000}
     if args.short:
         starts = {k: v / 4 for k, v in starts.items()}
     names = ["tallyd"] if args.skip_proxy_js else ["tallyd", "proxy.js"]
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            sinks = Sinks(2)
+            sinks = AggregatorStandIns(2)
             if name == "tallyd":
                 proc, port = start_tallyd(sinks)
             else:
@@ -265,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    seconds=seconds, steps=steps,
                                                    refine=refine)
             finally:
-                proc.terminate()
-                proc.wait(10)
+                proc.stop(10)
                 sinks.close()
     print(f"summary (lines/s forwarded with 0 lost, one process each; cpus={os.cpu_count()})")
     for per in (1, 20):

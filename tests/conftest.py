@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from support.carbon import CARBON_DIR, carbon_installed
-from support.procs import ETSY_STATS_JS, REPO_ROOT, etsy_installed, node_binary
-from support.sink import GraphiteSink
+from harness.carbon import CARBON_DIR, carbon_installed
+from harness.checkout import REPO_ROOT
+from harness.etsy import ETSY_STATS_JS, etsy_installed, node_binary
+from harness.sink import GraphiteSink
 
 
 def _require(what: str, available: bool, detail: str) -> None:

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Run a real carbon-cache on 127.0.0.1 for the quick start and the end-to-end tests.
 
-Standard library only: it runs under any python3. carbon itself runs from the separate venv
-that ``tools/bootstrap`` installs into ``.cache/carbon`` (carbon 1.1.10 needs Python 3.11).
+Standard library only (and the checkout's ``harness.port``, which is too): it runs under any
+python3. carbon itself runs from the separate venv that ``tools/bootstrap`` installs into
+``.cache/carbon`` (carbon 1.1.10 needs Python 3.11).
 
     localcarbon.py start --data-dir DIR [--port P] [--instance NAME] [--schema RETENTIONS]
         Writes DIR/conf/{carbon,storage-schemas,storage-aggregation}.conf, starts
@@ -61,6 +62,11 @@ import urllib.request
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as a script by a python3 without tallyd installed
+    sys.path.append(str(REPO_ROOT))
+
+from harness.port import free_port  # noqa: E402 (importable once the checkout is on the path)
+
 DEFAULT_CARBON_DIR = REPO_ROOT / ".cache" / "carbon"
 #: Ten-second points for a day: the statsd default flush interval, enough for a demo.
 DEFAULT_SCHEMA = "10s:1d"
@@ -183,12 +189,6 @@ def carbon_paths(carbon_dir: Path) -> tuple[Path, Path]:
     return python, script
 
 
-def free_port(bind: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((bind, 0))
-        return int(sock.getsockname()[1])
-
-
 def pid_alive(pid: int) -> bool:
     """True if ``pid`` runs and is not a zombie (an orphaned carbon is reaped by init, or not)."""
     try:
@@ -268,7 +268,7 @@ def cmd_start(args: argparse.Namespace) -> None:
     env = dict(os.environ, GRAPHITE_NO_PREFIX="True")
     attempts = 1 if args.port else 3
     for _ in range(attempts):
-        port = args.port or free_port(args.bind)
+        port = args.port or free_port("tcp", host=args.bind)
         conf = write_config(data_dir, bind=args.bind, port=port, schema=args.schema)
         twistd_pid = data_dir / f"carbon-cache-{args.instance}.pid"
         twistd_pid.unlink(missing_ok=True)

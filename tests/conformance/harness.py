@@ -65,8 +65,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from support.procs import DaemonError, DaemonProcess, start_aggregator, start_etsy
-from support.sink import Flush, GraphiteSink, Grouping
+from harness.daemon import DaemonError, DaemonProcess
+from harness.etsy import start_etsy
+from harness.sink import Flush, GraphiteSink, Grouping
+from harness.tallyd import start_aggregator
 
 INTERVAL_MS = int(os.environ.get("TALLYD_CONFORMANCE_INTERVAL_MS", "500"))
 INTERVAL = INTERVAL_MS / 1000

@@ -32,8 +32,11 @@ from conformance.harness import (
     js,
     ordered,
 )
-from support.procs import REPO_ROOT, send_udp, start_aggregator, start_etsy
-from support.sink import GraphiteSink, parse_line
+from harness.checkout import REPO_ROOT
+from harness.client import send_udp
+from harness.etsy import start_etsy
+from harness.sink import GraphiteSink, parse_line
+from harness.tallyd import start_aggregator
 
 pytestmark = pytest.mark.conformance
 

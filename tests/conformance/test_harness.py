@@ -20,7 +20,7 @@ from conformance.harness import (
     ordered,
     packets_received,
 )
-from support.sink import GraphiteSink
+from harness.sink import GraphiteSink
 
 pytestmark = pytest.mark.conformance
 

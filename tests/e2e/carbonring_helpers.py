@@ -1,6 +1,6 @@
 """Helpers for tests/e2e/test_carbon_ring.py: real carbon-caches, rounds of counters, Whisper reads.
 
-* `Cache`: a `support.carbon.LocalCarbon` that restarts on the SAME port and data dir, and can be
+* `Cache`: a `harness.carbon.LocalCarbon` that restarts on the SAME port and data dir, and can be
   SIGKILLed.
 * `read_whisper`: reads many .wsp files in ONE subprocess of the carbon venv's python (it has
   ``whisper``), so a poll over a few hundred series costs one process start, not hundreds.
@@ -30,8 +30,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from common.ring import CarbonNode, Ring, parse_carbon_node
-from support.carbon import CARBON_DIR, LocalCarbon
-from support.procs import AggregatorProcess, mgmt_command, send_udp
+from harness.carbon import CARBON_DIR, LocalCarbon
+from harness.client import mgmt_command, send_udp
+from harness.tallyd import AggregatorProcess
 
 CARBON_PYTHON = CARBON_DIR / "bin" / "python"
 FLUSH_INTERVAL = 1.0

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from support.carbon import LocalCarbon
-from support.procs import AggregatorProcess, send_udp, start_aggregator
+from harness.carbon import LocalCarbon
+from harness.client import send_udp
+from harness.tallyd import AggregatorProcess, start_aggregator
 
 pytestmark = pytest.mark.e2e
 

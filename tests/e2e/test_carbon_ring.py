@@ -53,7 +53,9 @@ from carbonring_helpers import (
 )
 
 from common.ring import CarbonNode, Ring, parse_carbon_node
-from support.procs import AggregatorProcess, mgmt_command, start_aggregator, wait_until
+from harness.client import mgmt_command
+from harness.daemon import wait_until
+from harness.tallyd import AggregatorProcess, start_aggregator
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from support.procs import REPO_ROOT
+from harness.checkout import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
 

@@ -31,15 +31,12 @@ from typing import Any
 
 import pytest
 
-from support.carbon import LocalCarbon
-from support.procs import (
-    REPO_ROOT,
-    AggregatorProcess,
-    mgmt_command,
-    node_binary,
-    start_aggregator,
-)
-from support.whisper_batch import wait_for_series
+from harness.carbon import LocalCarbon
+from harness.checkout import REPO_ROOT
+from harness.client import mgmt_command
+from harness.etsy import node_binary
+from harness.tallyd import AggregatorProcess, start_aggregator
+from harness.whisper_batch import wait_for_series
 
 pytestmark = pytest.mark.e2e
 

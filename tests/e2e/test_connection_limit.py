@@ -12,8 +12,9 @@ from collections.abc import Iterator
 import pytest
 
 from common.streams import EVICT_IDLE_SECONDS, SWEEP_SECONDS
-from support.procs import start_aggregator, wait_until
-from support.sink import GraphiteSink
+from harness.daemon import wait_until
+from harness.sink import GraphiteSink
+from harness.tallyd import start_aggregator
 
 pytestmark = [pytest.mark.e2e]
 

@@ -1,7 +1,7 @@
 """Hostile input over the wire, mixed with valid counters: nothing crashes, nothing is lost.
 
 One real ``python -m aggregator`` (``--workers 2``; UDP, TCP, unix and unixgram listeners; 1 s
-flush) writing to a Carbon sink gets, from a seeded random generator (`support.hostile`),
+flush) writing to a Carbon sink gets, from a seeded random generator (`harness.hostile`),
 random bytes, numbers no StatsD value may take (NaN, Infinity, 1e309, ``@0``), finite input
 whose aggregates overflow (``@1e-320``, ``1e308|c`` twice), empty and huge names, DogStatsD
 events, lines over ``max_line_bytes`` (some spanning many TCP reads), streams cut mid-line by a
@@ -40,11 +40,12 @@ from pathlib import Path
 import pytest
 
 from common.protocol import LineParser
-from support.hostile import Traffic, count_lines
-from support.procs import AggregatorProcess, DaemonError, parse_logfmt, start_aggregator
-from support.proctree import RssSampler, cpu_seconds, is_running, process_tree
-from support.sink import GraphiteSink, Record
-from support.wire import Wire, WireError
+from harness.daemon import DaemonError, parse_logfmt
+from harness.hostile import Traffic, count_lines
+from harness.proctree import RssSampler, cpu_seconds, is_running, process_tree
+from harness.sink import GraphiteSink, Record
+from harness.tallyd import AggregatorProcess, start_aggregator
+from harness.wire import Wire, WireError
 
 pytestmark = [pytest.mark.e2e]
 
@@ -401,7 +402,7 @@ def rss_bounds(baseline: int, *, supervisor: bool, new_names: int,
     """What one process may occupy after the hostile mixed phase, and at its peak after.
 
     The baseline is the RSS after a run of the same shape whose refused lines repeat a few
-    (`support.hostile.POOL_LINES`) lines. After the hostile run, whose ~13 MiB of refused
+    (`harness.hostile.POOL_LINES`) lines. After the hostile run, whose ~13 MiB of refused
     random keys are all distinct, a worker may hold only that plus the state of the valid
     names the baseline did not have (huge names above all), plus allocator noise: not the
     refused lines. A parser that caches every new key it sees fails here.

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from support.procs import REPO_ROOT, split_host_port, start_aggregator
+from harness.checkout import REPO_ROOT
+from harness.port import split_host_port
+from harness.tallyd import start_aggregator
 
 pytestmark = [pytest.mark.e2e]
 

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from support.carbon import CARBON_DIR, LOCALCARBON, LocalCarbon, localcarbon
-from support.procs import REPO_ROOT, send_udp, start_aggregator
+from harness.carbon import CARBON_DIR, LOCALCARBON, LocalCarbon, localcarbon
+from harness.checkout import REPO_ROOT
+from harness.client import send_udp
+from harness.tallyd import start_aggregator
 
 pytestmark = pytest.mark.e2e
 

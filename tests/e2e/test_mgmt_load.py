@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 
 from common.mgmt_server import MAX_ADMIN_CONNECTIONS
-from support.procs import AggregatorProcess, mgmt_command, send_udp, start_aggregator, wait_until
+from harness.client import mgmt_command, send_udp
+from harness.daemon import wait_until
+from harness.tallyd import AggregatorProcess, start_aggregator
 
 pytestmark = pytest.mark.e2e
 

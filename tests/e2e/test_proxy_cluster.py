@@ -15,15 +15,11 @@ from typing import Any
 import pytest
 
 from common.shard import shard_index
-from support.procs import (
-    AggregatorProcess,
-    mgmt_command,
-    send_udp,
-    split_host_port,
-    start_aggregator,
-    wait_until,
-)
-from support.sink import GraphiteSink
+from harness.client import mgmt_command, send_udp
+from harness.daemon import wait_until
+from harness.port import split_host_port
+from harness.sink import GraphiteSink
+from harness.tallyd import AggregatorProcess, start_aggregator
 
 pytestmark = pytest.mark.e2e
 

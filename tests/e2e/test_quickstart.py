@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from support.carbon import CARBON_DIR, LOCALCARBON, localcarbon
-from support.procs import REPO_ROOT, DaemonProcess
+from harness.carbon import CARBON_DIR, LOCALCARBON, localcarbon
+from harness.checkout import REPO_ROOT
+from harness.daemon import DaemonProcess
+from harness.port import free_port, free_port_both
 
 pytestmark = pytest.mark.e2e
 
@@ -52,27 +53,6 @@ def quickstart_urls() -> list[str]:
     return re.findall(r"<(http://[^>]+)>", readme_block("quickstart-urls"))
 
 
-def free_port_both() -> int:
-    """A port free for TCP and UDP on 127.0.0.1 (the StatsD port takes both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
-    raise AssertionError("no port free for both TCP and UDP")
-
-
-def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class RunLocal(DaemonProcess):
     name = "tools/run-local"
 
@@ -83,8 +63,8 @@ def run_local(carbon_available: Path, tmp_path_factory: pytest.TempPathFactory
     """tools/run-local, shared by the tests of this module; stopped with SIGTERM at the end,
     which must end in exit status 0 (the graceful stop)."""
     data = tmp_path_factory.mktemp("quickstart") / "run" / "carbon"
-    ports = {"statsd": free_port_both(), "mgmt": free_tcp_port(), "carbon": free_tcp_port(),
-             "graphite": free_tcp_port()}
+    ports = {"statsd": free_port_both(), "mgmt": free_port(), "carbon": free_port(),
+             "graphite": free_port()}
     env = dict(os.environ, TALLYD_STATSD_PORT=str(ports["statsd"]),
                TALLYD_MGMT_PORT=str(ports["mgmt"]), TALLYD_CARBON_PORT=str(ports["carbon"]),
                TALLYD_GRAPHITE_PORT=str(ports["graphite"]), TALLYD_FLUSH_INTERVAL="1",

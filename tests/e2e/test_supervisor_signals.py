@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from support.procs import AggregatorProcess, aggregator_argv
+from harness.tallyd import AggregatorProcess, aggregator_argv
 
 pytestmark = [pytest.mark.e2e]
 

@@ -22,8 +22,10 @@ import pytest
 
 from aggregator.workers.codec import encode_data
 from common.shard import worker_index
-from support.procs import mgmt_command, parse_logfmt, send_udp, start_aggregator, wait_until
-from support.sink import GraphiteSink
+from harness.client import mgmt_command, send_udp
+from harness.daemon import parse_logfmt, wait_until
+from harness.sink import GraphiteSink
+from harness.tallyd import start_aggregator
 
 pytestmark = [pytest.mark.e2e]
 

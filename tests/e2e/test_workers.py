@@ -10,8 +10,10 @@ from collections import defaultdict
 import pytest
 
 from common.shard import worker_index
-from support.procs import mgmt_command, send_udp, start_aggregator, wait_until
-from support.sink import GraphiteSink
+from harness.client import mgmt_command, send_udp
+from harness.daemon import wait_until
+from harness.sink import GraphiteSink
+from harness.tallyd import start_aggregator
 
 pytestmark = [pytest.mark.e2e]
 

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from support.triosink import TrioSink
+from harness.triosink import TrioSink
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import aggregator.server
 from aggregator.config import AggregatorConfig
 from aggregator.server import serve
 from common.config import config_from_mapping
-from support.triosink import TrioSink
+from harness.triosink import TrioSink
 
 
 def make_config(**values: object) -> AggregatorConfig:

@@ -15,7 +15,8 @@ from aggregator.server import serve
 from common.config import config_from_mapping
 from common.errors import ConfigError
 from common.listener import BoundAddresses
-from support.triosink import TrioSink
+from harness.port import free_port
+from harness.triosink import TrioSink
 
 
 def make_config(**values: object) -> AggregatorConfig:
@@ -106,10 +107,7 @@ async def test_graceful_stop_delivers_the_interval_in_progress(nursery, sink, wa
 
 async def test_carbon_down_at_first_then_up_gets_buffered_flushes(nursery, wall_clock,
                                                                    autojump_clock) -> None:
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     addrs = await start(nursery, make_config(carbon=[f"127.0.0.1:{port}"]), wall_clock)
     await send_udp(addrs.first("udp"), b"early:5|c")
     await trio.sleep(25)  # two flushes while nothing listens

@@ -10,7 +10,8 @@ import trio
 from aggregator.backends.sender import CarbonSender
 from aggregator.backends.spool import Spool
 from common.ring import CarbonNode
-from support.triosink import TrioSink
+from harness.port import free_port
+from harness.triosink import TrioSink
 
 
 def chunk(tag: str, lines: int = 10) -> bytes:
@@ -24,17 +25,8 @@ def make_sender(port: int, **kw: object) -> CarbonSender:
     return CarbonSender(CarbonNode("127.0.0.1", port), **opts)  # type: ignore[arg-type]
 
 
-def closed_port() -> int:
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 async def test_overflow_without_spool_drops_oldest_keeps_newest(autojump_clock) -> None:
-    sender = make_sender(closed_port(), buffer_bytes=2 * len(chunk("a")))
+    sender = make_sender(free_port(), buffer_bytes=2 * len(chunk("a")))
     for tag in "abcd":
         sender.offer(chunk(tag))
     stats = sender.statistics()
@@ -45,7 +37,7 @@ async def test_overflow_without_spool_drops_oldest_keeps_newest(autojump_clock) 
 
 async def test_overflow_goes_to_spool_and_is_sent_first(nursery, tmp_path: Path,
                                                         autojump_clock) -> None:
-    port = closed_port()
+    port = free_port()
     sender = make_sender(port, buffer_bytes=len(chunk("a")), spool=Spool(tmp_path, 1 << 20))
     for tag in "abc":
         sender.offer(chunk(tag))
@@ -80,13 +72,13 @@ async def test_backlog_is_replayed_at_the_configured_pace(nursery, sink: TrioSin
 
 
 async def test_spill_keeps_unsent_output_for_next_start(tmp_path: Path, autojump_clock) -> None:
-    sender = make_sender(closed_port(), spool=Spool(tmp_path, 1 << 20))
+    sender = make_sender(free_port(), spool=Spool(tmp_path, 1 << 20))
     sender.offer(chunk("a"))
     sender.offer(chunk("b"))
     assert sender.spill_to_spool() == 20
-    again = make_sender(closed_port(), spool=Spool(tmp_path, 1 << 20))
+    again = make_sender(free_port(), spool=Spool(tmp_path, 1 << 20))
     assert again.pending_lines == 20
-    no_spool = make_sender(closed_port())
+    no_spool = make_sender(free_port())
     no_spool.offer(chunk("c"))
     assert no_spool.spill_to_spool() == 0 and no_spool.dropped == {"shutdown": 10}
 

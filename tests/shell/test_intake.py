@@ -33,7 +33,7 @@ from common.streams import (
     run_stream_listener,
     serve_stream,
 )
-from support.triosink import TrioSink
+from harness.triosink import TrioSink
 
 
 def internal(sink: TrioSink, measure: str) -> float:

@@ -1,2 +1,2 @@
-"""Helpers shared by the conformance and end-to-end tests: a Graphite sink, daemon launchers
-(tallyd's aggregator, the reference Etsy statsd) and a wrapper around tools/localcarbon.py."""
+"""Test vectors shared by several test layers (the launchers, sinks and clients the tests use
+live in the top-level ``harness`` package)."""

@@ -15,6 +15,8 @@ socket; the clients here make sure of it, so a count that is off is the daemon's
   them before reporting the reset.
 
 Every socket has a timeout, so a daemon that stops reading fails the test instead of hanging it.
+
+SHELL (sockets).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import termios
 import time
 from collections.abc import Iterable
 
-from common.netstat import udp_rows
+from harness.port import udp_port_state
 
 #: How long one send may wait for the daemon to make room.
 SEND_TIMEOUT_SECONDS = 20.0
@@ -36,15 +38,6 @@ UDP_QUEUE_LIMIT_BYTES = 4 * 1024 * 1024
 
 class WireError(RuntimeError):
     """The daemon did not take what was sent in time."""
-
-
-def udp_socket_state(port: int) -> tuple[int, int] | None:
-    """``(rx_queue bytes, drops)`` of the UDP socket bound to ``port`` on this host."""
-    wanted = f":{port:04X}"
-    for cols in udp_rows():
-        if cols[1].endswith(wanted):
-            return int(cols[4].split(":")[1], 16), int(cols[-1])
-    return None
 
 
 class Wire:
@@ -82,10 +75,10 @@ class Wire:
     # -- datagrams ---------------------------------------------------------------------------
 
     def udp_state(self) -> tuple[int, int]:
-        state = udp_socket_state(self.udp_address[1])
-        if state is None:
+        state = udp_port_state(self.udp_address[1])
+        if not state.sockets:
             raise WireError(f"no UDP socket on port {self.udp_address[1]}")
-        return state
+        return state.queued_bytes, state.drops
 
     def udp_drops(self) -> int:
         """Datagrams the kernel dropped at the daemon's UDP socket (its queue was full)."""

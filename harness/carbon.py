@@ -1,8 +1,10 @@
-"""pytest-side wrapper around ``tools/localcarbon.py``: a real carbon-cache writing Whisper files.
+"""A wrapper around ``tools/localcarbon.py``: a real carbon-cache writing Whisper files.
 
 The tool is run as a subprocess, exactly as the quick start runs it, so these tests also cover it.
 carbon writes its cache to disk about once a second and loses the last second on stop, so read
 the data with :meth:`LocalCarbon.wait_for_points` (which polls the Whisper file) before stopping.
+
+SHELL (subprocesses).
 """
 
 from __future__ import annotations
@@ -14,16 +16,17 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
-from support.procs import REPO_ROOT
+from harness.checkout import CACHE_DIR, REPO_ROOT
 
 LOCALCARBON = REPO_ROOT / "tools" / "localcarbon.py"
-CARBON_DIR = REPO_ROOT / ".cache" / "carbon"
+CARBON_DIR = CACHE_DIR / "carbon"
 
 Points = list[tuple[int, float]]
 
 
-def _load_localcarbon():  # type: ignore[no-untyped-def]
+def _load_localcarbon() -> ModuleType:
     spec = importlib.util.spec_from_file_location("localcarbon", LOCALCARBON)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -2,6 +2,8 @@
 
 The carbon venv's ``whisper`` module reads the files that ``tools/localcarbon.py`` locates
 (tagged series under ``_tagged/``), all in one subprocess.
+
+SHELL (subprocesses).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import subprocess
 import time
 from collections.abc import Iterable
 
-from support.carbon import CARBON_DIR, LocalCarbon, Points
+from harness.carbon import CARBON_DIR, LocalCarbon, Points
 
 _READ_SCRIPT = """
 import json, os, sys, whisper

@@ -1,4 +1,4 @@
-"""A threaded TCP sink that speaks Graphite's plaintext protocol, for tests.
+"""A TCP sink that speaks Graphite's plaintext protocol and keeps every line, for tests.
 
 Both daemons under test send ``name value timestamp\\n`` lines over TCP, but they delimit their
 flushes differently:
@@ -13,18 +13,22 @@ flushes differently:
 The sink records every line as a :class:`Record` (connection id, line, arrival time) and offers
 both views: :meth:`GraphiteSink.flushes_by_connection` and
 :meth:`GraphiteSink.flushes_by_timestamp`. ``wait_for_flushes`` blocks until enough flushes of
-the chosen view exist. It binds 127.0.0.1 port 0, so tests never need a fixed port.
+the chosen view exist. It binds 127.0.0.1 port 0, so tests never need a fixed port; one
+`harness.receiver.LineReceiver` thread reads every connection.
+
+SHELL (sockets, threads).
 """
 
 from __future__ import annotations
 
 import math
-import socket
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+from harness.receiver import LineReceiver
 
 #: How long a timestamp group must be quiet before it counts as complete, when no later line
 #: or connection close has marked its end. Loopback delivers a flush within milliseconds.
@@ -70,7 +74,6 @@ class _Connection:
     ident: int
     opened: float
     closed: bool = False
-    partial: bytes = b""
     lines: list[str] = field(default_factory=list)
 
 
@@ -104,52 +107,29 @@ class GraphiteSink:
         self.gap = gap
         self.slots = slots
         self.settle = settle
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((host, 0))
-        self._listener.listen(64)
         self._cond = threading.Condition()
         self._records: list[Record] = []
         self._connections: dict[int, _Connection] = {}
         self._groups: list[_Group] = []
-        self._sockets: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
-        self._closing = False
-        self._next_id = 0
-        self._accepter = threading.Thread(target=self._accept_loop, name="sink-accept", daemon=True)
+        self._receiver = LineReceiver(self, host)
 
     # -- lifecycle ------------------------------------------------------------------------
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._listener.getsockname()[:2]
-        return host, port
+        return self._receiver.address
 
     @property
     def port(self) -> int:
         return self.address[1]
 
     def start(self) -> GraphiteSink:
-        self._accepter.start()
+        self._receiver.start()
         return self
 
     def close(self) -> None:
-        with self._cond:
-            self._closing = True
-            socks = list(self._sockets)
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._listener.close()
-        for sock in socks:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in [self._accepter, *self._threads]:
-            if thread.is_alive():
-                thread.join(timeout=5)
+        """Stop receiving; connections still open count as closed."""
+        self._receiver.close()
 
     def __enter__(self) -> GraphiteSink:
         return self.start()
@@ -159,27 +139,25 @@ class GraphiteSink:
 
     # -- receiving ------------------------------------------------------------------------
 
-    def _accept_loop(self) -> None:
-        while True:
-            try:
-                sock, _ = self._listener.accept()
-            except OSError:
-                return
-            with self._cond:
-                if self._closing:
-                    sock.close()
-                    return
-                ident = self._next_id
-                self._next_id += 1
-                self._connections[ident] = _Connection(ident, time.monotonic())
-                self._sockets.append(sock)
-                thread = threading.Thread(
-                    target=self._read_loop, args=(ident, sock), name=f"sink-conn-{ident}",
-                    daemon=True,
-                )
-                self._threads.append(thread)
-                self._cond.notify_all()
-            thread.start()
+    def opened(self, connection: int, now: float) -> None:
+        with self._cond:
+            self._connections[connection] = _Connection(connection, now)
+            self._cond.notify_all()
+
+    def received(self, connection: int, lines: bytes, now: float, wall: float) -> None:
+        with self._cond:
+            conn = self._connections[connection]
+            for raw in lines.split(b"\n")[:-1]:
+                self._add(conn, raw, now, wall)
+            self._cond.notify_all()
+
+    def closed(self, connection: int, rest: bytes, now: float, wall: float) -> None:
+        with self._cond:
+            conn = self._connections[connection]
+            if rest:  # a last line without "\n" still counts
+                self._add(conn, rest, now, wall)
+            conn.closed = True
+            self._cond.notify_all()
 
     def _add(self, conn: _Connection, raw: bytes, now: float, wall: float) -> None:
         """Record one line (lock held) and extend both views."""
@@ -200,30 +178,6 @@ class GraphiteSink:
                 last.last = now
                 return
         groups.append(_Group(ts if ts is not None else -1, [rec.line], now, now, slot))
-
-    def _read_loop(self, ident: int, sock: socket.socket) -> None:
-        try:
-            while True:
-                try:
-                    data = sock.recv(65536)
-                except OSError:
-                    data = b""
-                now, wall = time.monotonic(), time.time()
-                with self._cond:
-                    conn = self._connections[ident]
-                    if not data:
-                        if conn.partial:  # a last line without "\n" still counts
-                            self._add(conn, conn.partial, now, wall)
-                            conn.partial = b""
-                        conn.closed = True
-                        self._cond.notify_all()
-                        return
-                    *complete, conn.partial = (conn.partial + data).split(b"\n")
-                    for raw in complete:
-                        self._add(conn, raw, now, wall)
-                    self._cond.notify_all()
-        finally:
-            sock.close()
 
     # -- views ----------------------------------------------------------------------------
 

@@ -1,10 +1,13 @@
 """A process and its descendants, read from /proc (Linux): who they are, and their memory.
 
 `process_tree` lists a daemon's pid and every descendant's (a supervisor and its workers);
-`rss_bytes` reads one process's resident set size, `cpu_seconds` its CPU time (to tell a busy
-daemon from an idle one); `RssSampler` samples a tree in a
-background thread, keeping each process's peak and last value, so a test can bound memory
-over a run, not only at its end.
+`memory_bytes` reads one process's resident set size now and at its peak (``VmHWM``),
+`rss_bytes` the first, `cpu_seconds` its CPU time (to tell a busy daemon from an idle one);
+`RssSampler` samples a tree in a background thread, keeping each process's peak and last
+value (and the kernel's own peak, ``VmHWM``, last read), so a test can bound memory over a
+run, not only at its end.
+
+SHELL (reads /proc, a sampling thread).
 """
 
 from __future__ import annotations
@@ -39,16 +42,26 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def rss_bytes(pid: int) -> int | None:
-    """The resident set size of ``pid`` (``VmRSS``), or None when it has exited."""
+def memory_bytes(pid: int) -> tuple[int, int] | None:
+    """``(VmRSS, VmHWM)`` of ``pid``: its resident set size now and at its peak; None when
+    it has exited (a zombie has neither)."""
+    found: dict[str, int] = {}
     try:
         with open(PROC / str(pid) / "status", encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    found[line.split(":")[0]] = int(line.split()[1]) * 1024
     except OSError:
         return None
-    return None  # a zombie has no VmRSS line
+    if "VmRSS" not in found:
+        return None
+    return found["VmRSS"], found.get("VmHWM", found["VmRSS"])
+
+
+def rss_bytes(pid: int) -> int | None:
+    """The resident set size of ``pid`` (``VmRSS``), or None when it has exited."""
+    memory = memory_bytes(pid)
+    return None if memory is None else memory[0]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -74,7 +87,8 @@ class RssSampler:
     """Samples the RSS of ``pid``'s process tree every ``period`` seconds until closed.
 
     Processes that appear later (a restarted worker) are sampled too. ``peak`` and ``last``
-    map each pid ever seen to its highest and latest RSS in bytes.
+    map each pid ever seen to its highest and latest RSS in bytes, ``hwm`` to its latest
+    ``VmHWM`` (which includes peaks between two samples).
     """
 
     def __init__(self, pid: int, *, period: float = 0.05) -> None:
@@ -82,18 +96,20 @@ class RssSampler:
         self.period = period
         self.peak: dict[int, int] = {}
         self.last: dict[int, int] = {}
+        self.hwm: dict[int, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
     def sample(self) -> dict[int, int]:
         """Sample now; return ``{pid: rss}`` of the processes alive."""
-        now = {p: r for p in process_tree(self.pid) if (r := rss_bytes(p)) is not None}
+        now = {p: m for p in process_tree(self.pid) if (m := memory_bytes(p)) is not None}
         with self._lock:
-            for p, r in now.items():
-                self.last[p] = r
-                self.peak[p] = max(r, self.peak.get(p, 0))
-        return now
+            for p, (rss, hwm) in now.items():
+                self.last[p] = rss
+                self.peak[p] = max(rss, self.peak.get(p, 0))
+                self.hwm[p] = hwm
+        return {p: rss for p, (rss, _) in now.items()}
 
     def reset_peaks(self) -> None:
         """Start a new peak measurement (from the latest samples)."""
@@ -103,6 +119,10 @@ class RssSampler:
     def peaks(self) -> dict[int, int]:
         with self._lock:
             return dict(self.peak)
+
+    def high_water_marks(self) -> dict[int, int]:
+        with self._lock:
+            return dict(self.hwm)
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):

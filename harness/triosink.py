@@ -1,4 +1,7 @@
-"""A trio Carbon stand-in for in-process tests: records every plaintext line it receives."""
+"""A trio Carbon stand-in for in-process tests: records every plaintext line it receives.
+
+SHELL (trio).
+"""
 
 from __future__ import annotations
 
