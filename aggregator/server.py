@@ -100,13 +100,10 @@ async def serve(
     components: Components | None = None
     try:
         components = build_components(config, worker)
-        identity = config.identity or identity_from_hostname(socket.gethostname())
-        if worker is not None:
-            identity = f"{identity}-w{worker.index}"
         path = build_intake_path(config, components, worker)
         mgmt = AggregatorMgmt(config, components)
         flusher = Flusher(components.accumulator, config.naming, components.backends,
-                          config.flush_interval, identity=identity,
+                          config.flush_interval, identity=self_identity(config, worker),
                           self_metrics=config.self_metrics, readings=components.readings,
                           etsy_statuses=components.etsy_statuses,
                           coordinator=components.exchange)
@@ -169,6 +166,12 @@ async def bind_sockets(config: AggregatorConfig, worker: WorkerContext | None) -
         return Sockets(bound, mgmt)
     return Sockets(bound, mgmt, WorkerMgmtPeers({i: worker.admin_address(i)
                                                  for i in range(1, worker.count)}))
+
+
+def self_identity(config: AggregatorConfig, worker: WorkerContext | None) -> str:
+    """This process's name in its self-metrics: a worker appends ``-w<index>``."""
+    identity = config.identity or identity_from_hostname(socket.gethostname())
+    return f"{identity}-w{worker.index}" if worker is not None else identity
 
 
 async def run_flushes(flusher: Flusher, wall_clock: Callable[[], float], *,

@@ -15,7 +15,7 @@ from common.stats import Reading, path_component, read
 from ..config import AggregatorConfig
 from . import EtsyStatus, Leftover
 from .placement import Placement
-from .sender import CarbonSender
+from .sender import CarbonSender, SenderStatistics
 from .spool import Spool
 
 
@@ -60,16 +60,20 @@ class CarbonOutput:
         lost = sum(sender.dropped["shutdown"] for sender in self.senders.values())
         return Leftover(spooled_lines=spooled, lost_lines=lost)
 
+    def statistics(self) -> dict[CarbonNode, SenderStatistics]:
+        """Every node's sender snapshot."""
+        return {node: sender.statistics() for node, sender in self.senders.items()}
+
     def readings(self) -> list[Reading]:
         """Every node's figures, as ``aggregator.carbon.<node>.<measure>``."""
-        return [reading for node, sender in self.senders.items()
-                for reading in read("aggregator", "carbon", sender.statistics(),
+        return [reading for node, stats in self.statistics().items()
+                for reading in read("aggregator", "carbon", stats,
                                     instance=path_component(str(node)))]
 
     def etsy_status(self) -> EtsyStatus:
         """Etsy's four graphite backend figures, over every node: the oldest node's last
         flush, the latest exception, the slowest write (ms) and the bytes of all."""
-        stats = [s.statistics() for s in self.senders.values()]
+        stats = self.statistics().values()
         return EtsyStatus("graphite", "graphiteStats", {
             "last_flush": round(min(s.last_flush_time for s in stats)),
             "last_exception": round(max(s.last_exception_time for s in stats)),

@@ -17,8 +17,7 @@ returns at once. A task (`run`) moves the backlog to the socket:
   move to the disk `Spool` if there is one, or are dropped and counted (reason
   ``buffer_full``). The chunk being written and the newest one always stay, so memory is
   bounded by the limit plus one chunk, and no line is both counted as dropped and
-  delivered. Spooled chunks are older than anything in
-  memory, so they are sent first.
+  delivered. Spooled chunks are older than anything in memory, so they are sent first.
 
 SHELL.
 """
