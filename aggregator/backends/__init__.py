@@ -12,7 +12,7 @@ One `Backend` protocol, two backends:
 backend's `run` task and, at a graceful stop, waits with `wait_delivered` and then calls
 `close`.
 
-SHELL (the protocol; the renderer and placement are pure).
+Pure: the protocol and the values it returns (the backends themselves are SHELL).
 """
 
 from __future__ import annotations
