@@ -23,17 +23,13 @@ from typing import Final, Protocol
 import trio
 
 from common.logging import log_event
+from common.stats import Reading, numeric
 
-from .backends.render import GraphiteRenderer
+from .backends import Backend, EtsyStatus
+from .backends.render import GraphiteRenderer, Naming
 from .ledger import Accumulator
 
 LOGGER = logging.getLogger(__name__)
-
-
-class Output(Protocol):
-    """Where rendered lines go (Carbon senders, the console)."""
-
-    def offer(self, payload: bytes) -> None: ...
 
 
 class Coordinator(Protocol):
@@ -49,7 +45,7 @@ class Coordinator(Protocol):
 
 
 class FlushStatistics:
-    """What the last flush took (shown by the admin ``stats`` command)."""
+    """What the last flush took (its render time is the next ``calculationtime``)."""
 
     def __init__(self) -> None:
         self.flushes = 0
@@ -75,35 +71,72 @@ def flush_timestamp(boundary: float) -> int:
     return round(boundary)
 
 
+def format_self_metrics(identity: str, readings: Sequence[Reading]) -> dict[str, float]:
+    """tallyd's figures as flushed self-metrics: ``tallyd.<identity>.<name>`` for every
+    counter (a total since start) and level, under the renderer's internal namespace."""
+    return {f"tallyd.{identity}.{name}": value for name, value in numeric(readings).items()}
+
+
+def format_etsy_figures(statuses: Sequence[EtsyStatus]) -> dict[str, float]:
+    """The Etsy backends' figures as they end every flush (``graphiteStats.flush_length``)."""
+    return {f"{status.flush_name}.{name}": value
+            for status in statuses for name, value in status.figures.items()}
+
+
+def _no_readings() -> list[Reading]:
+    return []
+
+
+def _no_statuses() -> list[EtsyStatus]:
+    return []
+
+
 class Flusher:
     """Swaps, renders and ships one aggregator's data.
 
     Args:
         aggregator: the ledger owner.
-        renderer: the Graphite naming in force (replaced on reload).
-        outputs: where every rendered chunk goes.
-        internal_values: extra internal metrics (name -> value) appended to each flush,
-            e.g. the Graphite backend's figures; called once per flush.
+        naming: the Graphite naming in force (`reconfigure` replaces it).
+        backends: where every rendered chunk goes.
+        identity: this aggregator's name in its self-metrics.
+        self_metrics: whether each flush ends with tallyd's own figures.
+        readings: every component's figures, read once per flush.
+        etsy_statuses: the Etsy backend figures worker 0 appends to each flush.
     """
 
-    def __init__(self, aggregator: Accumulator, renderer: GraphiteRenderer,
-                 outputs: Sequence[Output], interval: float, *,
-                 internal_values: Callable[[], dict[str, float]] = dict,
+    def __init__(self, aggregator: Accumulator, naming: Naming,
+                 backends: Sequence[Backend], interval: float, *, identity: str,
+                 self_metrics: bool = True,
+                 readings: Callable[[], list[Reading]] = _no_readings,
+                 etsy_statuses: Callable[[], list[EtsyStatus]] = _no_statuses,
                  coordinator: Coordinator | None = None) -> None:
         self.aggregator = aggregator
-        self.renderer = renderer
-        self.outputs = outputs
+        self.renderer = GraphiteRenderer(naming)
+        self.backends = backends
         self.interval = interval
-        self.internal_values = internal_values
+        self.identity = identity
+        self.self_metrics = self_metrics
+        self.readings = readings
+        self.etsy_statuses = etsy_statuses
         self.coordinator = coordinator
         self.report_internal = aggregator.options.report_internal
         self.stats = FlushStatistics()
-        self.self_metrics = True
         self._lock = trio.Lock()
 
+    def reconfigure(self, naming: Naming, *, self_metrics: bool) -> None:
+        """Apply reloaded settings from the next flush on."""
+        self.renderer = GraphiteRenderer(naming)
+        self.self_metrics = self_metrics
+
+    def _internal_values(self) -> dict[str, float]:
+        values = format_etsy_figures(self.etsy_statuses()) if self.report_internal else {}
+        if self.self_metrics:
+            values.update(format_self_metrics(self.identity, self.readings()))
+        return values
+
     def _ship(self, payload: bytes) -> None:
-        for output in self.outputs:
-            output.offer(payload)
+        for backend in self.backends:
+            backend.offer(payload)
 
     async def flush(self, timestamp: int, *, sequence: int | None = None) -> None:
         """Flush once, stamped ``timestamp``. Not cancellable half-way: a flush that started
@@ -122,7 +155,7 @@ class Flusher:
                     await self.coordinator.before_swap(sequence)
                 # Levels (buffered lines, ...) are sampled before this flush is queued, so
                 # they show the backlog, not the flush in progress.
-                extra = self.internal_values()
+                extra = self._internal_values()
                 started = time.perf_counter()
                 snapshot = self.aggregator.swap(timestamp, self.interval)
                 if self.coordinator is not None:

@@ -16,75 +16,57 @@ from typing import Any, Final
 import attrs
 import trio
 
-from common.auth import TokenAuth
-from common.listener import IntakeCounters
 from common.mgmt import COMMANDS, END
 from common.mgmt_server import PeerUnavailable
+from common.stats import stats_lines
 
-from .backends.carbon import CarbonOutput
+from .backends import EtsyStatus
+from .components import Components
 from .config import AggregatorConfig, plain_value
-from .ledger import Accumulator
 
 #: How long worker 0 waits for another worker's part of an admin answer.
 PEER_TIMEOUT: Final = 5.0
 
 
+def format_etsy_lines(statuses: Sequence[EtsyStatus], now: float
+                      ) -> list[tuple[str, object]]:
+    """Etsy's backend lines (``graphite.flush_length``); a ``last_*`` figure is an epoch
+    time, printed as seconds ago (with no exception yet: seconds since 1970, as Etsy)."""
+    return [(f"{status.name}.{name}",
+             round(now) - value if name.startswith("last_") else value)
+            for status in statuses for name, value in status.figures.items()]
+
+
 class AggregatorMgmt:
-    """The aggregator as the management protocol sees it."""
+    """The aggregator as the management protocol sees it.
+
+    Args:
+        config: the configuration in force (``config`` command).
+        components: the parts whose figures ``stats`` shows and whose ledger the dump and
+            delete commands read.
+    """
 
     commands: Sequence[str] = COMMANDS
 
-    def __init__(self, config: AggregatorConfig, aggregator: Accumulator,
-                 carbon: CarbonOutput | None, intake: IntakeCounters,
-                 auth: TokenAuth | None = None) -> None:
+    def __init__(self, config: AggregatorConfig, components: Components) -> None:
         self.config = config
-        self.aggregator = aggregator
-        self.carbon = carbon
-        self.intake = intake
-        self.auth = auth
+        self.components = components
+        self.aggregator = components.accumulator
         self.health = config.health_status
         self.started = time.time()
-        self.last_msg_seen = self.started
 
     def stats_lines(self) -> Sequence[tuple[str, object]]:
+        """Etsy's lines, then every tallyd figure by its full name."""
         now = time.time()
         agg = self.aggregator
-        lines: list[tuple[str, object]] = [
+        last = agg.last_message_time if agg.last_message_time is not None else self.started
+        return [
             ("uptime", round(now - self.started)),
-            *agg.message_stats(now, self.last_msg_seen),
-            ("messages.bad_lines_seen", agg.bad_lines_total),
-            *((f"intake.{name}", count) for name, count in attrs.asdict(self.intake).items()),
+            ("messages.last_msg_seen", round(now - last)),
+            ("messages.bad_lines_seen", agg.statistics().bad_lines),
+            *format_etsy_lines(self.components.etsy_statuses(), now),
+            *stats_lines(self.components.readings()),
         ]
-        if self.auth is not None:
-            refused = self.auth.statistics().refused_lines
-            lines += [(f"auth.refused_lines.{reason}", refused[reason])
-                      for reason in ("missing", "invalid", "revoked")]
-        if self.carbon is not None:
-            # Etsy's graphite backend lines, over every node: the oldest node's last flush,
-            # the latest exception, the slowest flush (ms) and the bytes of all; last_* are
-            # seconds ago, as Etsy prints them (last_exception with none: seconds since 1970).
-            graphite = self.carbon.graphite_stats()
-            lines += [
-                ("graphite.last_flush", round(now) - graphite["graphiteStats.last_flush"]),
-                ("graphite.last_exception",
-                 round(now) - graphite["graphiteStats.last_exception"]),
-                ("graphite.flush_time", graphite["graphiteStats.flush_time"]),
-                ("graphite.flush_length", graphite["graphiteStats.flush_length"]),
-            ]
-            for sender in self.carbon.senders.values():
-                s = sender.statistics()
-                lines += [
-                    (f"graphite.{s.node}.connected", int(s.connected)),
-                    (f"graphite.{s.node}.sent_lines", s.sent_lines),
-                    (f"graphite.{s.node}.buffered_lines", s.buffered_lines),
-                    (f"graphite.{s.node}.spooled_lines", s.spooled_lines),
-                    (f"graphite.{s.node}.dropped_lines", s.dropped_lines),
-                    (f"graphite.{s.node}.reconnects", s.reconnects),
-                    (f"graphite.{s.node}.last_flush", round(now - s.last_flush)),
-                    (f"graphite.{s.node}.last_exception",
-                     round(now - s.last_exception) if s.last_exception else "never"),
-                ]
-        return lines
 
     def config_lines(self) -> Sequence[tuple[str, object]]:
         return [(f.name, json.dumps(plain_value(f.name, getattr(self.config, f.name))))

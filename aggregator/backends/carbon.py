@@ -7,21 +7,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import trio
+
 from common.ring import CarbonNode, Ring
+from common.stats import Reading, path_component, read
 
 from ..config import AggregatorConfig
+from . import EtsyStatus, Leftover
 from .placement import Placement
 from .sender import CarbonSender, SenderStatistics
 from .spool import Spool
 
 
-def node_component(node: CarbonNode) -> str:
-    """A Carbon node as one Graphite path component: ``127_0_0_1_2003_a``."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(node))
-
-
 class CarbonOutput:
-    """Places each line on the Carbon ring and hands it to that node's sender."""
+    """The Carbon `aggregator.backends.Backend`: places each line on the Carbon ring and
+    hands it to that node's sender."""
 
     def __init__(self, config: AggregatorConfig) -> None:
         ring = Ring.from_nodes(config.carbon, hash_type=config.ring_hash,
@@ -33,49 +33,50 @@ class CarbonOutput:
                 node, buffer_bytes=config.carbon_buffer_bytes,
                 connect_timeout=config.carbon_connect_timeout,
                 write_timeout=config.carbon_write_timeout,
-                spool=(Spool(spool_root / node_component(node), config.carbon_spool_max_bytes)
+                spool=(Spool(spool_root / path_component(str(node)),
+                             config.carbon_spool_max_bytes)
                        if spool_root is not None else None),
                 replay_lines_per_second=config.carbon_replay_lines_per_second)
             for node in ring.nodes
         }
-        self._last: dict[CarbonNode, SenderStatistics] = {}
 
     def offer(self, payload: bytes) -> None:
         for node, block in self.placement.split(payload).items():
             self.senders[node].offer(block)
 
+    async def run(self) -> None:
+        """Run every node's sender until cancelled."""
+        async with trio.open_nursery() as nursery:
+            for sender in self.senders.values():
+                nursery.start_soon(sender.run)
+
     async def wait_delivered(self) -> None:
         for sender in self.senders.values():
             await sender.wait_idle()
 
-    def spill_to_spool(self) -> int:
-        return sum(sender.spill_to_spool() for sender in self.senders.values())
+    def close(self) -> Leftover:
+        """Move what is still in memory to each node's spool (without one, it is lost)."""
+        spooled = sum(sender.spill_to_spool() for sender in self.senders.values())
+        lost = sum(sender.dropped["shutdown"] for sender in self.senders.values())
+        return Leftover(spooled_lines=spooled, lost_lines=lost)
 
-    def graphite_stats(self) -> dict[str, float]:
-        """Etsy's four graphite backend figures, summed or worst-of over the nodes."""
-        stats = [s.statistics() for s in self.senders.values()]
-        return {
-            "graphiteStats.last_exception": round(max(s.last_exception for s in stats)),
-            "graphiteStats.last_flush": round(min(s.last_flush for s in stats)),
-            "graphiteStats.flush_time": round(max(s.flush_time_ms for s in stats)),
-            "graphiteStats.flush_length": sum(s.flush_length for s in stats),
-        }
+    def statistics(self) -> dict[CarbonNode, SenderStatistics]:
+        """Every node's sender snapshot."""
+        return {node: sender.statistics() for node, sender in self.senders.items()}
 
-    def self_metrics(self, identity: str) -> dict[str, float]:
-        """Per-node figures for this flush, under ``tallyd.<identity>.carbon.<node>.``:
-        counts since the previous flush, and the current levels."""
-        out: dict[str, float] = {}
-        for node, sender in self.senders.items():
-            now = sender.statistics()
-            before = self._last.get(node)
-            self._last[node] = now
-            head = f"tallyd.{identity}.carbon.{node_component(node)}."
-            out[head + "sent_lines"] = now.sent_lines - (before.sent_lines if before else 0)
-            out[head + "reconnects"] = now.reconnects - (before.reconnects if before else 0)
-            for reason in ("buffer_full", "spool_full", "shutdown"):
-                out[head + "dropped_lines." + reason] = (
-                    now.dropped.get(reason, 0) - (before.dropped.get(reason, 0) if before else 0))
-            out[head + "buffered_lines"] = now.buffered_lines
-            out[head + "spooled_lines"] = now.spooled_lines
-            out[head + "connected"] = int(now.connected)
-        return out
+    def readings(self) -> list[Reading]:
+        """Every node's figures, as ``aggregator.carbon.<node>.<measure>``."""
+        return [reading for node, stats in self.statistics().items()
+                for reading in read("aggregator", "carbon", stats,
+                                    instance=path_component(str(node)))]
+
+    def etsy_status(self) -> EtsyStatus:
+        """Etsy's four graphite backend figures, over every node: the oldest node's last
+        flush, the latest exception, the slowest write (ms) and the bytes of all."""
+        stats = self.statistics().values()
+        return EtsyStatus("graphite", "graphiteStats", {
+            "last_flush": round(min(s.last_flush_time for s in stats)),
+            "last_exception": round(max(s.last_exception_time for s in stats)),
+            "flush_time": round(max(s.flush_time_ms for s in stats)),
+            "flush_length": sum(s.flush_length for s in stats),
+        })

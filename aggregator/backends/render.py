@@ -45,9 +45,6 @@ from ..timers import Bound, bins_for, idle_timer_stats, keeps_stat, timer_stats
 #: Names rendered per chunk: about 5-10 ms of work for counters, less for timers.
 DEFAULT_CHUNK_NAMES: Final = 2_000
 
-#: The four backend statistics Etsy's graphite backend appends to every flush.
-GRAPHITE_STATS: Final = ("last_exception", "last_flush", "flush_time", "flush_length")
-
 
 @attrs.frozen
 class Naming:

@@ -4,8 +4,8 @@
 and never makes its caller wait: `offer` appends the bytes to a bounded in-memory queue and
 returns at once. A task (`run`) moves the backlog to the socket:
 
-* connect with a timeout; on failure back off exponentially (0.1 s doubling to 30 s) with
-  jitter, so many aggregators restarting together do not hammer a recovering Carbon;
+* connect with a timeout; on failure back off (`common.backoff`: 0.1 s doubling to 30 s,
+  jittered), so many aggregators restarting together do not hammer a recovering Carbon;
 * write each chunk with a write deadline; a Carbon that stalls is disconnected and the
   chunk is sent again on the next connection (resending a Graphite point is harmless:
   the same path, timestamp and value overwrite themselves);
@@ -13,11 +13,11 @@ returns at once. A task (`run`) moves the backlog to the socket:
   flush is written into a dead socket;
 * after a reconnect, send the backlog no faster than ``replay_lines_per_second``; live
   flushes go out at full speed once the backlog is gone;
-* when the queue passes ``buffer_bytes``, its oldest chunks move to the disk `Spool` if
-  there is one, or are dropped and counted (reason ``buffer_full``). The chunk being written
-  and the newest one always stay, so memory is bounded by the limit plus one chunk, and no
-  line is both counted as dropped and delivered. Spooled chunks are older than anything in
-  memory, so they are sent first.
+* when the queue (a `common.queue.ChunkQueue`) passes ``buffer_bytes``, its oldest chunks
+  move to the disk `Spool` if there is one, or are dropped and counted (reason
+  ``buffer_full``). The chunk being written and the newest one always stay, so memory is
+  bounded by the limit plus one chunk, and no line is both counted as dropped and
+  delivered. Spooled chunks are older than anything in memory, so they are sent first.
 
 SHELL.
 """
@@ -27,14 +27,17 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections import Counter, deque
+from collections import Counter
 from typing import Final
 
 import attrs
 import trio
 
+from common.backoff import backoff_delay
 from common.logging import log_event
+from common.queue import ChunkQueue
 from common.ring import CarbonNode
+from common.stats import counter, level, text
 
 from .spool import Spool
 
@@ -46,29 +49,44 @@ BACKOFF_MAX_SECONDS: Final = 30.0
 DROP_LOG_PERIOD_SECONDS: Final = 10.0
 
 
+#: Why a sender gives lines up (every reason is reported, zero or not).
+DROP_REASONS: Final = ("buffer_full", "spool_full", "shutdown")
+
+
 @attrs.frozen
 class SenderStatistics:
-    """A snapshot of one sender's counters (lines are newline-terminated records)."""
+    """A snapshot of one sender (lines are newline-terminated records).
+
+    ``last_flush`` and ``last_exception`` are shown as Etsy's ``stats`` shows ``last_*``:
+    seconds before the snapshot (``never`` for an exception that never happened). The
+    epoch times, the last write's duration and size feed Etsy's ``graphite.*`` figures
+    (`aggregator.backends.carbon.CarbonOutput.etsy_status`) and are not figures themselves.
+    """
 
     node: str
-    connected: bool
-    sent_lines: int
-    sent_bytes: int
-    buffered_lines: int
-    buffered_bytes: int
-    spooled_lines: int
-    spooled_bytes: int
-    dropped: dict[str, int]
-    reconnects: int
-    connect_failures: int
-    last_flush: float
-    last_exception: float
-    flush_time_ms: float
-    flush_length: int
+    connected: bool = level(help="1 while a connection to the node is open")
+    sent_lines: int = counter(help="lines written to the node")
+    sent_bytes: int = counter(help="bytes written to the node")
+    buffered_lines: int = level(help="lines waiting in memory")
+    buffered_bytes: int = level(help="bytes waiting in memory")
+    spooled_lines: int = level(help="lines waiting in the disk spool")
+    spooled_bytes: int = level(help="bytes waiting in the disk spool")
+    dropped_lines: dict[str, int] = counter(
+        help="lines given up, by reason (buffer_full: memory full and no spool; spool_full: "
+             "the spool made room or could not take a chunk; shutdown: left at exit, no spool)")
+    reconnects: int = counter(help="connections opened after the first")
+    connect_failures: int = counter(help="connection attempts that failed")
+    last_flush: str = text(help="seconds since the last chunk was written")
+    last_exception: str = text(help="seconds since the last connection failure, or never")
+    last_flush_time: float = 0.0
+    last_exception_time: float = 0.0
+    flush_time_ms: float = 0.0
+    flush_length: int = 0
 
     @property
-    def dropped_lines(self) -> int:
-        return sum(self.dropped.values())
+    def dropped(self) -> dict[str, int]:
+        """The reasons lines were given up for, with how many (nonzero only)."""
+        return {reason: n for reason, n in self.dropped_lines.items() if n}
 
 
 class CarbonSender:
@@ -92,10 +110,7 @@ class CarbonSender:
         self.write_timeout = write_timeout
         self.spool = spool
         self.replay_lines_per_second = replay_lines_per_second
-        self._queue: deque[bytes] = deque()
-        self._queued_bytes = 0
-        self._queued_lines = 0
-        self._sending_queue_head = False
+        self._queue = ChunkQueue(buffer_bytes, keep_newest=True)
         self._wakeup = trio.Event()
         self._idle = trio.Event()
         self.connected = False
@@ -116,28 +131,17 @@ class CarbonSender:
     @property
     def pending_lines(self) -> int:
         """Lines waiting, in memory and in the spool."""
-        return self._queued_lines + (self.spool.lines if self.spool is not None else 0)
+        return self._queue.total_lines + (self.spool.lines if self.spool is not None else 0)
 
     def offer(self, payload: bytes) -> None:
         """Queue ``payload`` (whole lines) for delivery; never blocks."""
         if not payload:
             return
-        self._queue.append(payload)
-        self._queued_bytes += len(payload)
-        self._queued_lines += payload.count(b"\n")
-        while self._queued_bytes > self.buffer_bytes:
-            index = 1 if self._sending_queue_head else 0
-            if len(self._queue) - index <= 1:
-                break
-            chunk = self._queue[index]
-            del self._queue[index]
-            self._queued_bytes -= len(chunk)
-            lines = chunk.count(b"\n")
-            self._queued_lines -= lines
+        for chunk in self._queue.append(payload):
             if self.spool is not None:
                 self.dropped["spool_full"] += self.spool.append(chunk)
             else:
-                self.dropped["buffer_full"] += lines
+                self.dropped["buffer_full"] += chunk.count(b"\n")
         self._log_drops()
         if self._idle.is_set():
             self._idle = trio.Event()
@@ -163,38 +167,40 @@ class CarbonSender:
         Without a spool nothing can be kept, and the lines are counted as dropped
         (reason ``shutdown``)."""
         lines = 0
-        while self._queue:
-            chunk = self._queue.popleft()
+        for chunk in self._queue.clear():
             count = chunk.count(b"\n")
             if self.spool is not None:
                 self.dropped["spool_full"] += self.spool.append(chunk)
                 lines += count
             else:
                 self.dropped["shutdown"] += count
-        self._queued_bytes = self._queued_lines = 0
         return lines
 
     def statistics(self) -> SenderStatistics:
         spool = self.spool
+        now = time.time()
         return SenderStatistics(
             node=str(self.node), connected=self.connected, sent_lines=self.sent_lines,
-            sent_bytes=self.sent_bytes, buffered_lines=self._queued_lines,
-            buffered_bytes=self._queued_bytes,
+            sent_bytes=self.sent_bytes, buffered_lines=self._queue.total_lines,
+            buffered_bytes=self._queue.total_bytes,
             spooled_lines=spool.lines if spool is not None else 0,
             spooled_bytes=spool.bytes if spool is not None else 0,
-            dropped={k: v for k, v in self.dropped.items() if v},
+            dropped_lines={reason: self.dropped[reason] for reason in DROP_REASONS},
             reconnects=max(self.connects - 1, 0),
-            connect_failures=self.connect_failures, last_flush=self.last_flush,
-            last_exception=self.last_exception, flush_time_ms=self.flush_time_ms,
-            flush_length=self.flush_length)
+            connect_failures=self.connect_failures,
+            last_flush=str(round(now - self.last_flush)),
+            last_exception=(str(round(now - self.last_exception)) if self.last_exception
+                            else "never"),
+            last_flush_time=self.last_flush, last_exception_time=self.last_exception,
+            flush_time_ms=self.flush_time_ms, flush_length=self.flush_length)
 
     async def run(self) -> None:
         """Connect and deliver until cancelled."""
-        backoff = BACKOFF_START_SECONDS
+        failures = 0
         while True:
             stream = await self._connect()
             if stream is not None:
-                backoff = BACKOFF_START_SECONDS
+                failures = 0
                 self.connected = True
                 self.connects += 1
                 log_event(LOGGER, "carbon_connected", node=str(self.node),
@@ -204,8 +210,9 @@ class CarbonSender:
                 self.last_exception = time.time()
                 log_event(LOGGER, "carbon_disconnected", level=logging.WARNING,
                           node=str(self.node), reason=reason)
-            await trio.sleep(backoff * random.uniform(0.5, 1.0))
-            backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+            failures += 1
+            await trio.sleep(backoff_delay(failures, base=BACKOFF_START_SECONDS,
+                                           cap=BACKOFF_MAX_SECONDS, jitter=random.random()))
 
     async def _connect(self) -> trio.SocketStream | None:
         try:
@@ -249,7 +256,7 @@ class CarbonSender:
             if chunk is not None:
                 return chunk, True
         if self._queue:
-            return self._queue[0], False
+            return self._queue.peek(), False
         return None
 
     def _delivered(self, chunk: bytes, from_spool: bool) -> None:
@@ -259,8 +266,6 @@ class CarbonSender:
             self.spool.commit()
         else:
             self._queue.popleft()
-            self._queued_bytes -= len(chunk)
-            self._queued_lines -= lines
         self.sent_lines += lines
         self.sent_bytes += len(chunk)
         self.flush_length = len(chunk)
@@ -278,12 +283,12 @@ class CarbonSender:
                 continue
             chunk, from_spool = item
             started = time.perf_counter()
-            self._sending_queue_head = not from_spool
+            self._queue.pinned = 0 if from_spool else 1
             try:
                 with trio.fail_after(self.write_timeout):
                     await stream.send_all(chunk)
             finally:
-                self._sending_queue_head = False
+                self._queue.pinned = 0
             self.flush_time_ms = (time.perf_counter() - started) * 1000
             self._delivered(chunk, from_spool)
             if catching_up and self.replay_lines_per_second:

@@ -104,8 +104,8 @@ _TIMING_DEPENDENT = re.compile(
 )
 MASK = "<masked>"
 #: tallyd's own metrics, on by default:
-#: <prefix_stats>.tallyd.<identity>.{carbon,exchange,ledger,...}.
-_SELF_METRICS = re.compile(r"(^|\.)tallyd\.[^.;]+\.(carbon|exchange|worker|workers|auth|ledger)\.")
+#: <prefix_stats>.tallyd.<identity>.aggregator.<component>..., every figure of `common.stats`.
+_SELF_METRICS = re.compile(r"(^|\.)tallyd\.[^.;]+\.aggregator\.")
 
 
 class HarnessTimingError(Exception):

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from common.ring import CarbonNode, Ring, parse_carbon_node
+from common.stats import path_component
 from harness.carbon import CARBON_DIR, LocalCarbon
 from harness.client import mgmt_command, send_udp
 from harness.tallyd import AggregatorProcess
@@ -38,7 +39,7 @@ CARBON_PYTHON = CARBON_DIR / "bin" / "python"
 FLUSH_INTERVAL = 1.0
 SCHEMA = "1s:1h"
 
-#: Per-node self-metrics the issue names: per-interval counts, then levels.
+#: Per-node self-metrics the issue names: counts (totals since start), then levels.
 SELF_COUNTS = ("sent_lines", "dropped_lines.buffer_full", "dropped_lines.spool_full", "reconnects")
 SELF_LEVELS = ("buffered_lines", "spooled_lines", "connected")
 SELF_MEASURES = SELF_COUNTS + SELF_LEVELS
@@ -158,13 +159,9 @@ def read_series(cache: Cache, metrics: Iterable[str]) -> dict[str, Points | None
 # -- naming --------------------------------------------------------------------------------
 
 
-def node_component(node: CarbonNode | str) -> str:
-    """``127.0.0.1:2003:a`` -> ``127_0_0_1_2003_a`` (the node's part of a self-metric path)."""
-    return str(node).replace(".", "_").replace(":", "_")
-
-
 def self_metric(identity: str, node: CarbonNode | str, measure: str) -> str:
-    return f"stats.statsd.tallyd.{identity}.carbon.{node_component(node)}.{measure}"
+    return (f"stats.statsd.tallyd.{identity}.aggregator.carbon."
+            f"{path_component(str(node))}.{measure}")
 
 
 def every_flush_paths(identity: str, nodes: Sequence[CarbonNode]) -> list[str]:
@@ -331,9 +328,11 @@ def admin_stats(proc: AggregatorProcess) -> dict[str, str]:
 
 
 def node_stat(stats: Mapping[str, str], node: CarbonNode | str, measure: str) -> int:
-    key = f"graphite.{node}.{measure}"
-    assert key in stats, f"admin stats has no {key}; has {sorted(stats)}"
-    return int(stats[key])
+    """One node's figure; a figure kept by reason (``dropped_lines``) is summed."""
+    key = f"aggregator.carbon.{path_component(str(node))}.{measure}"
+    parts = [value for name, value in stats.items() if name.startswith(key + ".")]
+    assert key in stats or parts, f"admin stats has no {key}; has {sorted(stats)}"
+    return int(stats[key]) if key in stats else sum(int(value) for value in parts)
 
 
 # -- sockets in front of nodes -------------------------------------------------------------

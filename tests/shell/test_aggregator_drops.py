@@ -12,8 +12,8 @@ from functools import partial
 import pytest
 import trio
 
+import aggregator.intake
 import aggregator.mgmt
-import aggregator.server
 from aggregator.config import AggregatorConfig
 from aggregator.server import serve
 from common.config import config_from_mapping
@@ -88,9 +88,9 @@ async def test_carbon_never_receives_infinity_or_nan(nursery, sink: TrioSink, wa
     # every line was received: 17 lines, 8 of them refused under a named reason
     assert sum(sink.values(b"stats_counts.statsd.metrics_received")) == 17
     stats = await ask_stats(addrs.mgmt)
-    assert stats["messages.dropped_lines.overflow"] == "6"
-    assert stats["messages.dropped_lines.dogstatsd_event"] == "1"
-    assert stats["messages.dropped_lines.dogstatsd_service_check"] == "1"
+    assert stats["aggregator.ledger.dropped_lines.overflow"] == "6"
+    assert stats["aggregator.ledger.dropped_lines.dogstatsd_event"] == "1"
+    assert stats["aggregator.ledger.dropped_lines.dogstatsd_service_check"] == "1"
     assert stats["messages.bad_lines_seen"] == "0"
 
 
@@ -99,7 +99,7 @@ async def test_last_msg_seen_is_the_time_since_the_last_message(
         monkeypatch: pytest.MonkeyPatch) -> None:
     fake_time = types.SimpleNamespace(time=wall_clock)  # follows trio's mocked clock
     monkeypatch.setattr(aggregator.mgmt, "time", fake_time)
-    monkeypatch.setattr(aggregator.server, "time", fake_time)
+    monkeypatch.setattr(aggregator.intake, "time", fake_time)
     addrs = await nursery.start(partial(serve, make_config(flush_interval=10),
                                         wall_clock=wall_clock))
     await trio.sleep(100)

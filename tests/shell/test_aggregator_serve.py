@@ -15,6 +15,7 @@ from aggregator.server import serve
 from common.config import config_from_mapping
 from common.errors import ConfigError
 from common.listener import BoundAddresses
+from common.stats import path_component
 from harness.port import free_port
 from harness.triosink import TrioSink
 
@@ -141,8 +142,8 @@ async def check_stalled_stats(mgmt: trio.SocketStream, node: str) -> None:
     while not reply.endswith(b"END\n\n"):
         reply += await mgmt.receive_some(65536)
     stats = dict(line.split(": ", 1) for line in reply.decode().splitlines() if ": " in line)
-    assert int(stats[f"graphite.{node}.dropped_lines"]) > 0
-    assert int(stats[f"graphite.{node}.buffered_lines"]) > 0
+    assert int(stats[f"aggregator.carbon.{path_component(node)}.dropped_lines.buffer_full"]) > 0
+    assert int(stats[f"aggregator.carbon.{path_component(node)}.buffered_lines"]) > 0
     await mgmt.send_all(b"counters\n")
     reply = b""
     while not reply.endswith(b"END\n\n"):

@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from aggregator.backends.carbon import CarbonOutput
+from aggregator.components import Components
 from aggregator.config import AggregatorConfig
 from aggregator.ledger import Accumulator
 from aggregator.mgmt import AggregatorMgmt, WorkerMgmtPeers, open_worker_mgmt
@@ -78,12 +79,12 @@ async def test_joined_commands_answer_error_when_a_worker_is_away(nursery) -> No
     own.ingest(b"own.c:1|c")
     peer = Accumulator(config.ledger_options)
     peer.ingest(b"peer.c:4|c\npeer.t:9|ms")
-    peer_admin = AggregatorMgmt(config, peer, None, IntakeCounters())
+    peer_admin = AggregatorMgmt(config, Components(peer, IntakeCounters()))
     name = f"\0tallyd-test-admin-{uuid.uuid4().hex}"
     listener = await open_worker_mgmt(name + "-1")
     await nursery.start(run_mgmt_server, [listener], peer_admin)
 
-    admin = AggregatorMgmt(config, own, None, IntakeCounters())
+    admin = AggregatorMgmt(config, Components(own, IntakeCounters()))
     peers = WorkerMgmtPeers({1: name + "-1"}, timeout=2)
     reply, _ = await answer("counters", admin, peers)
     dump = json.loads(reply.removesuffix("END\n\n"))
@@ -100,7 +101,8 @@ async def test_joined_commands_answer_error_when_a_worker_is_away(nursery) -> No
 
 async def test_a_peer_that_breaks_off_makes_an_error_not_a_silent_close(nursery) -> None:
     config = config_from_mapping(AggregatorConfig, {"listen": ["udp://127.0.0.1:0"]})
-    admin = AggregatorMgmt(config, Accumulator(config.ledger_options), None, IntakeCounters())
+    admin = AggregatorMgmt(config, Components(Accumulator(config.ledger_options),
+                                                IntakeCounters()))
     address = f"\0tallyd-test-admin-{uuid.uuid4().hex}-1"
     listener = await open_worker_mgmt(address)
 
@@ -381,22 +383,22 @@ async def test_stats_prints_etsys_plain_graphite_lines_over_the_nodes_and_the_pe
     first.last_exception, second.last_exception = now - 100, now - 7
     first.flush_time_ms, second.flush_time_ms = 12.0, 4.0
     first.flush_length, second.flush_length = 1000, 234
-    admin = AggregatorMgmt(config, Accumulator(config.ledger_options), carbon,
-                            IntakeCounters())
+    admin = AggregatorMgmt(config, Components(Accumulator(config.ledger_options),
+                                              IntakeCounters(), backends=[carbon]))
     reply, _ = handle_command("stats", admin)
     rows = dict(row.split(": ", 1) for row in reply.removesuffix("END\n\n").splitlines())
     assert abs(int(rows["graphite.last_flush"]) - 30) <= 1  # the node furthest behind
     assert abs(int(rows["graphite.last_exception"]) - 7) <= 1  # the latest exception
     assert rows["graphite.flush_time"] == "12"  # the slowest, ms
     assert rows["graphite.flush_length"] == "1234"  # every node's bytes
-    assert rows["graphite.127.0.0.1:2003.last_flush"] in ("2", "3", "4")  # per node, kept
-    assert rows["graphite.127.0.0.2:2003.last_exception"] in ("6", "7", "8")
+    assert rows["aggregator.carbon.127_0_0_1_2003.last_flush"] in ("2", "3", "4")  # per node, kept
+    assert rows["aggregator.carbon.127_0_0_2_2003.last_exception"] in ("6", "7", "8")
     # With no exception at all, Etsy prints seconds since the epoch.
     first.last_exception = second.last_exception = 0.0
     rows = dict(row.split(": ", 1)
                 for row in handle_command("stats", admin)[0].removesuffix("END\n\n").splitlines())
     assert abs(int(rows["graphite.last_exception"]) - now) <= 2
-    assert rows["graphite.127.0.0.1:2003.last_exception"] == "never"
+    assert rows["aggregator.carbon.127_0_0_1_2003.last_exception"] == "never"
 
 
 async def test_a_live_proxys_help_lists_what_works_and_the_rest_answers_why(nursery) -> None:

@@ -1,0 +1,121 @@
+"""The aggregator's intake path: from the listeners' callbacks to the ledger.
+
+`build_intake_path` chains the callback every listener is given: the arrival time is noted
+(for the management ``stats``), token authentication strips or refuses tokens, and the
+lines go to the ledger (`Accumulator.ingest`) or, with several workers, to the exchange,
+which keeps this worker's names and sends the others to their owners. `run_intake` runs
+one listener per socket; `drain_datagrams` reads what is left at a graceful stop.
+
+SHELL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from functools import partial
+from typing import Final, Protocol
+
+import attrs
+import trio
+
+from common.auth import TokenAuth
+from common.listener import BoundSocket, DatagramReader, run_datagram_listener
+from common.streams import StreamConnections, run_stream_listener
+
+from .components import Components
+from .config import AggregatorConfig
+from .ledger import Accumulator
+from .workers.context import WorkerContext
+
+#: Datagrams read per call while draining the sockets at a graceful stop.
+DRAIN_BATCH_DATAGRAMS: Final = 10_000
+
+
+class Intake(Protocol):
+    """The aggregator's intake callback: a block of lines, and how many datagrams it joins."""
+
+    def __call__(self, packet: bytes, *, packets: int = 1) -> None: ...
+
+
+@attrs.frozen
+class IntakePath:
+    """How intake reaches the ledger: the callbacks every listener is given."""
+
+    handle: Intake
+    components: Components
+    connections: StreamConnections
+
+    def handle_batch(self, datagrams: list[bytes]) -> None:
+        self.handle(b"\n".join(datagrams), packets=len(datagrams))
+
+    def refused(self, reason: str, lines: int) -> None:
+        """Lines the intake refused before parsing (too long, cut): received and bad."""
+        accumulator = self.components.accumulator
+        accumulator.add_intake(0, lines, lines)
+        accumulator.bad_lines_total += lines
+
+
+def build_intake_path(config: AggregatorConfig, components: Components,
+                      worker: WorkerContext | None) -> IntakePath:
+    """The intake callback: through the exchange with several workers, token
+    authentication first when configured, and the arrival time noted for ``stats``."""
+    accumulator = components.accumulator
+    exchange = components.exchange
+    handle: Intake = exchange.handle if exchange is not None else accumulator.ingest
+    if components.auth is not None:
+        handle = authenticated(handle, components.auth)
+    connections = StreamConnections(
+        max_connections=config.max_tcp_connections, stats=components.intake,
+        idle_timeout_seconds=config.tcp_idle_timeout_seconds,
+        table=worker.connections if worker is not None else None)
+    return IntakePath(noting_arrival(handle, accumulator), components, connections)
+
+
+async def run_intake(config: AggregatorConfig, bound: Sequence[BoundSocket],
+                     path: IntakePath, *,
+                     task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
+                     ) -> None:
+    """Run a listener per intake socket until the scope given to ``task_status`` is
+    cancelled."""
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            for b in bound:
+                if b.url.is_stream:
+                    nursery.start_soon(partial(
+                        run_stream_listener, b, path.handle,
+                        max_line_bytes=config.max_line_bytes,
+                        connections=path.connections, refused=path.refused))
+                else:
+                    nursery.start_soon(partial(
+                        run_datagram_listener, b, path.handle, handle_batch=path.handle_batch,
+                        stats=path.components.intake, refused=path.refused))
+            task_status.started(scope)
+
+
+def drain_datagrams(bound: Sequence[BoundSocket], path: IntakePath) -> None:
+    """Read what the kernel already queued on the datagram sockets."""
+    for b in bound:
+        if not b.url.is_stream:
+            reader = DatagramReader(b, stats=path.components.intake, refused=path.refused)
+            while reader.drain(path.handle, DRAIN_BATCH_DATAGRAMS) == DRAIN_BATCH_DATAGRAMS:
+                pass
+
+
+def authenticated(handle: Intake, auth: TokenAuth) -> Intake:
+    """Wrap the intake callback: tokens are checked and stripped before anything else."""
+    def handle_authenticated(packet: bytes, *, packets: int = 1) -> None:
+        handle(auth.filter_packet(packet), packets=packets)
+
+    return handle_authenticated
+
+
+def noting_arrival(handle: Intake, aggregator: Accumulator) -> Intake:
+    """Wrap the intake callback: note when the last message arrived (admin ``stats``)."""
+    def handle_noted(packet: bytes, *, packets: int = 1) -> None:
+        aggregator.last_message_time = time.time()
+        handle(packet, packets=packets)
+
+    return handle_noted
+
+
