@@ -31,6 +31,7 @@ import attrs
 from common.errors import ParseError
 from common.protocol import (
     COUNTER,
+    DELTA_SIGNS,
     DOGSTATSD_EVENT,
     DOGSTATSD_SERVICE_CHECK,
     GAUGE,
@@ -38,6 +39,7 @@ from common.protocol import (
     HISTOGRAM,
     SET,
     TIMER,
+    TYPE_KINDS,
     UNSUPPORTED_REASONS,
     LineParser,
 )
@@ -47,10 +49,6 @@ from common.stats import counter
 MAX_KEPT_ERRORS: Final = 20
 
 _KEEP_ON_DELETE: Final = (b"packets_received", b"metrics_received", b"bad_lines_seen")
-#: The exact type fields the inline path of `Accumulator.ingest` handles.
-_FAST_KINDS: Final = {b"c": COUNTER, b"ms": TIMER, b"g": GAUGE, b"h": HISTOGRAM,
-                      b"d": HISTOGRAM, b"s": SET}
-_SIGNS: Final = (0x2B, 0x2D)  # "+" and "-"
 
 #: The drop reason of a line refused because it would make an aggregate non-finite.
 OVERFLOW: Final = "overflow"
@@ -203,7 +201,9 @@ class Accumulator:
         timers = ledger.timers
         timer_counts = ledger.timer_counts
         gauges = self.gauges
-        keys = self.parser.keys
+        cached_key = self.parser.cached_key
+        kinds = TYPE_KINDS
+        signs = DELTA_SIGNS
         max_line = self.parser.max_line_bytes
         slow = self._ingest_line
         fast_limit = _FAST_LIMIT
@@ -214,8 +214,8 @@ class Accumulator:
             lines += 1
             name, _, rest = line.partition(b":")
             value, _, kind = rest.partition(b"|")
-            key = keys.get(name)
-            fast = _FAST_KINDS.get(kind)
+            key = cached_key(name)
+            fast = kinds.get(kind)
             if fast is None or not key or len(line) > max_line:
                 slow(line)
                 continue
@@ -257,7 +257,7 @@ class Accumulator:
                 timer.append(number)
                 timer_counts[key] = timer_counts.get(key, 0.0) + 1.0
             elif fast == GAUGE:
-                if value[0] in _SIGNS:
+                if value[0] in signs:
                     gauges[key] = gauges.get(key, 0.0) + number
                 else:
                     gauges[key] = number
