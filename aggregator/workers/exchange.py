@@ -251,8 +251,9 @@ class Exchange:
             packets: how many datagrams ``packet`` joins.
         """
         own, foreign, count = self.splitter.split(packet)
-        self._admit(self.barrier.read_own(own, packets, count))
-        self._note_taken()
+        admit = self.barrier.read_own(own, packets, count)
+        self._note_taken()  # the shared record first: a kill may come at any moment
+        self._admit(admit)
         for peer, lines in foreign.items():
             batch = self._batch[peer]
             batch.extend(lines)
@@ -388,10 +389,11 @@ class Exchange:
                 self.aggregator.last_message_time = time.time()
             self.received_lines += lines
             self._received[sender] += lines
-            self._admit(self.barrier.receive_lines(sender, lines, payload))
+            admit = self.barrier.receive_lines(sender, lines, payload)
             if self.records is not None:
                 self.records.set_received(self.context.index, sender, self._received[sender])
                 self._note_taken()
+            self._admit(admit)
         elif kind == MARK:
             sender, flush, packets, lines, bad = decode_mark(message)
             self._check_sender(sender)
