@@ -33,7 +33,7 @@ Pure: no I/O, no clock.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 import attrs
 
@@ -41,7 +41,7 @@ from .codec import split_gauges
 
 #: Intake counts: (packets, lines, bad lines).
 Intake: TypeAlias = tuple[int, int, int]
-NO_INTAKE: Intake = (0, 0, 0)
+NO_INTAKE: Final[Intake] = (0, 0, 0)
 
 
 @attrs.frozen

@@ -41,7 +41,7 @@ from common.queue import ChunkQueue
 from common.stats import counter, level
 
 from ..ledger import Accumulator
-from .barrier import Admit, Barrier
+from .barrier import NO_INTAKE, Admit, Barrier
 from .codec import (
     DATA,
     DATA_HEADER_BYTES,
@@ -240,7 +240,7 @@ class Exchange:
         """Apply a decision of the barrier to the ledger."""
         for lines in admit.lines:
             self.aggregator.ingest(lines, intake=False)
-        if admit.intake != (0, 0, 0):
+        if admit.intake != NO_INTAKE:
             self.aggregator.add_intake(*admit.intake)
 
     # Intake side ------------------------------------------------------------------------
