@@ -2,10 +2,11 @@
 
 `Accumulator` owns the live `Ledger` and everything that outlives an interval (gauge values,
 the names of idle counters, timers and sets, gauge TTLs). Intake calls `ingest` for each
-packet; the flusher calls `swap`, which installs a fresh ledger in O(1)-ish time (a few
-C-level dict/set operations, no Python loop over the names unless idle deletion needs one)
-and returns a `FlushSnapshot` of the old one. All the expensive work (sorting timers,
-formatting lines) then runs on the snapshot while intake goes on into the new ledger.
+packet (the per-line work is `aggregator.ingest`); the flusher calls `swap`, which installs
+a fresh ledger in O(1)-ish time (a few C-level dict/set operations, no Python loop over
+the names unless idle deletion needs one) and returns a `FlushSnapshot` of the old one. All
+the expensive work (sorting timers, formatting lines) then runs on the snapshot while
+intake goes on into the new ledger.
 
 Reset rules at each flush, as Etsy statsd applies them:
 
@@ -22,7 +23,6 @@ Pure: no I/O, no clock (the flush timestamp comes in as an argument).
 
 from __future__ import annotations
 
-import sys
 from array import array
 from typing import Any, Final
 
@@ -30,53 +30,23 @@ import attrs
 
 from common.errors import ParseError
 from common.protocol import (
-    COUNTER,
     DOGSTATSD_EVENT,
     DOGSTATSD_SERVICE_CHECK,
-    GAUGE,
-    GAUGE_DELTA,
-    HISTOGRAM,
-    SET,
-    TIMER,
     UNSUPPORTED_REASONS,
     LineParser,
 )
 from common.stats import counter
 
+from .ingest import OVERFLOW, ingest_line, ingest_packet
+
 #: Bad lines kept per interval for the shell to log; the rest are only counted.
 MAX_KEPT_ERRORS: Final = 20
 
 _KEEP_ON_DELETE: Final = (b"packets_received", b"metrics_received", b"bad_lines_seen")
-#: The exact type fields the inline path of `Accumulator.ingest` handles.
-_FAST_KINDS: Final = {b"c": COUNTER, b"ms": TIMER, b"g": GAUGE, b"h": HISTOGRAM,
-                      b"d": HISTOGRAM, b"s": SET}
-_SIGNS: Final = (0x2B, 0x2D)  # "+" and "-"
 
-#: The drop reason of a line refused because it would make an aggregate non-finite.
-OVERFLOW: Final = "overflow"
 #: Every reason a line is refused for other than being bad (Etsy's ``bad_lines_seen``),
 #: in the order the admin ``stats`` prints them.
 DROP_REASONS: Final = (OVERFLOW, DOGSTATSD_EVENT, DOGSTATSD_SERVICE_CHECK)
-
-# Overflow: nothing non-finite may reach Carbon. Where each check is:
-# * The inline path takes only values with |v| <= _FAST_LIMIT (2**969). Adding such a value
-#   to any finite double never gives infinity: near the largest double (just under
-#   2**1024) one unit in the last place is 2**971, and a value under half of it rounds
-#   back (IEEE 754 round-to-nearest). So counters, gauge deltas and timer counts stay
-#   finite with one comparison per line, and only for values that are not plain digits
-#   or not "1". Larger values go through `Accumulator._ingest_line`, which checks the
-#   result itself.
-# * A counter is written twice: its count and its rate, count / interval, with an interval
-#   of at least 0.1 s (`aggregator.config`). So the checked path keeps counters and timer
-#   counts within _COUNT_LIMIT (a tenth of the largest double), and the rate is finite.
-#   (The inline path could pass it only by adding 2**969 about 10**16 times in one
-#   interval; the renderer refuses any non-finite value anyway.)
-# * Timer samples are only stored; the statistics derived at flush (sums, squares) are
-#   made finite where they are computed (`aggregator.timers`).
-_MAX_DOUBLE: Final = sys.float_info.max
-_FAST_LIMIT: Final = 2.0**969
-_MIN_FLUSH_INTERVAL_SECONDS: Final = 0.1
-_COUNT_LIMIT: Final = _MAX_DOUBLE * _MIN_FLUSH_INTERVAL_SECONDS
 
 
 @attrs.frozen
@@ -186,11 +156,7 @@ class Accumulator:
     def ingest(self, packet: bytes, *, intake: bool = True, packets: int = 1) -> None:
         """Aggregate one packet (a datagram, or a block of complete lines from a stream).
 
-        Most lines have the plain shape ``name:value|type`` with a name seen before; those
-        are handled inline here (no lists, no tuples, one cache lookup). Anything else
-        (sample rates, tags, several values, a new name, a bad line) goes through
-        `LineParser.parse_line`, which the fast path must always agree with
-        (tests/unit/test_ledger.py checks it on generated lines).
+        Plain lines take the inline path, the others the checked one (`aggregator.ingest`).
 
         Args:
             intake: count the packet and its lines as received here (``packets_received``,
@@ -199,124 +165,14 @@ class Accumulator:
             packets: how many datagrams ``packet`` joins (intake hands over bursts).
         """
         ledger = self.ledger
-        counters = ledger.counters
-        timers = ledger.timers
-        timer_counts = ledger.timer_counts
-        gauges = self.gauges
-        keys = self.parser.keys
-        max_line = self.parser.max_line_bytes
-        slow = self._ingest_line
-        fast_limit = _FAST_LIMIT
-        lines = 0
-        for line in packet.split(b"\n"):
-            if not line:
-                continue
-            lines += 1
-            name, _, rest = line.partition(b":")
-            value, _, kind = rest.partition(b"|")
-            key = keys.get(name)
-            fast = _FAST_KINDS.get(kind)
-            if fast is None or not key or len(line) > max_line:
-                slow(line)
-                continue
-            if fast == SET:
-                if b":" in value:  # "s:a:b|s" is two segments
-                    slow(line)
-                    continue
-                members = ledger.sets.get(key)
-                if members is None:
-                    members = ledger.sets[key] = set()
-                members.add(value or b"0")
-                continue
-            if value == b"1":
-                number = 1.0
-            elif value.isdigit():  # the common case: no sign, dot, exponent, inf or "_"
-                number = float(value)
-                if number > fast_limit:  # 400 digits: too large for the inline path
-                    slow(line)
-                    continue
-            else:
-                try:
-                    number = float(value)
-                except ValueError:
-                    slow(line)
-                    continue
-                # inf, nan (no comparison holds), too large, or 1_000
-                if not -fast_limit <= number <= fast_limit or b"_" in value:
-                    slow(line)
-                    continue
-            if fast == COUNTER:
-                counters[key] = counters.get(key, 0.0) + number
-            elif fast == TIMER:
-                if number < 0.0:
-                    slow(line)
-                    continue
-                timer = timers.get(key)
-                if timer is None:
-                    timer = timers[key] = array("d")
-                timer.append(number)
-                timer_counts[key] = timer_counts.get(key, 0.0) + 1.0
-            elif fast == GAUGE:
-                if value[0] in _SIGNS:
-                    gauges[key] = gauges.get(key, 0.0) + number
-                else:
-                    gauges[key] = number
-                ledger.gauges_touched.add(key)
-            else:  # HISTOGRAM
-                timer = timers.get(key)
-                if timer is None:
-                    timer = timers[key] = array("d")
-                timer.append(number)
-                timer_counts[key] = timer_counts.get(key, 0.0) + 1.0
+        lines = ingest_packet(packet, ledger, self.gauges, self.parser, self._ingest_line)
         if intake:
             ledger.packets += packets
             ledger.lines += lines
 
     def _ingest_line(self, line: bytes) -> None:
-        """The general path: parse with `LineParser` and apply every sample.
-
-        A sample that would make its aggregate non-finite (or a counter's rate) is refused
-        (`OVERFLOW`); the aggregate keeps its value and the line's other samples count.
-        """
-        ledger = self.ledger
-        samples, errors = self.parser.parse_line(line)
-        if errors:
-            self._refuse(errors)
-        for kind, key, value, rate in samples:
-            if kind == COUNTER:
-                if rate != 1.0:
-                    value = value * (1.0 / rate)  # type: ignore[operator]
-                total = ledger.counters.get(key, 0.0) + value  # type: ignore[operator]
-                if not -_COUNT_LIMIT <= total <= _COUNT_LIMIT:  # also false for nan
-                    self._refuse([ParseError(OVERFLOW, line, "counter")])
-                    continue
-                ledger.counters[key] = total
-            elif kind == TIMER or kind == HISTOGRAM:
-                counts = ledger.timer_counts
-                count = counts.get(key, 0.0) + (1.0 / rate)
-                if count > _COUNT_LIMIT:
-                    self._refuse([ParseError(OVERFLOW, line, "timer count")])
-                    continue
-                timer = ledger.timers.get(key)
-                if timer is None:
-                    timer = ledger.timers[key] = array("d")
-                timer.append(value)  # type: ignore[arg-type]
-                counts[key] = count
-            elif kind == GAUGE:
-                self.gauges[key] = value  # type: ignore[assignment]
-                ledger.gauges_touched.add(key)
-            elif kind == GAUGE_DELTA:
-                gauge = self.gauges.get(key, 0.0) + value  # type: ignore[operator]
-                if not -_MAX_DOUBLE <= gauge <= _MAX_DOUBLE:
-                    self._refuse([ParseError(OVERFLOW, line, "gauge")])
-                    continue
-                self.gauges[key] = gauge
-                ledger.gauges_touched.add(key)
-            elif kind == SET:
-                members = ledger.sets.get(key)
-                if members is None:
-                    members = ledger.sets[key] = set()
-                members.add(value)  # type: ignore[arg-type]
+        """The general path (`ingest_line`), counting what it refuses here."""
+        ingest_line(line, self.ledger, self.gauges, self.parser, self._refuse)
 
     def _refuse(self, errors: list[ParseError]) -> None:
         """Count refused segments: bad lines, or one of `DROP_REASONS`; keep some to log.

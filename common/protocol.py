@@ -47,6 +47,8 @@ This module is pure: no I/O, no clock, no logging.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Final, TypeAlias
 
 from .errors import ParseError
@@ -72,8 +74,11 @@ KIND_NAMES: Final = {
 #: member bytes for a set.
 Sample: TypeAlias = tuple[int, bytes, "float | bytes", float]
 
-_TYPES: Final = {b"c": COUNTER, b"g": GAUGE, b"ms": TIMER, b"h": HISTOGRAM, b"d": HISTOGRAM,
-                 b"s": SET}
+#: The type field of a segment -> its sample kind (an unsigned "g" sets; `DELTA_SIGNS` make
+#: a gauge value a delta). The only table of metric types: the ledger's fast path reads it
+#: (a plain dict, for the speed of its ``get``; typed read-only).
+TYPE_KINDS: Final[Mapping[bytes, int]] = {
+    b"c": COUNTER, b"g": GAUGE, b"ms": TIMER, b"h": HISTOGRAM, b"d": HISTOGRAM, b"s": SET}
 
 #: Refusal reasons of lines that are valid DogStatsD but not metrics: counted under their
 #: own names, apart from the bad lines (Etsy's ``bad_lines_seen``).
@@ -83,7 +88,8 @@ UNSUPPORTED_REASONS: Final = frozenset({DOGSTATSD_EVENT, DOGSTATSD_SERVICE_CHECK
 _EVENT_HEAD: Final = b"_e{"
 _SERVICE_CHECK_HEAD: Final = b"_sc|"
 _ASCII_WS: Final = b" \t\n\v\f\r"
-_SIGNS: Final = (0x2B, 0x2D)  # "+" and "-"
+#: A gauge value starting with one of these bytes ("+", "-") is a delta, not a new value.
+DELTA_SIGNS: Final = (0x2B, 0x2D)
 _INF: Final = float("inf")
 
 # The bytes the sanitiser deletes: everything but [A-Za-z0-9_.;=-].
@@ -109,8 +115,9 @@ DEFAULT_KEY_CACHE_BYTES: Final = 256 * 1024 * 1024
 #: What one cache entry costs besides the bytes of its keys (measured with tracemalloc,
 #: CPython 3.11, x86-64): the dict's slot and index (~50 bytes at its usual fill) and the
 #: raw key's object header (33 bytes). A stored key that is not the raw key object adds
-#: its own header (`_KEY_HEADER_BYTES`).
-_ENTRY_OVERHEAD_BYTES: Final = 83
+#: its own header (`_KEY_HEADER_BYTES`). Other caches keyed by names (the workers' owner
+#: cache) use the same estimate.
+KEY_CACHE_ENTRY_BYTES: Final = 83
 _KEY_HEADER_BYTES: Final = 33
 
 
@@ -208,12 +215,18 @@ class LineParser:
         self.sanitize = sanitize
         self.max_line_bytes = max_line_bytes
         self.cache_bytes = cache_bytes
-        #: What the entries of `keys` cost, by the estimate of `_ENTRY_OVERHEAD_BYTES`.
+        #: What the entries of `keys` cost, by the estimate of `KEY_CACHE_ENTRY_BYTES`.
         self.cached_bytes = 0
-        #: Raw key (plus ``:`` and the DogStatsD tag text, if any) -> stored key, for keys
-        #: of lines that parsed. Read directly by the ledger's inline fast path, which
-        #: takes a line only when its raw key is here (so it is cleared, never replaced).
-        self.keys: dict[bytes, bytes] = {}
+        # Raw key (plus ":" and the DogStatsD tag text, if any) -> stored key, for keys of
+        # lines that parsed. Cleared when full, never replaced: `cached_key` is bound to it.
+        self._keys: dict[bytes, bytes] = {}
+        #: A read-only view of the key cache.
+        self.keys: Mapping[bytes, bytes] = MappingProxyType(self._keys)
+        #: ``cached_key(raw)``: the stored key of an untagged raw key seen in a line that
+        #: parsed, else None. The fast API for per-line callers (the ledger's inline path
+        #: takes a line only when its key is here): one C-level dict lookup, no Python
+        #: frame. Never true of a tagged key (its cache entry holds a ":").
+        self.cached_key: Callable[[bytes], bytes | None] = self._keys.get
 
     def stored_key(self, raw: bytes, tagpart: bytes = b"") -> bytes:
         """Return the key a ledger stores for ``raw`` with DogStatsD ``tagpart``.
@@ -223,7 +236,7 @@ class LineParser:
         """
         # ":" never occurs in a raw key, so a tagged entry can never be mistaken for an
         # untagged key (the ledger's fast path looks raw keys up directly).
-        key = self.keys.get(raw + b":" + tagpart if tagpart else raw)
+        key = self._keys.get(raw + b":" + tagpart if tagpart else raw)
         return self._make_key(raw, tagpart) if key is None else key
 
     def _make_key(self, raw: bytes, tagpart: bytes) -> bytes:
@@ -241,15 +254,15 @@ class LineParser:
         return key
 
     def _remember(self, cache_key: bytes, key: bytes) -> None:
-        cost = _ENTRY_OVERHEAD_BYTES + len(cache_key)
+        cost = KEY_CACHE_ENTRY_BYTES + len(cache_key)
         if key is not cache_key:
             cost += _KEY_HEADER_BYTES + len(key)
         if self.cached_bytes + cost > self.cache_bytes:
-            self.keys.clear()
+            self._keys.clear()
             self.cached_bytes = 0
             if cost > self.cache_bytes:
                 return
-        self.keys[cache_key] = key
+        self._keys[cache_key] = key
         self.cached_bytes += cost
 
     def name_of(self, line: bytes) -> bytes:
@@ -272,7 +285,7 @@ class LineParser:
         """
         body, _, tagpart = line.partition(b"|#")
         raw = body.split(b":", 1)[0]
-        key = self.keys.get(raw + b":" + tagpart if tagpart else raw)
+        key = self._keys.get(raw + b":" + tagpart if tagpart else raw)
         if key is None:
             samples, _ = self.parse_line(line)
             if not samples:
@@ -300,7 +313,7 @@ class LineParser:
         segments = body.split(b":")
         raw_key = segments[0]
         cache_key = raw_key + b":" + tagpart if tagpart else raw_key
-        cached = self.keys.get(cache_key)
+        cached = self._keys.get(cache_key)
         key = self._make_key(raw_key, tagpart) if cached is None else cached
         if len(segments) == 1:
             return [], [ParseError("missing_value", line, "no ':' after the key")]
@@ -313,9 +326,9 @@ class LineParser:
             if len(fields) < 2:
                 errors.append(ParseError("missing_type", line))
                 continue
-            kind = _TYPES.get(fields[1])
+            kind = TYPE_KINDS.get(fields[1])
             if kind is None:
-                kind = _TYPES.get(fields[1].strip(_ASCII_WS))
+                kind = TYPE_KINDS.get(fields[1].strip(_ASCII_WS))
                 if kind is None:
                     errors.append(ParseError("unknown_type", line, repr(fields[1])))
                     continue
@@ -335,7 +348,7 @@ class LineParser:
                 errors.append(ParseError("bad_value", line, repr(raw)))
                 continue
             if kind == GAUGE:
-                if raw and raw[0] in _SIGNS:
+                if raw and raw[0] in DELTA_SIGNS:
                     kind = GAUGE_DELTA
             elif kind == TIMER and value < 0.0:
                 errors.append(ParseError("negative_timer", line))

@@ -37,7 +37,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from common.protocol import _ENTRY_OVERHEAD_BYTES, DEFAULT_KEY_CACHE_BYTES, LineParser
+from common.protocol import DEFAULT_KEY_CACHE_BYTES, KEY_CACHE_ENTRY_BYTES, LineParser
 from common.shard import worker_index
 
 DATA: Final = b"D"
@@ -172,7 +172,7 @@ class Splitter:
         owner = self._owners.get(name)
         if owner is None:
             owner = worker_index(name, self.workers)
-            cost = _ENTRY_OVERHEAD_BYTES + len(name)
+            cost = KEY_CACHE_ENTRY_BYTES + len(name)
             if self.cached_bytes + cost > self.cache_bytes:
                 self._owners.clear()
                 self.cached_bytes = 0

@@ -1,14 +1,16 @@
-"""One worker of a multi-process aggregator: the exchange between workers and the flush barrier.
+"""One worker of a multi-process aggregator: the sockets between workers, and the flush
+barrier's shell (its rules, which lines wait for which swap, are `aggregator.workers.barrier`;
+this module moves the bytes and applies its decisions to the ledger).
 
 Every worker binds a Unix datagram socket in the supervisor's private runtime directory
 (``<runtime_dir>/x<index>``, see `aggregator.workers.context`) and sends its peers their lines
 (see `aggregator.workers.codec`), in messages of at most `MAX_MESSAGE_BYTES`. Outgoing messages
-go through one FIFO queue per peer, so a mark never overtakes the lines sent before it. A
-peer whose socket is full (EAGAIN, ENOBUFS: back-pressure), or not there (still starting,
-or restarting), is retried every few milliseconds; its lines wait in the queue and are
-delivered when it is back. Past `MAX_PENDING_BYTES` the oldest lines for it are dropped
-and counted (reason ``worker_down`` while it is away, ``exchange_full`` otherwise). No
-send or receive error ends a worker: any other one drops that message, counted.
+go through one FIFO queue per peer (a `ChunkQueue`), so a mark never overtakes the lines sent
+before it. A peer whose socket is full (EAGAIN, ENOBUFS: back-pressure), or not there (still
+starting, or restarting), is retried every few milliseconds; its lines wait in the queue and
+are delivered when it is back. Past `MAX_PENDING_BYTES` the oldest lines for it are dropped
+and counted (reason ``worker_down`` while it is away, ``exchange_full`` otherwise). No send
+or receive error ends a worker: any other one drops that message, counted.
 
 Each worker keeps its part of the shared `WorkerRecords` current: the lines it took in
 since its last rendered flush, and the lines it sent to and received from each peer, so
@@ -26,18 +28,20 @@ import os
 import socket
 import struct
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 import attrs
 import trio
 
 from common.listener import set_receive_buffer
 from common.logging import log_event
+from common.queue import ChunkQueue
 from common.stats import counter, level
 
 from ..ledger import Accumulator
+from .barrier import NO_INTAKE, Admit, Barrier
 from .codec import (
     DATA,
     DATA_HEADER_BYTES,
@@ -52,7 +56,6 @@ from .codec import (
     encode_mark,
     encode_stats,
     pack_data,
-    split_gauges,
 )
 from .context import WorkerContext
 
@@ -145,11 +148,9 @@ class Exchange:
         # One buffer for every message received; a message is never longer (MSG_TRUNC
         # tells when something longer was cut to it).
         self._receive_buffer = bytearray(MAX_MESSAGE_BYTES)
-        # For the shared record: lines taken in since start (read here, or received from
-        # a peer), how many of them were in flushes already rendered, where the last swap
-        # cut, and the lines sent to / received from each peer.
+        self.barrier = Barrier(context.index, self.peers)
+        # For the shared record: the lines sent to / received from each peer.
         self.records = context.records
-        self._taken = self._rendered_upto = self._swap_base = 0
         # The pair counters run since the supervisor started: a restarted worker goes on
         # from its predecessor's (`WorkerRecords.record_death`).
         records = self.records
@@ -159,26 +160,12 @@ class Exchange:
             p: records.received(context.index, p) if records else 0 for p in self.peers}
         self._batch: dict[int, list[bytes]] = {p: [] for p in self.peers}
         self._batch_bytes: dict[int, int] = dict.fromkeys(self.peers, 0)
-        self._queue: dict[int, deque[bytes]] = {p: deque() for p in self.peers}
-        self._queued_bytes: dict[int, int] = dict.fromkeys(self.peers, 0)
-        self._marks: dict[int, dict[int, tuple[int, int, int]]] = {}
-        self._stats: dict[int, dict[int, int]] = {}
-        # The last flush whose barrier is over (marks / name counts arriving for it or an
-        # earlier one are late), and each peer's latest name count (the fallback when its
-        # count for a flush is late).
-        self._marks_closed = -1
-        self._stats_closed = -1
-        self._last_names: dict[int, int] = {}
-        # Between a mark and the swap that follows it, lines belong to the next interval:
-        # each peer's latest mark still open here, the lines peers sent after it (with the
-        # flush they follow), and this worker's own lines read while it waits.
-        self._open_marks: dict[int, int] = {}
-        # The flush this worker is in or about to start (-1 before its first).
-        self._pending = -1
-        self._deferred: deque[tuple[int, bytes]] = deque()
-        self._held: list[bytes] | None = None
-        self._finishing = False
-        self._held_packets = self._held_lines = 0
+        # Past the bound the oldest lines go; marks and name counts (a few bytes, and what
+        # the peer's intake counts travel in) stay, ahead of the lines that remain, and so
+        # does the newest message.
+        self._queue: dict[int, ChunkQueue] = {
+            p: ChunkQueue(MAX_PENDING_BYTES, lines=_lines_of, keep=_is_control,
+                          keep_newest=True) for p in self.peers}
         self._arrived = trio.Event()
         #: Lines dropped, by reason; messages dropped whole, by reason.
         self.dropped: Counter[str] = Counter()
@@ -195,8 +182,8 @@ class Exchange:
         them), lines queued for a peer gone at the final flush, and the intake counts in
         marks that never reached worker 0."""
         unread = self._drain_unread()
-        unsent = sum(data_line_count(m) for q in self._queue.values() for m in q
-                     if m[:1] == DATA) + sum(map(len, self._batch.values()))
+        unsent = (sum(q.total_lines for q in self._queue.values())
+                  + sum(map(len, self._batch.values())))
         unsent_intake = sum(decode_mark(m)[3] for m in self._queue.get(0, ())
                             if m[:1] == MARK)
         if unread or unsent or unsent_intake:
@@ -247,7 +234,14 @@ class Exchange:
 
     def _note_taken(self) -> None:
         if self.records is not None:
-            self.records.set_taken(self.context.index, self._taken - self._rendered_upto)
+            self.records.set_taken(self.context.index, self.barrier.unrendered_lines)
+
+    def _admit(self, admit: Admit) -> None:
+        """Apply a decision of the barrier to the ledger."""
+        for lines in admit.lines:
+            self.aggregator.ingest(lines, intake=False)
+        if admit.intake != NO_INTAKE:
+            self.aggregator.add_intake(*admit.intake)
 
     # Intake side ------------------------------------------------------------------------
     def handle(self, packet: bytes, packets: int = 1) -> None:
@@ -257,21 +251,9 @@ class Exchange:
             packets: how many datagrams ``packet`` joins.
         """
         own, foreign, count = self.splitter.split(packet)
-        self._taken += count
-        self._note_taken()
-        if self._held is not None and not self._finishing:  # between mark and swap
-            self._held_packets += packets
-            self._held_lines += count
-            if own:
-                gauges, rest = split_gauges(own)
-                if gauges:
-                    self.aggregator.ingest(gauges, intake=False)
-                if rest:
-                    self._held.append(rest)
-        else:
-            self.aggregator.add_intake(packets, count, 0)
-            if own:
-                self.aggregator.ingest(own, intake=False)
+        admit = self.barrier.read_own(own, packets, count)
+        self._note_taken()  # the shared record first: a kill may come at any moment
+        self._admit(admit)
         for peer, lines in foreign.items():
             batch = self._batch[peer]
             batch.extend(lines)
@@ -306,29 +288,17 @@ class Exchange:
                       limit=MAX_MESSAGE_BYTES, total=self.dropped["too_large"])
 
     def _enqueue(self, peer: int, message: bytes) -> None:
-        queue = self._queue[peer]
-        queue.append(message)
-        self._queued_bytes[peer] += len(message)
-        if self._queued_bytes[peer] > MAX_PENDING_BYTES:
-            # Drop the oldest lines; marks and name counts (a few bytes, and what the peer's
-            # intake counts travel in) stay, ahead of the lines that remain.
+        evicted = self._queue[peer].append(message)
+        if evicted:
             reason = "worker_down" if self.peer_down.get(peer) else "exchange_full"
-            kept: list[bytes] = []
-            while self._queued_bytes[peer] > MAX_PENDING_BYTES and len(queue) > 1:
-                old = queue.popleft()
-                if old[:1] != DATA:
-                    kept.append(old)
-                    continue
-                self._queued_bytes[peer] -= len(old)
-                self.dropped[reason] += data_line_count(old)
-            queue.extendleft(reversed(kept))
+            self.dropped[reason] += sum(map(data_line_count, evicted))
         self._pump(peer)
 
     def _pump(self, peer: int) -> None:
         queue = self._queue[peer]
         address = self.context.address(peer)
         while queue:
-            message = queue[0]
+            message = queue.peek()
             try:
                 self.sock.sendto(message, address)
             except OSError as e:
@@ -346,7 +316,6 @@ class Exchange:
                 # send buffer was checked to hold one): this message is dropped, counted,
                 # and the worker goes on.
                 queue.popleft()
-                self._queued_bytes[peer] -= len(message)
                 self._count_send_failure(message, e)
                 if peer == 0 and message[:1] == MARK:
                     # The intake counts it carried travel with the next mark instead.
@@ -361,7 +330,6 @@ class Exchange:
                 self.peer_down[peer] = False
                 log_event(LOGGER, "worker_peer_up", worker=self.context.index, peer=peer)
             queue.popleft()
-            self._queued_bytes[peer] -= len(message)
 
     def _count_send_failure(self, message: bytes, error: OSError) -> None:
         self.dropped_messages["send_failed"] += 1
@@ -420,23 +388,12 @@ class Exchange:
             if self._notes_arrivals:  # a peer read a message just now (admin stats)
                 self.aggregator.last_message_time = time.time()
             self.received_lines += lines
-            self._taken += lines
             self._received[sender] += lines
+            admit = self.barrier.receive_lines(sender, lines, payload)
             if self.records is not None:
                 self.records.set_received(self.context.index, sender, self._received[sender])
                 self._note_taken()
-            after = self._open_marks.get(sender, -1)
-            # Sent after the peer's mark for a flush this worker has still to swap: wait.
-            # (After the mark of a flush it never had, it started late or skipped it, the
-            # lines are in the interval now open: no wait.)
-            if after > self._marks_closed and after >= self._pending and not self._finishing:
-                gauges, payload = split_gauges(payload)
-                if gauges:
-                    self.aggregator.ingest(gauges, intake=False)
-                if payload:
-                    self._deferred.append((after, payload))
-            else:
-                self.aggregator.ingest(payload, intake=False)
+            self._admit(admit)
         elif kind == MARK:
             sender, flush, packets, lines, bad = decode_mark(message)
             self._check_sender(sender)
@@ -444,21 +401,13 @@ class Exchange:
                 # The peer read a message since its previous mark: at most one flush
                 # interval before now (its own lines it sends nobody).
                 self.aggregator.last_message_time = time.time()
-            if flush > self._marks_closed:
-                self._marks.setdefault(flush, {})[sender] = (packets, lines, bad)
-                self._open_marks[sender] = max(flush, self._open_marks.get(sender, -1))
-                self._arrived.set()
-            elif self.context.index == 0:
-                # Its flush went ahead without this mark (the peer was slow): count the
-                # peer's intake in the interval now open rather than lose it.
-                self.aggregator.add_intake(packets, lines, bad)
+            self._admit(self.barrier.receive_mark(sender, flush, (packets, lines, bad)))
+            self._arrived.set()
         elif kind == STATS:
             sender, flush, names = decode_stats(message)
             self._check_sender(sender)
-            self._last_names[sender] = names
-            if flush > self._stats_closed:
-                self._stats.setdefault(flush, {})[sender] = names
-                self._arrived.set()
+            self.barrier.receive_names(sender, flush, names)
+            self._arrived.set()
         else:
             raise ValueError(f"unknown message kind {kind!r}")
 
@@ -483,28 +432,20 @@ class Exchange:
             await trio.lowlevel.checkpoint()
 
     # Flush barrier ----------------------------------------------------------------------
-    async def _wait(self, table: dict[int, dict[int, Any]], flush: int,
-                    what: str) -> dict[int, Any]:
+    async def _wait(self, arrived: Callable[[int], bool], flush: int) -> None:
+        """Receive until ``arrived(flush)`` holds, for at most the barrier's bound."""
         with trio.move_on_after(self.barrier_seconds):
-            while len(table.get(flush, {})) < len(self.peers):
+            while not arrived(flush):
                 self._receive_all()
-                if len(table.get(flush, {})) >= len(self.peers):
+                if arrived(flush):
                     break
                 self._arrived = trio.Event()
                 await self._arrived.wait()
-        got = table.pop(flush, {})
-        for old in [t for t in table if t < flush]:
-            stale = table.pop(old)
-            if table is self._marks and self.context.index == 0:
-                # Marks of a flush this worker skipped (its previous flush overran, or it
-                # has just restarted): their intake counts go into this interval.
-                for packets, lines, bad in stale.values():
-                    self.aggregator.add_intake(packets, lines, bad)
-        if len(got) < len(self.peers):
+
+    def _log_timeout(self, what: str, flush: int, missing: int) -> None:
+        if missing:
             log_event(LOGGER, "worker_barrier_timeout", level=logging.WARNING, what=what,
-                      flush=flush, missing=len(self.peers) - len(got),
-                      worker=self.context.index)
-        return got
+                      flush=flush, missing=missing, worker=self.context.index)
 
     async def before_swap(self, sequence: int) -> None:
         """Mark the flush to every peer, wait for theirs; worker 0 adds their intake.
@@ -513,67 +454,50 @@ class Exchange:
         counts are held for `after_swap`, their other lines follow the mark to the peers,
         which hold them until their own swap.
         """
-        self._pending = sequence
-        self._release(lambda after: after < sequence)  # marks of flushes it never had
+        self._admit(self.barrier.begin_flush(sequence))
         counts = self.aggregator.take_intake() if self.context.index else (0, 0, 0)
         mark = encode_mark(self.context.index, sequence, *counts)
         for peer in self.peers:
             self._close_batch(peer)
             self._enqueue(peer, mark)
-        self._held = []
-        marks = await self._wait(self._marks, sequence, "mark")
-        self._marks_closed = sequence
-        if self.context.index == 0:
-            for packets, lines, bad in marks.values():
-                self.aggregator.add_intake(packets, lines, bad)
+        await self._wait(self.barrier.marks_in, sequence)
+        closed = self.barrier.close_marks(sequence)
+        self._log_timeout("mark", sequence, closed.missing)
+        self._admit(closed.admit)
 
     def after_swap(self, sequence: int) -> None:
         """Aggregate, in the interval just opened, what waited for the swap: own lines read
         after this worker's mark, and peers' lines sent after theirs."""
-        # What was taken in up to here is in the flush being made, but for what waits
-        # for this interval: own lines read after the mark, peers' lines after theirs.
-        self._swap_base = (self._taken - self._held_lines
-                           - sum(p.count(b"\n") + 1 for _, p in self._deferred))
-        held, self._held = self._held or [], None
-        self.aggregator.add_intake(self._held_packets, self._held_lines, 0)
-        self._held_packets = self._held_lines = 0
-        for own in held:
-            self.aggregator.ingest(own, intake=False)
-        self._release(lambda after: after <= sequence)
-        self._open_marks = {p: f for p, f in self._open_marks.items() if f > sequence}
+        self._admit(self.barrier.end_swap(sequence))
 
     def rendered(self, sequence: int) -> None:
         """The flush is rendered and handed to the outputs: what it held is no longer
         this worker's to lose."""
-        self._rendered_upto = self._swap_base
+        self.barrier.rendered()
         self._note_taken()
-
-    def _release(self, due: Callable[[int], bool]) -> None:
-        """Aggregate the deferred lines whose mark's flush is ``due``; keep the others."""
-        if self._deferred:
-            waiting: deque[tuple[int, bytes]] = deque()
-            for after, payload in self._deferred:
-                if due(after):
-                    self.aggregator.ingest(payload, intake=False)
-                else:
-                    waiting.append((after, payload))
-            self._deferred = waiting
 
     def finish(self) -> None:
         """Before the final flush: nothing waits for a next interval any more. What was
         deferred is aggregated now, what arrives is aggregated at once, and the barrier
         waits longer for slow peers (what they send after it would be lost)."""
-        self._finishing = True
         self.barrier_seconds = max(self.barrier_seconds, FINAL_BARRIER_SECONDS)
-        self._release(lambda _: True)
+        self._admit(self.barrier.finish())
 
     async def num_stats(self, sequence: int, own: int) -> int | None:
         """Worker 0: the total name count over all workers; the others send theirs."""
         if self.context.index != 0:
             self._enqueue(0, encode_stats(self.context.index, sequence, own))
             return None
-        counts = await self._wait(self._stats, sequence, "names")
-        self._stats_closed = sequence
-        late = {p: self._last_names[p] for p in self.peers
-                if p not in counts and p in self._last_names}
-        return own + sum(int(n) for n in counts.values()) + sum(late.values())
+        await self._wait(self.barrier.names_in, sequence)
+        total, missing = self.barrier.close_names(sequence, own)
+        self._log_timeout("names", sequence, missing)
+        return total
+
+
+def _is_control(message: bytes) -> bool:
+    """Marks and name counts: never dropped from a peer's queue."""
+    return message[:1] != DATA
+
+
+def _lines_of(message: bytes) -> int:
+    return data_line_count(message) if message[:1] == DATA else 0

@@ -134,7 +134,7 @@ async def test_a_packet_read_after_the_mark_counts_with_its_lines_in_the_next_fl
         # Worker 1 reaches the flush first; worker 0 is late and only gets there after
         # worker 1 has read another packet, whose lines sit behind worker 1's mark.
         def late_packet() -> None:
-            assert ex1._held is not None  # worker 1 is waiting for worker 0's mark
+            assert ex1.barrier.holding  # worker 1 is waiting for worker 0's mark
             ex1.handle(b"\n".join([to0[0] + b":10|c", to1[0] + b":20|c"]))
 
         first: Flushed = {}

@@ -253,6 +253,7 @@ def test_dogstatsd_events_and_service_checks_have_their_own_reasons() -> None:
     assert a.dropped == {"overflow": 0, "dogstatsd_event": 2, "dogstatsd_service_check": 2}
     assert [e.reason for e in a.take_errors()] == ["dogstatsd_event", "dogstatsd_service_check"]
     assert a.drop_metrics("h.")["h.dropped_lines.dogstatsd_event"] == 2
+    assert a.statistics().dropped_lines["dogstatsd_event"] == 2
     stats = dict(a.message_stats(1000.0, 990.0))
     assert stats["messages.dropped_lines.dogstatsd_service_check"] == 2
     snap = a.swap(10, 10.0)

@@ -1,0 +1,202 @@
+"""How lines become aggregates: the inline fast path and the checked general path.
+
+`Accumulator.ingest` (`aggregator.ledger`) hands every packet to `ingest_packet`. Most lines
+have the plain shape ``name:value|type`` with a name seen before; those are aggregated
+inline (no lists, no tuples, one `LineParser.cached_key` lookup, the types read from
+`common.protocol.TYPE_KINDS`). Anything else (sample rates, tags, several values, a new
+name, a bad line, a value too large for the inline checks) goes through `ingest_line`,
+which parses with `LineParser.parse_line` and checks every result. The two must always
+agree (tests/unit/test_ledger.py checks it on generated lines).
+
+Overflow: nothing non-finite may reach Carbon. Where each check is:
+
+* The inline path takes only values with ``|v| <= 2**969`` (`_FAST_LIMIT`). Adding such a
+  value to any finite double never gives infinity: near the largest double (just under
+  2**1024) one unit in the last place is 2**971, and a value under half of it rounds back
+  (IEEE 754 round-to-nearest). So counters, gauge deltas and timer counts stay finite with
+  one comparison per line, and only for values that are not plain digits or not "1".
+  Larger values go through `ingest_line`, which checks the result itself.
+* A counter is written twice: its count and its rate, count / interval, with an interval
+  of at least 0.1 s (`aggregator.config`). So the checked path keeps counters and timer
+  counts within `_COUNT_LIMIT` (a tenth of the largest double), and the rate is finite.
+  (The inline path could pass it only by adding 2**969 about 10**16 times in one
+  interval; the renderer refuses any non-finite value anyway.)
+* Timer samples are only stored; the statistics derived at flush (sums, squares) are made
+  finite where they are computed (`aggregator.timers`).
+
+A sample refused that way is an `OVERFLOW`; the aggregate keeps its value and the line's
+other samples count.
+
+Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import sys
+from array import array
+from collections.abc import Callable
+from typing import Final, Protocol
+
+from common.errors import ParseError
+from common.protocol import (
+    COUNTER,
+    DELTA_SIGNS,
+    GAUGE,
+    GAUGE_DELTA,
+    HISTOGRAM,
+    SET,
+    TIMER,
+    TYPE_KINDS,
+    LineParser,
+)
+
+#: The drop reason of a line refused because it would make an aggregate non-finite.
+OVERFLOW: Final = "overflow"
+
+_MAX_DOUBLE: Final = sys.float_info.max
+_FAST_LIMIT: Final = 2.0**969
+_MIN_FLUSH_INTERVAL_SECONDS: Final = 0.1
+_COUNT_LIMIT: Final = _MAX_DOUBLE * _MIN_FLUSH_INTERVAL_SECONDS
+
+
+class Interval(Protocol):
+    """What one interval accumulates (`aggregator.ledger.Ledger`); gauges outlive it."""
+
+    counters: dict[bytes, float]
+    timers: dict[bytes, array[float]]
+    timer_counts: dict[bytes, float]
+    sets: dict[bytes, set[bytes]]
+    gauges_touched: set[bytes]
+
+
+def ingest_packet(packet: bytes, ledger: Interval, gauges: dict[bytes, float],
+                  parser: LineParser, checked: Callable[[bytes], None]) -> int:
+    """Aggregate the lines of ``packet`` (newline-separated) into ``ledger`` and ``gauges``.
+
+    Args:
+        parser: the owner's parser (its key cache decides which lines are plain).
+        checked: called with each line the inline path does not take (`ingest_line`,
+            bound to the owner's counting of refusals).
+
+    Returns:
+        The number of lines (empty ones aside).
+    """
+    counters = ledger.counters
+    timers = ledger.timers
+    timer_counts = ledger.timer_counts
+    cached_key = parser.cached_key
+    kinds = TYPE_KINDS
+    signs = DELTA_SIGNS
+    max_line = parser.max_line_bytes
+    slow = checked
+    fast_limit = _FAST_LIMIT
+    lines = 0
+    for line in packet.split(b"\n"):
+        if not line:
+            continue
+        lines += 1
+        name, _, rest = line.partition(b":")
+        value, _, kind = rest.partition(b"|")
+        key = cached_key(name)
+        fast = kinds.get(kind)
+        if fast is None or not key or len(line) > max_line:
+            slow(line)
+            continue
+        if fast == SET:
+            if b":" in value:  # "s:a:b|s" is two segments
+                slow(line)
+                continue
+            members = ledger.sets.get(key)
+            if members is None:
+                members = ledger.sets[key] = set()
+            members.add(value or b"0")
+            continue
+        if value == b"1":
+            number = 1.0
+        elif value.isdigit():  # the common case: no sign, dot, exponent, inf or "_"
+            number = float(value)
+            if number > fast_limit:  # 400 digits: too large for the inline path
+                slow(line)
+                continue
+        else:
+            try:
+                number = float(value)
+            except ValueError:
+                slow(line)
+                continue
+            # inf, nan (no comparison holds), too large, or 1_000
+            if not -fast_limit <= number <= fast_limit or b"_" in value:
+                slow(line)
+                continue
+        if fast == COUNTER:
+            counters[key] = counters.get(key, 0.0) + number
+        elif fast == TIMER:
+            if number < 0.0:
+                slow(line)
+                continue
+            timer = timers.get(key)
+            if timer is None:
+                timer = timers[key] = array("d")
+            timer.append(number)
+            timer_counts[key] = timer_counts.get(key, 0.0) + 1.0
+        elif fast == GAUGE:
+            if value[0] in signs:
+                gauges[key] = gauges.get(key, 0.0) + number
+            else:
+                gauges[key] = number
+            ledger.gauges_touched.add(key)
+        else:  # HISTOGRAM
+            timer = timers.get(key)
+            if timer is None:
+                timer = timers[key] = array("d")
+            timer.append(number)
+            timer_counts[key] = timer_counts.get(key, 0.0) + 1.0
+    return lines
+
+
+def ingest_line(line: bytes, ledger: Interval, gauges: dict[bytes, float],
+                parser: LineParser, refuse: Callable[[list[ParseError]], None]) -> None:
+    """The general path: parse ``line`` and apply every sample, checked.
+
+    Args:
+        refuse: called, in order, with the line's bad segments (one list) and with each
+            sample refused as an `OVERFLOW` (a list of one).
+    """
+    samples, errors = parser.parse_line(line)
+    if errors:
+        refuse(errors)
+    for kind, key, value, rate in samples:
+        if kind == COUNTER:
+            if rate != 1.0:
+                value = value * (1.0 / rate)  # type: ignore[operator]
+            total = ledger.counters.get(key, 0.0) + value  # type: ignore[operator]
+            if not -_COUNT_LIMIT <= total <= _COUNT_LIMIT:  # also false for nan
+                refuse([ParseError(OVERFLOW, line, "counter")])
+                continue
+            ledger.counters[key] = total
+        elif kind == TIMER or kind == HISTOGRAM:
+            counts = ledger.timer_counts
+            count = counts.get(key, 0.0) + (1.0 / rate)
+            if count > _COUNT_LIMIT:
+                refuse([ParseError(OVERFLOW, line, "timer count")])
+                continue
+            timer = ledger.timers.get(key)
+            if timer is None:
+                timer = ledger.timers[key] = array("d")
+            timer.append(value)  # type: ignore[arg-type]
+            counts[key] = count
+        elif kind == GAUGE:
+            gauges[key] = value  # type: ignore[assignment]
+            ledger.gauges_touched.add(key)
+        elif kind == GAUGE_DELTA:
+            gauge = gauges.get(key, 0.0) + value  # type: ignore[operator]
+            if not -_MAX_DOUBLE <= gauge <= _MAX_DOUBLE:
+                refuse([ParseError(OVERFLOW, line, "gauge")])
+                continue
+            gauges[key] = gauge
+            ledger.gauges_touched.add(key)
+        elif kind == SET:
+            members = ledger.sets.get(key)
+            if members is None:
+                members = ledger.sets[key] = set()
+            members.add(value)  # type: ignore[arg-type]
