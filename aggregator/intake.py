@@ -51,9 +51,7 @@ class IntakePath:
 
     def refused(self, reason: str, lines: int) -> None:
         """Lines the intake refused before parsing (too long, cut): received and bad."""
-        accumulator = self.components.accumulator
-        accumulator.add_intake(0, lines, lines)
-        accumulator.bad_lines_total += lines
+        self.components.accumulator.refuse_lines(lines)
 
 
 def build_intake_path(config: AggregatorConfig, components: Components,
@@ -113,7 +111,7 @@ def authenticated(handle: Intake, auth: TokenAuth) -> Intake:
 def noting_arrival(handle: Intake, aggregator: Accumulator) -> Intake:
     """Wrap the intake callback: note when the last message arrived (admin ``stats``)."""
     def handle_noted(packet: bytes, *, packets: int = 1) -> None:
-        aggregator.last_message_time = time.time()
+        aggregator.note_arrival(time.time())
         handle(packet, packets=packets)
 
     return handle_noted

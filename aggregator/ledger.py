@@ -200,20 +200,16 @@ class Accumulator:
     def statistics(self) -> LedgerStatistics:
         return LedgerStatistics(dict(self.dropped), self.bad_lines_total)
 
-    def drop_metrics(self, head: str) -> dict[str, float]:
-        """Self-metrics: the lines refused for each of `DROP_REASONS` since start."""
-        return {head + "dropped_lines." + reason: n for reason, n in self.dropped.items()}
+    def note_arrival(self, now: float) -> None:
+        """Remember when the last message arrived (epoch seconds; Etsy's
+        ``messages.last_msg_seen`` counts from it)."""
+        self.last_message_time = now
 
-    def message_stats(self, now: float, started: float) -> list[tuple[str, object]]:
-        """The admin ``stats`` lines about messages, besides ``bad_lines_seen``.
-
-        ``messages.last_msg_seen`` is, as in Etsy, the seconds since the last message
-        received (since ``started`` when there was none); then the lines refused for each
-        of `DROP_REASONS` since start.
-        """
-        last = self.last_message_time if self.last_message_time is not None else started
-        return [("messages.last_msg_seen", round(now - last)),
-                *((f"messages.dropped_lines.{r}", n) for r, n in self.dropped.items())]
+    def refuse_lines(self, lines: int) -> None:
+        """Count lines the intake refused before parsing (too long, cut): they were
+        received, and they are bad."""
+        self.add_intake(0, lines, lines)
+        self.bad_lines_total += lines
 
     def add_intake(self, packets: int, lines: int, bad_lines: int) -> None:
         """Count intake that happened elsewhere (another worker's share) in this interval."""

@@ -224,14 +224,6 @@ class Exchange:
             return None
         return WorkersStatistics(self.records.deaths(), self.records.lost_at_most())
 
-    def worker_deaths(self, head: str) -> dict[str, float]:
-        """Worker 0's figures of worker deaths (from the shared record), under ``head``:
-        how many, and the sum of their ``lost_at_most`` bounds."""
-        if self.records is None or self.context.index != 0:
-            return {}
-        return {head + "deaths": self.records.deaths(),
-                head + "lost_lines_at_most": self.records.lost_at_most()}
-
     def _note_taken(self) -> None:
         if self.records is not None:
             self.records.set_taken(self.context.index, self.barrier.unrendered_lines)
@@ -386,7 +378,7 @@ class Exchange:
             sender, lines, payload = decode_data(message)
             self._check_sender(sender)
             if self._notes_arrivals:  # a peer read a message just now (admin stats)
-                self.aggregator.last_message_time = time.time()
+                self.aggregator.note_arrival(time.time())
             self.received_lines += lines
             self._received[sender] += lines
             admit = self.barrier.receive_lines(sender, lines, payload)
@@ -400,7 +392,7 @@ class Exchange:
             if packets and self._notes_arrivals:
                 # The peer read a message since its previous mark: at most one flush
                 # interval before now (its own lines it sends nobody).
-                self.aggregator.last_message_time = time.time()
+                self.aggregator.note_arrival(time.time())
             self._admit(self.barrier.receive_mark(sender, flush, (packets, lines, bad)))
             self._arrived.set()
         elif kind == STATS:

@@ -252,21 +252,12 @@ def test_dogstatsd_events_and_service_checks_have_their_own_reasons() -> None:
     a.ingest(b"_e{5,4}:title|text|#k:v\n_e{1,1}:a|b\n_sc|db.up|0\n_sc|db|1|#a:b|m:down:x\nok:1|c")
     assert a.dropped == {"overflow": 0, "dogstatsd_event": 2, "dogstatsd_service_check": 2}
     assert [e.reason for e in a.take_errors()] == ["dogstatsd_event", "dogstatsd_service_check"]
-    assert a.drop_metrics("h.")["h.dropped_lines.dogstatsd_event"] == 2
-    assert a.statistics().dropped_lines["dogstatsd_event"] == 2
-    stats = dict(a.message_stats(1000.0, 990.0))
-    assert stats["messages.dropped_lines.dogstatsd_service_check"] == 2
+    assert a.statistics().dropped_lines == {"overflow": 0, "dogstatsd_event": 2,
+                                            "dogstatsd_service_check": 2}
     snap = a.swap(10, 10.0)
     assert snap.counters[b"statsd.bad_lines_seen"] == 0
     assert snap.counters[b"statsd.metrics_received"] == 5
     assert a.parser.keys == {b"ok": b"ok"}
-
-
-def test_last_msg_seen_counts_from_the_last_message() -> None:
-    a = agg()
-    assert dict(a.message_stats(1000.0, 900.0))["messages.last_msg_seen"] == 100
-    a.last_message_time = 990.0
-    assert dict(a.message_stats(1000.0, 900.0))["messages.last_msg_seen"] == 10
 
 
 def test_bad_lines_leave_the_key_cache_empty() -> None:
