@@ -20,10 +20,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
+import attrs
 import trio
 
 from common.logging import log_event
-from common.stats import Reading, numeric
+from common.stats import Reading, counter, level, numeric
 
 from .backends import Backend, EtsyStatus
 from .backends.render import GraphiteRenderer, Naming
@@ -44,16 +45,17 @@ class Coordinator(Protocol):
     def rendered(self, sequence: int) -> None: ...
 
 
+@attrs.frozen
 class FlushStatistics:
-    """What the last flush took (its render time is the next ``calculationtime``)."""
+    """What the flushes so far did (the last one's render time is the next flush's
+    ``graphiteStats.calculationtime``)."""
 
-    def __init__(self) -> None:
-        self.flushes = 0
-        self.last_flush_timestamp = 0
-        self.last_duration_ms = 0.0
-        self.last_render_ms = 0.0
-        self.last_lines = 0
-        self.last_names = 0
+    flushes: int = counter(help="flushes completed")
+    last_flush_timestamp: int = level(help="the timestamp of the last flush")
+    last_duration_ms: float = level(help="how long the last flush took, swap to last line")
+    last_render_ms: float = level(help="how long rendering the last flush took")
+    last_lines: int = level(help="lines the last flush rendered")
+    last_names: int = level(help="names the last flush reported (its numStats)")
 
 
 def next_boundary(now: float, interval: float) -> float:
@@ -120,8 +122,11 @@ class Flusher:
         self.etsy_statuses = etsy_statuses
         self.coordinator = coordinator
         self.report_internal = aggregator.options.report_internal
-        self.stats = FlushStatistics()
+        self._statistics = FlushStatistics(0, 0, 0.0, 0.0, 0, 0)
         self._lock = trio.Lock()
+
+    def statistics(self) -> FlushStatistics:
+        return self._statistics
 
     def reconfigure(self, naming: Naming, *, self_metrics: bool) -> None:
         """Apply reloaded settings from the next flush on."""
@@ -180,17 +185,16 @@ class Flusher:
                 internal: dict[str, float] = {}
                 if self.report_internal:
                     internal["processing_time"] = round((done - started) * 1000)
-                    internal["graphiteStats.calculationtime"] = round(self.stats.last_render_ms)
+                    previous = self._statistics.last_render_ms
+                    internal["graphiteStats.calculationtime"] = round(previous)
                 internal.update(extra)
                 tail = self.renderer.render_internal(timestamp, internal)
                 self._ship(tail)
-                stats = self.stats
-                stats.flushes += 1
-                stats.last_flush_timestamp = timestamp
-                stats.last_duration_ms = (time.perf_counter() - started) * 1000
-                stats.last_render_ms = render_ms
-                stats.last_lines = lines + tail.count(b"\n")
-                stats.last_names = snapshot.key_count
+                stats = self._statistics = FlushStatistics(
+                    flushes=self._statistics.flushes + 1, last_flush_timestamp=timestamp,
+                    last_duration_ms=(time.perf_counter() - started) * 1000,
+                    last_render_ms=render_ms, last_lines=lines + tail.count(b"\n"),
+                    last_names=snapshot.key_count)
                 log_event(LOGGER, "flush_completed", level=logging.DEBUG, timestamp=timestamp,
                           names=snapshot.key_count, lines=stats.last_lines,
                           duration_ms=f"{stats.last_duration_ms:.1f}")
