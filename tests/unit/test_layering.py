@@ -172,7 +172,7 @@ def find_violations(graph: Mapping[str, set[str]], layers: Mapping[str, str]) ->
     return found
 
 
-def reachable(graph: Mapping[str, set[str]], start: str) -> set[str]:
+def find_reachable(graph: Mapping[str, set[str]], start: str) -> set[str]:
     """The modules of ``graph`` that ``start`` reaches through one import or more."""
     seen: set[str] = set()
     queue = deque([start])
@@ -184,7 +184,7 @@ def reachable(graph: Mapping[str, set[str]], start: str) -> set[str]:
     return seen
 
 
-def shortest_cycle(graph: Mapping[str, set[str]], start: str) -> list[str]:
+def find_shortest_cycle(graph: Mapping[str, set[str]], start: str) -> list[str]:
     """The shortest import chain from ``start`` back to itself (``start`` is on a cycle)."""
     parent: dict[str, str] = {}
     queue = deque([start])
@@ -205,7 +205,7 @@ def shortest_cycle(graph: Mapping[str, set[str]], start: str) -> list[str]:
 def find_cycles(graph: Mapping[str, set[str]]) -> list[str]:
     """One line per group of modules that import each other: its shortest cycle, and the
     whole group when it is larger than that cycle."""
-    reach = {name: reachable(graph, name) for name in graph}
+    reach = {name: find_reachable(graph, name) for name in graph}
     cycles: list[str] = []
     placed: set[str] = set()
     for name in sorted(graph):
@@ -213,7 +213,7 @@ def find_cycles(graph: Mapping[str, set[str]]) -> list[str]:
             continue
         group = {other for other in reach[name] if name in reach[other]}
         placed |= group
-        cycle = shortest_cycle(graph, name)
+        cycle = find_shortest_cycle(graph, name)
         line = "import cycle: " + " -> ".join(cycle)
         if len(group) > len(set(cycle)):
             line += f" (one of the cycles among {', '.join(sorted(group))})"
@@ -249,7 +249,7 @@ GRAPH: Final = build_graph(MODULES)
 VIOLATIONS: Final = find_violations(GRAPH, DECLARED)
 
 
-def broken(*rules: str) -> str:
+def list_violations(*rules: str) -> str:
     """The violations of ``rules`` in the tree, one per line (empty when there are none)."""
     return "\n".join(str(violation) for violation in VIOLATIONS if violation.rule in rules)
 
@@ -274,7 +274,7 @@ def test_core_module_imports_no_io(module: str) -> None:
 
 
 def test_shell_modules_import_no_entry_module() -> None:
-    problems = broken(RULE_SHELL)
+    problems = list_violations(RULE_SHELL)
     assert not problems, problems
 
 
@@ -286,17 +286,17 @@ def test_roles_do_not_import_each_other(package: str) -> None:
 
 
 def test_common_imports_neither_role() -> None:
-    problems = broken(RULE_PACKAGES["common"])
+    problems = list_violations(RULE_PACKAGES["common"])
     assert not problems, problems
 
 
 def test_harness_imports_common_only() -> None:
-    problems = broken(RULE_PACKAGES["harness"])
+    problems = list_violations(RULE_PACKAGES["harness"])
     assert not problems, problems
 
 
 def test_nothing_imports_tests() -> None:
-    problems = broken(RULE_TESTS)
+    problems = list_violations(RULE_TESTS)
     assert not problems, problems
 
 
