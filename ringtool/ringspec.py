@@ -15,24 +15,13 @@ Pure: the file is read by the entry layer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 import attrs
 
 from common.config import config_from_mapping, setting
-from common.ring import DEFAULT_RING_HASH, CarbonNode, Ring, parse_carbon_node
-
-
-def parse_carbon_nodes(values: Iterable[object]) -> tuple[CarbonNode, ...]:
-    """The ``carbon`` setting's converter: nodes kept as they are, text parsed as
-    ``HOST:PORT[:INSTANCE]``.
-
-    Raises:
-        ConfigError: (key ``carbon``) for a value that is not a node.
-    """
-    return tuple(value if isinstance(value, CarbonNode) else parse_carbon_node(str(value))
-                 for value in values)
+from common.ring import DEFAULT_RING_HASH, CarbonNode, Ring, parse_carbon_nodes
 
 
 @attrs.frozen

@@ -8,7 +8,7 @@ import pytest
 
 from common.errors import ConfigError
 from common.ring import CarbonNode, Ring
-from ringtool.ringspec import RING_KEYS, RingSpec, parse_carbon_nodes, parse_ring_spec
+from ringtool.ringspec import RING_KEYS, RingSpec, parse_ring_spec
 
 A = CarbonNode("10.0.0.1", 2003, "a")
 B = CarbonNode("10.0.0.2", 2003, "b")
@@ -57,21 +57,6 @@ def test_parse_ring_spec_refuses_a_ring_key_of_the_wrong_kind(
 
 def test_ring_keys_are_the_specs_fields() -> None:
     assert RING_KEYS == {"carbon", "ring_hash", "replication_factor"}
-
-
-@pytest.mark.parametrize(
-    ("values", "expected"),
-    [
-        ([], ()),
-        (["10.0.0.1:2003:a"], (A,)),
-        ([A, "10.0.0.2:2003:b"], (A, B)),
-        (("[::1]:2003",), (CarbonNode("::1", 2003),)),
-    ],
-)
-def test_parse_carbon_nodes_keeps_nodes_and_parses_text(
-    values: list[object], expected: tuple[CarbonNode, ...]
-) -> None:
-    assert parse_carbon_nodes(values) == expected
 
 
 @pytest.mark.parametrize(
