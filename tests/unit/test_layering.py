@@ -22,7 +22,7 @@ import X`` in ``proxy.mgmt`` is ``proxy.config``; ``from . import codec`` in
   each other; common imports only common;
 * harness imports only itself and common: it launches the daemons as processes, and its
   model of the semantics must stay independent of theirs;
-* nothing imports tests;
+* nothing imports tests (``tests.*``, nor tests/support by its ``sys.path`` name ``support``);
 * no two modules import each other, directly or through others (a cycle is named).
 
 The checker is proved to fail: `test_the_checker_reports_each_planted_violation` plants one
@@ -59,6 +59,10 @@ IO_MODULES: Final = frozenset({
     "socket", "socketserver", "sqlite3", "ssl", "subprocess", "tempfile", "termios", "threading",
     "time", "trio", "urllib",
 })
+
+#: How test code is imported: as ``tests.*``, and, since pytest puts tests/ on ``sys.path``,
+#: tests/support as ``support`` and the fixtures as ``conftest``.
+TEST_PACKAGES: Final = frozenset({"tests", "support", "conftest"})
 
 RULE_IO: Final = "core imports no I/O module"
 RULE_CORE: Final = "core imports no shell or entry module"
@@ -157,7 +161,7 @@ def find_violations(graph: Mapping[str, set[str]], layers: Mapping[str, str]) ->
         package = importer.split(".")[0]
         for imported in sorted(graph[importer]):
             top = imported.split(".")[0]
-            if top == "tests":
+            if top in TEST_PACKAGES:
                 found.append(Violation(RULE_TESTS, importer, imported))
             elif top in PACKAGES:
                 if top != package and top not in MAY_IMPORT[package]:
@@ -424,6 +428,10 @@ def test_the_checker_passes_the_clean_tree(tmp_path: Path) -> None:
         pytest.param(
             {"harness/sink.py": "from tests.support import procs\n"}, {},
             ["harness.sink imports tests.support: " + RULE_TESTS], id="imports-tests"),
+        pytest.param(
+            {"proxy/server.py": "from support.procs import free_port\n"}, {},
+            ["proxy.server imports support.procs: " + RULE_TESTS],
+            id="imports-tests-support-by-its-path-name"),
         pytest.param(
             {"aggregator/a.py": "from . import b\n", "aggregator/b.py": "from .c import x\n",
              "aggregator/c.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
