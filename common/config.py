@@ -155,7 +155,7 @@ def load_toml(path: str) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}") from e
+        raise ConfigError(f"cannot read config file {path}: not valid TOML: {e}") from e
 
 
 def _check_type(name: str, kind: str, value: Any) -> None:

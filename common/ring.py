@@ -32,7 +32,7 @@ import hashlib
 import ipaddress
 import re
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import attrs
@@ -120,6 +120,17 @@ def parse_carbon_node(text: str) -> CarbonNode:
         return CarbonNode(host or match["v6"], int(match["port"]), match["instance"])
     except ConfigError as exc:
         raise ConfigError(f"bad carbon node {text!r}: {exc.message}", key="carbon") from None
+
+
+def parse_carbon_nodes(values: Iterable[object]) -> tuple[CarbonNode, ...]:
+    """A ``carbon`` list setting's values as nodes: a node stays as it is, anything else is
+    parsed from its text with `parse_carbon_node` (the converter for the ``carbon`` setting).
+
+    Raises:
+        ConfigError: (key ``carbon``) for a value that is not a node.
+    """
+    return tuple(value if isinstance(value, CarbonNode) else parse_carbon_node(str(value))
+                 for value in values)
 
 
 def _md5_position(data: bytes) -> int:

@@ -16,8 +16,10 @@ flag, so paths go before it or after ``--``. A ``--carbon`` value that is not a 
 path argument that is a node (``b:2003``), are errors that say so.
 
 Exit status: 0 on success; 2 on bad input (flags, config file or carbon nodes), with one
-``tallyd-ring: error: ...`` line on stderr; 1 when the reader of stdout goes away. This is an
-entry module: argparse, file reading and printing only; placement lives in common/ring.py.
+``tallyd-ring: error: ...`` line on stderr; 1 when the reader of stdout goes away.
+
+ENTRY: argparse, reading the file and printing; the ring settings are `ringtool.ringspec`,
+placement is common/ring.py.
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tomllib
 from collections.abc import Iterator, Sequence
-from typing import Any
 
-from common.config import add_version_argument
+import attrs
+
+from common.config import UNSET, add_version_argument, apply_arguments, flag_name, load_toml
 from common.errors import ConfigError
-from common.ring import DEFAULT_RING_HASH, RING_HASHES, CarbonNode, Ring, parse_carbon_node
+from common.ring import RING_HASHES, CarbonNode, Ring, parse_carbon_node
+
+from .ringspec import RING_KEYS, RingSpec, parse_ring_spec
 
 PROG = "tallyd-ring"
 EXIT_USAGE = 2  # bad input, the same status argparse uses for a bad command line
@@ -47,26 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the carbon node(s) that store each path",
         description="Print PATH<TAB>node[,node...] for each path (stdin when none, or '-').",
     )
-    lookup.add_argument(
-        "--carbon",
-        action="extend",
-        nargs="+",
-        metavar="HOST:PORT[:INSTANCE]",
-        help="the ring nodes, in ring order: one or more, and repeatable, as for "
-             "tallyd-aggregator (replaces the config file's list); paths go before it or "
-             "after --",
-    )
-    lookup.add_argument(
-        "--ring-hash",
-        choices=RING_HASHES,
-        help=f"placement mode (default: the config file's ring_hash, else {DEFAULT_RING_HASH})",
-    )
-    lookup.add_argument(
-        "--replication-factor",
-        type=int,
-        metavar="R",
-        help="copies per path, on distinct hosts (default: the config file's, else 1)",
-    )
+    add_ring_arguments(lookup)
     lookup.add_argument(
         "--config", metavar="FILE", help="aggregator TOML file to take the ring settings from"
     )
@@ -75,53 +60,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_ring_settings(path: str) -> dict[str, Any]:
-    """The ring keys of an aggregator TOML file, type-checked; other keys are ignored.
+def add_ring_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `RingSpec` flags, named and explained by its fields; a flag not given is left
+    unset (`UNSET`), so it does not override the config file."""
+    fields = attrs.fields_dict(RingSpec)
+    parser.add_argument(flag_name("carbon"), action="extend", nargs="+", default=UNSET,
+                        metavar=fields["carbon"].metadata["metavar"],
+                        help=fields["carbon"].metadata["help"])
+    parser.add_argument(flag_name("ring_hash"), choices=RING_HASHES, default=UNSET,
+                        help=fields["ring_hash"].metadata["help"])
+    parser.add_argument(flag_name("replication_factor"), type=int, default=UNSET,
+                        metavar=fields["replication_factor"].metadata["metavar"],
+                        help=fields["replication_factor"].metadata["help"])
+
+
+def load_ring_spec(args: argparse.Namespace) -> RingSpec:
+    """The ring settings: defaults < config file < flags.
 
     Raises:
-        ConfigError: when the file cannot be read or parsed, or a ring key has a bad type.
+        ConfigError: for a file that cannot be read or holds a bad ring key, or a bad flag.
     """
-    try:
-        with open(path, "rb") as file:
-            document = tomllib.load(file)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
-    settings: dict[str, Any] = {}
-    carbon = document.get("carbon")
-    if carbon is not None:
-        if not isinstance(carbon, list) or not all(isinstance(item, str) for item in carbon):
-            raise ConfigError(f"{path}: must be a list of strings", key="carbon")
-        settings["carbon"] = carbon
-    ring_hash = document.get("ring_hash")
-    if ring_hash is not None:
-        if not isinstance(ring_hash, str):
-            raise ConfigError(f"{path}: must be a string", key="ring_hash")
-        settings["ring_hash"] = ring_hash
-    factor = document.get("replication_factor")
-    if factor is not None:
-        if type(factor) is not int:
-            raise ConfigError(f"{path}: must be an integer", key="replication_factor")
-        settings["replication_factor"] = factor
-    return settings
+    if args.config:
+        spec = parse_ring_spec(load_toml(args.config), source=args.config)
+    else:
+        spec = RingSpec()
+    given = {name: getattr(args, name) for name in RING_KEYS if hasattr(args, name)}
+    if "carbon" in given:
+        given["carbon"] = [parse_node_flag(text) for text in given["carbon"]]
+    return apply_arguments(spec, argparse.Namespace(**given))
 
 
 def build_ring(args: argparse.Namespace) -> Ring:
-    """The ring the flags describe: defaults < config file < flags.
+    """The ring the flags and the config file describe.
 
     Raises:
-        ConfigError: for a bad file, no carbon nodes, or a layout `Ring` refuses.
+        ConfigError: for bad settings, no carbon nodes, or a layout `Ring` refuses.
     """
-    settings = read_ring_settings(args.config) if args.config else {}
-    carbon = args.carbon if args.carbon is not None else settings.get("carbon")
-    if not carbon:
+    spec = load_ring_spec(args)
+    if not spec.carbon:
         raise ConfigError("no carbon nodes: give --carbon HOST:PORT[:INSTANCE] or --config FILE")
-    ring_hash = args.ring_hash or settings.get("ring_hash", DEFAULT_RING_HASH)
-    factor = args.replication_factor
-    if factor is None:
-        factor = settings.get("replication_factor", 1)
-    nodes = [parse_node_flag(text) if args.carbon is not None else parse_carbon_node(text)
-             for text in carbon]
-    return Ring.from_nodes(nodes, hash_type=ring_hash, replication_factor=factor)
+    return spec.build_ring()
 
 
 def parse_node_flag(text: str) -> CarbonNode:

@@ -28,6 +28,7 @@ from common.ring import (
     Ring,
     hash_position,
     parse_carbon_node,
+    parse_carbon_nodes,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -316,6 +317,29 @@ def test_parse_carbon_node_refuses(text: str) -> None:
         parse_carbon_node(text)
     assert caught.value.key == "carbon"
     assert repr(text) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([], ()),
+        (["10.0.0.1:2003:a"], (CarbonNode("10.0.0.1", 2003, "a"),)),
+        ([CarbonNode("10.0.0.1", 2003, "a"), "10.0.0.2:2003"],
+         (CarbonNode("10.0.0.1", 2003, "a"), CarbonNode("10.0.0.2", 2003))),
+        (("[::1]:2003",), (CarbonNode("::1", 2003),)),
+    ],
+)
+def test_parse_carbon_nodes_keeps_nodes_and_parses_text(
+    values: list[object], expected: tuple[CarbonNode, ...]
+) -> None:
+    assert parse_carbon_nodes(values) == expected
+
+
+@pytest.mark.parametrize("values", [[2003], ["10.0.0.1:2003", "10.0.0.1"]])
+def test_parse_carbon_nodes_refuses_a_value_that_is_no_node(values: list[object]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_carbon_nodes(values)
+    assert caught.value.key == "carbon"
 
 
 hosts = st.one_of(

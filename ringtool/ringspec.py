@@ -1,0 +1,65 @@
+"""The ring a ``tallyd-ring`` command works on: its Carbon nodes, placement mode and
+replication factor.
+
+These are the aggregator's settings of the same names, declared here with
+`common.config.setting` and read with the same machinery as the daemons' configs:
+`parse_ring_spec` takes them from an aggregator's config document through
+`common.config.config_from_mapping` (the document's other keys belong to the aggregator
+and are ignored), and the entry layer lays the flags that were given over them with
+`common.config.apply_arguments` (defaults < file < flags). The layout rules (distinct ring
+nodes, instance names for ``fnv1a_ch``, a known mode, R >= 1) are the ring's own, checked
+once by `common.ring.Ring.from_nodes` when `RingSpec.build_ring` builds it.
+
+Pure: the file is read by the entry layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+
+from common.config import config_from_mapping, setting
+from common.ring import DEFAULT_RING_HASH, CarbonNode, Ring, parse_carbon_nodes
+
+
+@attrs.frozen
+class RingSpec:
+    """The settings that place a path on the Carbon ring (empty ``carbon``: no ring yet)."""
+
+    carbon: tuple[CarbonNode, ...] = setting(
+        [], kind="list", converter=parse_carbon_nodes, metavar="HOST:PORT[:INSTANCE]",
+        help="the ring nodes, in ring order: one or more, and repeatable, as for "
+             "tallyd-aggregator (replaces the config file's list); paths go before it or "
+             "after --")
+    ring_hash: str = setting(
+        DEFAULT_RING_HASH, kind="str",
+        help=f"placement mode (default: the config file's ring_hash, else {DEFAULT_RING_HASH})")
+    replication_factor: int = setting(
+        1, kind="int", converter=int, metavar="R",
+        help="copies per path, on distinct hosts (default: the config file's, else 1)")
+
+    def build_ring(self) -> Ring:
+        """The ring these settings describe.
+
+        Raises:
+            ConfigError: for a layout `Ring.from_nodes` refuses (no nodes among them).
+        """
+        return Ring.from_nodes(self.carbon, hash_type=self.ring_hash,
+                               replication_factor=self.replication_factor)
+
+
+#: The keys of an aggregator's config document that `parse_ring_spec` reads.
+RING_KEYS: Final = frozenset(field.name for field in attrs.fields(RingSpec))
+
+
+def parse_ring_spec(document: Mapping[str, Any], *, source: str) -> RingSpec:
+    """The ring settings of an aggregator's config document (a parsed TOML file), named
+    ``source`` in errors; its other keys are ignored.
+
+    Raises:
+        ConfigError: for a ring key of the wrong type, or a node that does not parse.
+    """
+    ring_keys = {key: value for key, value in document.items() if key in RING_KEYS}
+    return config_from_mapping(RingSpec, ring_keys, source=source)
