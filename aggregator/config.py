@@ -25,12 +25,15 @@ from common.config import (
     auth_mode_setting,
     auth_revoked_tokens_setting,
     auth_tokens_setting,
+    carbon_setting,
     duration_converter,
     log_level_setting,
     max_line_bytes_setting,
     max_tcp_connections_setting,
     mgmt_address_setting,
+    replication_factor_setting,
     reuse_port_setting,
+    ring_hash_setting,
     setting,
     tcp_idle_timeout_seconds_setting,
     to_strings,
@@ -38,7 +41,7 @@ from common.config import (
 )
 from common.errors import ConfigError
 from common.protocol import sanitize_key
-from common.ring import RING_HASHES, CarbonNode, Ring, parse_carbon_node
+from common.ring import CarbonNode, Ring
 
 from .backends.render import Naming
 from .ledger import LedgerOptions
@@ -123,10 +126,6 @@ def _histograms(values: Sequence[Any]) -> tuple[tuple[str, tuple[Bound, ...]], .
 
 
 
-def _carbon(values: Sequence[Any]) -> tuple[CarbonNode, ...]:
-    return tuple(x if isinstance(x, CarbonNode) else parse_carbon_node(str(x)) for x in values)
-
-
 
 def identity_from_hostname(hostname: str) -> str:
     """The default identity: the host name cleaned into one path component."""
@@ -161,16 +160,11 @@ class AggregatorConfig:
         validator=v.min_len(1),
         help="where to receive metrics: udp://HOST:PORT, tcp://HOST:PORT, unix:///PATH, "
              "unixgram:///PATH (repeatable)", etsy="servers, port, address")
-    carbon: tuple[CarbonNode, ...] = setting(
-        [], kind="list", converter=_carbon, metavar="HOST:PORT[:INSTANCE]",
+    carbon: tuple[CarbonNode, ...] = carbon_setting(
         help="Carbon plaintext receivers, in ring order (repeatable); none: no Graphite output",
         etsy="graphiteHost, graphitePort")
-    ring_hash: str = setting(
-        "carbon_ch", kind="str", validator=v.in_(RING_HASHES), metavar="|".join(RING_HASHES),
-        help="how output paths are placed on the Carbon nodes")
-    replication_factor: int = setting(
-        1, kind="int", converter=int, validator=v.ge(1),
-        help="Carbon nodes (on distinct hosts) each path is written to")
+    ring_hash: str = ring_hash_setting()
+    replication_factor: int = replication_factor_setting()
     workers: int | None = setting(
         None, kind="int", converter=lambda x: None if x is None else int(x),
         validator=v.optional(v.ge(1)), metavar="N",

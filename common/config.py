@@ -32,6 +32,7 @@ from attrs import validators as v
 
 from .auth import AUTH_MODES
 from .errors import ConfigError
+from .ring import DEFAULT_RING_HASH, RING_HASHES, parse_carbon_nodes
 
 T = TypeVar("T")
 
@@ -318,6 +319,22 @@ def format_reference(cls: type[Any]) -> str:
 
 
 # The settings every role has, declared once (each role's config class calls them).
+def carbon_setting(*, help: str, etsy: str | None = None) -> Any:
+    """The Carbon ring's nodes (the aggregator's output; the ring tool's ring)."""
+    return setting([], kind="list", converter=parse_carbon_nodes, metavar="HOST:PORT[:INSTANCE]",
+                   help=help, etsy=etsy)
+
+
+def ring_hash_setting(*, help: str = "how output paths are placed on the Carbon nodes") -> Any:
+    return setting(DEFAULT_RING_HASH, kind="str", validator=v.in_(RING_HASHES),
+                   metavar="|".join(RING_HASHES), help=help)
+
+
+def replication_factor_setting(
+        *, help: str = "Carbon nodes (on distinct hosts) each path is written to") -> Any:
+    return setting(1, kind="int", converter=int, validator=v.ge(1), metavar="R", help=help)
+
+
 def max_line_bytes_setting() -> Any:
     return setting(DEFAULT_MAX_LINE_BYTES, kind="int", converter=int, validator=v.ge(64),
                    metavar="BYTES", help="longer lines are dropped and counted")

@@ -1,14 +1,15 @@
 """The ring a ``tallyd-ring`` command works on: its Carbon nodes, placement mode and
 replication factor.
 
-These are the aggregator's settings of the same names, declared here with
-`common.config.setting` and read with the same machinery as the daemons' configs:
-`parse_ring_spec` takes them from an aggregator's config document through
+These are the aggregator's settings of the same names, declared once in `common.config`
+(`carbon_setting`, `ring_hash_setting`, `replication_factor_setting`: a known mode and
+R >= 1 are checked there, as the daemons check them) and read with the same machinery as
+the daemons' configs: `parse_ring_spec` takes them from an aggregator's config document through
 `common.config.config_from_mapping` (the document's other keys belong to the aggregator
 and are ignored), and the entry layer lays the flags that were given over them with
 `common.config.apply_arguments` (defaults < file < flags). The layout rules (distinct ring
-nodes, instance names for ``fnv1a_ch``, a known mode, R >= 1) are the ring's own, checked
-once by `common.ring.Ring.from_nodes` when `RingSpec.build_ring` builds it.
+nodes, instance names for ``fnv1a_ch``, at least one node) are the ring's own, checked once
+by `common.ring.Ring.from_nodes` when `RingSpec.build_ring` builds it.
 
 Pure: the file is read by the entry layer.
 """
@@ -20,24 +21,26 @@ from typing import Any, Final
 
 import attrs
 
-from common.config import config_from_mapping, setting
-from common.ring import DEFAULT_RING_HASH, CarbonNode, Ring, parse_carbon_nodes
+from common.config import (
+    carbon_setting,
+    config_from_mapping,
+    replication_factor_setting,
+    ring_hash_setting,
+)
+from common.ring import DEFAULT_RING_HASH, CarbonNode, Ring
 
 
 @attrs.frozen
 class RingSpec:
     """The settings that place a path on the Carbon ring (empty ``carbon``: no ring yet)."""
 
-    carbon: tuple[CarbonNode, ...] = setting(
-        [], kind="list", converter=parse_carbon_nodes, metavar="HOST:PORT[:INSTANCE]",
+    carbon: tuple[CarbonNode, ...] = carbon_setting(
         help="the ring nodes, in ring order: one or more, and repeatable, as for "
              "tallyd-aggregator (replaces the config file's list); paths go before it or "
              "after --")
-    ring_hash: str = setting(
-        DEFAULT_RING_HASH, kind="str",
+    ring_hash: str = ring_hash_setting(
         help=f"placement mode (default: the config file's ring_hash, else {DEFAULT_RING_HASH})")
-    replication_factor: int = setting(
-        1, kind="int", converter=int, metavar="R",
+    replication_factor: int = replication_factor_setting(
         help="copies per path, on distinct hosts (default: the config file's, else 1)")
 
     def build_ring(self) -> Ring:

@@ -24,9 +24,6 @@ B = CarbonNode("10.0.0.2", 2003, "b")
         # The aggregator's other keys are its own business, known or not.
         ({"carbon": ["10.0.0.1:2003:a"], "flush_interval": 10, "admin": {"listen": "x"},
           "no_such_key": True}, RingSpec(carbon=(A,))),
-        # Layouts are the ring's to judge, when it is built.
-        ({"ring_hash": "md5", "replication_factor": 0},
-         RingSpec(ring_hash="md5", replication_factor=0)),
     ],
 )
 def test_parse_ring_spec_reads_the_ring_keys_only(
@@ -60,6 +57,18 @@ def test_ring_keys_are_the_specs_fields() -> None:
 
 
 @pytest.mark.parametrize(
+    ("document", "key"),
+    [({"ring_hash": "md5"}, "ring_hash"), ({"replication_factor": 0}, "replication_factor")],
+)
+def test_parse_ring_spec_refuses_an_unknown_mode_or_factor_as_the_daemons_do(
+    document: dict[str, Any], key: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_ring_spec(document, source="aggregator.toml")
+    assert key in str(raised.value)
+
+
+@pytest.mark.parametrize(
     "spec",
     [
         RingSpec(carbon=(A, B)),
@@ -77,8 +86,6 @@ def test_build_ring_places_as_the_ring_does(spec: RingSpec) -> None:
     ("spec", "message"),
     [
         (RingSpec(), "carbon: the ring needs at least one carbon node"),
-        (RingSpec(carbon=(A,), ring_hash="md5"), "ring_hash: 'md5' is not one of"),
-        (RingSpec(carbon=(A,), replication_factor=0), "replication_factor: 0 is not"),
         (RingSpec(carbon=(A, CarbonNode("10.0.0.1", 2004, "a"))), "carbon: 10.0.0.1:2003:a and"),
     ],
 )
