@@ -97,7 +97,7 @@ class Flusher:
     """Swaps, renders and ships one aggregator's data.
 
     Args:
-        aggregator: the ledger owner.
+        accumulator: the ledger owner.
         naming: the Graphite naming in force (`reconfigure` replaces it).
         backends: where every rendered chunk goes.
         identity: this aggregator's name in its self-metrics.
@@ -106,13 +106,13 @@ class Flusher:
         etsy_statuses: the Etsy backend figures worker 0 appends to each flush.
     """
 
-    def __init__(self, aggregator: Accumulator, naming: Naming,
+    def __init__(self, accumulator: Accumulator, naming: Naming,
                  backends: Sequence[Backend], interval: float, *, identity: str,
                  self_metrics: bool = True,
                  readings: Callable[[], list[Reading]] = _no_readings,
                  etsy_statuses: Callable[[], list[EtsyStatus]] = _no_statuses,
                  coordinator: Coordinator | None = None) -> None:
-        self.aggregator = aggregator
+        self.accumulator = accumulator
         self.renderer = GraphiteRenderer(naming)
         self.backends = backends
         self.interval = interval
@@ -121,7 +121,7 @@ class Flusher:
         self.readings = readings
         self.etsy_statuses = etsy_statuses
         self.coordinator = coordinator
-        self.report_internal = aggregator.options.report_internal
+        self.report_internal = accumulator.options.report_internal
         self._statistics = FlushStatistics(0, 0, 0.0, 0.0, 0, 0)
         self._lock = trio.Lock()
 
@@ -162,7 +162,7 @@ class Flusher:
                 # they show the backlog, not the flush in progress.
                 extra = self._internal_values()
                 started = time.perf_counter()
-                snapshot = self.aggregator.swap(timestamp, self.interval)
+                snapshot = self.accumulator.swap(timestamp, self.interval)
                 if self.coordinator is not None:
                     self.coordinator.after_swap(sequence)
                 swapped = time.perf_counter()

@@ -108,10 +108,10 @@ def authenticated(handle: Intake, auth: TokenAuth) -> Intake:
     return handle_authenticated
 
 
-def noting_arrival(handle: Intake, aggregator: Accumulator) -> Intake:
+def noting_arrival(handle: Intake, accumulator: Accumulator) -> Intake:
     """Wrap the intake callback: note when the last message arrived (admin ``stats``)."""
     def handle_noted(packet: bytes, *, packets: int = 1) -> None:
-        aggregator.note_arrival(time.time())
+        accumulator.note_arrival(time.time())
         handle(packet, packets=packets)
 
     return handle_noted

@@ -51,14 +51,14 @@ class AggregatorMgmt:
     def __init__(self, config: AggregatorConfig, components: Components) -> None:
         self.config = config
         self.components = components
-        self.aggregator = components.accumulator
+        self.accumulator = components.accumulator
         self.health = config.health_status
         self.started = time.time()
 
     def stats_lines(self) -> Sequence[tuple[str, object]]:
         """Etsy's lines, then every tallyd figure by its full name."""
         now = time.time()
-        agg = self.aggregator
+        agg = self.accumulator
         last = agg.last_message_time if agg.last_message_time is not None else self.started
         return [
             ("uptime", round(now - self.started)),
@@ -74,7 +74,7 @@ class AggregatorMgmt:
                 if f.name not in ("auth_tokens", "auth_revoked_tokens")]  # secrets
 
     def dump(self, kind: str) -> str | None:
-        agg = self.aggregator
+        agg = self.accumulator
         data: dict[bytes, Any]
         if kind == "counters":
             data = agg.live_counters()
@@ -87,7 +87,7 @@ class AggregatorMgmt:
                           indent=2, sort_keys=True)
 
     def delete(self, kind: str, names: Sequence[str]) -> list[str]:
-        deleted = self.aggregator.delete(kind, [n.encode() for n in names])
+        deleted = self.accumulator.delete(kind, [n.encode() for n in names])
         return [d.decode("ascii", "replace") for d in deleted]
 
 

@@ -90,7 +90,7 @@ async def serve(
         reload_trigger: awaited repeatedly; each config it returns is applied (the
             reloadable settings; the others are logged as needing a restart).
         wall_clock: epoch seconds (tests inject a fake one).
-        worker: set when this process is one worker of several (`aggregator.supervisor`
+        worker: set when this process is one worker of several (`aggregator.workers.pool`
             bound the sockets); None for a single-process aggregator.
 
     Raises:

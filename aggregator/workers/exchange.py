@@ -122,11 +122,11 @@ class WorkersStatistics:
 class Exchange:
     """Moves lines and flush marks between this worker and its peers."""
 
-    def __init__(self, context: WorkerContext, aggregator: Accumulator, interval: float) -> None:
+    def __init__(self, context: WorkerContext, accumulator: Accumulator, interval: float) -> None:
         self.context = context
-        self.aggregator = aggregator
+        self.accumulator = accumulator
         self.peers = [i for i in range(context.count) if i != context.index]
-        self.splitter = Splitter(aggregator.parser, context.index, context.count)
+        self.splitter = Splitter(accumulator.parser, context.index, context.count)
         self.barrier_seconds = min(MAX_BARRIER_SECONDS, interval / 3)
         self.address = context.address(context.index)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -231,9 +231,9 @@ class Exchange:
     def _admit(self, admit: Admit) -> None:
         """Apply a decision of the barrier to the ledger."""
         for lines in admit.lines:
-            self.aggregator.ingest(lines, intake=False)
+            self.accumulator.ingest(lines, intake=False)
         if admit.intake != NO_INTAKE:
-            self.aggregator.add_intake(*admit.intake)
+            self.accumulator.add_intake(*admit.intake)
 
     # Intake side ------------------------------------------------------------------------
     def handle(self, packet: bytes, packets: int = 1) -> None:
@@ -270,8 +270,8 @@ class Exchange:
         ``max_line_bytes``, it is refused wherever it is parsed: here, as a bad line, as in
         a single process. Otherwise (``max_line_bytes`` set above the message size) it
         cannot reach its owner and is dropped, counted (``too_large``)."""
-        if len(line) > self.aggregator.parser.max_line_bytes:
-            self.aggregator.ingest(line, intake=False)
+        if len(line) > self.accumulator.parser.max_line_bytes:
+            self.accumulator.ingest(line, intake=False)
             return
         self.dropped["too_large"] += 1
         if self.dropped["too_large"] % _LOG_EVERY == 1:
@@ -312,7 +312,7 @@ class Exchange:
                 if peer == 0 and message[:1] == MARK:
                     # The intake counts it carried travel with the next mark instead.
                     _, _, packets, lines, bad = decode_mark(message)
-                    self.aggregator.add_intake(packets, lines, bad)
+                    self.accumulator.add_intake(packets, lines, bad)
                 continue
             if message[:1] == DATA:
                 self._sent[peer] += data_line_count(message)
@@ -378,7 +378,7 @@ class Exchange:
             sender, lines, payload = decode_data(message)
             self._check_sender(sender)
             if self._notes_arrivals:  # a peer read a message just now (admin stats)
-                self.aggregator.note_arrival(time.time())
+                self.accumulator.note_arrival(time.time())
             self.received_lines += lines
             self._received[sender] += lines
             admit = self.barrier.receive_lines(sender, lines, payload)
@@ -392,7 +392,7 @@ class Exchange:
             if packets and self._notes_arrivals:
                 # The peer read a message since its previous mark: at most one flush
                 # interval before now (its own lines it sends nobody).
-                self.aggregator.note_arrival(time.time())
+                self.accumulator.note_arrival(time.time())
             self._admit(self.barrier.receive_mark(sender, flush, (packets, lines, bad)))
             self._arrived.set()
         elif kind == STATS:
@@ -447,7 +447,7 @@ class Exchange:
         which hold them until their own swap.
         """
         self._admit(self.barrier.begin_flush(sequence))
-        counts = self.aggregator.take_intake() if self.context.index else (0, 0, 0)
+        counts = self.accumulator.take_intake() if self.context.index else (0, 0, 0)
         mark = encode_mark(self.context.index, sequence, *counts)
         for peer in self.peers:
             self._close_batch(peer)

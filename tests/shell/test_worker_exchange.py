@@ -99,7 +99,7 @@ def _received(snapshot: FlushSnapshot) -> tuple[float, float]:
 async def _flush(exchange: Exchange, sequence: int, out: Flushed) -> None:
     """What `Flusher.flush` does around the swap."""
     await exchange.before_swap(sequence)
-    out[exchange.context.index] = exchange.aggregator.swap(sequence, INTERVAL)
+    out[exchange.context.index] = exchange.accumulator.swap(sequence, INTERVAL)
     exchange.after_swap(sequence)
 
 
@@ -190,7 +190,7 @@ async def test_gauges_keep_the_order_they_were_read_in_across_the_barrier(pair: 
             ex0.handle(g + b":2|g")
 
         await _uneven_flush(ex1, ex0, 10, out, owner_then_peer)
-        assert ex1.aggregator.gauges[g] == 2.0
+        assert ex1.accumulator.gauges[g] == 2.0
 
         # Worker 0 has marked and forwards g:3 (held at worker 1 with the next interval's
         # lines, but not as a gauge); worker 1 then reads g:4 itself.
@@ -201,7 +201,7 @@ async def test_gauges_keep_the_order_they_were_read_in_across_the_barrier(pair: 
             await trio.sleep(SETTLE)
             ex1.handle(g + b":4|g")
             await _flush(ex1, 11, out)
-        assert ex1.aggregator.gauges[g] == 4.0
+        assert ex1.accumulator.gauges[g] == 4.0
 
 
 async def test_a_skipped_flush_keeps_the_peers_intake(pair: Pair) -> None:
@@ -247,9 +247,9 @@ async def test_messages_not_from_a_peer_are_counted_and_dropped(pair: Pair) -> N
             for junk in (b"D", b"M\x00", b"S", b"Zzz", b"", b"D\x00\x07" + to0 + b":1|c"):
                 stranger.sendto(junk, ex0.context.address(0))
         ex1.handle(to0 + b":1|c")
-        await _eventually(lambda: ex0.aggregator.ledger.counters.get(to0) == 1)
+        await _eventually(lambda: ex0.accumulator.ledger.counters.get(to0) == 1)
         assert ex0.dropped_messages["malformed"] == 6  # read before the peer's line
-        assert ex0.aggregator.ledger.counters[to0] == 1  # still serving its peer
+        assert ex0.accumulator.ledger.counters[to0] == 1  # still serving its peer
 
 
 async def test_the_final_flush_waits_for_nothing(pair: Pair) -> None:
@@ -302,10 +302,10 @@ async def test_a_message_longer_than_any_peer_sends_is_counted_not_parsed(pair: 
             other.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 * MAX_MESSAGE_BYTES)
             other.sendto(encode_data(1, lines), ex0.context.address(0))
         ex1.handle(to0 + b":5|c")  # then a real peer's message, one line
-        await _eventually(lambda: to0 in ex0.aggregator.ledger.counters)
+        await _eventually(lambda: to0 in ex0.accumulator.ledger.counters)
     assert ex0.dropped_messages["truncated"] == 1
     assert ex0.dropped["truncated"] == len(lines)
-    assert ex0.aggregator.ledger.counters[to0] == 5  # nothing of the cut message
+    assert ex0.accumulator.ledger.counters[to0] == 5  # nothing of the cut message
 
 
 class _FailingSocket:
@@ -343,9 +343,9 @@ async def test_a_full_peer_is_back_pressure_not_an_error(pair: Pair, code: int) 
         ex0.handle(to1 + b":3|c")
         ex0._close_batch(1)  # the first two tries fail
         assert ex0._queue[1]
-        await _eventually(lambda: to1 in ex1.aggregator.ledger.counters)  # retried by run()
+        await _eventually(lambda: to1 in ex1.accumulator.ledger.counters)  # retried by run()
     assert not ex0._queue[1]
-    assert ex1.aggregator.ledger.counters[to1] == 3
+    assert ex1.accumulator.ledger.counters[to1] == 3
     assert not ex0.dropped and not ex0.dropped_messages
 
 
@@ -359,10 +359,10 @@ async def test_any_other_send_error_drops_that_message_counted(pair: Pair) -> No
         for value in (1, 2, 4):
             ex0.handle(to1 + b":%d|c" % value)
             ex0._close_batch(1)
-        await _eventually(lambda: to1 in ex1.aggregator.ledger.counters)
+        await _eventually(lambda: to1 in ex1.accumulator.ledger.counters)
     assert ex0.dropped_messages["send_failed"] == 2
     assert ex0.dropped["send_failed"] == 2
-    assert ex1.aggregator.ledger.counters[to1] == 4
+    assert ex1.accumulator.ledger.counters[to1] == 4
 
 
 async def test_a_mark_that_fails_to_send_hands_its_intake_to_the_next_mark(
@@ -375,7 +375,7 @@ async def test_a_mark_that_fails_to_send_hands_its_intake_to_the_next_mark(
     async with running(pair):
         ex1.handle(b"\n".join([to0 + b":1|c", b"bad line"]))
         ex1._close_batch(0)  # the lines go
-        await _eventually(lambda: to0 in ex0.aggregator.ledger.counters)
+        await _eventually(lambda: to0 in ex0.accumulator.ledger.counters)
         ex1.sock = _FailingSocket(ex1.sock, [errno.EPERM])  # type: ignore[assignment]
         await _flush_both(pair, 1, out)  # the mark of flush 1 fails
         assert ex1.dropped_messages["send_failed"] == 1
@@ -408,7 +408,7 @@ def test_closing_counts_and_says_what_it_leaves(
         caplog.clear()
         ex1.handle(b"\n".join(n + b":1|c" for n in _names_of(0, 2)))
         ex1._close_batch(0)  # worker 0 is gone: queued
-        ex1._enqueue(0, encode_mark(1, 7, *ex1.aggregator.take_intake()))
+        ex1._enqueue(0, encode_mark(1, 7, *ex1.accumulator.take_intake()))
         ex1.close()
         assert _closed_fields(caplog) == [{"event": "exchange_closed", "worker": 1,
                                            "unread_lines": 0, "unsent_lines": 2,
@@ -426,15 +426,15 @@ async def test_worker_0_notes_the_messages_its_peers_read(pair: Pair) -> None:
     async with running(pair):
         ex1.handle(_names_of(0, 1)[0] + b":1|c")  # for worker 0
         ex1._close_batch(0)
-        await _eventually(lambda: ex0.aggregator.last_message_time is not None)
-        ex0.aggregator.last_message_time = None
+        await _eventually(lambda: ex0.accumulator.last_message_time is not None)
+        ex0.accumulator.last_message_time = None
         ex1.handle(_names_of(1, 1)[0] + b":1|c")  # its own: only its mark tells
         await _flush_both(pair, 1, out)
-        assert ex0.aggregator.last_message_time is not None
-        ex0.aggregator.last_message_time = None
+        assert ex0.accumulator.last_message_time is not None
+        ex0.accumulator.last_message_time = None
         await _flush_both(pair, 2, out)  # nothing read: a mark of no packets
-    assert ex0.aggregator.last_message_time is None
-    assert ex1.aggregator.last_message_time is None  # only worker 0 answers stats
+    assert ex0.accumulator.last_message_time is None
+    assert ex1.accumulator.last_message_time is None  # only worker 0 answers stats
 
 
 def test_the_shared_record_bounds_what_a_killed_worker_held(runtime_dir: str) -> None:
