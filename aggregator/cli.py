@@ -21,14 +21,13 @@ from functools import partial
 
 import trio
 
+from common.cli import add_version_argument, load_toml
 from common.config import (
     add_arguments,
     add_config_arguments,
-    add_version_argument,
     apply_arguments,
     config_from_mapping,
     format_toml,
-    load_toml,
 )
 from common.errors import ConfigError, find_config_error
 from common.logging import configure_logging, log_event

@@ -125,8 +125,6 @@ def _histograms(values: Sequence[Any]) -> tuple[tuple[str, tuple[Bound, ...]], .
     return tuple(parse_histogram_rule(item) for item in values)
 
 
-
-
 def identity_from_hostname(hostname: str) -> str:
     """The default identity: the host name cleaned into one path component."""
     cleaned = sanitize_key(hostname.encode()).replace(b".", b"_").replace(b";", b"_")
@@ -250,11 +248,11 @@ class AggregatorConfig:
     mgmt_address: str = mgmt_address_setting()
     mgmt_port: int = setting(
         DEFAULT_MGMT_PORT, kind="int", converter=int, validator=[v.ge(0), v.le(65535)],
-        metavar="PORT", help="port of the admin TCP interface (0: any free port)",
+        metavar="PORT", help="port of the management TCP interface (0: any free port)",
         etsy="mgmt_port")
     health_status: str = setting(
         "up", kind="str", validator=v.in_(("up", "down")),
-        help="health reported at start (admin 'health down' drains a node first)",
+        help="health reported at start (the management command 'health down' drains a node first)",
         etsy="healthStatus")
     auth: str = auth_mode_setting()
     auth_tokens: tuple[str, ...] = auth_tokens_setting()
@@ -287,7 +285,8 @@ class AggregatorConfig:
              "default: the host name")
     self_metrics: bool = setting(
         True, kind="bool", reloadable=True,
-        help="publish tallyd's own per-node Carbon metrics beside Etsy's internal ones")
+        help="publish every tallyd figure (aggregator.<component>...) under "
+             "<prefix_stats>.tallyd.<identity>, beside Etsy's internal metrics")
     carbon_connect_timeout: float = setting(
         5.0, kind="float", converter=float, validator=v.gt(0), metavar="SECONDS",
         help="seconds allowed for a TCP connect to a Carbon node")

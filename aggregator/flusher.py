@@ -24,7 +24,7 @@ import attrs
 import trio
 
 from common.logging import log_event
-from common.stats import Reading, counter, level, numeric
+from common.stats import Reading, numeric
 
 from .backends import Backend, EtsyStatus
 from .backends.render import GraphiteRenderer, Naming
@@ -47,15 +47,15 @@ class Coordinator(Protocol):
 
 @attrs.frozen
 class FlushStatistics:
-    """What the flushes so far did (the last one's render time is the next flush's
-    ``graphiteStats.calculationtime``)."""
+    """What the last flush took (its render time is the next flush's
+    ``graphiteStats.calculationtime``; the duration and sizes are logged)."""
 
-    flushes: int = counter(help="flushes completed")
-    last_flush_timestamp: int = level(help="the timestamp of the last flush")
-    last_duration_ms: float = level(help="how long the last flush took, swap to last line")
-    last_render_ms: float = level(help="how long rendering the last flush took")
-    last_lines: int = level(help="lines the last flush rendered")
-    last_names: int = level(help="names the last flush reported (its numStats)")
+    flushes: int
+    last_flush_timestamp: int
+    last_duration_ms: float
+    last_render_ms: float
+    last_lines: int
+    last_names: int
 
 
 def next_boundary(now: float, interval: float) -> float:
@@ -81,8 +81,8 @@ def format_self_metrics(identity: str, readings: Sequence[Reading]) -> dict[str,
 
 def format_etsy_figures(statuses: Sequence[EtsyStatus]) -> dict[str, float]:
     """The Etsy backends' figures as they end every flush (``graphiteStats.flush_length``)."""
-    return {f"{status.flush_name}.{name}": value
-            for status in statuses for name, value in status.figures.items()}
+    return {f"{status.flush_name}.{name}": status.figures[name]
+            for status in statuses for name in (status.flush_order or status.figures)}
 
 
 def _no_readings() -> list[Reading]:

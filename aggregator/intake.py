@@ -109,7 +109,7 @@ def authenticated(handle: Intake, auth: TokenAuth) -> Intake:
 
 
 def noting_arrival(handle: Intake, accumulator: Accumulator) -> Intake:
-    """Wrap the intake callback: note when the last message arrived (admin ``stats``)."""
+    """Wrap the intake callback: note when the last message arrived (the mgmt ``stats``)."""
     def handle_noted(packet: bytes, *, packets: int = 1) -> None:
         accumulator.note_arrival(time.time())
         handle(packet, packets=packets)

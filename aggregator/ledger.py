@@ -44,8 +44,7 @@ MAX_KEPT_ERRORS: Final = 20
 
 _KEEP_ON_DELETE: Final = (b"packets_received", b"metrics_received", b"bad_lines_seen")
 
-#: Every reason a line is refused for other than being bad (Etsy's ``bad_lines_seen``),
-#: in the order the admin ``stats`` prints them.
+#: Every reason a line is refused for other than being bad (Etsy's ``bad_lines_seen``).
 DROP_REASONS: Final = (OVERFLOW, DOGSTATSD_EVENT, DOGSTATSD_SERVICE_CHECK)
 
 
@@ -219,8 +218,9 @@ class Accumulator:
         ledger.bad_lines += bad_lines
 
     def live_counters(self) -> dict[bytes, float]:
-        """The interval's counters so far, Etsy's internal ones included (the admin dump;
-        with several workers, each shows the intake it has not handed over yet)."""
+        """The interval's counters so far, Etsy's internal ones included (the mgmt
+        ``counters`` dump; with several workers, each shows the intake it has not handed
+        over yet)."""
         ledger = self.ledger
         counters = dict(ledger.counters)
         for key, count in zip(self.internal_keys,
@@ -307,7 +307,7 @@ class Accumulator:
         return snapshot
 
     def delete(self, kind: str, keys: list[bytes]) -> list[bytes]:
-        """Forget live names (the admin ``delcounters`` family).
+        """Forget live names (the mgmt ``delcounters`` family).
 
         Args:
             kind: ``counters``, ``timers`` or ``gauges``.

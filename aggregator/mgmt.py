@@ -24,7 +24,7 @@ from .backends import EtsyStatus
 from .components import Components
 from .config import AggregatorConfig, plain_value
 
-#: How long worker 0 waits for another worker's part of an admin answer.
+#: How long worker 0 waits for another worker's part of a mgmt answer.
 PEER_TIMEOUT: Final = 5.0
 
 
@@ -96,7 +96,7 @@ class WorkerMgmtPeers:
 
     Every other worker answers the management protocol for its own names on a Unix stream
     socket in the supervisor's private runtime directory (``<runtime_dir>/a<index>``,
-    `aggregator.workers.context.WorkerContext.admin_address`); worker 0, which owns the
+    `aggregator.workers.context.WorkerContext.mgmt_address`); worker 0, which owns the
     management port, joins their answers to its own, so ``counters`` shows every name and
     ``delcounters`` reaches the worker that owns the name.
     """
@@ -135,7 +135,7 @@ class WorkerMgmtPeers:
 
 
 async def open_worker_mgmt(address: str) -> trio.SocketListener:
-    """The listener on which a worker other than 0 answers admin commands for worker 0.
+    """The listener on which a worker other than 0 answers mgmt commands for worker 0.
 
     ``address`` is a path in the private runtime directory, where a socket left by a
     killed predecessor may still be: it is replaced.

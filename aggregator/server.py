@@ -4,7 +4,7 @@ Wiring, all inside one nursery owned by `serve`:
 
     intake sockets --handle(packet)--> Accumulator (the ledger, single-threaded)
     Flusher (every interval) --swap--> render --> each Backend (Carbon senders, console)
-    admin TCP (Etsy management protocol), bad-line reporter, reloads (from the CLI)
+    mgmt TCP (Etsy's management protocol), bad-line reporter, reloads (from the CLI)
 
 `serve` reads top to bottom: bind the sockets, build the components, start the tasks,
 wait for the stop, stop gracefully. Graceful stop (SIGTERM, or ``shutdown_trigger``
@@ -136,6 +136,8 @@ async def serve(
     finally:
         if components is not None and components.exchange is not None:
             components.exchange.close()
+        for listener in sockets.mgmt:  # run_mgmt_server closes them too, once it started
+            listener.socket.close()
         if worker is None:
             for b in sockets.intake:
                 close_listener(b)
@@ -162,9 +164,9 @@ async def bind_sockets(config: AggregatorConfig, worker: WorkerContext | None) -
     mgmt = ([trio.SocketListener(trio.socket.from_stdlib_socket(worker.mgmt))]
             if worker.mgmt is not None else [])
     if worker.index:
-        mgmt.append(await open_worker_mgmt(worker.admin_address(worker.index)))
+        mgmt.append(await open_worker_mgmt(worker.mgmt_address(worker.index)))
         return Sockets(bound, mgmt)
-    return Sockets(bound, mgmt, WorkerMgmtPeers({i: worker.admin_address(i)
+    return Sockets(bound, mgmt, WorkerMgmtPeers({i: worker.mgmt_address(i)
                                                  for i in range(1, worker.count)}))
 
 

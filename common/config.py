@@ -16,14 +16,12 @@ That one declaration drives everything else:
 The settings every role has (intake limits, admin, logging, token auth) and the default
 ports are declared once, at the end (``*_setting``); each role's config class calls them.
 
-Pure: reading the file happens in the entry layer (`load_toml` is called from the CLIs).
+Pure: reading the file is `common.cli.load_toml`'s, which the command lines call.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar, cast
 
@@ -148,17 +146,6 @@ def to_strings(values: Iterable[object]) -> tuple[str, ...]:
     return tuple(str(x) for x in values)
 
 
-def load_toml(path: str) -> dict[str, Any]:
-    """Read a TOML file, turning every failure into a `ConfigError` naming the file."""
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"cannot read config file {path}: not valid TOML: {e}") from e
-
-
 def _check_type(name: str, kind: str, value: Any) -> None:
     expected: dict[str, tuple[type, ...]] = {
         "bool": (bool,), "optional_bool": (bool,), "int": (int,), "float": (int, float),
@@ -212,24 +199,6 @@ def config_from_mapping(cls: type[T], mapping: Mapping[str, Any], *, source: str
 
 def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
-
-
-#: The distribution whose metadata gives ``--version``.
-DISTRIBUTION: Final = "tallyd"
-
-
-def package_version() -> str:
-    """The installed tallyd's version, from its package metadata."""
-    try:
-        return importlib.metadata.version(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown (not installed: pip install -e .)"
-
-
-def add_version_argument(parser: argparse.ArgumentParser) -> None:
-    """``--version``: prints ``PROG VERSION`` and exits 0 (every tallyd command has it)."""
-    parser.add_argument("--version", action="version",
-                        version=f"%(prog)s {package_version()}")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -43,7 +43,8 @@ class ChunkQueue:
                  keep_newest: bool = False) -> None:
         self.max_bytes = max_bytes
         self.keep_newest = keep_newest
-        #: How many chunks at the head are in flight and must not be evicted.
+        #: How many chunks at the head are in flight and must not be evicted (the writer
+        #: sets it before a write and resets it after).
         self.pinned = 0
         self._count = lines
         self._keep = keep
@@ -94,11 +95,10 @@ class ChunkQueue:
         return self._chunks[0]
 
     def popleft(self) -> bytes:
-        """Take the oldest chunk out (IndexError when empty); unpins it if pinned."""
+        """Take the oldest chunk out (IndexError when empty). ``pinned`` is the caller's
+        to set and reset around a write; this does not change it."""
         chunk = self._chunks.popleft()
         self._remove(chunk)
-        if self.pinned:
-            self.pinned -= 1
         return chunk
 
     def clear(self) -> list[bytes]:

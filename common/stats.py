@@ -51,13 +51,13 @@ COMPONENTS: Final[Mapping[str, frozenset[str]]] = {
         "worker",     # this worker (its generation)
         "carbon",     # one sender per Carbon node
         "console",    # the console output
-        "flush",      # the flusher
     }),
     "proxy": frozenset({
         "intake",      # as for the aggregator
         "router",      # packets and lines routed
         "auth",        # lines refused by token authentication
         "membership",  # the aggregator list in force
+        "forwarders",  # every forwarder summed, and every drop (the process's totals)
         "forwarder",   # one per aggregator
     }),
     "ring": frozenset({

@@ -7,9 +7,9 @@ and the file descriptors it names) and what a child's exit means (`RESTART`, `LE
 run ``python -m <module> <the same arguments>``; each sees the description with
 `read_worker_description` and serves what it was handed instead of binding its own.
 
-* A child that dies is restarted after a pause (`common.backoff`) that grows while it keeps
-  dying within `HEALTHY_AFTER_SECONDS` of its start; its restart count is its
-  ``generation``.
+* A child that dies is restarted after a pause its policy chooses
+  (`ChildPolicy.restart_pause`) from how many times in a row it died within
+  `HEALTHY_AFTER_SECONDS` of its start; its restart count is its ``generation``.
 * Signals are the supervisor's before any child starts (`common.signals`): SIGHUP is passed
   on; SIGTERM/SIGINT stop every child with SIGTERM and wait for them, at most the role's
   ``graceful_timeout`` plus `STOP_MARGIN_SECONDS`, then SIGKILL the stragglers
@@ -27,7 +27,6 @@ import enum
 import json
 import logging
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -38,7 +37,6 @@ from typing import Any, Final, Protocol
 import attrs
 import trio
 
-from .backoff import backoff_delay
 from .logging import log_event
 from .signals import run_signal_handler
 
@@ -46,10 +44,8 @@ LOGGER = logging.getLogger(__name__)
 
 #: The environment variable that describes a child's place (JSON, `Launch.description`).
 WORKER_ENV: Final = "TALLYD_WORKER"
-#: Restart pauses: 0.5 s, doubling up to 30 s while a child keeps dying quickly.
-RESTART_PAUSE_SECONDS: Final = 0.5
-RESTART_PAUSE_MAX_SECONDS: Final = 30.0
-#: A child that ran this long is considered healthy again (its pause starts over).
+#: A child that ran this long is considered healthy again: its count of quick deaths, which
+#: its policy's restart pause depends on, starts over.
 HEALTHY_AFTER_SECONDS: Final = 60.0
 #: Extra time over a role's graceful_timeout before children still running are killed.
 STOP_MARGIN_SECONDS: Final = 5.0
@@ -112,6 +108,11 @@ class ChildPolicy(Protocol):
 
     def judge(self, child: ChildExit) -> Verdict | GiveUp:
         """What ``child``'s exit means (and the log line that says so)."""
+        ...
+
+    def restart_pause(self, quick_deaths: int) -> float:
+        """Seconds to wait before restarting a child that died ``quick_deaths`` times in a
+        row (1 or more), each within `HEALTHY_AFTER_SECONDS` of its start."""
         ...
 
     async def announce(self, pids: Sequence[int], stopping: trio.Event) -> None:
@@ -204,8 +205,7 @@ class Supervisor:
             if not stopping:
                 quick_deaths = 1 if trio.current_time() - started > HEALTHY_AFTER_SECONDS \
                     else quick_deaths + 1
-            pause = backoff_delay(quick_deaths, base=RESTART_PAUSE_SECONDS,
-                                  cap=RESTART_PAUSE_MAX_SECONDS, jitter=random.random())
+            pause = self.policy.restart_pause(max(quick_deaths, 1))
             verdict = self.policy.judge(ChildExit(
                 index=index, pid=proc.pid, exit_code=code, stopping=stopping,
                 restarts=generation + 1, restart_in=pause))

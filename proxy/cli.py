@@ -8,9 +8,17 @@ listen ports. For each udp/tcp URL the parent binds N sockets to one port with S
 (the kernel spreads senders over them; port 0 is resolved by the first bind), and one
 shared socket for unix URLs; then it runs N children under `common.supervisor`, each
 serving its own set: SIGTERM/SIGINT stop them, SIGHUP is passed on, a child that died is
-restarted (its sockets stay open in the parent, so nothing queued on them is lost), one
-that cannot start (exit 2: its admin port is taken, say) ends the proxy with exit 2, and
-the parent exits when they have all stopped. Child i's admin port is ``mgmt_port + i``.
+restarted after 1 s (its sockets stay open in the parent, so nothing queued on them is
+lost), one that cannot start (exit 2: its admin port is taken, say) ends the proxy with
+exit 2, and the parent exits when they have all stopped. Child i's admin port is
+``mgmt_port + i``.
+
+Every child, restarted ones too, serves the parent's configuration as it was resolved at
+start: the parent hands it over in the child's description (`config_description`), and the
+child never reads ``--config`` or its flags again, so editing or removing the file changes
+nothing until the proxy itself is restarted. The description, auth tokens included, is in
+the child's environment (``TALLYD_WORKER``): /proc/<pid>/environ is readable only by the
+same user (and root), like the config file should be.
 
 Exit codes: 0 after a clean stop or a passed check; 2 for a bad configuration or command
 line; 1 when the process fails while running.
@@ -24,22 +32,21 @@ import argparse
 import logging
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import trio
 
 from common.address import ListenURL
+from common.cli import add_version_argument, load_toml
 from common.config import (
     add_arguments,
     add_config_arguments,
-    add_version_argument,
     apply_arguments,
     config_from_mapping,
     format_toml,
-    load_toml,
 )
 from common.errors import ConfigError, find_config_error
 from common.listener import BoundSocket, adopt_socket, bind_listener, close_listener
@@ -62,6 +69,11 @@ from .server import serve
 
 LOGGER = logging.getLogger("proxy")
 
+#: How long a child that died waits before it is restarted (every time: no growth).
+RESTART_PAUSE_SECONDS: Final = 1.0
+#: Where a child's configuration comes from, for its error messages.
+DESCRIPTION_SOURCE: Final = "the supervisor's description"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -79,6 +91,26 @@ def load_config(args: argparse.Namespace) -> ProxyConfig:
     values = load_toml(args.config) if args.config else {}
     config = config_from_mapping(ProxyConfig, values, source=args.config or "defaults")
     config = apply_arguments(config, args)
+    check_config(config)
+    return config
+
+
+def config_description(config: ProxyConfig) -> dict[str, Any]:
+    """``config`` as the plain data `config_from_description` reads back (JSON-ready: the
+    values ``--print-config`` shows; an unset value is left out, so it stays unset).
+
+    JSON rather than `format_toml`'s text, whose strings do not escape control characters
+    (a token may hold one: TOML escapes let a file spell it).
+    """
+    plain = {f.name: plain_value(f.name, getattr(config, f.name))
+             for f in attrs.fields(ProxyConfig)}
+    return {name: value for name, value in plain.items() if value is not None}
+
+
+def config_from_description(values: Mapping[str, Any]) -> ProxyConfig:
+    """The configuration a supervisor handed this child, built as a file's is (never the
+    file again). Raises `ConfigError`."""
+    config = config_from_mapping(ProxyConfig, values, source=DESCRIPTION_SOURCE)
     check_config(config)
     return config
 
@@ -110,14 +142,28 @@ def run_one(config: ProxyConfig, bound: list[BoundSocket] | None, index: int) ->
     return 0
 
 
-def adopt_sockets(config: ProxyConfig, description: dict[str, Any]) -> list[BoundSocket]:
-    """The socket set a supervisor passed this process (`ProcessSet.launch`)."""
+def adopt_sockets(config: ProxyConfig, description: Mapping[str, Any]) -> list[BoundSocket]:
+    """The socket set a supervisor passed this process (`ProcessSet.launch`).
+
+    Raises:
+        ConfigError: the set does not match ``listen`` (exit 2: restarting cannot help).
+    """
     fds = description["fds"]
     if len(fds) != len(config.listen):
-        raise RuntimeError(f"supervisor passed {len(fds)} sockets for "
-                           f"{len(config.listen)} listeners")
+        raise ConfigError(f"the supervisor passed {len(fds)} sockets for "
+                          f"{len(config.listen)} listen URLs")
     return [adopt_socket(url, socket.socket(fileno=fd))
             for url, fd in zip(config.listen, fds, strict=True)]
+
+
+def run_child(config: ProxyConfig, description: Mapping[str, Any]) -> int:
+    """Serve the socket set and the configuration a supervisor passed (`ProcessSet`)."""
+    try:
+        bound = adopt_sockets(config, description)
+    except ConfigError as e:
+        log_event(LOGGER, "config_error", level=logging.ERROR, error=str(e))
+        return CONFIG_ERROR_EXIT
+    return run_one(config, bound, description["index"])
 
 
 def bind_groups(config: ProxyConfig) -> list[list[BoundSocket]]:
@@ -147,14 +193,20 @@ def bind_groups(config: ProxyConfig) -> list[list[BoundSocket]]:
 
 @attrs.frozen
 class ProcessSet:
-    """The proxy's `common.supervisor.ChildPolicy`: child i serves socket set i."""
+    """The proxy's `common.supervisor.ChildPolicy`: child i serves socket set i with the
+    parent's configuration."""
 
-    processes: int
+    config: ProxyConfig
     groups: list[list[BoundSocket]]
+
+    @property
+    def processes(self) -> int:
+        return self.config.processes
 
     def launch(self, index: int, generation: int) -> Launch:
         fds = [b.sock.fileno() for b in self.groups[index]]
-        return Launch(description={"index": index, "count": self.processes, "fds": fds},
+        return Launch(description={"index": index, "fds": fds,
+                                   "config": config_description(self.config)},
                       pass_fds=tuple(dict.fromkeys(fds)))
 
     def judge(self, child: ChildExit) -> Verdict | GiveUp:
@@ -168,6 +220,9 @@ class ProcessSet:
                   pid=child.pid, exit_code=child.exit_code)
         return RESTART
 
+    def restart_pause(self, quick_deaths: int) -> float:
+        return RESTART_PAUSE_SECONDS
+
     async def announce(self, pids: Sequence[int], stopping: trio.Event) -> None:
         log_event(LOGGER, "supervising", processes=self.processes,
                   pids=",".join(str(p) for p in pids))
@@ -176,7 +231,7 @@ class ProcessSet:
 def supervise(config: ProxyConfig, argv: Sequence[str]) -> int:
     """Run ``config.processes`` children and supervise them (module docstring)."""
     groups = bind_groups(config)
-    supervisor = Supervisor(ProcessSet(processes=config.processes, groups=groups),
+    supervisor = Supervisor(ProcessSet(config=config, groups=groups),
                             module="proxy", argv=argv, count=config.processes,
                             graceful_timeout=config.graceful_timeout)
     try:
@@ -192,8 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    description = read_worker_description()
     try:
-        config = load_config(args)
+        # A child serves its supervisor's configuration; it ignores --config and the flags.
+        config = load_config(args) if description is None else \
+            config_from_description(description["config"])
     except ConfigError as e:
         print(f"tallyd-proxy: configuration error: {e}", file=sys.stderr)
         return 2
@@ -204,9 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_config:
         print("configuration ok", file=sys.stderr)
         return 0
-    description = read_worker_description()
     if description is not None:
-        return run_one(config, adopt_sockets(config, description), description["index"])
+        return run_child(config, description)
     if config.processes == 1:
         return run_one(config, None, 0)
     try:

@@ -3,8 +3,9 @@
 ``stats`` reports the uptime, then every figure of the proxy's components as
 ``<full name>: <value>`` (`common.stats`), from readings it asks for on each command: the
 membership (its fingerprint: compare it across proxies), the router (lines received and
-refused by reason), the intake, auth (when on), and each forwarder by position (its
-aggregator's state, why it is down, lines sent, buffered and dropped by reason).
+refused by reason), the intake, auth (when on), the process's totals (lines sent by every
+forwarder, every drop by reason), and each forwarder by position (its aggregator's state,
+why it is down, lines sent, buffered and dropped by reason).
 ``health`` is the proxy's own health (a load balancer in front of proxies reads it).
 The proxy holds no metric values: it has no ``counters``/``timers``/``gauges`` or ``del*``
 commands (``help`` does not list them; they answer a one-line ``ERROR`` saying why).

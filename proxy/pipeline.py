@@ -13,7 +13,9 @@ flusher sends it). A drop reporter logs new drops every `DROP_LOG_PERIOD_SECONDS
 
 `Pipeline.readings` names every component's statistics snapshot (`common.stats.read`):
 ``proxy.membership.*``, ``proxy.router.*``, ``proxy.intake.*``, ``proxy.auth.*`` (with
-auth on) and ``proxy.forwarder.<index>.*``, in that order.
+auth on), ``proxy.forwarders.*`` (the process's totals: lines sent by every forwarder, and
+every drop by reason, the router's included) and ``proxy.forwarder.<index>.*``, in that
+order.
 
 SHELL.
 """
@@ -23,12 +25,13 @@ from __future__ import annotations
 import logging
 from typing import Final
 
+import attrs
 import trio
 
 from common.auth import make_auth
 from common.listener import BoundSocket, DatagramReader, IntakeCounters
 from common.logging import log_event
-from common.stats import Reading, read
+from common.stats import Reading, counter, read
 
 from .config import ProxyConfig
 from .forwarders.base import Forwarder
@@ -45,6 +48,17 @@ DATAGRAMS_PER_BATCH: Final = 256
 DATAGRAMS_PER_DRAIN: Final = 10_000
 #: How often drops are summarised in the log (only when there are new ones).
 DROP_LOG_PERIOD_SECONDS: Final = 10.0
+
+
+@attrs.frozen
+class ForwardersStatistics:
+    """The whole process's output: every forwarder summed, and every drop."""
+
+    sent_lines: int = counter(help="lines handed to the kernel, all aggregators summed")
+    dropped_lines: dict[str, int] = counter(
+        help="every line dropped, by reason: the router's (bad_line, line_too_long, auth) "
+             "and the forwarders' (buffer_full, destination_down, shutdown), all "
+             "aggregators summed")
 
 
 class Pipeline:
@@ -132,10 +146,17 @@ class Pipeline:
                *read("proxy", "intake", self.intake.statistics())]
         if self.auth is not None:
             out += read("proxy", "auth", self.auth.statistics())
+        out += read("proxy", "forwarders", self.statistics())
         for forwarder in self.forwarders:
             out += read("proxy", "forwarder", forwarder.statistics(),
                         instance=str(forwarder.index))
         return out
+
+    def statistics(self) -> ForwardersStatistics:
+        """The totals of this process so far (`ForwardersStatistics`)."""
+        return ForwardersStatistics(
+            sent_lines=sum(forwarder.sent_lines for forwarder in self.forwarders),
+            dropped_lines=self.tally_drops()[0])
 
     def tally_drops(self) -> tuple[dict[str, int], dict[str, int]]:
         """Every drop of this process so far, in lines: by reason (all aggregators summed),
@@ -143,7 +164,7 @@ class Pipeline:
         totals = dict(self.router.statistics().dropped_lines)
         per: dict[str, int] = {}
         for forwarder in self.forwarders:
-            dropped = forwarder.statistics().dropped_lines
+            dropped = forwarder.dropped
             for reason, lines in dropped.items():
                 totals[reason] = totals.get(reason, 0) + lines
             if sum(dropped.values()):

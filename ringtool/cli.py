@@ -31,7 +31,12 @@ from collections.abc import Iterator, Sequence
 
 import attrs
 
-from common.config import UNSET, add_version_argument, apply_arguments, flag_name, load_toml
+from common.cli import add_version_argument, load_toml
+from common.config import (
+    UNSET,
+    apply_arguments,
+    flag_name,
+)
 from common.errors import ConfigError
 from common.ring import RING_HASHES, CarbonNode, Ring, parse_carbon_node
 

@@ -38,6 +38,9 @@ class EtsyStatus:
     name: str
     flush_name: str
     figures: Mapping[str, float]
+    #: The order of the figures at the end of a flush, when it differs from ``figures``'
+    #: (Etsy's graphite backend posts them in another order than ``stats`` prints them).
+    flush_order: tuple[str, ...] = ()
 
 
 @attrs.frozen

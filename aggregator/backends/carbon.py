@@ -79,4 +79,4 @@ class CarbonOutput:
             "last_exception": round(max(s.last_exception_time for s in stats)),
             "flush_time": round(max(s.flush_time_ms for s in stats)),
             "flush_length": sum(s.flush_length for s in stats),
-        })
+        }, flush_order=("last_exception", "last_flush", "flush_time", "flush_length"))

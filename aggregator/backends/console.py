@@ -67,9 +67,10 @@ class ConsoleOutput:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
                 continue
-            self._queue.pinned = 1
-            await trio.to_thread.run_sync(self._write, self._queue.peek())
-            self._queue.popleft()
+            # Out of the queue before it is written: the bound applies to what waits, and a
+            # close() during the write finds only what was never started.
+            payload = self._queue.popleft()
+            await trio.to_thread.run_sync(self._write, payload)
 
     async def wait_delivered(self) -> None:
         """Return once everything offered so far has been written."""

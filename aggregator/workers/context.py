@@ -1,7 +1,7 @@
 """What a supervisor hands each worker process, and how a worker keeps track of it.
 
 The supervisor (`aggregator.workers.pool`, run by `common.supervisor`) passes the bound
-intake sockets, the admin socket (worker 0 only), the read end of a lifeline pipe, a
+intake sockets, the management socket (worker 0 only), the read end of a lifeline pipe, a
 readiness pipe and the workers' shared record (`WorkerRecords`) as inherited file
 descriptors, and describes them in the worker's description
 (`common.supervisor.read_worker_description`).
@@ -9,7 +9,7 @@ descriptors, and describes them in the worker's description
 Workers find each other by path in the supervisor's private runtime directory (mode 0700,
 so only the daemon's own user, and root, can reach these sockets; the abstract Unix
 namespace has no permissions at all): ``x<index>`` for lines and flush marks
-(`aggregator.workers.exchange`), ``a<index>`` for admin commands joined by worker 0
+(`aggregator.workers.exchange`), ``a<index>`` for management commands joined by worker 0
 (`aggregator.mgmt.WorkerMgmtPeers`).
 
 SHELL.
@@ -81,8 +81,8 @@ class WorkerContext:
         """Where worker ``index`` receives lines and flush marks (`aggregator.workers.exchange`)."""
         return os.path.join(self.runtime_dir, f"x{index}")
 
-    def admin_address(self, index: int) -> str:
-        """Where worker ``index`` answers admin commands for worker 0 (`WorkerMgmtPeers`)."""
+    def mgmt_address(self, index: int) -> str:
+        """Where worker ``index`` answers management commands for worker 0 (`WorkerMgmtPeers`)."""
         return os.path.join(self.runtime_dir, f"a{index}")
 
 
@@ -276,11 +276,11 @@ class ReadyReports:
 
 
 def remove_worker_files(context: WorkerContext) -> None:
-    """On the way out: a worker's admin socket and, if the supervisor is gone (killed: it
+    """On the way out: a worker's management socket and, if the supervisor is gone (killed: it
     would have removed it itself), the runtime directory once empty. While the supervisor
     lives the directory stays, for the worker it restarts."""
     with contextlib.suppress(OSError):
-        os.unlink(context.admin_address(context.index))
+        os.unlink(context.mgmt_address(context.index))
     if context.parent_pipe is None or not _supervisor_gone(context.parent_pipe):
         return
     with contextlib.suppress(OSError):

@@ -4,17 +4,14 @@ this module moves the bytes and applies its decisions to the ledger).
 
 Every worker binds a Unix datagram socket in the supervisor's private runtime directory
 (``<runtime_dir>/x<index>``, see `aggregator.workers.context`) and sends its peers their lines
-(see `aggregator.workers.codec`), in messages of at most `MAX_MESSAGE_BYTES`. Outgoing messages
-go through one FIFO queue per peer (a `ChunkQueue`), so a mark never overtakes the lines sent
-before it. A peer whose socket is full (EAGAIN, ENOBUFS: back-pressure), or not there (still
-starting, or restarting), is retried every few milliseconds; its lines wait in the queue and
-are delivered when it is back. Past `MAX_PENDING_BYTES` the oldest lines for it are dropped
-and counted (reason ``worker_down`` while it is away, ``exchange_full`` otherwise). No send
-or receive error ends a worker: any other one drops that message, counted.
+(see `aggregator.workers.codec`) through its `Outbox` (`aggregator.workers.outbox`: the
+batches, the per-peer queues, their retries and drops). This module receives the peers'
+messages. No receive error ends a worker: a message no peer could have sent is dropped,
+counted.
 
 Each worker keeps its part of the shared `WorkerRecords` current: the lines it took in
-since its last rendered flush, and the lines it sent to and received from each peer, so
-the supervisor can say how much at most died with it when it is killed.
+since its last rendered flush, and the lines it received from each peer (the outbox keeps
+those it sent), so the supervisor can say how much at most died with it when it is killed.
 
 SHELL.
 """
@@ -22,7 +19,6 @@ SHELL.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import socket
@@ -37,7 +33,6 @@ import trio
 
 from common.listener import set_receive_buffer
 from common.logging import log_event
-from common.queue import ChunkQueue
 from common.stats import counter, level
 
 from ..ledger import Accumulator
@@ -55,31 +50,14 @@ from .codec import (
     decode_stats,
     encode_mark,
     encode_stats,
-    pack_data,
 )
 from .context import WorkerContext
+from .outbox import LOG_EVERY, Outbox, set_send_buffer
 
 LOGGER = logging.getLogger(__name__)
 
-#: Forwarded lines for a peer are sent once this many bytes wait (or `BATCH_SECONDS` have
-#: passed); a batch is cut into messages of at most `MAX_MESSAGE_BYTES` (`pack_data`).
-BATCH_BYTES: Final = 60_000
-#: How long forwarded lines may wait for their batch to fill.
-BATCH_SECONDS: Final = 0.002
-#: Queued for one peer before its oldest lines are dropped.
-MAX_PENDING_BYTES: Final = 64 * 1024 * 1024
-#: Kernel buffers of the exchange sockets.
+#: The kernel's receiving buffer of the exchange socket.
 EXCHANGE_BUFFER_BYTES: Final = 32 * 1024 * 1024
-#: The kernel's sending buffer; a Unix datagram can be at most this (less 32 bytes), so it
-#: must hold a `MAX_MESSAGE_BYTES` message (checked at start).
-EXCHANGE_SEND_BUFFER_BYTES: Final = 4 * 1024 * 1024
-#: Send errors that mean "the peer cannot take it now": the message stays queued and is
-#: retried (back-pressure); the queue's bound turns a lasting one into counted drops.
-_RETRY_ERRNOS: Final = frozenset({errno.EAGAIN, errno.ENOBUFS, errno.ENOMEM, errno.EINTR})
-#: Send errors that mean "the peer is not there" (starting, restarting, or dead).
-_DOWN_ERRNOS: Final = frozenset({errno.ECONNREFUSED, errno.ENOENT, errno.ECONNRESET})
-#: Cut or failed messages are logged on the first and then every this many.
-_LOG_EVERY: Final = 100
 #: The longest a flush waits for a peer's mark or name count (and at most a third of the
 #: interval): a dead or stuck worker delays the others' flushes by at most this. What a
 #: slow peer sends after the wait is counted in the next interval (marks) or replaced by
@@ -140,40 +118,31 @@ class Exchange:
             raise
         self.sock.setblocking(False)
         set_receive_buffer(self.sock, EXCHANGE_BUFFER_BYTES)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, EXCHANGE_SEND_BUFFER_BYTES)
-        if self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < MAX_MESSAGE_BYTES + 64:
+        try:
+            set_send_buffer(self.sock)
+        except RuntimeError:
             self.sock.close()
-            raise RuntimeError("the exchange socket's send buffer cannot hold one exchange "
-                               f"message ({MAX_MESSAGE_BYTES} bytes): raise net.core.wmem_max")
+            raise
         # One buffer for every message received; a message is never longer (MSG_TRUNC
         # tells when something longer was cut to it).
         self._receive_buffer = bytearray(MAX_MESSAGE_BYTES)
         self.barrier = Barrier(context.index, self.peers)
-        # For the shared record: the lines sent to / received from each peer.
+        # For the shared record: the lines received from each peer.
         self.records = context.records
         # The pair counters run since the supervisor started: a restarted worker goes on
         # from its predecessor's (`WorkerRecords.record_death`).
         records = self.records
-        self._sent: dict[int, int] = {
-            p: records.sent(context.index, p) if records else 0 for p in self.peers}
         self._received: dict[int, int] = {
             p: records.received(context.index, p) if records else 0 for p in self.peers}
-        self._batch: dict[int, list[bytes]] = {p: [] for p in self.peers}
-        self._batch_bytes: dict[int, int] = dict.fromkeys(self.peers, 0)
-        # Past the bound the oldest lines go; marks and name counts (a few bytes, and what
-        # the peer's intake counts travel in) stay, ahead of the lines that remain, and so
-        # does the newest message.
-        self._queue: dict[int, ChunkQueue] = {
-            p: ChunkQueue(MAX_PENDING_BYTES, lines=_lines_of, keep=_is_control,
-                          keep_newest=True) for p in self.peers}
         self._arrived = trio.Event()
-        #: Lines dropped, by reason; messages dropped whole, by reason.
+        #: Lines dropped, by reason; messages dropped whole, by reason (on both sides: the
+        #: outbox counts into them too).
         self.dropped: Counter[str] = Counter()
         self.dropped_messages: Counter[str] = Counter()
-        self.peer_down: dict[int, bool] = {}
-        self.forwarded_lines = 0
+        self.outbox = Outbox(context, self.peers, self.sock, accumulator,
+                             dropped=self.dropped, dropped_messages=self.dropped_messages)
         self.received_lines = 0
-        # Worker 0 answers admin ``stats``: its last_msg_seen follows the peers' reads too.
+        # Worker 0 answers the mgmt ``stats``: its last_msg_seen follows the peers' reads too.
         self._notes_arrivals = context.index == 0
 
     def close(self) -> None:
@@ -182,10 +151,7 @@ class Exchange:
         them), lines queued for a peer gone at the final flush, and the intake counts in
         marks that never reached worker 0."""
         unread = self._drain_unread()
-        unsent = (sum(q.total_lines for q in self._queue.values())
-                  + sum(map(len, self._batch.values())))
-        unsent_intake = sum(decode_mark(m)[3] for m in self._queue.get(0, ())
-                            if m[:1] == MARK)
+        unsent, unsent_intake = self.outbox.unsent()
         if unread or unsent or unsent_intake:
             log_event(LOGGER, "exchange_closed", level=logging.WARNING,
                       worker=self.context.index, unread_lines=unread, unsent_lines=unsent,
@@ -210,7 +176,7 @@ class Exchange:
 
     def statistics(self) -> ExchangeStatistics:
         return ExchangeStatistics(
-            self.forwarded_lines, self.received_lines,
+            self.outbox.forwarded_lines, self.received_lines,
             {r: self.dropped[r] for r in ("worker_down", "exchange_full", "too_large",
                                           "truncated", "send_failed")},
             {r: self.dropped_messages[r] for r in ("malformed", "truncated", "send_failed")})
@@ -246,92 +212,7 @@ class Exchange:
         admit = self.barrier.read_own(own, packets, count)
         self._note_taken()  # the shared record first: a kill may come at any moment
         self._admit(admit)
-        for peer, lines in foreign.items():
-            batch = self._batch[peer]
-            batch.extend(lines)
-            self._batch_bytes[peer] += sum(map(len, lines)) + len(lines)
-            if self._batch_bytes[peer] >= BATCH_BYTES:
-                self._close_batch(peer)
-
-    def _close_batch(self, peer: int) -> None:
-        lines = self._batch[peer]
-        if lines:
-            self._batch[peer] = []
-            self._batch_bytes[peer] = 0
-            messages, oversized = pack_data(self.context.index, lines)
-            self.forwarded_lines += len(lines) - len(oversized)
-            for line in oversized:
-                self._keep_oversized(line)
-            for message in messages:
-                self._enqueue(peer, message)
-
-    def _keep_oversized(self, line: bytes) -> None:
-        """A line too long for an exchange message of its own. Longer than
-        ``max_line_bytes``, it is refused wherever it is parsed: here, as a bad line, as in
-        a single process. Otherwise (``max_line_bytes`` set above the message size) it
-        cannot reach its owner and is dropped, counted (``too_large``)."""
-        if len(line) > self.accumulator.parser.max_line_bytes:
-            self.accumulator.ingest(line, intake=False)
-            return
-        self.dropped["too_large"] += 1
-        if self.dropped["too_large"] % _LOG_EVERY == 1:
-            log_event(LOGGER, "exchange_line_too_large", level=logging.WARNING,
-                      worker=self.context.index, bytes=len(line),
-                      limit=MAX_MESSAGE_BYTES, total=self.dropped["too_large"])
-
-    def _enqueue(self, peer: int, message: bytes) -> None:
-        evicted = self._queue[peer].append(message)
-        if evicted:
-            reason = "worker_down" if self.peer_down.get(peer) else "exchange_full"
-            self.dropped[reason] += sum(map(data_line_count, evicted))
-        self._pump(peer)
-
-    def _pump(self, peer: int) -> None:
-        queue = self._queue[peer]
-        address = self.context.address(peer)
-        while queue:
-            message = queue.peek()
-            try:
-                self.sock.sendto(message, address)
-            except OSError as e:
-                if e.errno in _RETRY_ERRNOS:
-                    return  # the peer's queue is full: retried by run()
-                if e.errno in _DOWN_ERRNOS:
-                    # The peer is not (yet, or no longer) there: keep its lines queued,
-                    # within MAX_PENDING_BYTES, and deliver them when it is back.
-                    if not self.peer_down.get(peer):
-                        self.peer_down[peer] = True
-                        log_event(LOGGER, "worker_peer_down", level=logging.WARNING,
-                                  worker=self.context.index, peer=peer)
-                    return
-                # Anything else (EMSGSIZE cannot happen: messages are bounded, and the
-                # send buffer was checked to hold one): this message is dropped, counted,
-                # and the worker goes on.
-                queue.popleft()
-                self._count_send_failure(message, e)
-                if peer == 0 and message[:1] == MARK:
-                    # The intake counts it carried travel with the next mark instead.
-                    _, _, packets, lines, bad = decode_mark(message)
-                    self.accumulator.add_intake(packets, lines, bad)
-                continue
-            if message[:1] == DATA:
-                self._sent[peer] += data_line_count(message)
-                if self.records is not None:
-                    self.records.set_sent(self.context.index, peer, self._sent[peer])
-            if self.peer_down.get(peer):
-                self.peer_down[peer] = False
-                log_event(LOGGER, "worker_peer_up", worker=self.context.index, peer=peer)
-            queue.popleft()
-
-    def _count_send_failure(self, message: bytes, error: OSError) -> None:
-        self.dropped_messages["send_failed"] += 1
-        if message[:1] == DATA:
-            self.dropped["send_failed"] += data_line_count(message)
-        if self.dropped_messages["send_failed"] % _LOG_EVERY == 1:
-            log_event(LOGGER, "exchange_send_failed", level=logging.ERROR,
-                      worker=self.context.index, error=errno.errorcode.get(error.errno or 0,
-                                                                           str(error.errno)),
-                      bytes=len(message), total=self.dropped_messages["send_failed"])
+        self.outbox.forward(foreign)
 
     # Receiving side ---------------------------------------------------------------------
     def _receive_all(self) -> None:
@@ -367,7 +248,7 @@ class Exchange:
         self.dropped_messages["truncated"] += 1
         if head[:1] == DATA:
             self.dropped["truncated"] += data_line_count(head)
-        if self.dropped_messages["truncated"] % _LOG_EVERY == 1:
+        if self.dropped_messages["truncated"] % LOG_EVERY == 1:
             log_event(LOGGER, "exchange_message_truncated", level=logging.ERROR,
                       worker=self.context.index, bytes=size, limit=MAX_MESSAGE_BYTES,
                       total=self.dropped_messages["truncated"])
@@ -377,7 +258,7 @@ class Exchange:
         if kind == DATA:
             sender, lines, payload = decode_data(message)
             self._check_sender(sender)
-            if self._notes_arrivals:  # a peer read a message just now (admin stats)
+            if self._notes_arrivals:  # a peer read a message just now (mgmt stats)
                 self.accumulator.note_arrival(time.time())
             self.received_lines += lines
             self._received[sender] += lines
@@ -411,11 +292,7 @@ class Exchange:
         """Receive peers' messages and send batches, until cancelled."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._receive_loop)
-            while True:
-                await trio.sleep(BATCH_SECONDS)
-                for peer in self.peers:
-                    self._close_batch(peer)
-                    self._pump(peer)
+            await self.outbox.run()
 
     async def _receive_loop(self) -> None:
         while True:
@@ -450,8 +327,8 @@ class Exchange:
         counts = self.accumulator.take_intake() if self.context.index else (0, 0, 0)
         mark = encode_mark(self.context.index, sequence, *counts)
         for peer in self.peers:
-            self._close_batch(peer)
-            self._enqueue(peer, mark)
+            self.outbox.close_batch(peer)
+            self.outbox.enqueue(peer, mark)
         await self._wait(self.barrier.marks_in, sequence)
         closed = self.barrier.close_marks(sequence)
         self._log_timeout("mark", sequence, closed.missing)
@@ -478,18 +355,10 @@ class Exchange:
     async def num_stats(self, sequence: int, own: int) -> int | None:
         """Worker 0: the total name count over all workers; the others send theirs."""
         if self.context.index != 0:
-            self._enqueue(0, encode_stats(self.context.index, sequence, own))
+            self.outbox.enqueue(0, encode_stats(self.context.index, sequence, own))
             return None
         await self._wait(self.barrier.names_in, sequence)
         total, missing = self.barrier.close_names(sequence, own)
         self._log_timeout("names", sequence, missing)
         return total
 
-
-def _is_control(message: bytes) -> bool:
-    """Marks and name counts: never dropped from a peer's queue."""
-    return message[:1] != DATA
-
-
-def _lines_of(message: bytes) -> int:
-    return data_line_count(message) if message[:1] == DATA else 0

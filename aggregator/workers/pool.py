@@ -1,25 +1,26 @@
 """The aggregator's worker processes (``workers > 1``), as the common supervisor runs them.
 
-`supervise` binds every intake socket and the admin port once, then runs ``workers``
+`supervise` binds every intake socket and the management port once, then runs ``workers``
 copies of this same command under `common.supervisor.Supervisor`, which hands them the
 bound sockets (so all workers read the same sockets and the kernel spreads datagrams and
 connections over them, even from a single client) and a description of their place
 (`aggregator.workers.context.worker_context_from_description`). Worker 0 also serves the
-admin port.
+management port.
 
-The workers' exchange and admin sockets live in a private runtime directory made here
+The workers' exchange and management sockets live in a private runtime directory made here
 (mode 0700: no other local user can reach them) and removed when the supervisor ends.
 
-A worker that dies is restarted; its restart count travels to it as its ``generation``
-and is published in its metrics. What died with it cannot be recovered, but it is bounded
-and said: the death is logged with ``lost_at_most`` (what it had taken in since its last
-rendered flush, plus what its peers had delivered to its socket that it had not read, from
-the shared `WorkerRecords`), and worker 0 publishes the deaths and the sum of those bounds.
-The other workers count what they could not forward to it.
+A worker that dies is restarted after a pause of 0.5 s, doubling up to 30 s while it keeps
+dying within a minute of its start (`WorkerPool.restart_pause`); its restart count travels
+to it as its ``generation`` and is published in its metrics. What died with it cannot be
+recovered, but it is bounded and said: the death is logged with ``lost_at_most`` (what it
+had taken in since its last rendered flush, plus what its peers had delivered to its socket
+that it had not read, from the shared `WorkerRecords`), and worker 0 publishes the deaths
+and the sum of those bounds. The other workers count what they could not forward to it.
 
 A worker that exits before it serves `MAX_START_FAILURES` times in a row ends the daemon
 (exit code 2 if it was a configuration error, else 1) with its reason, instead of a
-restart loop behind an admin port that never answers. (The configuration itself is
+restart loop behind a management port that never answers. (The configuration itself is
 checked before any worker starts: `aggregator.config.check_config`.)
 
 Signals (`common.supervisor`): SIGTERM/SIGINT stop the workers gracefully (final flush);
@@ -46,6 +47,7 @@ import attrs
 import trio
 
 from common.address import format_host_port
+from common.backoff import backoff_delay
 from common.connections import clear_connection_slot, create_connection_table
 from common.errors import ConfigError
 from common.listener import BoundSocket, bind_listeners, close_listener
@@ -74,6 +76,9 @@ READY_TIMEOUT_SECONDS: Final = 60.0
 #: ends: a worker that cannot start will not start on the next try either (a bad spool
 #: directory, a missing permission); three tries ride out a passing hiccup.
 MAX_START_FAILURES: Final = 3
+#: Restart pauses: 0.5 s, doubling up to 30 s while a worker keeps dying quickly.
+RESTART_PAUSE_SECONDS: Final = 0.5
+RESTART_PAUSE_MAX_SECONDS: Final = 30.0
 
 
 async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int) -> int:
@@ -178,6 +183,11 @@ class WorkerPool:
         return GiveUp(exit_code=CONFIG_ERROR_EXIT if code == CONFIG_ERROR_EXIT else 1,
                       reason=reason)
 
+    def restart_pause(self, quick_deaths: int) -> float:
+        """0.5 s, 1 s, 2 s ... up to 30 s, without jitter (one daemon's own workers)."""
+        return backoff_delay(quick_deaths, base=RESTART_PAUSE_SECONDS,
+                             cap=RESTART_PAUSE_MAX_SECONDS, jitter=1.0)
+
     async def announce(self, pids: Sequence[int], stopping: trio.Event) -> None:
         """Once every worker serves (or `READY_TIMEOUT_SECONDS` passed): ``started``."""
         ready = await self.reports.wait_ready(self.workers, READY_TIMEOUT_SECONDS)
@@ -193,7 +203,7 @@ class WorkerPool:
 
 def open_pool(config: AggregatorConfig, workers: int, bound: Sequence[BoundSocket],
               cleanup: contextlib.ExitStack) -> WorkerPool:
-    """Make what every worker shares (admin socket, connection table, records, pipes, and
+    """Make what every worker shares (management socket, connection table, records, pipes, and
     last the runtime dir, which the caller removes); each is undone by ``cleanup``."""
     mgmt = bind_mgmt_socket(config.mgmt_address, config.mgmt_port)
     cleanup.callback(mgmt.close)

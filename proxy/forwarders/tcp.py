@@ -77,7 +77,7 @@ class TcpForwarder(Forwarder):
         host, port = self.sockaddr[0], self.sockaddr[1]
         if self.spec.admin_port is not None:
             reason = await probe_mgmt(host, self.spec.admin_port,
-                                       wait_seconds=self.connect_timeout)
+                                      wait_seconds=self.connect_timeout)
             if reason is not None:
                 return reason
         try:

@@ -119,8 +119,8 @@ class UdpForwarder(Forwarder):
             return "unresolved"
         if self.spec.admin_port is not None:
             return await probe_mgmt(self.spec.host if self.sockaddr is None else
-                                     self.sockaddr[0], self.spec.admin_port,
-                                     wait_seconds=self.connect_timeout)
+                                    self.sockaddr[0], self.spec.admin_port,
+                                    wait_seconds=self.connect_timeout)
         sock = self.sockets[0]
         sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # clear a stale error
         try:

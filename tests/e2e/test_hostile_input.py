@@ -96,7 +96,9 @@ MUST_STAY_ZERO: tuple[tuple[str, str], ...] = (
 #: bad_lines_seen as a total); the per-second rates of Etsy's counters.
 NOT_LINE_DROPS: tuple[str, ...] = (
     r"^stats\.statsd\.tallyd\.[^.]+\.aggregator\.carbon\.",
-    r"^stats\.statsd\.tallyd\.[^.]+\.aggregator\.intake\.",
+    r"^stats\.statsd\.tallyd\.[^.]+\.aggregator\.intake\.(stream_connections"
+    r"|stream_connections_refused|stream_connections_evicted|stream_connections_idle_closed"
+    r"|overlong_stream_lines|truncated_datagrams)$",
     r"^stats\.statsd\.tallyd\.[^.]+\.aggregator\.ledger\.bad_lines$",
     r"^stats\.statsd\.(bad_lines_seen|metrics_received|packets_received)$",
 )

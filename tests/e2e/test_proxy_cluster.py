@@ -7,16 +7,19 @@ aggregators would show up in two sinks. Metrics are sent round-robin through bot
 from __future__ import annotations
 
 import collections
+import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from common.shard import shard_index
 from harness.client import mgmt_command, send_udp
-from harness.daemon import wait_until
+from harness.daemon import parse_logfmt, wait_until
 from harness.port import split_host_port
 from harness.sink import GraphiteSink
 from harness.tallyd import AggregatorProcess, start_aggregator
@@ -147,6 +150,8 @@ def test_cluster_stopped_aggregator_drops_counted_others_exact_then_recovers(
     for s in stats:
         assert int(s["proxy.forwarder.0.dropped_lines.destination_down"]) == 0
         assert int(s["proxy.forwarder.2.dropped_lines.destination_down"]) == 0
+        assert s["proxy.forwarders.dropped_lines.destination_down"] == (
+            s["proxy.forwarder.1.dropped_lines.destination_down"])
 
     cluster.restart_aggregator(1, udp_port, mgmt_port)
     wait_until(lambda: all(p.stats()["proxy.forwarder.1.state"] == "up"
@@ -189,6 +194,44 @@ def test_proxy_processes_share_one_port_and_forward_everything(
             split_host_port(address), "stats").splitlines() if ": " in line)[
                 "proxy.router.received_packets"]) for address in proc.addresses["mgmt"]]
         assert sum(received) == 40 and all(received), received
+        assert proc.stop() == 0
+    finally:
+        proc.kill()
+        sink.close()
+
+
+def test_a_restarted_proxy_process_serves_the_parents_config_when_the_file_is_gone(
+    proxy_launcher: Callable[..., Any], tmp_path: Path,
+) -> None:
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.settimeout(0.2)
+    config = tmp_path / "proxy.toml"
+    config.write_text('listen = ["udp://127.0.0.1:0"]\nmgmt_port = 0\nprocesses = 2\n'
+                      f'aggregator = ["127.0.0.1:{sink.getsockname()[1]}"]\n'
+                      'auth = "token"\nauth_tokens = ["tok"]\n')
+    proc = proxy_launcher(["--config", str(config)])
+    try:
+        wait_until(lambda: proc.log_text(None).count("event=started") == 2, 20,
+                   message="both processes started")
+        pids = parse_logfmt(proc.wait_for_log("event=supervising", 5))["pids"].split(",")
+        config.unlink()
+        os.kill(int(pids[0]), signal.SIGKILL)
+        wait_until(lambda: proc.log_text(None).count("event=started") == 3, 20,
+                   message="the killed process started again")
+        assert "event=config_error" not in proc.log_text(None)
+        target = split_host_port(proc.addresses["udp"][0])
+        for client in range(40):  # both processes, the new one too, strip the token
+            send_udp(target, [b"\n".join(b"tok.re.c%d:1|c" % (client * 5 + j)
+                                         for j in range(5))])
+        lines: list[bytes] = []
+        deadline = time.monotonic() + 10
+        while len(lines) < 200 and time.monotonic() < deadline:
+            try:
+                lines += sink.recv(65_535).split(b"\n")
+            except TimeoutError:
+                pass
+        assert sorted(lines) == sorted(b"re.c%d:1|c" % i for i in range(200))
         assert proc.stop() == 0
     finally:
         proc.kill()

@@ -106,3 +106,53 @@ async def test_console_writes_in_order_and_counts_what_it_drops() -> None:
         nursery.cancel_scope.cancel()
     assert stream.getvalue() == big + b"b 2 10\n"
     assert console.statistics().buffered_bytes == 0
+
+
+def test_carbon_figures_end_the_flush_in_etsys_posting_order() -> None:
+    status = make_components(carbon=["127.0.0.1:2003"]).etsy_statuses()[0]
+    assert list(format_etsy_figures([status])) == [
+        "graphiteStats.last_exception", "graphiteStats.last_flush", "graphiteStats.flush_time",
+        "graphiteStats.flush_length"]
+    assert [name for name, _ in format_etsy_lines([status], 0.0)] == [
+        "graphite.last_flush", "graphite.last_exception", "graphite.flush_time",
+        "graphite.flush_length"]
+
+
+def test_last_msg_seen_counts_from_start_until_a_message_arrives(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import aggregator.mgmt
+    now = [1000.0]
+    monkeypatch.setattr(aggregator.mgmt.time, "time", lambda: now[0])
+    components = make_components()
+    config = config_from_mapping(AggregatorConfig, {"listen": ["udp://127.0.0.1:0"]})
+    mgmt = AggregatorMgmt(config, components)
+    now[0] = 1100.0
+    assert dict(mgmt.stats_lines())["messages.last_msg_seen"] == 100
+    components.accumulator.note_arrival(1090.0)
+    assert dict(mgmt.stats_lines())["messages.last_msg_seen"] == 10
+
+
+async def test_console_close_during_a_write_keeps_the_write_and_drops_the_rest() -> None:
+    started, release = trio.Event(), trio.Event()
+    written: list[bytes] = []
+    token = trio.lowlevel.current_trio_token()
+
+    class SlowStream(io.BytesIO):
+        def write(self, data: bytes) -> int:  # type: ignore[override]
+            token.run_sync_soon(started.set)
+            trio.from_thread.run(release.wait, trio_token=token)
+            written.append(bytes(data))
+            return len(data)
+
+    console = ConsoleOutput(SlowStream())
+    console.offer(b"a 1 10\n")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(console.run)
+        await started.wait()
+        console.offer(b"b 2 10\n")
+        console.close()  # at a deadline, while "a" is being written
+        release.set()
+        await console.wait_delivered()
+        nursery.cancel_scope.cancel()
+    assert written == [b"a 1 10\n"]
+    assert console.statistics().dropped_bytes == len(b"b 2 10\n")

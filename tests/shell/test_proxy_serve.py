@@ -1,18 +1,26 @@
-"""proxy.server.serve in-process, with fake aggregators (UDP/TCP sinks) on 127.0.0.1."""
+"""proxy.server.serve in-process, with fake aggregators (UDP/TCP sinks) on 127.0.0.1; and
+what a ``--processes`` child is handed (proxy.cli)."""
 
 from __future__ import annotations
 
+import json
 import socket as stdsocket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import attrs
+import pytest
 import trio
 
 from common.config import config_from_mapping
 from common.listener import BoundAddresses
 from common.shard import shard_index
 from common.stats import COUNTER, TEXT, Reading
+from common.supervisor import WORKER_ENV
+from proxy import cli
+from proxy.cli import ProcessSet, config_description, config_from_description, run_child
 from proxy.config import ProxyConfig
 from proxy.forwarders.base import SHUTDOWN
 from proxy.forwarders.udp import UdpForwarder
@@ -149,6 +157,9 @@ async def test_serve_down_aggregator_buffers_drops_counted_and_recovers() -> Non
         buffered = int(stats["proxy.forwarder.1.buffered_lines"])
         sent = int(stats["proxy.forwarder.1.sent_lines"])
         assert sent + buffered + dropped == len(lines) - len(mine)
+        assert int(stats["proxy.forwarders.sent_lines"]) == (
+            int(stats["proxy.forwarder.0.sent_lines"]) + sent)
+        assert int(stats["proxy.forwarders.dropped_lines.destination_down"]) == dropped
 
         back = await UdpSink().bind(down_port)
         async with trio.open_nursery() as nursery:
@@ -202,10 +213,11 @@ async def test_serve_token_auth_forwards_only_authenticated_lines_stripped() -> 
         stats = await admin_stats(addresses.mgmt)
     assert sink.lines == [b"a:1|c", b"e:2|g"]
     assert (stats["proxy.router.received_lines"],
-            stats["proxy.forwarder.0.sent_lines"]) == ("5", "2")
+            stats["proxy.forwarders.sent_lines"]) == ("5", "2")
     assert (stats["proxy.auth.refused_lines.missing"], stats["proxy.auth.refused_lines.invalid"],
             stats["proxy.auth.refused_lines.revoked"],
-            stats["proxy.router.dropped_lines.auth"]) == ("1", "1", "1", "3")
+            stats["proxy.forwarders.dropped_lines.auth"]) == ("1", "1", "1", "3")
+    assert stats["proxy.router.dropped_lines.auth"] == "3"
 
 
 async def test_serve_graceful_stop_sends_lines_still_held_back() -> None:
@@ -323,6 +335,7 @@ async def test_serve_counts_overlong_stream_line_over_many_reads() -> None:
         stats = await admin_stats(addresses.mgmt)
     assert sink.lines == [b"a:1|c", b"b:2|c"]
     assert stats["proxy.router.dropped_lines.line_too_long"] == "1"
+    assert stats["proxy.forwarders.dropped_lines.line_too_long"] == "1"
     assert stats["proxy.router.received_lines"] == "3"
 
 
@@ -357,3 +370,56 @@ def test_mgmt_stats_are_uptime_then_the_readings_it_is_given() -> None:
     assert lines[1:] == [("proxy.membership.fingerprint", "abc"),
                          ("proxy.router.received_lines", 3)]
     assert ("fingerprint", '"abc"') in mgmt.config_lines()
+
+
+#: A value for every setting, none of them its default; tokens with a quote, a backslash, a
+#: tab, a control character and a non-ASCII letter (TOML's basic strings cannot hold the
+#: control character unescaped).
+EVERY_SETTING: dict[str, Any] = {
+    "listen": ["udp://127.0.0.1:0", "tcp://[::1]:9", "unix:///tmp/a b.sock",
+               "unixgram:///tmp/g.sock"],
+    "aggregator": ["127.0.0.1:9", "agg.example:8125:8126"],
+    "forward": "tcp", "max_datagram_bytes": 512, "max_batch_delay_ms": 0.5,
+    "source_sockets": 2, "aggregator_buffer_bytes": 0, "resolve_interval": 1.5,
+    "health_interval": 0.25, "retry_base": 0.01, "retry_max": 3.0, "connect_timeout": 0.5,
+    "write_timeout": 1.0, "processes": 3, "key_name_sanitize": False, "auth": "token",
+    "auth_tokens": ["tok", 'q"uote', "back\\slash", "tab\there", "ctl\x01", "\u00e9t\u00e9"],
+    "auth_revoked_tokens": ["old"], "max_line_bytes": 1000, "max_tcp_connections": 7,
+    "tcp_idle_timeout_seconds": 0.0, "reuse_port": True, "udp_receive_buffer_bytes": 4096,
+    "mgmt_address": "::1", "mgmt_port": 0, "graceful_timeout": 2.5, "log_level": "debug",
+}
+
+
+def test_a_child_is_handed_the_parents_config_whole() -> None:
+    config = config_from_mapping(ProxyConfig, EVERY_SETTING)
+    default = ProxyConfig()
+    fields = attrs.fields(ProxyConfig)
+    assert [f.name for f in fields if getattr(config, f.name) == getattr(default, f.name)] == []
+    launch = ProcessSet(config=config, groups=[[], [], []]).launch(1, generation=4)
+    description = json.loads(json.dumps(launch.description))  # as the child reads it
+    assert set(description) == {"index", "fds", "config"}
+    assert config_from_description(description["config"]) == config
+    # An unset value is left out, and comes back as unset: only settings whose default is
+    # unset may be unset (ProxyConfig has none so far).
+    optional = [f for f in fields if f.metadata["kind"].startswith("optional_")]
+    assert all(f.default is None for f in optional)
+    unset = attrs.evolve(config, **{f.name: None for f in optional})
+    assert config_from_description(config_description(unset)) == unset
+
+
+def test_a_child_serves_its_description_never_the_file(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = make_config(["127.0.0.1:9"], mgmt_port=7)
+    monkeypatch.setenv(WORKER_ENV, json.dumps(
+        {"index": 1, "fds": [], "config": config_description(config)}))
+    monkeypatch.setattr(cli, "configure_logging", lambda level: None)
+    served: list[tuple[ProxyConfig, dict[str, Any]]] = []
+    monkeypatch.setattr(cli, "run_child", lambda c, d: served.append((c, d)) or 0)
+    # the file is gone and the flags differ: the child serves what its parent resolved
+    assert cli.main(["--config", str(tmp_path / "gone.toml"), "--mgmt-port", "9"]) == 0
+    assert [c for c, _ in served] == [config]
+
+
+def test_a_child_handed_the_wrong_sockets_is_a_config_error() -> None:
+    config = make_config(["127.0.0.1:9"])
+    assert run_child(config, {"index": 0, "fds": []}) == 2  # not restarted in a loop

@@ -1,5 +1,6 @@
 """The common supervisor with a fake policy and tiny real children (``python -m`` of a module
-written to a temporary directory): restarts, give-ups, the stop signal, and the outcome."""
+written to a temporary directory): restarts and their pauses, give-ups, the stop signal, and
+the outcome; and each role's restart pauses."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import attrs
 import pytest
 import trio
 
+from aggregator.workers.pool import WorkerPool
 from common.supervisor import (
     LET_GO,
     RESTART,
@@ -22,6 +24,8 @@ from common.supervisor import (
     Supervisor,
     Verdict,
 )
+from proxy.cli import ProcessSet
+from proxy.config import ProxyConfig
 
 #: The child: exits with the code its description gives for its generation, or, for a code
 #: of "wait", waits for a signal.
@@ -38,9 +42,13 @@ sys.exit(code)
 """
 
 
+PAUSE = 0.05
+
+
 @attrs.define
 class FakePolicy:
-    """Children exit with ``codes[index][generation]``; an exit code in ``give_up`` gives up."""
+    """Children exit with ``codes[index][generation]``; an exit code in ``give_up`` gives up;
+    the restart pause is `PAUSE` per quick death in a row."""
 
     codes: Sequence[Sequence[int | str]]
     give_up: frozenset[int] = frozenset()
@@ -58,6 +66,9 @@ class FakePolicy:
         if child.exit_code in self.give_up:
             return GiveUp(exit_code=child.exit_code, reason="cannot start")
         return LET_GO if child.stopping or child.exit_code == 0 else RESTART
+
+    def restart_pause(self, quick_deaths: int) -> float:
+        return PAUSE * quick_deaths
 
     async def announce(self, pids: Sequence[int], stopping: trio.Event) -> None:
         assert len(pids) == len(self.codes)
@@ -81,6 +92,7 @@ CASES = {
     # name: (codes per child, give_up codes, exit status, launches)
     "clean exits are let go": ([[0], [0]], frozenset(), 0, [(0, 0), (1, 0)]),
     "a death is restarted": ([[3, 0]], frozenset(), 0, [(0, 0), (0, 1)]),
+    "quick deaths in a row": ([[3, 3, 0]], frozenset(), 0, [(0, 0), (0, 1), (0, 2)]),
     "a give-up ends with its code": ([[2]], frozenset({2}), 2, [(0, 0)]),
 }
 
@@ -93,7 +105,9 @@ async def test_children_end_as_their_policy_says(child_module: str, case: str) -
     assert outcome.exit_status() == status
     assert sorted(policy.launched) == launches
     restarted = [c for c in policy.judged if not c.stopping and c.exit_code not in (0, *give_up)]
-    assert all(c.restarts == 1 and 0 < c.restart_in <= 0.5 for c in restarted)
+    # the n-th quick death in a row: restart n, after the policy's pause for n deaths
+    assert [(c.restarts, c.restart_in) for c in restarted] == [
+        (n, PAUSE * n) for n in range(1, len(restarted) + 1)]
 
 
 async def test_give_up_stops_the_other_children(child_module: str) -> None:
@@ -129,3 +143,13 @@ async def test_sigterm_stops_every_child_cleanly(child_module: str) -> None:
 ])
 def test_outcome_exit_status_counts_unclean_stops(codes: dict[int, int], status: int) -> None:
     assert Outcome(exit_codes=codes, gave_up=None).exit_status() == status
+
+
+def test_each_role_keeps_its_restart_pauses() -> None:
+    """The aggregator's workers: 0.5 s doubling up to 30 s, no jitter; the proxy's
+    processes: 1 s every time (as before the common supervisor)."""
+    deaths = range(1, 10)
+    aggregator = [WorkerPool.restart_pause(None, n) for n in deaths]  # type: ignore[arg-type]
+    assert aggregator == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    proxy = ProcessSet(config=ProxyConfig(aggregator=("127.0.0.1:9",)), groups=[])
+    assert [proxy.restart_pause(n) for n in deaths] == [1.0] * 9

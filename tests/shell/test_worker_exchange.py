@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-import aggregator.workers.exchange as worker_module
+import aggregator.workers.outbox as outbox_module
 from aggregator.config import AggregatorConfig
 from aggregator.ledger import Accumulator, FlushSnapshot, LedgerOptions
 from aggregator.server import serve
@@ -271,16 +271,16 @@ async def test_the_final_flush_waits_for_nothing(pair: Pair) -> None:
 
 async def test_a_full_queue_for_an_absent_peer_drops_lines_but_keeps_marks(
         monkeypatch: pytest.MonkeyPatch, runtime_dir: str) -> None:
-    monkeypatch.setattr(worker_module, "MAX_PENDING_BYTES", 2_000)
+    monkeypatch.setattr(outbox_module, "MAX_PENDING_BYTES", 2_000)
     ex0 = Exchange(_context(0, runtime_dir), Accumulator(LedgerOptions()), INTERVAL)
     try:
         line = b"x" * (100 - DATA_HEADER_BYTES)  # 100-byte data messages, one line each
         for flush in range(3):
             for _ in range(15):
-                ex0._enqueue(1, encode_data(0, [line]))
-            ex0._enqueue(1, encode_mark(0, flush, 0, 0, 0))
-        assert ex0.peer_down[1]
-        queued = list(ex0._queue[1])
+                ex0.outbox.enqueue(1, encode_data(0, [line]))
+            ex0.outbox.enqueue(1, encode_mark(0, flush, 0, 0, 0))
+        assert ex0.outbox.peer_down[1]
+        queued = list(ex0.outbox._queue[1])
         assert [decode_mark(m)[1] for m in queued if m[:1] == MARK] == [0, 1, 2]
         assert queued[-1][:1] == MARK and queued[0][:1] == MARK  # in their places
         data = [m for m in queued if m[:1] == DATA]
@@ -309,7 +309,7 @@ async def test_a_message_longer_than_any_peer_sends_is_counted_not_parsed(pair: 
 
 
 class _FailingSocket:
-    """Wraps the exchange's socket; ``sendto`` raises the given errors first."""
+    """Wraps the outbox's socket; ``sendto`` raises the given errors first."""
 
     def __init__(self, sock: socket.socket, errors: list[int]) -> None:
         self.sock = sock
@@ -321,15 +321,6 @@ class _FailingSocket:
             raise OSError(code, "injected")
         return self.sock.sendto(data, address)
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def recv_into(self, buffer: bytearray, size: int, flags: int) -> int:
-        return self.sock.recv_into(buffer, size, flags)
-
-    def close(self) -> None:
-        self.sock.close()
-
 
 @pytest.mark.parametrize("code", [errno.ENOBUFS, errno.EAGAIN, errno.ENOMEM])
 async def test_a_full_peer_is_back_pressure_not_an_error(pair: Pair, code: int) -> None:
@@ -337,14 +328,14 @@ async def test_a_full_peer_is_back_pressure_not_an_error(pair: Pair, code: int) 
     next try; nothing is lost and the worker goes on."""
     ex0, ex1 = pair
     to1 = _names_of(1, 1)[0]
-    real = ex0.sock
-    ex0.sock = _FailingSocket(real, [code, code])  # type: ignore[assignment]
+    real = ex0.outbox.sock
+    ex0.outbox.sock = _FailingSocket(real, [code, code])  # type: ignore[assignment]
     async with running(pair):
         ex0.handle(to1 + b":3|c")
-        ex0._close_batch(1)  # the first two tries fail
-        assert ex0._queue[1]
+        ex0.outbox.close_batch(1)  # the first two tries fail
+        assert ex0.outbox._queue[1]
         await _eventually(lambda: to1 in ex1.accumulator.ledger.counters)  # retried by run()
-    assert not ex0._queue[1]
+    assert not ex0.outbox._queue[1]
     assert ex1.accumulator.ledger.counters[to1] == 3
     assert not ex0.dropped and not ex0.dropped_messages
 
@@ -354,11 +345,12 @@ async def test_any_other_send_error_drops_that_message_counted(pair: Pair) -> No
     that message, counted with its lines, and the next message goes."""
     ex0, ex1 = pair
     to1 = _names_of(1, 1)[0]
-    ex0.sock = _FailingSocket(ex0.sock, [errno.EMSGSIZE, errno.EPERM])  # type: ignore[assignment]
+    ex0.outbox.sock = _FailingSocket(  # type: ignore[assignment]
+        ex0.outbox.sock, [errno.EMSGSIZE, errno.EPERM])
     async with running(pair):
         for value in (1, 2, 4):
             ex0.handle(to1 + b":%d|c" % value)
-            ex0._close_batch(1)
+            ex0.outbox.close_batch(1)
         await _eventually(lambda: to1 in ex1.accumulator.ledger.counters)
     assert ex0.dropped_messages["send_failed"] == 2
     assert ex0.dropped["send_failed"] == 2
@@ -374,9 +366,9 @@ async def test_a_mark_that_fails_to_send_hands_its_intake_to_the_next_mark(
     out: Flushed = {}
     async with running(pair):
         ex1.handle(b"\n".join([to0 + b":1|c", b"bad line"]))
-        ex1._close_batch(0)  # the lines go
+        ex1.outbox.close_batch(0)  # the lines go
         await _eventually(lambda: to0 in ex0.accumulator.ledger.counters)
-        ex1.sock = _FailingSocket(ex1.sock, [errno.EPERM])  # type: ignore[assignment]
+        ex1.outbox.sock = _FailingSocket(ex1.outbox.sock, [errno.EPERM])  # type: ignore[assignment]
         await _flush_both(pair, 1, out)  # the mark of flush 1 fails
         assert ex1.dropped_messages["send_failed"] == 1
         assert _received(out[0]) == (0, 0)  # the counts were not in the failed mark's flush
@@ -400,15 +392,15 @@ def test_closing_counts_and_says_what_it_leaves(
                 for i in (0, 1))
     try:
         ex1.handle(b"\n".join(n + b":1|c" for n in _names_of(0, 3)))
-        ex1._close_batch(0)  # delivered to worker 0's socket: never read
+        ex1.outbox.close_batch(0)  # delivered to worker 0's socket: never read
         ex0.close()
         assert _closed_fields(caplog) == [{"event": "exchange_closed", "worker": 0,
                                            "unread_lines": 3, "unsent_lines": 0,
                                            "unsent_intake_lines": 0}]
         caplog.clear()
         ex1.handle(b"\n".join(n + b":1|c" for n in _names_of(0, 2)))
-        ex1._close_batch(0)  # worker 0 is gone: queued
-        ex1._enqueue(0, encode_mark(1, 7, *ex1.accumulator.take_intake()))
+        ex1.outbox.close_batch(0)  # worker 0 is gone: queued
+        ex1.outbox.enqueue(0, encode_mark(1, 7, *ex1.accumulator.take_intake()))
         ex1.close()
         assert _closed_fields(caplog) == [{"event": "exchange_closed", "worker": 1,
                                            "unread_lines": 0, "unsent_lines": 2,
@@ -425,7 +417,7 @@ async def test_worker_0_notes_the_messages_its_peers_read(pair: Pair) -> None:
     out: Flushed = {}
     async with running(pair):
         ex1.handle(_names_of(0, 1)[0] + b":1|c")  # for worker 0
-        ex1._close_batch(0)
+        ex1.outbox.close_batch(0)
         await _eventually(lambda: ex0.accumulator.last_message_time is not None)
         ex0.accumulator.last_message_time = None
         ex1.handle(_names_of(1, 1)[0] + b":1|c")  # its own: only its mark tells
@@ -453,7 +445,7 @@ def test_the_shared_record_bounds_what_a_killed_worker_held(runtime_dir: str) ->
         assert records.taken(1) == 0
         ex1.handle(own1[2] + b":1|c\n" + own1[3] + b":1|c")
         ex0.handle(b"\n".join(n + b":1|c" for n in own1))  # all for worker 1
-        ex0._close_batch(1)  # delivered to its socket, never read: it is "killed" now
+        ex0.outbox.close_batch(1)  # delivered to its socket, never read: it is "killed" now
         assert records.record_death(1) == (2, 5)
         assert (records.deaths(), records.lost_at_most()) == (1, 7)
         # Its successor starts even (received = sent): what worker 0 delivered is not counted
@@ -479,7 +471,7 @@ def test_sender_restarts_then_the_receiver_is_killed(runtime_dir: str) -> None:
                        Accumulator(LedgerOptions(report_internal=True)), INTERVAL)
         exchanges.append(ex0)
         ex0.handle(b"\n".join(n + b":1|c" for n in to1[:3]))
-        ex0._close_batch(1)
+        ex0.outbox.close_batch(1)
         ex1._receive_all()  # all read
         ex0.close()
         assert records.record_death(0) == (3, 0)  # worker 0 dies, and is restarted
@@ -487,10 +479,10 @@ def test_sender_restarts_then_the_receiver_is_killed(runtime_dir: str) -> None:
                        Accumulator(LedgerOptions(report_internal=True)), INTERVAL)
         exchanges.append(ex0)
         ex0.handle(b"\n".join(n + b":1|c" for n in to1[3:5]))
-        ex0._close_batch(1)
+        ex0.outbox.close_batch(1)
         ex1._receive_all()  # read too
         ex0.handle(to1[5] + b":1|c")
-        ex0._close_batch(1)  # delivered, never read: worker 1 is SIGKILLed now
+        ex0.outbox.close_batch(1)  # delivered, never read: worker 1 is SIGKILLed now
         assert records.record_death(1) == (5, 1)  # 5 read, not yet flushed; 1 unread
         assert records.lost_at_most() == 3 + 6
         # Its successor starts even: nothing is counted twice at its next death.

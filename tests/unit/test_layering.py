@@ -16,13 +16,15 @@ of the importing module's source. An import names the module it reaches (``from 
 import X`` in ``proxy.mgmt`` is ``proxy.config``; ``from . import codec`` in
 ``aggregator.workers.exchange`` is ``aggregator.workers.codec``).
 
-* core imports no I/O or clock module (`IO_MODULES`) and no shell or entry module;
+* core imports no I/O or clock module (`IO_MODULES`) and no shell or entry module, and calls
+  no I/O builtin (`IO_BUILTINS`: ``open``, ``print``, ``input``);
 * shell imports no entry module;
 * a role (proxy, aggregator, ringtool) imports only itself and common, so roles never import
   each other; common imports only common;
 * harness imports only itself and common: it launches the daemons as processes, and its
   model of the semantics must stay independent of theirs;
 * nothing imports tests (``tests.*``, nor tests/support by its ``sys.path`` name ``support``);
+* nothing imports the checkout's bench/ or tools/ (scripts, not packages of the product);
 * no two modules import each other, directly or through others (a cycle is named).
 
 The checker is proved to fail: `test_the_checker_reports_each_planted_violation` plants one
@@ -54,11 +56,15 @@ MAY_IMPORT: Final[Mapping[str, frozenset[str]]] = {
 }
 #: Modules that do I/O or read the clock, forbidden in the core (matched on the top-level name).
 IO_MODULES: Final = frozenset({
-    "asyncio", "concurrent", "ctypes", "fcntl", "glob", "http", "logging", "mmap",
-    "multiprocessing", "os", "pathlib", "resource", "select", "selectors", "shutil", "signal",
-    "socket", "socketserver", "sqlite3", "ssl", "subprocess", "tempfile", "termios", "threading",
-    "time", "trio", "urllib",
+    "asyncio", "concurrent", "ctypes", "datetime", "fcntl", "glob", "http", "importlib", "io",
+    "logging", "mmap", "multiprocessing", "os", "pathlib", "resource", "select", "selectors",
+    "shutil", "signal", "socket", "socketserver", "sqlite3", "ssl", "subprocess", "tempfile",
+    "termios", "threading", "time", "trio", "urllib",
 })
+#: Builtins that do I/O, which core code never calls.
+IO_BUILTINS: Final = frozenset({"open", "print", "input"})
+#: Checkout folders that are not packages of the product: nothing imports them.
+OUTSIDE: Final = frozenset({"bench", "tools"})
 
 #: How test code is imported: as ``tests.*``, and, since pytest puts tests/ on ``sys.path``,
 #: tests/support as ``support`` and the fixtures as ``conftest``.
@@ -75,6 +81,8 @@ RULE_PACKAGES: Final = {
     "harness": "harness imports only itself and common",
 }
 RULE_TESTS: Final = "nothing imports tests"
+RULE_OUTSIDE: Final = "nothing imports bench or tools"
+RULE_BUILTIN: Final = "core calls no I/O builtin"
 
 
 class Violation(NamedTuple):
@@ -85,7 +93,8 @@ class Violation(NamedTuple):
     imported: str
 
     def __str__(self) -> str:
-        return f"{self.importer} imports {self.imported}: {self.rule}"
+        verb = "calls" if self.rule == RULE_BUILTIN else "imports"
+        return f"{self.importer} {verb} {self.imported}: {self.rule}"
 
 
 def find_modules(root: Path) -> dict[str, Path]:
@@ -163,6 +172,8 @@ def find_violations(graph: Mapping[str, set[str]], layers: Mapping[str, str]) ->
             top = imported.split(".")[0]
             if top in TEST_PACKAGES:
                 found.append(Violation(RULE_TESTS, importer, imported))
+            elif top in OUTSIDE:
+                found.append(Violation(RULE_OUTSIDE, importer, imported))
             elif top in PACKAGES:
                 if top != package and top not in MAY_IMPORT[package]:
                     found.append(Violation(RULE_PACKAGES[package], importer, imported))
@@ -173,6 +184,19 @@ def find_violations(graph: Mapping[str, set[str]], layers: Mapping[str, str]) ->
                     found.append(Violation(RULE_SHELL, importer, imported))
             elif layer == "core" and top in IO_MODULES:
                 found.append(Violation(RULE_IO, importer, imported))
+    return found
+
+
+def find_builtin_io(modules: Mapping[str, Path], layers: Mapping[str, str]) -> list[Violation]:
+    """Every call of an I/O builtin (`IO_BUILTINS`) in a core module."""
+    found: list[Violation] = []
+    for name in sorted(modules):
+        if layers.get(name) != "core":
+            continue
+        tree = ast.parse(modules[name].read_text(encoding="utf-8"))
+        calls = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call)
+                 and isinstance(node.func, ast.Name) and node.func.id in IO_BUILTINS}
+        found += [Violation(RULE_BUILTIN, name, f"{call}()") for call in sorted(calls)]
     return found
 
 
@@ -244,13 +268,14 @@ def check_tree(root: Path) -> list[str]:
     graph = build_graph(modules)
     problems = check_declaration(modules, layers)
     problems += [str(violation) for violation in find_violations(graph, layers)]
+    problems += [str(violation) for violation in find_builtin_io(modules, layers)]
     return problems + find_cycles(graph)
 
 
 MODULES: Final = find_modules(ROOT)
 DECLARED: Final = read_declaration(ROOT / "pyproject.toml")
 GRAPH: Final = build_graph(MODULES)
-VIOLATIONS: Final = find_violations(GRAPH, DECLARED)
+VIOLATIONS: Final = find_violations(GRAPH, DECLARED) + find_builtin_io(MODULES, DECLARED)
 
 
 def list_violations(*rules: str) -> str:
@@ -273,7 +298,8 @@ def test_the_declaration_names_only_modules_with_known_layers() -> None:
 @pytest.mark.parametrize("module", sorted(name for name, layer in DECLARED.items()
                                           if layer == "core" and name in MODULES))
 def test_core_module_imports_no_io(module: str) -> None:
-    bad = [str(v) for v in VIOLATIONS if v.importer == module and v.rule in (RULE_IO, RULE_CORE)]
+    bad = [str(v) for v in VIOLATIONS
+           if v.importer == module and v.rule in (RULE_IO, RULE_CORE, RULE_BUILTIN)]
     assert not bad, f"{module} is pure core: {bad}"
 
 
@@ -301,6 +327,11 @@ def test_harness_imports_common_only() -> None:
 
 def test_nothing_imports_tests() -> None:
     problems = list_violations(RULE_TESTS)
+    assert not problems, problems
+
+
+def test_nothing_imports_bench_or_tools() -> None:
+    problems = list_violations(RULE_OUTSIDE)
     assert not problems, problems
 
 
@@ -409,6 +440,20 @@ def test_the_checker_passes_the_clean_tree(tmp_path: Path) -> None:
         pytest.param(
             {"common/pure.py": "import os.path\n"}, {}, ["common.pure imports os.path: " + RULE_IO],
             id="core-imports-os"),
+        pytest.param(
+            {"common/pure.py": "import io\nimport datetime\nfrom importlib import metadata\n"},
+            {}, ["common.pure imports datetime: " + RULE_IO, "common.pure imports importlib: "
+                 + RULE_IO, "common.pure imports io: " + RULE_IO], id="core-imports-io-date"),
+        pytest.param(
+            {"common/pure.py": "def read(path: str) -> str:\n    print(path)\n"
+                               "    return open(path).read()\n"}, {},
+            ["common.pure calls open(): " + RULE_BUILTIN,
+             "common.pure calls print(): " + RULE_BUILTIN], id="core-calls-open-and-print"),
+        pytest.param(
+            {"harness/sink.py": "from bench import report\nimport tools.localcarbon\n"}, {},
+            ["harness.sink imports bench: " + RULE_OUTSIDE,
+             "harness.sink imports tools.localcarbon: " + RULE_OUTSIDE],
+            id="imports-bench-or-tools"),
         pytest.param(
             {"harness/sink.py": "from common import net\nfrom proxy import routing\n"},
             {}, ["harness.sink imports proxy.routing: " + RULE_PACKAGES["harness"]],
