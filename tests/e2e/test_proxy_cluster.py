@@ -166,6 +166,18 @@ def test_cluster_stopped_aggregator_drops_counted_others_exact_then_recovers(
                message="buffered lines delivered")
 
 
+def receive_lines(sink: socket.socket, count: int, timeout: float = 10.0) -> list[bytes]:
+    """The lines of the datagrams ``sink`` receives, until ``count`` or ``timeout``."""
+    lines: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(lines) < count and time.monotonic() < deadline:
+        try:
+            lines += sink.recv(65_535).split(b"\n")
+        except TimeoutError:
+            pass
+    return lines
+
+
 def test_proxy_processes_share_one_port_and_forward_everything(
     proxy_launcher: Callable[..., Any],
 ) -> None:
@@ -182,13 +194,7 @@ def test_proxy_processes_share_one_port_and_forward_everything(
         target = split_host_port(proc.addresses["udp"][0])
         for client in range(40):  # distinct source ports: the kernel spreads 4-tuples
             send_udp(target, [b"\n".join(b"proc.c%d:1|c" % (client * 5 + j) for j in range(5))])
-        lines: list[bytes] = []
-        deadline = time.monotonic() + 10
-        while len(lines) < 200 and time.monotonic() < deadline:
-            try:
-                lines += sink.recv(65_535).split(b"\n")
-            except TimeoutError:
-                pass
+        lines = receive_lines(sink, 200)
         assert sorted(lines) == sorted(b"proc.c%d:1|c" % i for i in range(200))
         received = [int(dict(line.split(": ", 1) for line in mgmt_command(
             split_host_port(address), "stats").splitlines() if ": " in line)[
@@ -224,13 +230,7 @@ def test_a_restarted_proxy_process_serves_the_parents_config_when_the_file_is_go
         for client in range(40):  # both processes, the new one too, strip the token
             send_udp(target, [b"\n".join(b"tok.re.c%d:1|c" % (client * 5 + j)
                                          for j in range(5))])
-        lines: list[bytes] = []
-        deadline = time.monotonic() + 10
-        while len(lines) < 200 and time.monotonic() < deadline:
-            try:
-                lines += sink.recv(65_535).split(b"\n")
-            except TimeoutError:
-                pass
+        lines = receive_lines(sink, 200)
         assert sorted(lines) == sorted(b"re.c%d:1|c" % i for i in range(200))
         assert proc.stop() == 0
     finally:
