@@ -56,7 +56,7 @@ DEFAULT_TCP_IDLE_TIMEOUT_SECONDS: Final = 300.0
 #: 1 Gbit/s, enough to ride out a flush or a pause. Raised past net.core.rmem_max with
 #: SO_RCVBUFFORCE when running as root.
 DEFAULT_UDP_RECEIVE_BUFFER_BYTES: Final = 32 * 1024 * 1024
-#: Etsy binds its admin port on every interface; ours stays on loopback unless asked.
+#: Etsy binds its management port on every interface; ours stays on loopback unless asked.
 DEFAULT_MGMT_ADDRESS: Final = "127.0.0.1"
 
 # Default ports, one pair per role, so a proxy and an aggregator run side by side on one host
@@ -65,11 +65,11 @@ DEFAULT_MGMT_ADDRESS: Final = "127.0.0.1"
 # offsets its relay (2013) from the cache (2003).
 #: The aggregator's StatsD intake (UDP): Etsy's port.
 AGGREGATOR_STATSD_PORT: Final = 8125
-#: The aggregator's admin port: Etsy's mgmt_port.
+#: The aggregator's management port: Etsy's mgmt_port.
 AGGREGATOR_MGMT_PORT: Final = 8126
 #: The proxy's StatsD intake (UDP).
 PROXY_STATSD_PORT: Final = 8135
-#: The proxy's admin port; process i of ``--processes`` uses this + i.
+#: The proxy's management port; process i of ``--processes`` uses this + i.
 PROXY_MGMT_PORT: Final = 8136
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 

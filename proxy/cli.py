@@ -9,8 +9,8 @@ listen ports. For each udp/tcp URL the parent binds N sockets to one port with S
 shared socket for unix URLs; then it runs N children under `common.supervisor`, each
 serving its own set: SIGTERM/SIGINT stop them, SIGHUP is passed on, a child that died is
 restarted after 1 s (its sockets stay open in the parent, so nothing queued on them is
-lost), one that cannot start (exit 2: its admin port is taken, say) ends the proxy with
-exit 2, and the parent exits when they have all stopped. Child i's admin port is
+lost), one that cannot start (exit 2: its management port is taken, say) ends the proxy with
+exit 2, and the parent exits when they have all stopped. Child i's management port is
 ``mgmt_port + i``.
 
 Every child, restarted ones too, serves the parent's configuration as it was resolved at
@@ -211,7 +211,7 @@ class ProcessSet:
 
     def judge(self, child: ChildExit) -> Verdict | GiveUp:
         if child.exit_code == CONFIG_ERROR_EXIT:
-            # A child that cannot start (its admin port is taken, say) ends the proxy with
+            # A child that cannot start (its management port is taken, say) ends the proxy with
             # its reason (logged by the child) and exit 2, rather than running short a process.
             return GiveUp(exit_code=CONFIG_ERROR_EXIT, reason="cannot start")
         if child.stopping or child.exit_code == 0:

@@ -1,6 +1,6 @@
 """Health probes of aggregators that expose the management protocol (``HOST:PORT:ADMIN``).
 
-A probe connects to the admin port, sends ``health`` and reads the first line:
+A probe connects to the management port, sends ``health`` and reads the first line:
 ``health: up`` means usable. ``health: down`` means the aggregator is draining (an operator
 said ``health down`` before a restart, or it is shutting down): the proxy holds its lines
 in the buffer instead of sending them into a stopping process, and sends them when it is

@@ -67,7 +67,7 @@ async def serve(
         task_status: receives the `BoundAddresses` once every socket is bound.
         shutdown_trigger: awaited; when it returns, the graceful stop begins.
         bound: intake sockets already bound (``--processes``: one set per process).
-        process_index: this process's number among ``config.processes`` (admin port offset).
+        process_index: this process's number among ``config.processes`` (management port offset).
 
     Raises:
         ConfigError: for an invalid configuration or a socket that cannot be bound.
@@ -95,7 +95,7 @@ async def serve(
 
 async def bind(config: ProxyConfig, *, bound: list[BoundSocket] | None,
                process_index: int) -> ProxySockets:
-    """Bind the intake sockets (unless given) and the admin port (``mgmt_port`` plus the
+    """Bind the intake sockets (unless given) and the management port (``mgmt_port`` plus the
     process's index). Raises `ConfigError`, with nothing left open, when one cannot be bound."""
     if bound is None:
         bound = bind_listeners(config.listen, reuse_port=config.reuse_port,
