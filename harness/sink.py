@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -317,7 +316,3 @@ def parse_line(line: str) -> tuple[str, str, str]:
     if len(parts) != 3:
         raise ValueError(f"not a Graphite plaintext line: {line!r}")
     return parts[0], parts[1], parts[2]
-
-
-def lines_of(flushes: Sequence[Flush]) -> list[str]:
-    return [line for flush in flushes for line in flush.lines]
