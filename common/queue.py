@@ -97,9 +97,12 @@ class ChunkQueue:
     def popleft(self) -> bytes:
         """Take the oldest chunk out (IndexError when empty). ``pinned`` is the caller's
         to set and reset around a write; this does not change it."""
+        return self.take()[0]
+
+    def take(self) -> tuple[bytes, int]:
+        """`popleft`, with the chunk's line count (counted once, here)."""
         chunk = self._chunks.popleft()
-        self._remove(chunk)
-        return chunk
+        return chunk, self._remove(chunk)
 
     def clear(self) -> list[bytes]:
         """Take every chunk out, oldest first."""
@@ -134,6 +137,8 @@ class ChunkQueue:
         self._bytes += len(chunk)
         self._lines += self._count(chunk)
 
-    def _remove(self, chunk: bytes) -> None:
+    def _remove(self, chunk: bytes) -> int:
+        lines = self._count(chunk)
         self._bytes -= len(chunk)
-        self._lines -= self._count(chunk)
+        self._lines -= lines
+        return lines

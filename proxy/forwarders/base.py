@@ -157,8 +157,9 @@ class Forwarder:
         """Put chunks that could not be delivered back at the head of the queue."""
         self.queue.push_front(chunks)
 
-    def pop(self) -> bytes:
-        return self.queue.popleft()
+    def pop(self) -> tuple[bytes, int]:
+        """Take the oldest chunk out, with its line count."""
+        return self.queue.take()
 
     def drop(self, chunk: bytes, reason: str) -> int:
         """Count a chunk (already out of the queue) as dropped; return its lines."""

@@ -24,7 +24,6 @@ import trio
 
 from ..membership import Membership
 from ..probe import probe_mgmt
-from ..routing import count_lines
 from .base import Forwarder, SockAddr
 
 #: Chunks sent from the queue before yielding to other tasks.
@@ -106,11 +105,11 @@ class UdpForwarder(Forwarder):
             except OSError as e:
                 self._send_failed(e)
                 break
-            self.pop()
+            _, lines = self.pop()
             self._next += 1
             sent += 1
             self.sent_chunks += 1
-            self.sent_lines += count_lines(chunk)
+            self.sent_lines += lines
         return sent
 
     async def probe(self) -> str | None:
