@@ -21,7 +21,7 @@ import trio
 
 from common.auth import TokenAuth
 from common.listener import BoundSocket, DatagramReader, run_datagram_listener
-from common.streams import StreamConnections, run_stream_listener
+from common.streams import StreamConnections, run_listeners, run_stream_listener
 
 from .components import Components
 from .config import AggregatorConfig
@@ -76,19 +76,14 @@ async def run_intake(config: AggregatorConfig, bound: Sequence[BoundSocket],
                      ) -> None:
     """Run a listener per intake socket until the scope given to ``task_status`` is
     cancelled."""
-    with trio.CancelScope() as scope:
-        async with trio.open_nursery() as nursery:
-            for b in bound:
-                if b.url.is_stream:
-                    nursery.start_soon(partial(
-                        run_stream_listener, b, path.handle,
-                        max_line_bytes=config.max_line_bytes,
-                        connections=path.connections, refused=path.refused))
-                else:
-                    nursery.start_soon(partial(
-                        run_datagram_listener, b, path.handle, handle_batch=path.handle_batch,
-                        stats=path.components.intake, refused=path.refused))
-            task_status.started(scope)
+    await run_listeners(
+        bound, task_status=task_status,
+        serve_stream=partial(run_stream_listener, handle=path.handle,
+                             max_line_bytes=config.max_line_bytes,
+                             connections=path.connections, refused=path.refused),
+        serve_datagrams=partial(run_datagram_listener, handle=path.handle,
+                                handle_batch=path.handle_batch,
+                                stats=path.components.intake, refused=path.refused))
 
 
 def drain_datagrams(bound: Sequence[BoundSocket], path: IntakePath) -> None:

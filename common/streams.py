@@ -31,6 +31,7 @@ import errno
 import logging
 import resource
 import select
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Final
 
@@ -279,3 +280,19 @@ def ensure_file_limit(needed: int) -> int:
             log_event(LOGGER, "file_limit_low", level=logging.WARNING, limit=soft,
                       needed=needed, detail="raise RLIMIT_NOFILE (LimitNOFILE= in systemd)")
     return int(soft)
+
+
+async def run_listeners(
+    bound: Sequence[BoundSocket], *,
+    serve_stream: Callable[[BoundSocket], Awaitable[None]],
+    serve_datagrams: Callable[[BoundSocket], Awaitable[None]],
+    task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve every intake socket of a process, a stream listener with ``serve_stream`` and
+    a datagram socket with ``serve_datagrams``, until the cancel scope handed to
+    ``task_status`` is cancelled (a role's graceful stop closes its intake that way)."""
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            for b in bound:
+                nursery.start_soon(serve_stream if b.url.is_stream else serve_datagrams, b)
+            task_status.started(scope)

@@ -31,7 +31,7 @@ from common.errors import ConfigError
 from common.listener import BoundAddresses, BoundSocket, bind_listeners, close_listener
 from common.logging import log_event
 from common.mgmt_server import open_mgmt_listeners, run_mgmt_server
-from common.streams import StreamConnections, run_stream_listener
+from common.streams import StreamConnections, run_listeners, run_stream_listener
 
 from .config import ProxyConfig, check_config
 from .forwarders.base import SHUTDOWN
@@ -145,17 +145,11 @@ async def run_intake(config: ProxyConfig, pipeline: Pipeline, bound: list[BoundS
     connections = StreamConnections(max_connections=config.max_tcp_connections,
                                     stats=pipeline.intake,
                                     idle_timeout_seconds=config.tcp_idle_timeout_seconds)
-    with trio.CancelScope() as scope:
-        async with trio.open_nursery() as nursery:
-            for b in bound:
-                if b.url.is_stream:
-                    nursery.start_soon(partial(
-                        run_stream_listener, b, pipeline.handle_block,
-                        max_line_bytes=config.max_line_bytes, connections=connections,
-                        refused=pipeline.router.count_refused))
-                else:
-                    nursery.start_soon(pipeline.run_datagram_intake, b)
-            task_status.started(scope)
+    await run_listeners(
+        bound, task_status=task_status, serve_datagrams=pipeline.run_datagram_intake,
+        serve_stream=partial(run_stream_listener, handle=pipeline.handle_block,
+                             max_line_bytes=config.max_line_bytes, connections=connections,
+                             refused=pipeline.router.count_refused))
 
 
 def log_started(config: ProxyConfig, pipeline: Pipeline, addresses: BoundAddresses,
