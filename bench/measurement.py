@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from contender import start_tallyd, stop_contender
-from harness.blast import run_blast
+from harness.blast import BlastResult, run_blast
 from harness.port import udp_port_state
 from harness.proctree import RssSampler, memory_bytes, process_tree
 from harness.tally import TallySink
@@ -22,7 +22,11 @@ from trial import Case, wait_drained
 PEAK_SAMPLE_SECONDS = 0.02
 
 
-def tree_memory_kib(pid: int) -> tuple[int, int, int]:
+#: (largest VmRSS of one process, largest VmHWM of one process, summed VmRSS), in KiB.
+Memory = tuple[int, int, int]
+
+
+def tree_memory_kib(pid: int) -> Memory:
     """(largest VmRSS of one process, largest VmHWM of one process, summed VmRSS), in KiB."""
     mems = [m for p in process_tree(pid) if (m := memory_bytes(p)) is not None]
     rss = [r // 1024 for r, _ in mems]
@@ -94,6 +98,21 @@ def flush_under_load(sink: TallySink, half_rate: float,
         stop_contender(daemon)
 
 
+def blast_measured(sink: TallySink, pid: int, port: int, count: int, names: int, rate: float,
+                   kind: str, prefix: str) -> tuple[BlastResult, Memory, Memory, int]:
+    """Send ``count`` metrics over ``names`` names (20 per datagram) once the daemon's memory
+    is read, wait until it has read them, and read its memory again: what was sent, the
+    memory before and after (`tree_memory_kib`), and the kernel's drops meanwhile."""
+    base = tree_memory_kib(pid)
+    drops0 = udp_port_state(port).drops
+    sink.reset()
+    sent = run_blast(port, count, 20, names, rate, kind, prefix=prefix)
+    wait_drained(port, 60)
+    time.sleep(0.3)
+    held = tree_memory_kib(pid)
+    return sent, base, held, udp_port_state(port).drops - drops0
+
+
 def memory_names(sink: TallySink, names: int, rate: float) -> tuple[str, float | None]:
     """Resident memory of one tallyd worker holding ``names`` distinct counter names."""
     interval = 3600.0  # no flush but the final one, at SIGTERM
@@ -101,14 +120,8 @@ def memory_names(sink: TallySink, names: int, rate: float) -> tuple[str, float |
     try:
         port = daemon.udp[1]
         time.sleep(0.3)
-        base = tree_memory_kib(daemon.pid)
-        drops0 = udp_port_state(port).drops
-        sink.reset()
-        sent = run_blast(port, names, 20, names, rate, "c", prefix="mem")
-        wait_drained(port, 60)
-        time.sleep(0.3)
-        held = tree_memory_kib(daemon.pid)
-        drops = udp_port_state(port).drops - drops0
+        sent, base, held, drops = blast_measured(sink, daemon.pid, port, names, names, rate,
+                                                 "c", "mem")
         with RssSampler(daemon.pid, period=PEAK_SAMPLE_SECONDS) as sampler:
             stop_contender(daemon, timeout=120)  # the final flush renders all the names
         hwm = max(sampler.high_water_marks().values(), default=0) // 1024
@@ -135,14 +148,8 @@ def memory_timers(sink: TallySink, samples: int,
         run_blast(port, names, 20, names, 0, "ms", prefix="tm")
         wait_drained(port, 10)
         time.sleep(0.3)
-        base = tree_memory_kib(daemon.pid)
-        drops0 = udp_port_state(port).drops
-        sink.reset()
-        sent = run_blast(port, samples, 20, names, rate, "ms", prefix="tm")
-        wait_drained(port, 60)
-        time.sleep(0.3)
-        held = tree_memory_kib(daemon.pid)
-        drops = udp_port_state(port).drops - drops0
+        sent, base, held, drops = blast_measured(sink, daemon.pid, port, samples, names, rate,
+                                                 "ms", "tm")
         stop_contender(daemon, timeout=60)
     finally:
         stop_contender(daemon)
