@@ -72,3 +72,10 @@ def test_custom_line_counter() -> None:
     assert q.total_lines == 2
     assert q.clear() == [b"2de"]
     assert (len(q), q.total_bytes, q.total_lines) == (0, 0, 0)
+
+
+def test_take_returns_the_chunk_with_the_lines_it_counted() -> None:
+    q = ChunkQueue(100)
+    q.extend([b"a\nb\n", b"c\n"])
+    assert q.take() == (b"a\nb\n", 2)
+    assert (q.total_bytes, q.total_lines) == (2, 1)
