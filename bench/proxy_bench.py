@@ -13,6 +13,14 @@ one run, not across runs.
 
     python bench/proxy_bench.py            # full run (about a minute)
     python bench/proxy_bench.py --short    # a few small trials (for the test suite)
+    python bench/proxy_bench.py --cpu      # CPU per line at fixed rates (no proxy.js)
+    python bench/proxy_bench.py --cpu --tree /tmp/old    # ... this tree and /tmp/old, alternating
+
+``--cpu`` decides a change by CPU time, not by a lossless rate (which moves with the
+machine's other load): each proxy gets a fixed offered rate (`CPU_RATES`) for a few seconds
+and its utime+stime (from /proc, the process and its children) is divided by the lines it
+forwarded; each tree is measured ``--passes`` times, the trees alternating, and the fastest
+pass of each is reported.
 
 Each proxy runs as one process (tallyd: ``--processes 1``; proxy.js: ``forkCount: 0``).
 Prints one line per trial and a summary with the ratios; exits 1 if a short run lost lines
@@ -36,7 +44,7 @@ from harness.daemon import DaemonError, DaemonProcess
 from harness.etsy import ETSY_DIR, node_binary
 from harness.port import free_port, udp_port_bound
 from harness.standin import AggregatorStandIns
-from harness.tallyd import start_proxy
+from harness.tallyd import ProxyProcess, start_proxy, started
 
 PROXY_JS = ETSY_DIR / "proxy.js"
 NAMES = 1000  # distinct metric names cycled by blast
@@ -44,12 +52,22 @@ NAMES = 1000  # distinct metric names cycled by blast
 PROXY_JS_START_SECONDS = 15.0
 
 
-def start_tallyd(sinks: AggregatorStandIns) -> tuple[DaemonProcess, int]:
-    args = ["--listen", "udp://127.0.0.1:0", "--mgmt-port", "0"]
+#: ``--cpu``: offered lines/s per lines-per-datagram, below what either variant loses.
+CPU_RATES = {1: 100_000, 20: 400_000}
+#: ``--cpu``: seconds of load per pass.
+CPU_SECONDS = 3.0
+
+
+def start_tallyd(sinks: AggregatorStandIns, tree: Path | None = None,
+                 extra: list[str] | None = None) -> tuple[DaemonProcess, int]:
+    args = ["--listen", "udp://127.0.0.1:0", "--mgmt-port", "0", *(extra or [])]
     for port, _ in sinks.ports():
         args += ["--aggregator", f"127.0.0.1:{port}"]
     try:
-        proc = start_proxy(args)
+        if tree is None:
+            proc = start_proxy(args)
+        else:  # `python -m proxy` from that tree: its directory comes first on sys.path
+            proc = started(ProxyProcess([sys.executable, "-m", "proxy", *args], cwd=tree), 30)
     except DaemonError as exc:
         sys.exit(f"tallyd-proxy did not start: {exc}")
     return proc, proc.udp[1]
@@ -123,15 +141,77 @@ def measure(label: str, sinks: AggregatorStandIns, port: int, per: int, start: f
     return best
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and its descendants, in seconds (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def measure_cpu(trees: list[Path | None], *, passes: int, extra: list[str]) -> int:
+    """CPU per forwarded line of each tree's proxy, at the fixed `CPU_RATES`; the trees'
+    passes alternate (module docstring)."""
+    running = []
+    try:
+        for tree in trees:
+            sinks = AggregatorStandIns(2)
+            proc, port = start_tallyd(sinks, tree, extra)
+            running.append((str(tree or "this tree"), sinks, proc, port))
+        for per, rate in CPU_RATES.items():
+            best: dict[str, float] = {}
+            for _, sinks, _, port in running:  # warm-up: caches, sockets
+                blast(port, 20_000, per, 200_000)
+                sinks.wait_quiet(20_000, timeout=10)
+            for _ in range(passes):
+                for label, sinks, proc, port in running:
+                    lines = int(rate * CPU_SECONDS)
+                    sinks.reset()
+                    before = cpu_seconds(proc.pid)
+                    blast(port, lines, per, rate)
+                    sinks.wait_quiet(lines, timeout=CPU_SECONDS + 10, quiet=0.5)
+                    used = cpu_seconds(proc.pid) - before
+                    per_line = used / max(sinks.lines, 1) * 1e6
+                    best[label] = min(best.get(label, per_line), per_line)
+                    print(f"  {label:24} per_datagram={per:2} offered={rate:,}/s "
+                          f"cpu_per_line={per_line:.3f}us lost={lines - sinks.lines}",
+                          flush=True)
+            for label, value in best.items():
+                print(f"best per_datagram={per:2} {label:24} cpu_per_line={value:.3f}us")
+    finally:
+        for _, sinks, proc, _ in running:
+            proc.stop(10)
+            sinks.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--short", action="store_true", help="small, quick trials")
     parser.add_argument("--skip-proxy-js", action="store_true")
+    parser.add_argument("--cpu", action="store_true",
+                        help="measure CPU per line at fixed rates instead (tallyd only)")
+    parser.add_argument("--tree", type=Path, action="append", default=[],
+                        help="with --cpu: also measure the proxy of this checkout "
+                             "(repeatable); the trees' passes alternate")
+    parser.add_argument("--passes", type=int, default=5, help="with --cpu: passes per tree")
+    parser.add_argument("--proxy-arg", action="append", default=[],
+                        help="with --cpu: an extra tallyd-proxy argument (repeatable)")
     args = parser.parse_args(argv)
     try:
         build_blast()
     except BlastError as exc:
         sys.exit(str(exc))
+    if args.cpu:
+        return measure_cpu([None, *args.tree], passes=args.passes, extra=args.proxy_arg)
     seconds, steps, refine = (0.3, 2, 0) if args.short else (1.0, 8, 2)
     results: dict[tuple[str, int], float] = {}
     starts: dict[tuple[str, int], float] = {("tallyd", 1): 100_000, ("tallyd", 20): 400_000,

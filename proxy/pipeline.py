@@ -23,6 +23,7 @@ SHELL.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Final
 
 import attrs
@@ -72,6 +73,10 @@ class Pipeline:
                              sanitize=config.key_name_sanitize, auth=self.auth)
         self.intake = IntakeCounters()
         self.forwarders = [self._build_forwarder(i) for i in range(len(self.membership))]
+        for forwarder in self.forwarders:
+            forwarder.on_workers = self.apply_workers
+            if isinstance(forwarder, UdpForwarder):
+                forwarder.worker_of = partial(self.router.worker_of_chunk, forwarder.index)
         self.keep_tails = config.max_batch_delay_ms > 0
         self.tails_waiting = trio.Event()
 
@@ -87,18 +92,29 @@ class Pipeline:
                             retry_base=config.retry_base, retry_max=config.retry_max,
                             connect_timeout=config.connect_timeout)
 
+    def apply_workers(self, index: int, ports: tuple[int, ...]) -> None:
+        """Aggregator ``index``'s workers' ports changed (() = its main port): lines
+        already packed go where they were packed for, new lines to the new ports."""
+        forwarder = self.forwarders[index]
+        for worker, chunks in self.router.set_workers(index, len(ports)):
+            forwarder.offer(chunks, worker)
+        forwarder.set_worker_ports(ports)
+        log_event(LOGGER, "aggregator_workers", index=index, aggregator=forwarder.name,
+                  workers=len(ports), ports=",".join(map(str, ports)) or "main")
+
     # -- the hand-over --------------------------------------------------------------------
 
     def dispatch(self, *, final: bool = False) -> None:
         """Hand every aggregator's packed chunks to its forwarder (keeping the partly
         filled last one back for a few ms, unless ``final``)."""
         keep = self.keep_tails and not final
-        take = self.router.take_chunks
-        for index, forwarder in enumerate(self.forwarders):
+        router = self.router
+        take, forwarders = router.take_chunks, self.forwarders
+        for index, (aggregator, worker) in enumerate(router.destinations):
             chunks = take(index, keep_tail=keep)
             if chunks:
-                forwarder.offer(chunks)
-        if keep and self.router.has_pending():
+                forwarders[aggregator].offer(chunks, worker)
+        if keep and router.has_pending():
             self.tails_waiting.set()
 
     def handle_block(self, block: bytes) -> None:
@@ -111,22 +127,27 @@ class Pipeline:
 
     async def run_datagram_intake(self, bound: BoundSocket) -> None:
         """Route one datagram socket's traffic until cancelled."""
-        sock, route = bound.sock, self.router.route
+        sock, route = bound.sock, self.router.route_many
         reader = self.make_datagram_reader(bound)
         while True:
             await trio.lowlevel.wait_readable(sock)
             while True:
-                count = reader.drain(route, DATAGRAMS_PER_BATCH)
-                self.dispatch()
-                if count < DATAGRAMS_PER_BATCH:
+                batch = reader.receive(DATAGRAMS_PER_BATCH)
+                if batch:
+                    route(batch)
+                    self.dispatch()
+                if len(batch) < DATAGRAMS_PER_BATCH:
                     break
                 await trio.lowlevel.checkpoint()
 
     def drain_datagrams(self, bound: BoundSocket) -> None:
         """Route what the kernel already queued on a datagram socket (graceful stop)."""
         reader = self.make_datagram_reader(bound)
-        while reader.drain(self.router.route, DATAGRAMS_PER_DRAIN) == DATAGRAMS_PER_DRAIN:
-            pass
+        while True:  # until a read finds less than a full batch queued
+            batch = reader.receive(DATAGRAMS_PER_DRAIN)
+            self.router.route_many(batch)
+            if len(batch) < DATAGRAMS_PER_DRAIN:
+                break
 
     async def run_tail_flusher(self) -> None:
         """Send the partly filled last chunks ``max_batch_delay_ms`` after they began."""

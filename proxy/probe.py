@@ -9,6 +9,11 @@ back. No answer, a refused connection or a timeout mean down.
 Unlike Etsy's proxy.js, a probe's verdict never changes which aggregator a name goes to;
 it only decides whether that aggregator's lines are sent now or held.
 
+A UDP forwarder's probe also asks ``workers`` on the same connection, after ``health``
+(each command written once its predecessor was answered: Etsy's statsd reads a whole
+``data`` event as one command), and the answer (`proxy.workers`) says whether its lines go
+to the aggregator's workers' own ports. The first probe runs at start, before intake.
+
 SHELL.
 """
 
@@ -18,7 +23,10 @@ import errno
 import logging
 from typing import TYPE_CHECKING, Final
 
+import attrs
 import trio
+
+from .workers import AggregatorWorkers, parse_workers_reply
 
 if TYPE_CHECKING:
     from .forwarders.base import Forwarder
@@ -29,6 +37,59 @@ DRAINING: Final = "draining"
 MAX_REPLY_BYTES: Final = 4096
 
 
+@attrs.frozen
+class ProbeResult:
+    """What one probe learned: ``reason`` (None: usable) and, when ``workers`` was asked
+    and answered at all, the parsed answer (``answered`` true; ``workers`` None for
+    ``ERROR`` or an answer that is not one)."""
+
+    reason: str | None
+    answered: bool = False
+    workers: AggregatorWorkers | None = None
+
+
+async def _read_line(stream: trio.SocketStream, reply: bytes) -> tuple[bytes, bytes]:
+    """The first line of ``reply`` plus what the stream sends, and what follows it."""
+    while b"\n" not in reply and len(reply) < MAX_REPLY_BYTES:
+        chunk = await stream.receive_some(MAX_REPLY_BYTES)
+        if not chunk:
+            break
+        reply += chunk
+    line, _, rest = reply.partition(b"\n")
+    return line, rest
+
+
+async def probe_aggregator(host: str, port: int, *, wait_seconds: float,
+                           ask_workers: bool = False) -> ProbeResult:
+    """Ask ``host:port`` for its health (and, with ``ask_workers`` and when it is up, its
+    workers), all within ``wait_seconds``."""
+    workers_line: bytes | None = None
+    try:
+        with trio.fail_after(wait_seconds):
+            stream = await trio.open_tcp_stream(host, port)
+            async with stream:
+                await stream.send_all(b"health\n")
+                first, rest = await _read_line(stream, b"")
+                if ask_workers and first.strip().lower() == b"health: up":
+                    await stream.send_all(b"workers\n")
+                    workers_line, _ = await _read_line(stream, rest)
+    except trio.TooSlowError:
+        return ProbeResult("timeout")
+    except OSError as e:
+        return ProbeResult(errno.errorcode.get(e.errno or 0, "connect_error").lower())
+    except trio.BrokenResourceError:
+        return ProbeResult("connection_reset")
+    first = first.strip().lower()
+    if first == b"health: down":
+        return ProbeResult(DRAINING)
+    if first != b"health: up":
+        return ProbeResult("no_answer")
+    if workers_line is None:
+        return ProbeResult(None)
+    return ProbeResult(None, answered=bool(workers_line.strip()),
+                       workers=parse_workers_reply(workers_line))
+
+
 async def probe_mgmt(host: str, port: int, *, wait_seconds: float) -> str | None:
     """Ask ``host:port`` for its health, within ``wait_seconds``.
 
@@ -36,43 +97,32 @@ async def probe_mgmt(host: str, port: int, *, wait_seconds: float) -> str | None
         None when it answers ``health: up``; otherwise the reason it is not usable
         (``draining``, ``timeout``, ``econnrefused``, ``no_answer``, ...).
     """
-    reply = b""
-    try:
-        with trio.fail_after(wait_seconds):
-            stream = await trio.open_tcp_stream(host, port)
-            async with stream:
-                await stream.send_all(b"health\n")
-                while b"\n" not in reply and len(reply) < MAX_REPLY_BYTES:
-                    chunk = await stream.receive_some(MAX_REPLY_BYTES)
-                    if not chunk:
-                        break
-                    reply += chunk
-    except trio.TooSlowError:
-        return "timeout"
-    except OSError as e:
-        return errno.errorcode.get(e.errno or 0, "connect_error").lower()
-    except trio.BrokenResourceError:
-        return "connection_reset"
-    first = reply.split(b"\n", 1)[0].strip().lower()
-    if first == b"health: up":
-        return None
-    if first == b"health: down":
-        return DRAINING
-    return "no_answer"
+    return (await probe_aggregator(host, port, wait_seconds=wait_seconds)).reason
+
+
+async def probe_forwarder(forwarder: Forwarder, *, wait_seconds: float) -> str | None:
+    """Probe ``forwarder``'s aggregator on its admin port (which it must have); hand a
+    ``workers`` answer to the forwarder; return the reason it is unusable, or None."""
+    assert forwarder.spec.admin_port is not None
+    host = forwarder.sockaddr[0] if forwarder.sockaddr else forwarder.spec.host
+    result = await probe_aggregator(host, forwarder.spec.admin_port,
+                                    wait_seconds=wait_seconds,
+                                    ask_workers=forwarder.wants_workers)
+    if result.answered:
+        forwarder.learn_workers(result.workers)
+    return result.reason
 
 
 async def run_health_monitor(forwarder: Forwarder, *, interval: float,
                              wait_seconds: float) -> None:
     """Probe ``forwarder``'s aggregator every ``interval`` seconds while it is up, and mark
     it down on a failed probe (its forwarder then probes it until it recovers)."""
-    admin_port = forwarder.spec.admin_port
-    if admin_port is None:
+    if forwarder.spec.admin_port is None:
         return
     while True:
         await trio.sleep(interval)
         if not forwarder.up:
             continue
-        host = forwarder.sockaddr[0] if forwarder.sockaddr else forwarder.spec.host
-        reason = await probe_mgmt(host, admin_port, wait_seconds=wait_seconds)
+        reason = await probe_forwarder(forwarder, wait_seconds=wait_seconds)
         if reason is not None:
             forwarder.fail(reason)

@@ -22,20 +22,22 @@ Pure: no I/O, no clock.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import attrs
 
 from common.auth import TokenAuth
 from common.protocol import LineParser
-from common.shard import shard_index
+from common.shard import shard_index, worker_index
 from common.stats import counter
 
 #: Distinct raw keys remembered before the cache is cleared (about 100 bytes each).
 DEFAULT_ROUTE_CACHE_SIZE: Final = 500_000
-#: The index cached for a key whose name is unusable.
+#: The index returned for a key whose name is unusable.
 BAD: Final = -1
+#: The "worker" of a destination that is an aggregator's main port (no worker ports known).
+MAIN: Final = -1
 
 
 def pack_lines(lines: Sequence[bytes], max_bytes: int) -> list[bytes]:
@@ -86,7 +88,17 @@ class RouterStatistics:
 
 
 class Router:
-    """Routes StatsD lines to ``n`` aggregators and packs them per aggregator.
+    """Routes StatsD lines to ``n`` aggregators (and their workers) and packs them.
+
+    Every line goes to a *destination*: aggregator ``a`` (H1), and within it, when the
+    aggregator advertised its workers' ports (`set_workers`), worker
+    ``worker_index(name, W)`` (H2); otherwise the aggregator's main port (`MAIN`). Each
+    destination has its own list in `pending`; `destinations` says whose it is. With no
+    worker ports known, destination ``a`` is aggregator ``a``.
+
+    The route cache maps a raw key to the ``append`` of its destination's pending list (or
+    of the list of bad lines), so routing a known name is one ``partition``, one dict
+    lookup and one call; `set_workers` clears it.
 
     Args:
         n: the number of aggregators (the ordered list's length).
@@ -111,67 +123,132 @@ class Router:
         self.lines = 0
         self.bad_lines = 0
         self.too_long = 0
-        #: Lines (or kept-back chunks) waiting, per aggregator, in arrival order.
+        #: The W each aggregator's lines are spread over (0: its main port).
+        self.workers = [0] * n
+        #: Per destination: (aggregator, worker or `MAIN`), and the lines (or kept-back
+        #: chunks) waiting, in arrival order. Each list is cleared in place, never replaced,
+        #: except by `set_workers` (the cache holds their ``append``).
+        self.destinations: list[tuple[int, int]] = [(a, MAIN) for a in range(n)]
         self.pending: list[list[bytes]] = [[] for _ in range(n)]
+        self._first = list(range(n))  # each aggregator's first destination
+        self._bad: list[bytes] = []  # lines of keys without a usable name, counted then cleared
         self._parser = LineParser(sanitize=sanitize, cache_bytes=0)
-        self._cache: dict[bytes, int] = {}
+        self._cache: dict[bytes, Callable[[bytes], None]] = {}
         self._cache_size = cache_size
+
+    # -- destinations ---------------------------------------------------------------------
+
+    def set_workers(self, aggregator: int, workers: int) -> list[tuple[int, list[bytes]]]:
+        """Spread ``aggregator``'s lines over ``workers`` worker destinations from now on
+        (0: its main port). Its pending lines are packed and returned first, as
+        ``(worker or MAIN, chunks)``: they go where they were batched for."""
+        if workers < 0:
+            raise ValueError(f"workers must be 0 or more, got {workers}")
+        if workers == self.workers[aggregator]:
+            return []
+        first = self._first[aggregator]
+        old = [(worker, self.take_chunks(first + i, keep_tail=False))
+               for i, (_, worker) in enumerate(self._destinations_of(aggregator))]
+        self.workers[aggregator] = workers
+        kept = {dest: lines for dest, lines in zip(self.destinations, self.pending, strict=True)}
+        self.destinations = [(a, w) for a in range(self.n)
+                             for w in (range(self.workers[a]) if self.workers[a] else (MAIN,))]
+        self.pending = [kept.get(dest, []) for dest in self.destinations]
+        self._first = [self.destinations.index((a, 0 if self.workers[a] else MAIN))
+                       for a in range(self.n)]
+        self._cache.clear()
+        return [(worker, chunks) for worker, chunks in old if chunks]
+
+    def _destinations_of(self, aggregator: int) -> list[tuple[int, int]]:
+        return [d for d in self.destinations if d[0] == aggregator]
 
     def index_of_key(self, raw_key: bytes) -> int:
         """The aggregator for the raw key (the bytes before the first ``:``); `BAD` if its
-        name is unusable. Remembers the answer."""
+        name is unusable."""
         name = self._parser.name_of(raw_key)
-        index = shard_index(name, self.n) if name else BAD
-        if raw_key:  # never cached, so that empty lines always reach the slow path
-            if len(self._cache) >= self._cache_size:
-                self._cache.clear()
-            self._cache[raw_key] = index
-        return index
+        return shard_index(name, self.n) if name else BAD
+
+    def destination_of_key(self, raw_key: bytes) -> int:
+        """The destination (index into `pending`) for the raw key; `BAD` if unusable."""
+        name = self._parser.name_of(raw_key)
+        if not name:
+            return BAD
+        aggregator = shard_index(name, self.n)
+        workers = self.workers[aggregator]
+        first = self._first[aggregator]
+        return first + worker_index(name, workers) if workers else first
+
+    def worker_of_chunk(self, aggregator: int, chunk: bytes) -> int:
+        """The worker (or `MAIN`) that owns the first line of a packed chunk of
+        ``aggregator``'s, under the worker count in force now (a queued chunk's lines may
+        go to any worker of their aggregator: the aggregator re-checks)."""
+        workers = self.workers[aggregator]
+        if not workers:
+            return MAIN
+        name = self._parser.name_of(chunk[:max(chunk.find(b":"), 0)])
+        return worker_index(name, workers) if name else 0
 
     def index_of(self, line: bytes) -> int:
         """The aggregator for one line, or `BAD` (no ``:``, or no usable name)."""
         key, sep, _ = line.partition(b":")
         if not sep:
             return BAD
-        index = self._cache.get(key)
-        return self.index_of_key(key) if index is None else index
+        return self.index_of_key(key)
+
+    def _learn(self, raw_key: bytes) -> Callable[[bytes], None]:
+        """The ``append`` for the raw key's destination, remembered in the cache."""
+        dest = self.destination_of_key(raw_key)
+        append = self._bad.append if dest < 0 else self.pending[dest].append
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()
+        self._cache[raw_key] = append
+        return append
+
+    # -- routing --------------------------------------------------------------------------
+
+    def route_many(self, packets: list[bytes]) -> None:
+        """Route every line of ``packets`` (datagrams) onto `pending`: joined, so a
+        datagram costs one ``join`` step rather than a call. Never raises for bad input."""
+        if not packets:
+            return
+        self.packets += len(packets)
+        blob = b"\n".join(packets) if len(packets) > 1 else packets[0]
+        self._route_blob(blob, short=max(map(len, packets)) <= self.max_chunk_bytes)
 
     def route(self, packet: bytes) -> None:
         """Route every line of ``packet`` (a datagram or a block of whole lines) onto
         `pending`. Never raises for bad input: refused lines are counted."""
         self.packets += 1
-        lines = packet.split(b"\n") if self.auth is None else self.auth.filter_lines(packet)
+        self._route_blob(packet, short=len(packet) <= self.max_chunk_bytes)
+
+    def _route_blob(self, blob: bytes, *, short: bool) -> None:
+        """Route the lines of ``blob``; ``short``: none can be longer than a chunk."""
+        lines = blob.split(b"\n") if self.auth is None else self.auth.filter_lines(blob)
+        if not short:
+            limit = self.max_chunk_bytes
+            fitting = [line for line in lines if len(line) <= limit]
+            self.too_long += len(lines) - len(fitting)
+            self.lines += len(lines) - len(fitting)
+            lines = fitting
         empty = lines.count(b"")
         self.lines += len(lines) - empty
         cache = self._cache
-        pending = self.pending
-        bad = 0
-        if len(packet) <= self.max_chunk_bytes:
-            for line in lines:
-                key, sep, _ = line.partition(b":")
-                index = cache.get(key)
-                if index is None:
-                    if not line:
-                        continue
-                    index = self.index_of_key(key)
-                if index < 0 or not sep:
-                    bad += 1
-                    continue
-                pending[index].append(line)
-        else:
-            limit = self.max_chunk_bytes
-            for line in lines:
-                if not line:
-                    continue
-                if len(line) > limit:
-                    self.too_long += 1
-                    continue
-                index = self.index_of(line)
-                if index < 0:
-                    bad += 1
-                    continue
-                pending[index].append(line)
-        self.bad_lines += bad
+        no_colon = 0
+        lines_left = iter(lines)
+        while True:
+            try:
+                for line in lines_left:
+                    key, sep, _ = line.partition(b":")
+                    if sep:
+                        cache[key](line)
+                    else:
+                        no_colon += 1
+                break
+            except KeyError:
+                self._learn(key)(line)
+        bad = self._bad
+        self.bad_lines += no_colon - empty + len(bad)
+        bad.clear()
 
     def count_refused(self, reason: str, lines: int) -> None:
         """Lines the intake refused before routing (``line_too_long``, or cut: counted as
@@ -190,7 +267,7 @@ class Router:
                            "auth": auth})
 
     def take_chunks(self, index: int, *, keep_tail: bool) -> list[bytes]:
-        """Pack aggregator ``index``'s pending lines and hand the chunks over.
+        """Pack destination ``index``'s pending lines and hand the chunks over.
 
         Args:
             keep_tail: keep the last chunk pending (it may still fill up); it stays the
@@ -200,15 +277,12 @@ class Router:
             The chunks, in order; each at most ``max_chunk_bytes``.
         """
         lines = self.pending[index]
-        if not lines:
-            return []
-        if keep_tail and len(lines) == 1:
+        if not lines or (keep_tail and len(lines) == 1):
             return []
         chunks = pack_lines(lines, self.max_chunk_bytes)
+        lines.clear()  # in place: the route cache holds its append
         if keep_tail:
-            self.pending[index] = [chunks.pop()]
-        else:
-            self.pending[index] = []
+            lines.append(chunks.pop())
         return chunks
 
     def has_pending(self) -> bool:

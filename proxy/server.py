@@ -6,7 +6,8 @@
    forwarders, intake counters) and the management console that reads its statistics;
 2. `bind`: the intake sockets (or the ones ``--processes`` bound already) and the admin
    port;
-3. `start_components`: resolve every aggregator's address, then run each forwarder, its
+3. `start_components`: resolve every aggregator's address, ask the UDP ones with an admin
+   port for their workers (`proxy.workers`), then run each forwarder, its
    health monitor, the resolver (DNS), the tail flusher, the drop reporter and the admin
    server;
 4. `run_intake`: every intake socket, in a cancel scope of its own;
@@ -37,7 +38,7 @@ from .config import ProxyConfig, check_config
 from .forwarders.base import SHUTDOWN
 from .mgmt import ProxyMgmt
 from .pipeline import Pipeline
-from .probe import run_health_monitor
+from .probe import probe_forwarder, run_health_monitor
 from .resolver import resolve_one, run_resolver
 
 LOGGER = logging.getLogger(__name__)
@@ -125,6 +126,11 @@ async def start_components(nursery: trio.Nursery, config: ProxyConfig, pipeline:
     """Resolve the aggregators, then start every task but the intake."""
     for forwarder in pipeline.forwarders:
         await resolve_one(forwarder)
+    async with trio.open_nursery() as first_probes:  # learn the workers before intake
+        for forwarder in pipeline.forwarders:
+            if forwarder.spec.admin_port is not None and forwarder.wants_workers:
+                first_probes.start_soon(partial(probe_forwarder, forwarder,
+                                                wait_seconds=config.connect_timeout))
     for forwarder in pipeline.forwarders:
         nursery.start_soon(forwarder.run)
         nursery.start_soon(partial(run_health_monitor, forwarder,

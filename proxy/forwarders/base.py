@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import attrs
@@ -37,7 +37,8 @@ from common.queue import ChunkQueue
 from common.stats import counter, level, text
 
 from ..membership import AggregatorSpec, Membership
-from ..routing import count_lines
+from ..routing import MAIN, count_lines
+from ..workers import AggregatorWorkers
 
 LOGGER = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class ForwarderStatistics:
     sent_lines: int = counter(help="lines handed to the kernel for this aggregator")
     sent_chunks: int = counter(help="datagrams (or TCP batches) handed to the kernel")
     send_errors: int = counter(help="sends that failed with an error")
+    workers: int = level(help="the workers its lines are spread over, each on its own port "
+                              "(0: the aggregator's main port)")
     buffered_lines: int = level(help="lines waiting in the queue")
     buffered_bytes: int = level(help="bytes waiting in the queue")
     dropped_lines: dict[str, int] = counter(
@@ -97,6 +100,10 @@ class Forwarder:
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self.family: int = socket.AF_INET
         self.sockaddr: SockAddr | None = None
+        #: The aggregator's workers' ports in use (() = its main port), and who applies a
+        #: change (the pipeline: router first, then `set_worker_ports`).
+        self.worker_ports: tuple[int, ...] = ()
+        self.on_workers: Callable[[int, tuple[int, ...]], None] = self._apply_ports
         self._wake = trio.Event()
 
     # -- state ----------------------------------------------------------------------------
@@ -134,6 +141,24 @@ class Forwarder:
         failures = self.membership.states[self.index].failures
         await trio.sleep(backoff_delay(max(failures, 1), base=self.retry_base,
                                        cap=self.retry_max, jitter=random.random()))
+
+    # -- workers --------------------------------------------------------------------------
+
+    #: Whether probes ask the aggregator for its workers (UDP forwarders only).
+    wants_workers = False
+
+    def learn_workers(self, answer: AggregatorWorkers | None) -> None:
+        """A ``workers`` answer arrived (None: ``ERROR`` or not an answer)."""
+        ports = answer.send_ports if answer is not None and self.wants_workers else ()
+        if ports != self.worker_ports:
+            self.on_workers(self.index, ports)
+
+    def _apply_ports(self, index: int, ports: tuple[int, ...]) -> None:
+        self.set_worker_ports(ports)
+
+    def set_worker_ports(self, ports: tuple[int, ...]) -> None:
+        """Send to these worker ports from now on (() = the main port)."""
+        self.worker_ports = ports
 
     # -- the queue ------------------------------------------------------------------------
 
@@ -178,11 +203,12 @@ class Forwarder:
             state=member.state, reason=member.reason or "none",
             transitions=member.transitions, sent_lines=self.sent_lines,
             sent_chunks=self.sent_chunks, send_errors=self.send_errors,
+            workers=len(self.worker_ports),
             buffered_lines=self.queued_lines, buffered_bytes=self.queued_bytes,
             dropped_lines=dict(self.dropped))
 
-    def offer(self, chunks: list[bytes]) -> None:
-        """Hand chunks over for delivery. Never blocks."""
+    def offer(self, chunks: list[bytes], worker: int = MAIN) -> None:
+        """Hand chunks over for delivery (all for ``worker``, or `MAIN`). Never blocks."""
         self.enqueue(chunks)
 
     async def wait_empty(self) -> None:

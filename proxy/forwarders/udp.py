@@ -4,6 +4,11 @@ The forwarder owns ``source_sockets`` connected UDP sockets and uses them in tur
 aggregator that reads with several SO_REUSEPORT sockets gets the load spread (the kernel
 picks a reader per 4-tuple; one source socket would always reach the same reader).
 
+When the aggregator advertised its workers' ports (`proxy.workers`), the forwarder also
+owns one connected socket per worker and sends each chunk (whose lines the router packed
+for one worker) to that worker's port; a chunk that had to wait in the queue goes to the
+worker of its first line under the worker count in force when it leaves.
+
 When nothing is queued, `offer` sends on the spot: no task switch on the hot path. A
 connected UDP socket learns from ICMP that nobody listens (ECONNREFUSED): that marks the
 aggregator down, and the chunk that met the error is kept in the queue. While down, the
@@ -18,12 +23,14 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Callable
 from typing import Any, Final
 
 import trio
 
 from ..membership import Membership
-from ..probe import probe_mgmt
+from ..probe import probe_forwarder
+from ..routing import MAIN
 from .base import Forwarder, SockAddr
 
 #: Chunks sent from the queue before yielding to other tasks.
@@ -42,53 +49,93 @@ class UdpForwarder(Forwarder):
         super().__init__(index, membership, **kwargs)
         self.source_sockets = source_sockets
         self.sockets: list[socket.socket] = []
+        #: One connected socket per worker port (empty: send to the main port).
+        self.worker_sockets: list[socket.socket] = []
+        #: The worker (or MAIN) of a chunk taken from the queue (set by the pipeline).
+        self.worker_of: Callable[[bytes], int] = lambda chunk: MAIN
         self._next = 0
-        self._blocked = False
+        self._blocked: socket.socket | None = None
+
+    wants_workers = True
 
     def close(self) -> None:
-        for sock in self.sockets:
+        self._close(self.sockets)
+        self._close(self.worker_sockets)
+        self.sockets, self.worker_sockets = [], []
+
+    @staticmethod
+    def _close(sockets: list[socket.socket]) -> None:
+        for sock in sockets:
             trio.lowlevel.notify_closing(sock)
             sock.close()
-        self.sockets = []
+
+    def _open(self, family: int, sockaddr: SockAddr) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        except OSError:
+            pass
+        sock.connect(sockaddr)
+        return sock
 
     def set_address(self, family: int, sockaddr: SockAddr) -> None:
         self.close()
-        for _ in range(self.source_sockets):
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            sock.setblocking(False)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-            except OSError:
-                pass
-            sock.connect(sockaddr)
-            self.sockets.append(sock)
-        self._blocked = False
+        self.sockets = [self._open(family, sockaddr) for _ in range(self.source_sockets)]
+        self._blocked = None
         super().set_address(family, sockaddr)
+        self._open_workers()
 
-    def offer(self, chunks: list[bytes]) -> None:
-        if self.queue or self._blocked or not self.sockets or not self.up:
+    def set_worker_ports(self, ports: tuple[int, ...]) -> None:
+        super().set_worker_ports(ports)
+        self._open_workers()
+
+    def _open_workers(self) -> None:
+        if self._blocked in self.worker_sockets:
+            self._blocked = None
+        self._close(self.worker_sockets)
+        self.worker_sockets = []
+        if self.sockaddr is not None:
+            host, rest = self.sockaddr[0], self.sockaddr[2:]
+            self.worker_sockets = [self._open(self.family, (host, port, *rest))
+                                   for port in self.worker_ports]
+        self.wake()
+
+    def _socket_for(self, worker: int) -> socket.socket:
+        """The socket for a chunk of ``worker``'s: its own, else the next source socket."""
+        if 0 <= worker < len(self.worker_sockets):
+            return self.worker_sockets[worker]
+        sock = self.sockets[self._next % len(self.sockets)]
+        self._next += 1
+        return sock
+
+    def offer(self, chunks: list[bytes], worker: int = MAIN) -> None:
+        if self.queue or self._blocked is not None or not self.sockets or not self.up:
             self.enqueue(chunks)
             return
         sockets = self.sockets
         count = len(sockets)
+        own = self.worker_sockets[worker] if 0 <= worker < len(self.worker_sockets) else None
         turn = self._next
-        lines = 0
-        for position, chunk in enumerate(chunks):
+        lines = sent = 0
+        for chunk in chunks:
+            sock = own if own is not None else sockets[turn % count]
             try:
-                sockets[turn % count].send(chunk)
+                sock.send(chunk)
             except OSError as e:
-                self._send_failed(e)
-                self.enqueue(chunks[position:])
+                self._send_failed(e, sock)
+                self.enqueue(chunks[sent:])
                 break
-            turn += 1
+            turn += own is None
+            sent += 1
             lines += chunk.count(b"\n") + 1
         self.sent_lines += lines
-        self.sent_chunks += turn - self._next
+        self.sent_chunks += sent
         self._next = turn
 
-    def _send_failed(self, error: OSError) -> None:
+    def _send_failed(self, error: OSError, sock: socket.socket) -> None:
         if isinstance(error, BlockingIOError):
-            self._blocked = True
+            self._blocked = sock
             self.wake()
             return
         self.send_errors += 1
@@ -96,17 +143,16 @@ class UdpForwarder(Forwarder):
 
     def pump(self, limit: int) -> int:
         """Send up to ``limit`` queued chunks; return how many were sent."""
-        sockets = self.sockets
         sent = 0
-        while self.queue and sent < limit and not self._blocked and self.up:
+        while self.queue and sent < limit and self._blocked is None and self.up:
             chunk = self.queue.peek()
+            sock = self._socket_for(self.worker_of(chunk) if self.worker_sockets else MAIN)
             try:
-                sockets[self._next % len(sockets)].send(chunk)
+                sock.send(chunk)
             except OSError as e:
-                self._send_failed(e)
+                self._send_failed(e, sock)
                 break
             _, lines = self.pop()
-            self._next += 1
             sent += 1
             self.sent_chunks += 1
             self.sent_lines += lines
@@ -117,9 +163,7 @@ class UdpForwarder(Forwarder):
         if not self.sockets:
             return "unresolved"
         if self.spec.admin_port is not None:
-            return await probe_mgmt(self.spec.host if self.sockaddr is None else
-                                    self.sockaddr[0], self.spec.admin_port,
-                                    wait_seconds=self.connect_timeout)
+            return await probe_forwarder(self, wait_seconds=self.connect_timeout)
         sock = self.sockets[0]
         sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # clear a stale error
         try:
@@ -141,13 +185,12 @@ class UdpForwarder(Forwarder):
                 else:
                     self.fail(reason)
                 continue
-            if self._blocked:
-                sock = self.sockets[self._next % len(self.sockets)]
+            if self._blocked is not None:
                 try:
-                    await trio.lowlevel.wait_writable(sock)
+                    await trio.lowlevel.wait_writable(self._blocked)
                 except trio.ClosedResourceError:
                     pass
-                self._blocked = False
+                self._blocked = None
             if self.queue:
                 self.pump(CHUNKS_PER_CHECKPOINT)
                 await trio.lowlevel.checkpoint()
