@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from common.auth import TokenAuth
 from common.protocol import LineParser
-from common.shard import shard_index
-from proxy.routing import BAD, Router, count_lines, pack_lines
+from common.shard import GOLDEN_WORKER_VECTORS, shard_index, worker_index
+from proxy.routing import BAD, MAIN, Router, count_lines, pack_lines
 
 LINE = st.from_regex(rb"[a-zA-Z0-9_. /;=#:|@,+-]{1,60}", fullmatch=True)
 
@@ -211,3 +211,56 @@ def test_statistics_is_a_snapshot_not_a_live_view() -> None:
     router.route(b"a:1|c\nnocolon")
     assert (before.received_lines, before.dropped_lines["bad_line"]) == (0, 0)
     assert router.statistics().received_lines == 2
+
+
+def test_route_with_workers_sends_each_line_to_h1_then_h2_destination() -> None:
+    router = Router(3, max_chunk_bytes=1432)
+    assert router.set_workers(1, 4) == []
+    lines = [f"name.{i}:{i}|c".encode() for i in range(300)]
+    router.route_many(lines)
+    assert router.destinations == [(0, MAIN), (1, 0), (1, 1), (1, 2), (1, 3), (2, MAIN)]
+    for dest, pending in enumerate(router.pending):
+        aggregator, worker = router.destinations[dest]
+        for line in pending:
+            name = line.split(b":")[0]
+            assert shard_index(name, 3) == aggregator
+            if worker != MAIN:
+                assert worker_index(name, 4) == worker
+    assert sum(map(len, router.pending)) == 300
+    assert all(router.pending[dest] for dest in range(6))  # every worker got some
+
+
+def test_set_workers_hands_back_pending_lines_for_where_they_were_batched() -> None:
+    router = Router(2, max_chunk_bytes=1432)
+    lines = [f"n{i}:1|c".encode() for i in range(50)]
+    router.route_many(lines)
+    mine = [line for line in lines if shard_index(line.split(b":")[0], 2) == 0]
+    old = router.set_workers(0, 2)
+    assert old == [(MAIN, [b"\n".join(mine)])]
+    router.route_many(lines)  # after the change: to aggregator 0's two workers
+    moved = router.set_workers(0, 0)
+    assert sorted(worker for worker, _ in moved) == [0, 1]
+    back = [line for _, chunks in moved for chunk in chunks for line in chunk.split(b"\n")]
+    assert sorted(back) == sorted(mine)
+    for worker, chunks in moved:
+        for chunk in chunks:
+            assert router.worker_of_chunk(0, chunk) == MAIN  # W is 0 again
+    assert router.destinations == [(0, MAIN), (1, MAIN)]
+
+
+def test_worker_of_chunk_is_the_owner_of_its_first_line() -> None:
+    router = Router(1, max_chunk_bytes=1432)
+    router.set_workers(0, 8)
+    for name, w, worker in GOLDEN_WORKER_VECTORS:
+        if w == 8:
+            assert router.worker_of_chunk(0, name + b":1|c\nother:2|c") == worker
+
+
+def test_route_many_counts_like_route_for_each_packet() -> None:
+    packets = [b"a:1|c\n\nb:2|c", b"nocolon", b":1|c", b"x" * 120 + b":1|c\nc:1|c", b"\n"]
+    one, many = Router(2, max_chunk_bytes=100), Router(2, max_chunk_bytes=100)
+    for packet in packets:
+        one.route(packet)
+    many.route_many(packets)
+    assert one.statistics() == many.statistics()
+    assert one.pending == many.pending
