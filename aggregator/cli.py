@@ -34,7 +34,7 @@ from common.logging import configure_logging, log_event
 from common.signals import force_exit, ignore_stop_signal, run_signal_handler
 from common.supervisor import read_worker_description
 
-from .config import AggregatorConfig, check_config, plain_value
+from .config import AggregatorConfig, check_config, plain_value, worker_count
 from .etsyconfig import map_etsy_config, parse_etsy_config
 from .server import serve
 from .workers.context import (
@@ -79,7 +79,7 @@ def load_config(args: argparse.Namespace) -> tuple[AggregatorConfig, list[str]]:
         values.update(load_toml(args.config))
     source = " + ".join(p for p in (args.etsy_config, args.config) if p) or "defaults"
     config = apply_arguments(config_from_mapping(AggregatorConfig, values, source=source), args)
-    check_config(config)
+    check_config(config, worker_count(config, os.cpu_count()))
     return config, warnings
 
 
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if description is not None:
         return run_worker(config, args,
                           worker_context_from_description(description, len(config.listen)))
-    workers = config.workers or os.cpu_count() or 1
+    workers = worker_count(config, os.cpu_count())
     try:
         if workers > 1:
             code = trio.run(supervise, config, argv, workers)

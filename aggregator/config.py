@@ -17,7 +17,7 @@ from typing import Any, Final
 import attrs
 from attrs import validators as v
 
-from common.address import Endpoint, ListenURL, parse_listen_urls
+from common.address import Endpoint, ListenURL, parse_listen_url, parse_listen_urls
 from common.auth import make_auth
 from common.config import (
     AGGREGATOR_MGMT_PORT,
@@ -66,6 +66,8 @@ DEFAULT_GRACEFUL_TIMEOUT_SECONDS: Final = 15.0
 DEFAULT_CARBON_SPOOL_MAX_BYTES: Final = 4 * 1024**3  # hours of a busy aggregator's output
 #: A carbon-cache takes some 100k points/s; half of it leaves room for live traffic.
 DEFAULT_CARBON_REPLAY_LINES_PER_SECOND: Final = 50_000
+#: The highest UDP port (worker i of ``worker_listen`` binds PORT + i).
+MAX_PORT: Final = 65535
 
 
 def _float_list(values: Sequence[Any]) -> tuple[float, ...]:
@@ -149,6 +151,48 @@ def _optional_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def parse_worker_listen(value: Any) -> ListenURL | None:
+    """The ``worker_listen`` setting's converter: ``""`` (off) or one ``udp://HOST:PORT``.
+
+    Raises:
+        ConfigError: anything else (another scheme, a bad host or port).
+    """
+    if value is None or isinstance(value, ListenURL):
+        return value
+    text = str(value).strip()
+    if not text:
+        return None
+    if not text.startswith("udp://"):
+        raise ConfigError(f"{text!r}: the workers' own endpoints are UDP only: udp://HOST:PORT "
+                          "(or \"\" for none)", key="worker_listen")
+    try:
+        return parse_listen_url(text)
+    except ConfigError as e:
+        raise ConfigError(e.message, key="worker_listen") from None
+
+
+def worker_count(config: AggregatorConfig, cpu_count: int | None) -> int:
+    """How many workers run: ``workers``, or one per core (``cpu_count``, as
+    `os.cpu_count` reports it; 1 when unknown)."""
+    return config.workers or cpu_count or 1
+
+
+def check_worker_listen(url: ListenURL | None, workers: int) -> None:
+    """Worker ``i`` binds PORT + i: the last one, PORT + workers - 1, must be a port.
+
+    Raises:
+        ConfigError: when it is not.
+    """
+    if url is None or url.port == 0:
+        return
+    last = url.port + workers - 1
+    if last > MAX_PORT:
+        raise ConfigError(
+            f"{url}: {workers} workers need the ports {url.port} to {last}, beyond {MAX_PORT}; "
+            f"use a port of at most {MAX_PORT - workers + 1} (or fewer workers)",
+            key="worker_listen")
+
+
 @attrs.frozen
 class AggregatorConfig:
     """Everything a `tallyd-aggregator` process is configured with."""
@@ -167,6 +211,12 @@ class AggregatorConfig:
         None, kind="int", converter=lambda x: None if x is None else int(x),
         validator=v.optional(v.ge(1)), metavar="N",
         help="worker processes, each owning a share of the names (default: one per core)")
+    # `setting` returns an attrs field, and ListenURL is frozen (RUF009 cannot see either).
+    worker_listen: ListenURL | None = setting(  # noqa: RUF009
+        "", kind="str", converter=parse_worker_listen, metavar="udp://HOST:PORT",
+        help="also give worker i its own UDP socket on HOST:(PORT+i), which proxies send "
+             "the lines it owns to (the management command 'workers' lists the ports); "
+             "PORT 0: any free ports; empty: none")
     console: bool = setting(
         False, kind="bool",
         help="also print every flush to standard output (Graphite plaintext)", etsy="backends")
@@ -336,20 +386,25 @@ class AggregatorConfig:
         )
 
 
-def check_config(config: AggregatorConfig) -> None:
+def check_config(config: AggregatorConfig, workers: int | None = None) -> None:
     """The checks that span settings, run once files and flags are merged: by
     ``--check-config``, and before anything starts (a single process, or a supervisor
     before its workers), so a worker never meets a configuration error at start. Every
     `ConfigError` `aggregator.server.serve` could raise from the settings alone is here.
 
+    Args:
+        workers: how many workers will run (`worker_count`); default ``config.workers``, or 1.
+
     Raises:
         ConfigError: bad auth settings (token mode without tokens, a token both valid
-            and revoked, a malformed token), or a Carbon ring that cannot be built
+            and revoked, a malformed token), a Carbon ring that cannot be built
             (an unknown ``ring_hash``, a replication factor that is not an integer >= 1,
             ``fnv1a_ch`` without instance names, two nodes that are one ring node: the
-            same host and instance). A replication factor above the number of distinct
+            same host and instance), or ``worker_listen`` ports beyond 65535 for
+            ``workers`` workers. A replication factor above the number of distinct
             hosts is not refused: a path then goes to every host, once (as carbon's).
     """
+    check_worker_listen(config.worker_listen, workers or config.workers or 1)
     make_auth(config.auth, config.auth_tokens, config.auth_revoked_tokens)
     if config.carbon:
         Ring.from_nodes(config.carbon, hash_type=config.ring_hash,
@@ -358,6 +413,8 @@ def check_config(config: AggregatorConfig) -> None:
 
 def plain_value(name: str, value: Any) -> Any:
     """Field values as TOML-ready data (for ``--print-config``)."""
+    if name == "worker_listen":
+        return "" if value is None else str(value)
     if name in ("listen", "carbon"):
         return [str(x) for x in value]
     if name == "histogram":

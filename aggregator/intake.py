@@ -6,6 +6,11 @@ lines go to the ledger (`Accumulator.ingest`) or, with several workers, to the e
 which keeps this worker's names and sends the others to their owners. `run_intake` runs
 one listener per socket; `drain_datagrams` reads what is left at a graceful stop.
 
+A worker's own UDP socket (``worker_listen``, `bind_worker_endpoints`) is one more socket
+of the same path: what a proxy sends there for the names this worker owns goes straight to
+its ledger, and a line it does not own (a sender with a stale worker count) goes through
+the exchange like any other.
+
 SHELL.
 """
 
@@ -19,8 +24,16 @@ from typing import Final, Protocol
 import attrs
 import trio
 
+from common.address import ListenURL
 from common.auth import TokenAuth
-from common.listener import BoundSocket, DatagramReader, run_datagram_listener
+from common.errors import ConfigError
+from common.listener import (
+    BoundSocket,
+    DatagramReader,
+    bind_listener,
+    close_listener,
+    run_datagram_listener,
+)
 from common.streams import StreamConnections, run_listeners, run_stream_listener
 
 from .components import Components
@@ -84,6 +97,48 @@ async def run_intake(config: AggregatorConfig, bound: Sequence[BoundSocket],
         serve_datagrams=partial(run_datagram_listener, handle=path.handle,
                                 handle_batch=path.handle_batch,
                                 stats=path.components.intake, refused=path.refused))
+
+
+def worker_endpoint_url(url: ListenURL, index: int) -> ListenURL:
+    """Where worker ``index`` binds its own socket: HOST:(PORT + index); PORT 0 stays 0
+    (any free port, for tests)."""
+    return attrs.evolve(url, port=url.port + index if url.port else 0)
+
+
+def bind_worker_endpoints(url: ListenURL | None, workers: int, *,
+                          receive_buffer_bytes: int = 0) -> list[BoundSocket]:
+    """Bind every worker's own UDP socket (``worker_listen``), in worker order; none
+    without ``url``. Each has the receive buffer of the other UDP intake sockets, and its
+    URL names the port it really got.
+
+    Never SO_REUSEPORT (even with ``reuse_port``): a port is one worker's, and nobody
+    else may read its datagrams.
+
+    Raises:
+        ConfigError: a port cannot be bound (in use, not a local address); whatever was
+            bound is closed.
+    """
+    if url is None:
+        return []
+    bound: list[BoundSocket] = []
+    try:
+        for index in range(workers):
+            target = worker_endpoint_url(url, index)
+            try:
+                b = bind_listener(target, receive_buffer_bytes=receive_buffer_bytes)
+            except ConfigError as e:
+                cause = e.__cause__
+                reason = (cause.strerror or str(cause)) if isinstance(cause, OSError) \
+                    else e.message
+                raise ConfigError(f"cannot bind worker {index}'s {target}: {reason}",
+                                  key="worker_listen") from e
+            port = b.sock.getsockname()[1]
+            bound.append(attrs.evolve(b, url=attrs.evolve(target, port=port)))
+    except ConfigError:
+        for b in bound:
+            close_listener(b)
+        raise
+    return bound
 
 
 def drain_datagrams(bound: Sequence[BoundSocket], path: IntakePath) -> None:

@@ -1,4 +1,5 @@
-"""The aggregator as the Etsy management protocol sees it (`common.mgmt.MgmtTarget`).
+"""The aggregator as the Etsy management protocol sees it (`common.mgmt.MgmtTarget`, and
+`common.mgmt.WorkersTarget` for ``workers``).
 
 SHELL (reads live state; the protocol itself is the pure `common.mgmt`).
 """
@@ -44,12 +45,18 @@ class AggregatorMgmt:
         config: the configuration in force (``config`` command).
         components: the parts whose figures ``stats`` shows and whose ledger the dump and
             delete commands read.
+        workers: how many worker processes own the names (``workers`` command).
+        endpoint_ports: each worker's own UDP port (``worker_listen``), in worker order,
+            as bound (ephemeral ports resolved); empty when it is off.
     """
 
     commands: Sequence[str] = COMMANDS
 
-    def __init__(self, config: AggregatorConfig, components: Components) -> None:
+    def __init__(self, config: AggregatorConfig, components: Components, *, workers: int = 1,
+                 endpoint_ports: Sequence[int] = ()) -> None:
         self.config = config
+        self.workers = workers
+        self.endpoint_ports = tuple(endpoint_ports)
         self.components = components
         self.accumulator = components.accumulator
         self.health = config.health_status

@@ -2,7 +2,8 @@
 
 Wiring, all inside one nursery owned by `serve`:
 
-    intake sockets --handle(packet)--> Accumulator (the ledger, single-threaded)
+    intake sockets (and the worker's own, worker_listen) --handle(packet)--> Accumulator
+        (the ledger, single-threaded; with several workers, through the exchange)
     Flusher (every interval) --swap--> render --> each Backend (Carbon senders, console)
     mgmt TCP (Etsy's management protocol), bad-line reporter, reloads (from the CLI)
 
@@ -27,7 +28,7 @@ from functools import partial
 import attrs
 import trio
 
-from common.address import format_host_port
+from common.address import ListenURL, format_host_port
 from common.errors import ConfigError
 from common.listener import (
     BoundAddresses,
@@ -43,7 +44,13 @@ from common.netstat import udp_socket_drops
 from .components import Components, build_components
 from .config import AggregatorConfig, identity_from_hostname
 from .flusher import Flusher, final_flush_plan, flush_sequence
-from .intake import IntakePath, build_intake_path, drain_datagrams, run_intake
+from .intake import (
+    IntakePath,
+    bind_worker_endpoints,
+    build_intake_path,
+    drain_datagrams,
+    run_intake,
+)
 from .ledger import Accumulator
 from .mgmt import AggregatorMgmt, WorkerMgmtPeers, open_worker_mgmt
 from .workers.context import WorkerContext
@@ -56,12 +63,20 @@ BAD_LINE_LOG_PERIOD_SECONDS = 1.0
 
 @attrs.frozen
 class Sockets:
-    """What `bind_sockets` opened: the intake sockets, the management listeners and, on
-    worker 0 of several, the other workers' management addresses."""
+    """What `bind_sockets` opened: the intake sockets, the management listeners, on
+    worker 0 of several the other workers' management addresses, and with
+    ``worker_listen`` this process's own socket and every worker's port of it."""
 
     intake: list[BoundSocket]
     mgmt: list[trio.SocketListener]
     peers: WorkerMgmtPeers | None = None
+    endpoint: BoundSocket | None = None
+    endpoint_ports: tuple[int, ...] = ()
+
+    @property
+    def served(self) -> list[BoundSocket]:
+        """Every socket intake reads: the shared ones, then this worker's own."""
+        return [*self.intake, *([self.endpoint] if self.endpoint is not None else [])]
 
     def addresses(self) -> BoundAddresses:
         mgmt = ""
@@ -101,7 +116,8 @@ async def serve(
     try:
         components = build_components(config, worker)
         path = build_intake_path(config, components, worker)
-        mgmt = AggregatorMgmt(config, components)
+        mgmt = AggregatorMgmt(config, components, workers=worker.count if worker else 1,
+                              endpoint_ports=sockets.endpoint_ports)
         flusher = Flusher(components.accumulator, config.naming, components.backends,
                           config.flush_interval, identity=self_identity(config, worker),
                           self_metrics=config.self_metrics, readings=components.readings,
@@ -115,7 +131,7 @@ async def serve(
                                             peers=sockets.peers))
             if components.exchange is not None:
                 nursery.start_soon(components.exchange.run)
-            intake_scope = await nursery.start(run_intake, config, sockets.intake, path)
+            intake_scope = await nursery.start(run_intake, config, sockets.served, path)
             flush_scope = await nursery.start(run_flushes, flusher, wall_clock)
             nursery.start_soon(report_bad_lines, components.accumulator)
             if reload_trigger is not None:
@@ -129,7 +145,7 @@ async def serve(
             await shutdown_trigger()
 
             mgmt.health = "down"
-            await stop_gracefully(config, components, flusher, path, sockets.intake,
+            await stop_gracefully(config, components, flusher, path, sockets.served,
                                   intake_scope=intake_scope, flush_scope=flush_scope,
                                   wall_clock=wall_clock)
             nursery.cancel_scope.cancel()
@@ -139,12 +155,13 @@ async def serve(
         for listener in sockets.mgmt:  # run_mgmt_server closes them too, once it started
             listener.socket.close()
         if worker is None:
-            for b in sockets.intake:
+            for b in sockets.served:
                 close_listener(b)
 
 
 async def bind_sockets(config: AggregatorConfig, worker: WorkerContext | None) -> Sockets:
-    """Bind the intake and management sockets (a worker adopts the supervisor's instead).
+    """Bind the intake, own (``worker_listen``) and management sockets (a worker adopts the
+    supervisor's instead).
 
     Raises:
         ConfigError: when a socket cannot be bound.
@@ -153,21 +170,39 @@ async def bind_sockets(config: AggregatorConfig, worker: WorkerContext | None) -
         bound = bind_listeners(config.listen, reuse_port=config.reuse_port,
                                receive_buffer_bytes=config.udp_receive_buffer_bytes)
         try:
-            mgmt = await open_mgmt_listeners(config.mgmt_address, config.mgmt_port)
+            endpoints = bind_worker_endpoints(
+                config.worker_listen, 1, receive_buffer_bytes=config.udp_receive_buffer_bytes)
         except ConfigError:
             for b in bound:
                 close_listener(b)
             raise
-        return Sockets(bound, mgmt)
+        try:
+            mgmt = await open_mgmt_listeners(config.mgmt_address, config.mgmt_port)
+        except ConfigError:
+            for b in (*bound, *endpoints):
+                close_listener(b)
+            raise
+        return Sockets(bound, mgmt, endpoint=endpoints[0] if endpoints else None,
+                       endpoint_ports=tuple(b.sock.getsockname()[1] for b in endpoints))
     bound = [adopt_socket(url, sock)
              for url, sock in zip(config.listen, worker.sockets, strict=True)]
+    endpoint = adopt_endpoint(config.worker_listen, worker)
     mgmt = ([trio.SocketListener(trio.socket.from_stdlib_socket(worker.mgmt))]
             if worker.mgmt is not None else [])
+    peers = None
     if worker.index:
         mgmt.append(await open_worker_mgmt(worker.mgmt_address(worker.index)))
-        return Sockets(bound, mgmt)
-    return Sockets(bound, mgmt, WorkerMgmtPeers({i: worker.mgmt_address(i)
-                                                 for i in range(1, worker.count)}))
+    else:
+        peers = WorkerMgmtPeers({i: worker.mgmt_address(i) for i in range(1, worker.count)})
+    return Sockets(bound, mgmt, peers, endpoint=endpoint, endpoint_ports=worker.endpoint_ports)
+
+
+def adopt_endpoint(url: ListenURL | None, worker: WorkerContext) -> BoundSocket | None:
+    """The worker's own socket as the supervisor bound it (its URL names the real port)."""
+    if url is None or worker.endpoint is None:
+        return None
+    port = worker.endpoint.getsockname()[1]
+    return adopt_socket(attrs.evolve(url, port=port), worker.endpoint)
 
 
 def self_identity(config: AggregatorConfig, worker: WorkerContext | None) -> str:
@@ -258,7 +293,8 @@ def log_started(config: AggregatorConfig, sockets: Sockets, components: Componen
                 worker: WorkerContext | None) -> None:
     """The start log lines (``event=listening`` ones only for a single process)."""
     if worker is None:
-        log_listening(config, sockets.intake, sockets.addresses().mgmt)
+        log_listening(config, sockets.intake, sockets.addresses().mgmt,
+                      [sockets.endpoint] if sockets.endpoint is not None else [])
     carbon = components.carbon
     log_event(LOGGER, "started" if worker is None else "worker_started",
               worker=worker.index if worker else 0, pid=os.getpid(),
@@ -268,12 +304,17 @@ def log_started(config: AggregatorConfig, sockets: Sockets, components: Componen
               ring=carbon.placement.ring.fingerprint() if carbon else "none")
 
 
-def log_listening(config: AggregatorConfig, bound: Sequence[BoundSocket], mgmt: str) -> None:
-    """The ``event=listening`` lines scripts and tests read to find the bound ports."""
+def log_listening(config: AggregatorConfig, bound: Sequence[BoundSocket], mgmt: str,
+                  endpoints: Sequence[BoundSocket] = ()) -> None:
+    """The ``event=listening`` lines scripts and tests read to find the bound ports: the
+    intake sockets, the admin port, then each worker's own socket (``kind=worker``, in
+    worker order)."""
     for b in bound:
         log_event(LOGGER, "listening", kind=b.url.scheme, address=b.address)
     log_event(LOGGER, "listening", kind="mgmt", address=mgmt)
-    for b in bound:
+    for index, b in enumerate(endpoints):
+        log_event(LOGGER, "listening", kind="worker", address=b.address, worker=index)
+    for b in (*bound, *endpoints):
         if b.url.scheme == "udp":
             log_event(LOGGER, "udp_receive_buffer", address=b.address,
                       bytes=b.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),

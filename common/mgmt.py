@@ -8,6 +8,9 @@ for a moment, as ``echo -n health | nc`` sends: `take_commands`, `bare_command`)
     help                          list the commands
     health                        "health: up" or "health: down"
     health up | health down       set it (a load balancer or a proxy stops sending on down)
+    workers                       (aggregator) "workers: W HASH [PORT0 PORT1 ...]": its W
+                                  worker processes, the hash that assigns them names, and
+                                  each one's own UDP port when ``worker_listen`` is set
     stats                         uptime, last message, bad lines, backend figures; "END"
     counters | timers | gauges    the live values, as JSON; "END"
     delcounters NAME...           forget names; "NAME.*" forgets every name under NAME.
@@ -16,8 +19,10 @@ for a moment, as ``echo -n health | nc`` sends: `take_commands`, `bare_command`)
     quit                          close the connection
 
 ``help`` lists only the commands the daemon answers (`MgmtTarget.commands`: the proxy holds
-no metric values, so it has no dumps or deletes). Anything else answers one line,
-``ERROR <reason>``: an unknown command, or a command this role does not have.
+no metric values, so it has no dumps or deletes, and has no workers). Anything else answers
+one line, ``ERROR <reason>``: an unknown command, or a command this role does not have.
+Etsy's statsd answers ``workers`` with ``ERROR``: a proxy that asks it (`parse_workers_reply`
+returns None) sends to its main port.
 
 Pure: `handle_command` takes the command and an `MgmtTarget` and returns the reply.
 """
@@ -26,14 +31,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
+
+from .shard import WORKER_HASH
 
 DUMPS: Final = ("counters", "timers", "gauges")
 DELETES: Final = {"delcounters": "counters", "deltimers": "timers", "delgauges": "gauges"}
-#: Every command of the protocol, in the order ``help`` lists them.
-COMMANDS: Final = ("stats", *DUMPS, *DELETES, "health", "config", "help", "quit")
-#: The commands of a daemon that holds no metric values (the proxy).
-STATELESS_COMMANDS: Final = tuple(c for c in COMMANDS if c not in DUMPS and c not in DELETES)
+#: Every command of the protocol (the aggregator's), in the order ``help`` lists them: Etsy's
+#: own, and ``workers`` after ``health``.
+COMMANDS: Final = ("stats", *DUMPS, *DELETES, "health", "workers", "config", "help", "quit")
+#: The commands of a daemon that holds no metric values and has no workers (the proxy).
+STATELESS_COMMANDS: Final = tuple(c for c in COMMANDS
+                                  if c not in DUMPS and c not in DELETES and c != "workers")
 #: How the answers to ``stats``, dumps and deletes end.
 END: Final = "END\n\n"
 
@@ -58,9 +67,39 @@ class MgmtTarget(Protocol):
         """Delete names of ``kind``; the names deleted, or None if unsupported."""
 
 
+@runtime_checkable
+class WorkersTarget(Protocol):
+    """A daemon that answers ``workers`` (the aggregator)."""
+
+    #: How many worker processes own its names (1: a single process).
+    workers: int
+    #: Each worker's own UDP port (``worker_listen``), in worker order; empty when off.
+    endpoint_ports: Sequence[int]
+
+
+def format_workers(workers: int, ports: Sequence[int]) -> str:
+    """The answer to ``workers``: ``workers: W HASH [PORT0 PORT1 ...]``, one line, HASH
+    `common.shard.WORKER_HASH`; the W ports in worker order, or none."""
+    return " ".join(["workers:", str(workers), WORKER_HASH, *map(str, ports)]) + "\n"
+
+
+def parse_workers_reply(reply: str) -> tuple[int, str, tuple[int, ...]] | None:
+    """``(workers, hash, ports)`` from an answer to ``workers``, or None when it is not one
+    (``ERROR`` from Etsy's statsd or an older tallyd, garbage). ``ports`` is empty or has
+    one port per worker; any other count is not an answer."""
+    words = reply.split()
+    if len(words) < 3 or words[0] != "workers:" or not words[1].isdigit() \
+            or not all(w.isdigit() and 0 < int(w) <= 65535 for w in words[3:]):
+        return None
+    workers, ports = int(words[1]), tuple(int(w) for w in words[3:])
+    if workers < 1 or len(ports) not in (0, workers):
+        return None
+    return workers, words[2], ports
+
+
 def format_help(commands: Sequence[str]) -> str:
-    """The answer to ``help``: the commands that work on this daemon (Etsy's words and order:
-    the aggregator's answer is Etsy's, byte for byte)."""
+    """The answer to ``help``: the commands that work on this daemon (Etsy's words and
+    order, with tallyd's ``workers`` after ``health`` on the aggregator)."""
     return f"Commands: {_listed(commands)}\n\n"
 
 
@@ -71,7 +110,7 @@ def _listed(commands: Sequence[str]) -> str:
 def unknown_command(cmd: str, commands: Sequence[str]) -> str:
     """The one-line ``ERROR`` for a command the daemon does not answer, with the reason."""
     shown = cmd if len(cmd) <= 40 else cmd[:40] + "..."
-    if cmd in COMMANDS:
+    if cmd in DUMPS or cmd in DELETES:
         return f"ERROR {shown}: not available here (this daemon holds no metric values)\n"
     return f"ERROR unknown command {shown!r}: try help ({_listed(commands)})\n"
 
@@ -96,6 +135,10 @@ def handle_command(line: str, target: MgmtTarget) -> tuple[str, bool]:
         if args and args[0].lower() in ("up", "down"):
             target.health = args[0].lower()
         return f"health: {target.health}\n", False
+    if cmd == "workers":
+        if not isinstance(target, WorkersTarget):
+            return unknown_command(cmd, target.commands), False
+        return format_workers(target.workers, target.endpoint_ports), False
     if cmd == "stats":
         body = "".join(f"{name}: {value}\n" for name, value in target.stats_lines())
         return body + END, False
@@ -208,7 +251,7 @@ def take_commands(pending: bytes, chunk: bytes) -> tuple[list[str], bytes]:
 #: argument and change nothing, so running one that was really the start of a longer line
 #: costs an extra answer at worst (never ``health down`` run as ``health``, or a delete of a
 #: prefix of the name).
-BARE_COMMANDS: Final = ("stats", *DUMPS, "health", "config", "help")
+BARE_COMMANDS: Final = ("stats", *DUMPS, "health", "workers", "config", "help")
 
 
 def bare_command(tail: bytes) -> str | None:

@@ -42,6 +42,10 @@ from typing import Final
 #: introduced without two proxies silently disagreeing.
 SHARD_HASH: Final = "crc32"
 
+#: The one H2 mode, as the aggregator's management command ``workers`` names it: a sender
+#: that does not implement this hash sends to the aggregator's main port instead.
+WORKER_HASH: Final = "blake2b64"
+
 #: Golden vectors for H1: (name, N, index). Another implementation must reproduce them.
 GOLDEN_SHARD_VECTORS: Final[tuple[tuple[bytes, int, int], ...]] = (
     # CRC-32 = 0x4F66CB48

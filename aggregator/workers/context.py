@@ -1,9 +1,10 @@
 """What a supervisor hands each worker process, and how a worker keeps track of it.
 
 The supervisor (`aggregator.workers.pool`, run by `common.supervisor`) passes the bound
-intake sockets, the management socket (worker 0 only), the read end of a lifeline pipe, a
-readiness pipe and the workers' shared record (`WorkerRecords`) as inherited file
-descriptors, and describes them in the worker's description
+intake sockets, the worker's own UDP socket (``worker_listen``: worker i's alone, the same
+one again to a restarted worker i), the management socket (worker 0 only), the read end of
+a lifeline pipe, a readiness pipe and the workers' shared record (`WorkerRecords`) as
+inherited file descriptors, and describes them in the worker's description
 (`common.supervisor.read_worker_description`).
 
 Workers find each other by path in the supervisor's private runtime directory (mode 0700,
@@ -76,6 +77,10 @@ class WorkerContext:
     records: WorkerRecords | None = None
     #: The daemon-wide count of stream connections (``connections_fd``), if passed.
     connections: ConnectionTable | None = None
+    #: This worker's own UDP socket (``worker_listen``), and every worker's port of it,
+    #: in worker order (the management command ``workers``); None and () without it.
+    endpoint: socket.socket | None = None
+    endpoint_ports: tuple[int, ...] = ()
 
     def address(self, index: int) -> str:
         """Where worker ``index`` receives lines and flush marks (`aggregator.workers.exchange`)."""
@@ -305,7 +310,9 @@ def worker_context_from_description(data: Mapping[str, Any],
         raise RuntimeError(f"supervisor passed {len(fds)} sockets for {listen_count} listeners")
     sockets = tuple(socket.socket(fileno=fd) for fd in fds)
     mgmt = socket.socket(fileno=data["mgmt_fd"]) if data.get("mgmt_fd") is not None else None
-    for s in (*sockets, *([mgmt] if mgmt else [])):
+    endpoint = (socket.socket(fileno=data["endpoint_fd"])
+                if data.get("endpoint_fd") is not None else None)
+    for s in (*sockets, *(x for x in (mgmt, endpoint) if x is not None)):
         os.set_blocking(s.fileno(), False)
     os.set_blocking(data["parent_pipe"], False)
     records = (WorkerRecords(data["records_fd"], data["count"])
@@ -316,4 +323,5 @@ def worker_context_from_description(data: Mapping[str, Any],
                          runtime_dir=data["runtime_dir"], generation=data["generation"],
                          sockets=sockets, mgmt=mgmt, parent_pipe=data["parent_pipe"],
                          ready_pipe=data.get("ready_pipe"), records=records,
-                         connections=connections)
+                         connections=connections, endpoint=endpoint,
+                         endpoint_ports=tuple(data.get("endpoint_ports", ())))

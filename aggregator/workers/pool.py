@@ -5,7 +5,9 @@ copies of this same command under `common.supervisor.Supervisor`, which hands th
 bound sockets (so all workers read the same sockets and the kernel spreads datagrams and
 connections over them, even from a single client) and a description of their place
 (`aggregator.workers.context.worker_context_from_description`). Worker 0 also serves the
-management port.
+management port. With ``worker_listen`` each worker also has its own UDP socket, bound
+here too (HOST:(PORT + i) for worker i) and handed to that worker alone, and again to its
+successor when it is restarted (what was sent there meanwhile waits in the socket).
 
 The workers' exchange and management sockets live in a private runtime directory made here
 (mode 0700: no other local user can reach them) and removed when the supervisor ends.
@@ -65,6 +67,7 @@ from common.supervisor import (
 )
 
 from ..config import AggregatorConfig
+from ..intake import bind_worker_endpoints
 from ..server import log_listening
 from .context import ReadyReports, WorkerRecords, make_runtime_dir
 
@@ -95,7 +98,11 @@ async def supervise(config: AggregatorConfig, argv: Sequence[str], workers: int)
     with contextlib.ExitStack() as cleanup:
         for b in bound:
             cleanup.callback(close_listener, b)
-        pool = open_pool(config, workers, bound, cleanup)
+        endpoints = bind_worker_endpoints(config.worker_listen, workers,
+                                          receive_buffer_bytes=config.udp_receive_buffer_bytes)
+        for b in endpoints:
+            cleanup.callback(close_listener, b)
+        pool = open_pool(config, workers, bound, cleanup, endpoints)
         supervisor = Supervisor(pool, module="aggregator", argv=argv, count=workers,
                                 graceful_timeout=config.graceful_timeout)
         cleanup.callback(remove_runtime_dir, pool.runtime_dir, supervisor)
@@ -142,17 +149,22 @@ class WorkerPool:
     #: Each worker reports here once it serves, or why it cannot start.
     ready_write: int
     reports: ReadyReports
+    #: Each worker's own UDP socket (``worker_listen``), in worker order; empty without it.
+    endpoints: Sequence[BoundSocket] = ()
     _start_failures: dict[int, int] = attrs.field(factory=dict, init=False)
 
     def launch(self, index: int, generation: int) -> Launch:
         fds = [b.sock.fileno() for b in self.bound]
         mgmt_fd = self.mgmt.fileno() if index == 0 else None
+        endpoint_fd = self.endpoints[index].sock.fileno() if self.endpoints else None
         description = {"index": index, "count": self.workers, "runtime_dir": self.runtime_dir,
                        "records_fd": self.records.fd, "generation": generation, "fds": fds,
                        "parent_pipe": self.lifeline_read, "ready_pipe": self.ready_write,
-                       "mgmt_fd": mgmt_fd, "connections_fd": self.connections_fd}
+                       "mgmt_fd": mgmt_fd, "connections_fd": self.connections_fd,
+                       "endpoint_fd": endpoint_fd,
+                       "endpoint_ports": [b.sock.getsockname()[1] for b in self.endpoints]}
         pass_fds = [*fds, self.lifeline_read, self.ready_write, self.records.fd,
-                    self.connections_fd] + ([mgmt_fd] if mgmt_fd is not None else [])
+                    self.connections_fd] + [fd for fd in (mgmt_fd, endpoint_fd) if fd is not None]
         return Launch(description=description, pass_fds=tuple(pass_fds))
 
     def judge(self, child: ChildExit) -> Verdict | GiveUp:
@@ -194,7 +206,7 @@ class WorkerPool:
         if stopping.is_set():
             return
         config = self.config
-        log_listening(config, self.bound, self.mgmt_address)
+        log_listening(config, self.bound, self.mgmt_address, self.endpoints)
         log_event(LOGGER, "started", workers=self.workers, ready=ready,
                   runtime_dir=self.runtime_dir, flush_interval=config.flush_interval,
                   carbon=",".join(str(n) for n in config.carbon) or "none",
@@ -202,7 +214,8 @@ class WorkerPool:
 
 
 def open_pool(config: AggregatorConfig, workers: int, bound: Sequence[BoundSocket],
-              cleanup: contextlib.ExitStack) -> WorkerPool:
+              cleanup: contextlib.ExitStack,
+              endpoints: Sequence[BoundSocket] = ()) -> WorkerPool:
     """Make what every worker shares (management socket, connection table, records, pipes, and
     last the runtime dir, which the caller removes); each is undone by ``cleanup``."""
     mgmt = bind_mgmt_socket(config.mgmt_address, config.mgmt_port)
@@ -225,4 +238,4 @@ def open_pool(config: AggregatorConfig, workers: int, bound: Sequence[BoundSocke
                       mgmt_address=format_host_port(*mgmt.getsockname()[:2]),
                       connections_fd=connections_fd, runtime_dir=runtime_dir, records=records,
                       lifeline_read=lifeline_read, ready_write=ready_write,
-                      reports=ReadyReports(ready_read))
+                      reports=ReadyReports(ready_read), endpoints=endpoints)

@@ -231,3 +231,56 @@ async def test_reload_applies_reloadable_settings_and_reports_the_rest(nursery, 
     assert b"stats.counters.c.count" in paths
     stamps = sorted({int(x.split()[2]) for x in sink.lines})
     assert all(b - a == 10 for a, b in itertools.pairwise(stamps))  # the interval needs a restart
+
+
+async def ask_mgmt(address: str, command: bytes) -> str:
+    stream = await trio.open_tcp_stream(*host_port(address))
+    async with stream:
+        await stream.send_all(command + b"\n")
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = await stream.receive_some(65536)
+            assert chunk, f"connection closed after {reply!r}"
+            reply += chunk
+    return reply.decode()
+
+
+async def test_worker_listen_socket_feeds_the_same_ledger_and_is_listed(
+        nursery, sink: TrioSink, wall_clock, autojump_clock) -> None:
+    """One process (W = 1) binds worker 0's socket itself; what it reads there is
+    aggregated with the main port's lines, through the same intake path (token auth
+    included), and ``workers`` names the port it really got."""
+    config = make_config(carbon=[f"127.0.0.1:{sink.port}"], worker_listen="udp://127.0.0.1:0",
+                         auth="token", auth_tokens=["s3cret"])
+    addrs = await start(nursery, config, wall_clock)
+    reply = await ask_mgmt(addrs.mgmt, b"workers")
+    words = reply.split()
+    assert words[:3] == ["workers:", "1", "blake2b64"] and len(words) == 4, reply
+    port = int(words[3])
+    assert port not in (0, host_port(addrs.first("udp"))[1])
+    assert [k for k, _ in addrs.intake] == ["udp"]  # the worker's socket is not a listener
+    await send_udp(addrs.first("udp"), b"s3cret.hits:1|c")
+    await send_udp(f"127.0.0.1:{port}", b"s3cret.hits:10|c\ns3cret.hits:100|c", b"hits:5|c")
+    await sink.wait_for(lambda lines: bool(sink.values(b"stats_counts.hits")))
+    assert sink.values(b"stats_counts.hits") == [111.0]
+
+
+async def test_without_worker_listen_workers_lists_no_ports(nursery, wall_clock,
+                                                             autojump_clock) -> None:
+    addrs = await start(nursery, make_config(), wall_clock)
+    assert await ask_mgmt(addrs.mgmt, b"workers") == "workers: 1 blake2b64\n"
+    assert "workers" in await ask_mgmt(addrs.mgmt, b"help")
+
+
+async def test_worker_listen_port_in_use_is_a_config_error(nursery, wall_clock) -> None:
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(ConfigError, match=rf"cannot bind worker 0's udp://127.0.0.1:{port}: "
+                                              "Address already in use") as info:
+            await serve(make_config(worker_listen=f"udp://127.0.0.1:{port}"),
+                        wall_clock=wall_clock)
+        assert info.value.key == "worker_listen"
+    finally:
+        taken.close()

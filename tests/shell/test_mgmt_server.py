@@ -66,7 +66,7 @@ async def test_admin_commands_on_live_aggregator(nursery, wall_clock, autojump_c
         assert config_reply.startswith("\n") and "\nflush_interval: 10.0\n" in config_reply
         assert await ask(stream, b"nonsense\n", b"\n") == (
             "ERROR unknown command 'nonsense': try help (stats, counters, timers, gauges, "
-            "delcounters, deltimers, delgauges, health, config, quit)\n")
+            "delcounters, deltimers, delgauges, health, workers, config, quit)\n")
         await stream.send_all(b"quit\n")
         assert await stream.receive_some(10) == b""
 

@@ -8,7 +8,7 @@ import tomllib
 import pytest
 
 from aggregator.cli import build_parser, load_config
-from aggregator.config import AggregatorConfig, plain_value
+from aggregator.config import AggregatorConfig, check_config, plain_value, worker_count
 from common.address import ListenURL, parse_listen_url
 from common.config import config_from_mapping, format_reference, format_toml
 from common.errors import ConfigError
@@ -106,6 +106,9 @@ def test_flags_override_file_which_overrides_defaults(tmp_path) -> None:
      ("mean", "upper")),
     (["--console"], "console", True),
     (["--mgmt-port", "0"], "mgmt_port", 0),
+    (["--worker-listen", "udp://127.0.0.1:8140"], "worker_listen",
+     ListenURL("udp", "127.0.0.1", 8140)),
+    (["--worker-listen", ""], "worker_listen", None),
 ])
 def test_flag_sets_field(flag: list[str], field: str, value: object) -> None:
     config, _ = load_config(build_parser().parse_args(flag))
@@ -191,3 +194,57 @@ def test_a_long_flush_interval_prints_with_its_unit_and_reads_back() -> None:
 def test_bad_listen_urls_quote_what_was_typed(url: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_listen_url(url)
+
+
+def test_worker_listen_is_off_by_default_and_reads_back() -> None:
+    assert AggregatorConfig().worker_listen is None
+    assert plain_value("worker_listen", None) == ""
+    config = from_map(worker_listen="udp://[::1]:8140")
+    assert config.worker_listen == ListenURL("udp", "::1", 8140)
+    text = format_toml(config, plain=plain_value)
+    assert 'worker_listen = "udp://[::1]:8140"' in text
+    assert config_from_mapping(AggregatorConfig, tomllib.loads(text)) == config
+    assert 'worker_listen = ""' in format_toml(from_map(), plain=plain_value)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("tcp://127.0.0.1:8140", "UDP only: udp://HOST:PORT"),
+    ("unixgram:///tmp/x", "UDP only: udp://HOST:PORT"),
+    ("127.0.0.1:8140", "UDP only: udp://HOST:PORT"),
+    ("udp://127.0.0.1", "missing port"),
+    ("udp://127.0.0.1:65536", "port must be a number from 0 to 65535"),
+    ("udp://:8140", "missing host"),
+    ("udp://127.0.0.1:8140:9", "unexpected '9' after the port"),
+    (8140, "expected a str, got int 8140"),
+])
+def test_bad_worker_listen_is_a_config_error_naming_the_key(value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        from_map(worker_listen=value)
+    assert info.value.key == "worker_listen"
+
+
+@pytest.mark.parametrize(("port", "workers", "ok"), [
+    (65534, 2, True), (65535, 1, True), (65535, 2, False), (65530, 7, False),
+    (8140, 16, True), (0, 64, True),  # port 0: every worker an ephemeral port
+])
+def test_worker_listen_ports_must_all_exist(port: int, workers: int, ok: bool) -> None:
+    config = from_map(worker_listen=f"udp://127.0.0.1:{port}", workers=workers)
+    if ok:
+        check_config(config)
+        return
+    with pytest.raises(ConfigError, match=rf"{workers} workers need the ports {port} to "
+                                          rf"{port + workers - 1}, beyond 65535") as info:
+        check_config(config)
+    assert info.value.key == "worker_listen"
+
+
+def test_worker_listen_range_is_checked_with_the_count_that_will_run() -> None:
+    """``workers`` unset means one per core: the check uses the count the CLI resolves."""
+    config = from_map(worker_listen="udp://127.0.0.1:65534")
+    assert worker_count(config, 8) == 8 and worker_count(config, None) == 1
+    check_config(config, worker_count(config, 2))
+    with pytest.raises(ConfigError, match="3 workers need the ports 65534 to 65536"):
+        check_config(config, worker_count(config, 3))
+    with pytest.raises(ConfigError, match="worker_listen"):
+        load_config(build_parser().parse_args(
+            ["--worker-listen", "udp://127.0.0.1:65535", "--workers", "2"]))

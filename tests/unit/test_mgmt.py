@@ -6,18 +6,22 @@ import json
 from collections.abc import Sequence
 
 import attrs
+import pytest
 
 from common.mgmt import (
     COMMANDS,
     STATELESS_COMMANDS,
     bare_command,
+    format_workers,
     handle_command,
     join_replies,
     needs_join,
+    parse_workers_reply,
     per_name,
     split_commands,
     take_commands,
 )
+from common.shard import WORKER_HASH
 
 
 @attrs.define
@@ -55,9 +59,9 @@ def test_stats_config_help_quit_and_errors() -> None:
     t = Target()
     assert handle_command("stats", t)[0] == "uptime: 5\nmessages.bad_lines_seen: 2\nEND\n\n"
     assert handle_command("config", t)[0] == "\nflush_interval: 10.0\n"
-    assert handle_command("help", t)[0] == (  # Etsy 0.9.0's stats.js, byte for byte
+    assert handle_command("help", t)[0] == (  # Etsy 0.9.0's stats.js, with workers
         "Commands: stats, counters, timers, gauges, delcounters, deltimers, delgauges, health, "
-        "config, quit\n\n")
+        "workers, config, quit\n\n")
     assert handle_command("quit", t) == ("", True)
     reply, close = handle_command("Stats", t)
     assert reply.startswith("ERROR unknown command 'Stats': try help (stats, ")
@@ -72,6 +76,58 @@ def test_dump_and_delete_commands() -> None:
     reply, _ = handle_command("delcounters a.* missing", t)
     assert reply == "deleted: a.*\nmetric missing not found\nEND\n\n"
     assert handle_command("delgauges x", t)[0].startswith("ERROR delgauges: not available")
+
+
+@attrs.define
+class WorkersTarget(Target):
+    workers: int = 1
+    endpoint_ports: Sequence[int] = ()
+
+
+@pytest.mark.parametrize(("workers", "ports", "reply"), [
+    (2, (8140, 8141), "workers: 2 blake2b64 8140 8141\n"),
+    (1, (), "workers: 1 blake2b64\n"),
+    (4, (), "workers: 4 blake2b64\n"),
+    (3, (40001, 40017, 39990), "workers: 3 blake2b64 40001 40017 39990\n"),
+])
+def test_workers_reply_lists_count_hash_and_ports_in_worker_order(
+        workers: int, ports: tuple[int, ...], reply: str) -> None:
+    t = WorkersTarget(workers=workers, endpoint_ports=ports)
+    assert handle_command("workers", t) == (reply, False)
+    assert handle_command("  workers  ", t) == (reply, False)
+    assert parse_workers_reply(reply) == (workers, WORKER_HASH, ports)
+    assert format_workers(workers, ports) == reply
+    assert WORKER_HASH == "blake2b64"
+
+
+def test_workers_is_listed_by_help_and_only_where_it_is_answered() -> None:
+    assert "workers" in handle_command("help", WorkersTarget())[0]
+    assert bare_command(b"workers") == "workers"  # echo -n workers | nc
+    # A target without a worker layout (the proxy) neither lists nor answers it.
+    t = Target(commands=STATELESS_COMMANDS)
+    assert "workers" not in handle_command("help", t)[0]
+    reply, close = handle_command("workers", t)
+    assert reply.startswith("ERROR unknown command 'workers'") and not close
+    assert parse_workers_reply(reply) is None
+    # Listed but without the layout: an ERROR, never a made-up answer.
+    assert handle_command("workers", Target())[0].startswith("ERROR")
+
+
+@pytest.mark.parametrize("reply", [
+    "ERROR unknown command 'workers': try help\n",  # an older tallyd
+    "ERROR\n",  # Etsy's statsd
+    "", "workers:\n", "workers: 2\n", "workers: x blake2b64\n", "workers: 0 blake2b64\n",
+    "workers: 2 blake2b64 8140\n",  # one port for two workers
+    "workers: 2 blake2b64 8140 8141 8142\n", "workers: 2 blake2b64 8140 0\n",
+    "workers: 2 blake2b64 8140 70000\n", "workers: 2 blake2b64 8140 -1\n",
+    "health: up\n",
+])
+def test_parse_workers_reply_refuses_what_is_not_an_answer(reply: str) -> None:
+    assert parse_workers_reply(reply) is None
+
+
+def test_parse_workers_reply_keeps_an_unknown_hash_for_the_caller_to_refuse() -> None:
+    assert parse_workers_reply("workers: 2 sha1 1 2\n") == (2, "sha1", (1, 2))
 
 
 def test_split_commands_accepts_lines_and_bare_chunks() -> None:
