@@ -21,15 +21,10 @@ Pure: no I/O.
 
 from __future__ import annotations
 
-from typing import Final
-
 import attrs
 
-#: The H2 name an aggregator must announce for a proxy to pick its workers
-#: (`common.shard.worker_index`: BLAKE2b-64 mod W).
-WORKER_HASH: Final = "blake2b64"
-#: The reply's first word.
-PREFIX: Final = b"workers:"
+from common.mgmt import parse_workers_reply as parse_workers_text
+from common.shard import WORKER_HASH
 
 
 @attrs.frozen
@@ -49,23 +44,15 @@ class AggregatorWorkers:
 
 
 def parse_workers_reply(line: bytes) -> AggregatorWorkers | None:
-    """Parse the first line of a reply to ``workers``; None for anything but a well-formed
-    answer (``ERROR ...``, an empty or cut reply, bad numbers).
+    """Parse the first line of a reply to ``workers`` (`common.mgmt.parse_workers_reply`);
+    None for anything but a well-formed answer (``ERROR ...``, an empty or cut reply, bad
+    numbers, a port count that is neither 0 nor W).
 
     >>> parse_workers_reply(b"workers: 2 blake2b64 8140 8141")
     AggregatorWorkers(count=2, hash='blake2b64', ports=(8140, 8141))
     """
-    words = line.strip().split()
-    if len(words) < 3 or words[0] != PREFIX:
+    parsed = parse_workers_text(line.decode("ascii", "replace"))
+    if parsed is None:
         return None
-    numbers = [words[1], *words[3:]]
-    if not all(word.isdigit() for word in numbers):
-        return None
-    count, *ports = (int(word) for word in numbers)
-    if not all(1 <= port <= 65535 for port in ports):
-        return None
-    try:
-        hash_name = words[2].decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    return AggregatorWorkers(count=count, hash=hash_name, ports=tuple(ports))
+    count, hash_name, ports = parsed
+    return AggregatorWorkers(count=count, hash=hash_name, ports=ports)
