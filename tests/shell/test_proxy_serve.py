@@ -16,7 +16,7 @@ import trio
 
 from common.config import config_from_mapping
 from common.listener import BoundAddresses
-from common.shard import shard_index
+from common.shard import shard_index, worker_index
 from common.stats import COUNTER, TEXT, Reading
 from common.supervisor import WORKER_ENV
 from proxy import cli
@@ -423,3 +423,66 @@ def test_a_child_serves_its_description_never_the_file(
 def test_a_child_handed_the_wrong_sockets_is_a_config_error() -> None:
     config = make_config(["127.0.0.1:9"])
     assert run_child(config, {"index": 0, "fds": []}) == 2  # not restarted in a loop
+
+
+class FakeAdmin:
+    """An aggregator's management port: ``health: up``, and ``workers`` answered with
+    whatever `answer` holds now."""
+
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+        self.port = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self.serve, listeners)
+
+    async def serve(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            buffered = b""
+            while True:
+                try:
+                    data = await stream.receive_some(1024)
+                except trio.BrokenResourceError:
+                    return
+                if not data:
+                    return
+                buffered += data
+                while b"\n" in buffered:
+                    command, _, buffered = buffered.partition(b"\n")
+                    reply = "health: up" if command == b"health" else self.answer
+                    await stream.send_all(reply.encode() + b"\n")
+
+
+async def test_serve_sends_to_owning_worker_and_follows_a_changed_answer() -> None:
+    main, *workers = [await UdpSink().bind() for _ in range(3)]
+    admin = FakeAdmin(f"workers: 2 blake2b64 {workers[0].port} {workers[1].port}")
+    lines = lines_for(1, 200)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(admin.run)
+        for sink in workers:
+            nursery.start_soon(sink.run)
+        config = make_config([f"127.0.0.1:{main.port}:{admin.port}"], health_interval=0.05)
+        async with running_proxy(config, [main]) as (addresses, _):
+            assert (await admin_stats(addresses.mgmt))["proxy.forwarder.0.workers"] == "2"
+            await send_udp(addresses.first("udp"), [b"\n".join(lines[i:i + 20])
+                                                    for i in range(0, len(lines), 20)])
+            await wait_for(lambda: sum(len(s.lines) for s in workers) == len(lines))
+            for index, sink in enumerate(workers):
+                assert sink.lines == [line for line in lines
+                                      if worker_index(line.split(b":")[0], 2) == index]
+            assert main.datagrams == []
+            admin.answer = "ERROR"  # e.g. restarted as an older tallyd: the main port again
+            while (await admin_stats(addresses.mgmt))[  # noqa: ASYNC110
+                    "proxy.forwarder.0.workers"] != "0":
+                await trio.sleep(0.02)
+            await send_udp(addresses.first("udp"), [b"\n".join(lines)])
+            await wait_for(lambda: len(main.lines) == len(lines))
+            assert main.lines == lines
+            assert sum(len(s.lines) for s in workers) == len(lines)
+        nursery.cancel_scope.cancel()
+    for sink in workers:
+        sink.sock.close()

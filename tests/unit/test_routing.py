@@ -242,7 +242,7 @@ def test_set_workers_hands_back_pending_lines_for_where_they_were_batched() -> N
     assert sorted(worker for worker, _ in moved) == [0, 1]
     back = [line for _, chunks in moved for chunk in chunks for line in chunk.split(b"\n")]
     assert sorted(back) == sorted(mine)
-    for worker, chunks in moved:
+    for _, chunks in moved:
         for chunk in chunks:
             assert router.worker_of_chunk(0, chunk) == MAIN  # W is 0 again
     assert router.destinations == [(0, MAIN), (1, MAIN)]
