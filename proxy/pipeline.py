@@ -7,7 +7,9 @@ intake counters, and runs the hand-over between them:
     aggregator (bounded queue; UDP datagrams or one TCP stream) --> aggregators
 
 Datagram intake reads until the socket would block (or `DATAGRAMS_PER_BATCH` datagrams),
-routes each datagram, then hands every aggregator's full datagrams to its forwarder at once;
+routes the batch as one block, then hands every destination's full datagrams (one per
+aggregator, or per worker of an aggregator that announced its workers' ports:
+`apply_workers`) to the aggregator's forwarder at once;
 the last, partly filled one waits at most ``max_batch_delay_ms`` for more lines (the tail
 flusher sends it). A drop reporter logs new drops every `DROP_LOG_PERIOD_SECONDS`.
 

@@ -1,10 +1,13 @@
 """Routing and packing: which aggregator gets each line, and how lines travel in batches.
 
 Routing (H1, `common.shard`): a line's aggregator is ``shard_index(name, N)``, where the
-name is the line's Graphite name (`LineParser.name_of`: sanitised, tags excluded). That
-name depends only on the bytes before the line's first ``:``, so the router remembers
-``raw key -> index`` and, for a name it has seen, routing costs one ``partition`` and one
-dict lookup. Lines are forwarded byte for byte (only an auth token is stripped).
+name is the line's Graphite name (`LineParser.name_of`: sanitised, tags excluded); when
+that aggregator announced W workers with ports of their own (`Router.set_workers`), H2,
+``worker_index(name, W)``, picks the worker too. The name depends only on the bytes before
+the line's first ``:``, so the router remembers ``raw key -> destination`` and, for a name
+it has seen, routing costs one ``partition``, one dict lookup and one ``append``. A batch
+of datagrams is routed as one joined block (`Router.route_many`). Lines are forwarded byte
+for byte (only an auth token is stripped).
 
 A line is dropped and counted, never forwarded, when:
 
@@ -12,7 +15,7 @@ A line is dropped and counted, never forwarded, when:
 * it is longer than one batch may be (``line_too_long``: a UDP datagram never splits a line);
 * auth is on and its token is missing, unknown or revoked (``auth``; `common.auth`).
 
-Packing: each aggregator's pending lines are joined with ``\\n`` and cut, at line
+Packing: each destination's pending lines are joined with ``\\n`` and cut, at line
 boundaries only, into chunks of at most ``max_chunk_bytes`` (`pack_lines`), in arrival
 order. The last chunk may be kept back (``keep_tail``) so that the next lines can fill it;
 the shell sends it anyway after a few milliseconds.
@@ -224,7 +227,7 @@ class Router:
     def _route_blob(self, blob: bytes, *, short: bool) -> None:
         """Route the lines of ``blob``; ``short``: none can be longer than a chunk."""
         lines = blob.split(b"\n") if self.auth is None else self.auth.filter_lines(blob)
-        if not short:
+        if not short and lines and max(map(len, lines)) > self.max_chunk_bytes:
             limit = self.max_chunk_bytes
             fitting = [line for line in lines if len(line) <= limit]
             self.too_long += len(lines) - len(fitting)
