@@ -45,6 +45,7 @@ from .components import Components, build_components
 from .config import AggregatorConfig, identity_from_hostname
 from .flusher import Flusher, final_flush_plan, flush_sequence
 from .intake import (
+    Arrivals,
     IntakePath,
     bind_worker_endpoints,
     build_intake_path,
@@ -133,7 +134,8 @@ async def serve(
                 nursery.start_soon(components.exchange.run)
             intake_scope = await nursery.start(run_intake, config, sockets.served, path)
             flush_scope = await nursery.start(run_flushes, flusher, wall_clock)
-            nursery.start_soon(report_bad_lines, components.accumulator)
+            nursery.start_soon(partial(report_bad_lines, components.accumulator, path.arrivals,
+                                       quiet_seconds=config.flush_interval))
             if reload_trigger is not None:
                 nursery.start_soon(run_reloads, reload_trigger, config, flusher,
                                    components.accumulator)
@@ -274,11 +276,23 @@ async def run_reloads(
                   level=logging.WARNING if ignored else logging.INFO)
 
 
-async def report_bad_lines(accumulator: Accumulator) -> None:
-    """Log the kept bad lines and the count of all of them, once per period."""
+async def report_bad_lines(accumulator: Accumulator, arrivals: Arrivals, *,
+                           quiet_seconds: float) -> None:
+    """Log the kept bad lines and the count of all of them, at most once per
+    `BAD_LINE_LOG_PERIOD_SECONDS`.
+
+    It wakes only when the intake took something in (`Arrivals`), or after
+    ``quiet_seconds`` (the flush interval; at least the period) without any: an idle daemon
+    is not woken every second, and lines that arrive from the other workers (which may be
+    bad too) are reported within an interval even when nothing reaches this worker's own
+    sockets.
+    """
     reported = 0
     while True:
-        await trio.sleep(BAD_LINE_LOG_PERIOD_SECONDS)
+        with trio.move_on_after(max(quiet_seconds, BAD_LINE_LOG_PERIOD_SECONDS)) as quiet:
+            await arrivals.wait()
+        if not quiet.cancelled_caught:
+            await trio.sleep(BAD_LINE_LOG_PERIOD_SECONDS)  # the rest of a burst, in one report
         for error in accumulator.take_errors():
             log_event(LOGGER, "bad_line", level=logging.WARNING, reason=error.reason,
                       line=error.line[:200], detail=error.detail)
