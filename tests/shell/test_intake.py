@@ -334,7 +334,7 @@ async def idle_connection(connections: StreamConnections, idle_seconds: float) -
     """A connection of ``connections`` (holding its place) last active ``idle_seconds`` ago."""
     assert connections.table.reserve(connections.limit)
     conn = StreamConnection(last_activity=trio.current_time() - idle_seconds)
-    connections.open[conn] = None
+    connections.add(conn)
     return conn
 
 
@@ -438,3 +438,23 @@ async def test_bad_line_reporter_sleeps_while_idle_and_reports_a_burst_within_a_
         arrivals.note()
         await trio.sleep(0.1)
     assert 4 <= len(ledger.looks) <= 5
+
+
+async def test_stream_sweeper_sleeps_while_no_connection_is_open(nursery, autojump_clock) -> None:
+    """It sweeps every SWEEP_SECONDS only while connections are open: an idle daemon with a
+    tcp listener is not woken four times a second."""
+    connections = StreamConnections(max_connections=10, idle_timeout_seconds=5.0)
+    published: list[tuple[float, int]] = []
+    connections.table.report_evictable = (  # type: ignore[method-assign]
+        lambda n: published.append((trio.current_time(), n)))
+    start = trio.current_time()
+    nursery.start_soon(connections.run_sweeper)
+    await trio.sleep(100)
+    assert published == [(start, 0)]
+    await idle_connection(connections, 0)
+    await trio.sleep(10)  # swept until the idle timeout closed it, then asleep again
+    assert connections.stats.stream_connections_idle_closed == 1 and not connections.open
+    sweeps = len(published)
+    assert 5 / SWEEP_SECONDS <= sweeps - 1 <= 5 / SWEEP_SECONDS + 2
+    await trio.sleep(100)
+    assert len(published) == sweeps
