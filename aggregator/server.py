@@ -188,7 +188,7 @@ async def bind_sockets(config: AggregatorConfig, worker: WorkerContext | None) -
                        endpoint_ports=tuple(b.sock.getsockname()[1] for b in endpoints))
     bound = [adopt_socket(url, sock)
              for url, sock in zip(config.listen, worker.sockets, strict=True)]
-    endpoint = adopt_endpoint(config.worker_listen, worker)
+    endpoint = adopt_endpoint(worker)
     mgmt = ([trio.SocketListener(trio.socket.from_stdlib_socket(worker.mgmt))]
             if worker.mgmt is not None else [])
     peers = None
@@ -199,12 +199,14 @@ async def bind_sockets(config: AggregatorConfig, worker: WorkerContext | None) -
     return Sockets(bound, mgmt, peers, endpoint=endpoint, endpoint_ports=worker.endpoint_ports)
 
 
-def adopt_endpoint(url: ListenURL | None, worker: WorkerContext) -> BoundSocket | None:
-    """The worker's own socket as the supervisor bound it (its URL names the real port)."""
-    if url is None or worker.endpoint is None:
+def adopt_endpoint(worker: WorkerContext) -> BoundSocket | None:
+    """The worker's own socket as the supervisor bound it, if it handed one (what the
+    supervisor bound is served, even if the file a restarted worker read since says
+    otherwise)."""
+    if worker.endpoint is None:
         return None
-    port = worker.endpoint.getsockname()[1]
-    return adopt_socket(attrs.evolve(url, port=port), worker.endpoint)
+    host, port = worker.endpoint.getsockname()[:2]
+    return adopt_socket(ListenURL("udp", host=host, port=port), worker.endpoint)
 
 
 def self_identity(config: AggregatorConfig, worker: WorkerContext | None) -> str:
