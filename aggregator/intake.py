@@ -51,6 +51,23 @@ class Intake(Protocol):
     def __call__(self, packet: bytes, *, packets: int = 1) -> None: ...
 
 
+@attrs.define
+class Arrivals:
+    """Whether anything reached the intake since the last `wait`: what lets the bad-line
+    reporter (`aggregator.server.report_bad_lines`) sleep while the daemon is idle instead
+    of waking every second to find nothing."""
+
+    _event: trio.Event = attrs.Factory(trio.Event)
+
+    def note(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        """Return once something arrived since the last call (at once if it already has)."""
+        await self._event.wait()
+        self._event = trio.Event()
+
+
 @attrs.frozen
 class IntakePath:
     """How intake reaches the ledger: the callbacks every listener is given."""
@@ -58,6 +75,7 @@ class IntakePath:
     handle: Intake
     components: Components
     connections: StreamConnections
+    arrivals: Arrivals = attrs.Factory(Arrivals)
 
     def handle_batch(self, datagrams: list[bytes]) -> None:
         self.handle(b"\n".join(datagrams), packets=len(datagrams))
@@ -65,6 +83,7 @@ class IntakePath:
     def refused(self, reason: str, lines: int) -> None:
         """Lines the intake refused before parsing (too long, cut): received and bad."""
         self.components.accumulator.refuse_lines(lines)
+        self.arrivals.note()
 
 
 def build_intake_path(config: AggregatorConfig, components: Components,
@@ -80,7 +99,9 @@ def build_intake_path(config: AggregatorConfig, components: Components,
         max_connections=config.max_tcp_connections, stats=components.intake,
         idle_timeout_seconds=config.tcp_idle_timeout_seconds,
         table=worker.connections if worker is not None else None)
-    return IntakePath(noting_arrival(handle, accumulator), components, connections)
+    arrivals = Arrivals()
+    return IntakePath(noting_arrival(handle, accumulator, arrivals), components, connections,
+                      arrivals)
 
 
 async def run_intake(config: AggregatorConfig, bound: Sequence[BoundSocket],
@@ -158,10 +179,15 @@ def authenticated(handle: Intake, auth: TokenAuth) -> Intake:
     return handle_authenticated
 
 
-def noting_arrival(handle: Intake, accumulator: Accumulator) -> Intake:
-    """Wrap the intake callback: note when the last message arrived (the mgmt ``stats``)."""
+def noting_arrival(handle: Intake, accumulator: Accumulator, arrivals: Arrivals) -> Intake:
+    """Wrap the intake callback: note when the last message arrived (the mgmt ``stats``),
+    and that something did (`Arrivals`). Once per call: a call is a whole drained burst of
+    datagrams, or a stream chunk."""
+    note = arrivals.note
+
     def handle_noted(packet: bytes, *, packets: int = 1) -> None:
         accumulator.note_arrival(time.time())
+        note()
         handle(packet, packets=packets)
 
     return handle_noted

@@ -45,6 +45,7 @@ from .components import Components, build_components
 from .config import AggregatorConfig, identity_from_hostname
 from .flusher import Flusher, final_flush_plan, flush_sequence
 from .intake import (
+    Arrivals,
     IntakePath,
     bind_worker_endpoints,
     build_intake_path,
@@ -133,7 +134,8 @@ async def serve(
                 nursery.start_soon(components.exchange.run)
             intake_scope = await nursery.start(run_intake, config, sockets.served, path)
             flush_scope = await nursery.start(run_flushes, flusher, wall_clock)
-            nursery.start_soon(report_bad_lines, components.accumulator)
+            nursery.start_soon(partial(report_bad_lines, components.accumulator, path.arrivals,
+                                       quiet_seconds=config.flush_interval))
             if reload_trigger is not None:
                 nursery.start_soon(run_reloads, reload_trigger, config, flusher,
                                    components.accumulator)
@@ -186,7 +188,7 @@ async def bind_sockets(config: AggregatorConfig, worker: WorkerContext | None) -
                        endpoint_ports=tuple(b.sock.getsockname()[1] for b in endpoints))
     bound = [adopt_socket(url, sock)
              for url, sock in zip(config.listen, worker.sockets, strict=True)]
-    endpoint = adopt_endpoint(config.worker_listen, worker)
+    endpoint = adopt_endpoint(worker)
     mgmt = ([trio.SocketListener(trio.socket.from_stdlib_socket(worker.mgmt))]
             if worker.mgmt is not None else [])
     peers = None
@@ -197,12 +199,14 @@ async def bind_sockets(config: AggregatorConfig, worker: WorkerContext | None) -
     return Sockets(bound, mgmt, peers, endpoint=endpoint, endpoint_ports=worker.endpoint_ports)
 
 
-def adopt_endpoint(url: ListenURL | None, worker: WorkerContext) -> BoundSocket | None:
-    """The worker's own socket as the supervisor bound it (its URL names the real port)."""
-    if url is None or worker.endpoint is None:
+def adopt_endpoint(worker: WorkerContext) -> BoundSocket | None:
+    """The worker's own socket as the supervisor bound it, if it handed one (what the
+    supervisor bound is served, even if the file a restarted worker read since says
+    otherwise)."""
+    if worker.endpoint is None:
         return None
-    port = worker.endpoint.getsockname()[1]
-    return adopt_socket(attrs.evolve(url, port=port), worker.endpoint)
+    host, port = worker.endpoint.getsockname()[:2]
+    return adopt_socket(ListenURL("udp", host=host, port=port), worker.endpoint)
 
 
 def self_identity(config: AggregatorConfig, worker: WorkerContext | None) -> str:
@@ -274,11 +278,23 @@ async def run_reloads(
                   level=logging.WARNING if ignored else logging.INFO)
 
 
-async def report_bad_lines(accumulator: Accumulator) -> None:
-    """Log the kept bad lines and the count of all of them, once per period."""
+async def report_bad_lines(accumulator: Accumulator, arrivals: Arrivals, *,
+                           quiet_seconds: float) -> None:
+    """Log the kept bad lines and the count of all of them, at most once per
+    `BAD_LINE_LOG_PERIOD_SECONDS`.
+
+    It wakes only when the intake took something in (`Arrivals`), or after
+    ``quiet_seconds`` (the flush interval; at least the period) without any: an idle daemon
+    is not woken every second, and lines that arrive from the other workers (which may be
+    bad too) are reported within an interval even when nothing reaches this worker's own
+    sockets.
+    """
     reported = 0
     while True:
-        await trio.sleep(BAD_LINE_LOG_PERIOD_SECONDS)
+        with trio.move_on_after(max(quiet_seconds, BAD_LINE_LOG_PERIOD_SECONDS)) as quiet:
+            await arrivals.wait()
+        if not quiet.cancelled_caught:
+            await trio.sleep(BAD_LINE_LOG_PERIOD_SECONDS)  # the rest of a burst, in one report
         for error in accumulator.take_errors():
             log_event(LOGGER, "bad_line", level=logging.WARNING, reason=error.reason,
                       line=error.line[:200], detail=error.detail)

@@ -100,6 +100,13 @@ class StreamConnections:
         self.table = table if table is not None else ConnectionTable.local()
         self.open: dict[StreamConnection, None] = {}
         self.log = RateLimiter(LOG_PER_SECOND)
+        #: Set when a connection opens: the sweepers sleep on it while none is open.
+        self._opened = trio.Event()
+
+    def add(self, conn: StreamConnection) -> None:
+        """``conn`` is open (its place is reserved)."""
+        self.open[conn] = None
+        self._opened.set()
 
     def full(self) -> bool:
         return self.table.total() >= self.limit
@@ -134,8 +141,15 @@ class StreamConnections:
         return True
 
     async def run_sweeper(self) -> None:
-        """Close idle connections and publish the evictable count, until cancelled."""
+        """Close idle connections and publish the evictable count, until cancelled; while
+        no connection is open, wait for one (an idle daemon is not woken)."""
         while True:
+            if not self.open:
+                self.table.report_evictable(0)
+                if self._opened.is_set():
+                    self._opened = trio.Event()
+                await self._opened.wait()
+                continue
             await trio.sleep(SWEEP_SECONDS)
             now = trio.current_time()
             evictable = 0
@@ -262,7 +276,7 @@ async def run_stream_listener(bound: BoundSocket, handle: Handler, *, max_line_b
             client.setblocking(False)
             stream = trio.SocketStream(trio.socket.from_stdlib_socket(client))
             conn = StreamConnection(last_activity=trio.current_time())
-            connections.open[conn] = None
+            connections.add(conn)
             connections.stats.stream_connections += 1
             nursery.start_soon(partial(connections.serve, conn, stream, handle,
                                        max_line_bytes=max_line_bytes, refused=refuse))

@@ -178,4 +178,5 @@ def test_admin_commands_see_and_reach_every_worker() -> None:
 
             stats = mgmt_command(agg.mgmt, "stats", timeout=10)
             assert "\nworker.1.uptime: " in stats and stats.startswith("uptime: ")
+            assert mgmt_command(agg.mgmt, "workers") == "workers: 2 blake2b64\n"  # no ports
             assert agg.stop() == 0

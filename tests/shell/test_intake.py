@@ -334,7 +334,7 @@ async def idle_connection(connections: StreamConnections, idle_seconds: float) -
     """A connection of ``connections`` (holding its place) last active ``idle_seconds`` ago."""
     assert connections.table.reserve(connections.limit)
     conn = StreamConnection(last_activity=trio.current_time() - idle_seconds)
-    connections.open[conn] = None
+    connections.add(conn)
     return conn
 
 
@@ -397,3 +397,64 @@ async def test_a_process_losing_every_accept_race_keeps_deferring(autojump_clock
         refused = sum(c.stats.stream_connections_refused for c in procs)
         assert refused == 0  # every newcomer went to the process that could evict
         assert evicting.stats.stream_connections_evicted == rounds
+
+
+@attrs.define
+class CountingLedger:
+    """The two calls `report_bad_lines` makes, counted."""
+
+    looks: list[float] = attrs.Factory(list)
+    bad_lines: int = 0
+
+    def take_errors(self) -> list[object]:
+        self.looks.append(trio.current_time())
+        return []
+
+    def statistics(self) -> CountingLedger:
+        return self
+
+
+async def test_bad_line_reporter_sleeps_while_idle_and_reports_a_burst_within_a_second(
+        nursery, autojump_clock, caplog) -> None:
+    """Idle: one look per flush interval (not one a second); after an arrival: one look a
+    second later, with the burst's count; under steady traffic: one look a second."""
+    from aggregator.intake import Arrivals
+    from aggregator.server import report_bad_lines
+
+    ledger, arrivals = CountingLedger(), Arrivals()
+    start = trio.current_time()
+    nursery.start_soon(partial(report_bad_lines, ledger, arrivals, quiet_seconds=10.0))
+    await trio.sleep(100.5)
+    assert [round(t - start) for t in ledger.looks] == list(range(10, 101, 10))
+    caplog.set_level(logging.WARNING, logger="aggregator.server")
+    ledger.looks.clear()
+    arrivals.note()
+    ledger.bad_lines = 3
+    await trio.sleep(1.2)
+    assert [round(t - start, 1) for t in ledger.looks] == [101.5]
+    assert [r.getMessage() for r in caplog.records] == ["bad_lines"]
+    ledger.looks.clear()
+    for _ in range(50):  # 5 s of traffic
+        arrivals.note()
+        await trio.sleep(0.1)
+    assert 4 <= len(ledger.looks) <= 5
+
+
+async def test_stream_sweeper_sleeps_while_no_connection_is_open(nursery, autojump_clock) -> None:
+    """It sweeps every SWEEP_SECONDS only while connections are open: an idle daemon with a
+    tcp listener is not woken four times a second."""
+    connections = StreamConnections(max_connections=10, idle_timeout_seconds=5.0)
+    published: list[tuple[float, int]] = []
+    connections.table.report_evictable = (  # type: ignore[method-assign]
+        lambda n: published.append((trio.current_time(), n)))
+    start = trio.current_time()
+    nursery.start_soon(connections.run_sweeper)
+    await trio.sleep(100)
+    assert published == [(start, 0)]
+    await idle_connection(connections, 0)
+    await trio.sleep(10)  # swept until the idle timeout closed it, then asleep again
+    assert connections.stats.stream_connections_idle_closed == 1 and not connections.open
+    sweeps = len(published)
+    assert 5 / SWEEP_SECONDS <= sweeps - 1 <= 5 / SWEEP_SECONDS + 2
+    await trio.sleep(100)
+    assert len(published) == sweeps
