@@ -211,12 +211,17 @@ class Router:
 
     def route_many(self, packets: list[bytes]) -> None:
         """Route every line of ``packets`` (datagrams) onto `pending`: joined, so a
-        datagram costs one ``join`` step rather than a call. Never raises for bad input."""
+        datagram costs one ``join`` step rather than a call (and datagrams of one line
+        each are their own lines). Never raises for bad input."""
         if not packets:
             return
         self.packets += len(packets)
+        short = max(map(len, packets)) <= self.max_chunk_bytes
         blob = b"\n".join(packets) if len(packets) > 1 else packets[0]
-        self._route_blob(blob, short=max(map(len, packets)) <= self.max_chunk_bytes)
+        if short and self.auth is None and blob.count(b"\n") == len(packets) - 1:
+            self._route_lines(packets)  # one line per datagram: no split needed
+        else:
+            self._route_blob(blob, short=short)
 
     def route(self, packet: bytes) -> None:
         """Route every line of ``packet`` (a datagram or a block of whole lines) onto
@@ -233,6 +238,10 @@ class Router:
             self.too_long += len(lines) - len(fitting)
             self.lines += len(lines) - len(fitting)
             lines = fitting
+        self._route_lines(lines)
+
+    def _route_lines(self, lines: list[bytes]) -> None:
+        """Route lines, each at most a chunk long, past auth."""
         empty = lines.count(b"")
         self.lines += len(lines) - empty
         cache = self._cache

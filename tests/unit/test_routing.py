@@ -256,8 +256,12 @@ def test_worker_of_chunk_is_the_owner_of_its_first_line() -> None:
             assert router.worker_of_chunk(0, name + b":1|c\nother:2|c") == worker
 
 
-def test_route_many_counts_like_route_for_each_packet() -> None:
-    packets = [b"a:1|c\n\nb:2|c", b"nocolon", b":1|c", b"x" * 120 + b":1|c\nc:1|c", b"\n"]
+@pytest.mark.parametrize("packets", [
+    [b"a:1|c\n\nb:2|c", b"nocolon", b":1|c", b"x" * 120 + b":1|c\nc:1|c", b"\n"],
+    [b"a:1|c", b"nocolon", b":1|c", b"", b"+++:1|c", b"b:2|c", b"a:3|c"],  # one line each
+    [b"a:1|c", b"x" * 120 + b":1|c", b"b:1|c"],
+])
+def test_route_many_counts_like_route_for_each_packet(packets: list[bytes]) -> None:
     one, many = Router(2, max_chunk_bytes=100), Router(2, max_chunk_bytes=100)
     for packet in packets:
         one.route(packet)
