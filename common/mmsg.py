@@ -74,12 +74,14 @@ def load_recvmmsg(platform: str = sys.platform, library: str | None = None) -> A
     if platform != "linux":
         return None
     try:
-        libc = ctypes.CDLL(library, use_errno=True)
+        # PyDLL: the GIL stays held (the call never blocks: MSG_DONTWAIT), 0.2 us less per
+        # call than CDLL's release and retake. No argtypes: the arguments are passed as
+        # built (an int for each int, one prepared c_void_p), 0.3 us less than converting
+        # them on every call (measured, ctypes 3.11: 1.37 us a call instead of 1.84).
+        libc = ctypes.PyDLL(library, use_errno=True)
         recvmmsg = libc.recvmmsg
     except (OSError, AttributeError):
         return None
-    recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int,
-                         ctypes.c_void_p]
     recvmmsg.restype = ctypes.c_int
     return recvmmsg
 
@@ -110,7 +112,7 @@ class BatchReceiver:
             headers[i].msg_hdr.msg_iov = ctypes.addressof(self._iovecs[i])
             headers[i].msg_hdr.msg_iovlen = 1
         self._headers = headers
-        self._headers_address = ctypes.addressof(headers)
+        self._headers_address = ctypes.c_void_p(ctypes.addressof(headers))
         stride, at = ctypes.sizeof(_MMsgHdr), _MMsgHdr.msg_len.offset
         words = memoryview(self._headers_bytes).cast("I")
         self._lengths = words[at // 4::stride // 4]  # msg_len of each header, in order
