@@ -332,7 +332,7 @@ class DatagramReader:
         self.buffer: mmap.mmap | None = None
         self.batch: BatchReceiver | None = None
         if bound.url.scheme == "unixgram":
-            self.buffer = mmap.mmap(-1, self.size)  # pages a datagram never reaches stay free
+            self.buffer = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE)  # untouched pages: free
         elif batch_datagrams and _RECVMMSG is not None:
             self.batch = BatchReceiver(_RECVMMSG, self.size, count=batch_datagrams)
 

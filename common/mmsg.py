@@ -5,7 +5,8 @@ interpreter and system-call overhead per datagram: at one line per datagram that
 share of what the aggregator and the proxy spend. `BatchReceiver` calls Linux's recvmmsg
 from libc (ctypes, stdlib) on arrays built once:
 
-* one anonymous mapping holds ``count`` slots of ``slot_bytes`` each (pages a datagram never
+* one private anonymous mapping (a fork copies it on write, never shares it) holds
+  ``count`` slots of ``slot_bytes`` each (pages a datagram never
   reaches cost no memory), one ``iovec`` per slot, one ``mmsghdr`` per slot pointing at it;
 * each call passes MSG_DONTWAIT (never blocks, whatever the socket's mode) and MSG_TRUNC
   (``msg_len`` is then a datagram's real length, also when it did not fit its slot);
@@ -101,7 +102,7 @@ class BatchReceiver:
         self._get_errno = ctypes.get_errno
         self.slot_bytes = slot_bytes
         self.count = count
-        self._buffer = mmap.mmap(-1, slot_bytes * count)
+        self._buffer = mmap.mmap(-1, slot_bytes * count, flags=mmap.MAP_PRIVATE)
         base = ctypes.addressof(ctypes.c_char.from_buffer(self._buffer))
         self._iovecs = (_IOVec * count)()
         self._headers_bytes = bytearray(ctypes.sizeof(_MMsgHdr) * count)
