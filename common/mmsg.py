@@ -5,9 +5,9 @@ interpreter and system-call overhead per datagram: at one line per datagram that
 share of what the aggregator and the proxy spend. `BatchReceiver` calls Linux's recvmmsg
 from libc (ctypes, stdlib) on arrays built once:
 
-* one private anonymous mapping (a fork copies it on write, never shares it) holds
-  ``count`` slots of ``slot_bytes`` each (pages a datagram never
-  reaches cost no memory), one ``iovec`` per slot, one ``mmsghdr`` per slot pointing at it;
+* one private anonymous mapping (a fork copies it on write, never shares it) holds ``count``
+  slots of ``slot_bytes`` each (pages a datagram never reaches cost no memory: at most
+  count x slot_bytes resident, 4 MiB for UDP), one ``iovec`` and one ``mmsghdr`` per slot;
 * each call passes MSG_DONTWAIT (never blocks, whatever the socket's mode) and MSG_TRUNC
   (``msg_len`` is then a datagram's real length, also when it did not fit its slot);
 * each datagram is sliced out of its slot by its ``msg_len`` (one copy, into ``bytes``);
