@@ -173,8 +173,10 @@ def daemon_table(args: argparse.Namespace, sink: TallySink, brubeck_sink: TallyS
     return out
 
 
-def started(d: Daemon, interval: float, notes: list[str]) -> Contender | None:
-    """``d`` started, or None with a note (and the reason logged)."""
+def started(d: Daemon, interval: float, notes: list[str], *,
+            announce: bool = True) -> Contender | None:
+    """``d`` started, or None with a note (and the reason logged); ``announce``: log what
+    runs (`trial.search` does it itself)."""
     try:
         daemon = d.start(interval)
     except (DaemonError, OSError) as exc:
@@ -186,7 +188,8 @@ def started(d: Daemon, interval: float, notes: list[str]) -> Contender | None:
         return None
     if isinstance(daemon, Chain):
         time.sleep(0.5)  # the proxy's first answer to `workers` (C2)
-    log(describe(daemon, d.title))
+    if announce:
+        log(describe(daemon, d.title))
     return daemon
 
 
@@ -293,7 +296,7 @@ def run_full(daemons: list[Daemon], cases: list[Case], args: argparse.Namespace,
     for case in cases:
         log(f"loss-free, case {case.title}: {case.per} lines/datagram, {case.names:,} names")
         for d in daemons:
-            daemon = started(d, fi, notes)
+            daemon = started(d, fi, notes, announce=False)
             if daemon is None:
                 continue
             try:
