@@ -110,6 +110,31 @@ class CpuFigure:
         return self.parts[self.total.index(min(self.total))]
 
 
+@dataclass
+class Results:
+    """Everything one run measured, by (case key, daemon key) or daemon key."""
+
+    lossfree: dict[tuple[str, str], Trial | None] = field(default_factory=dict)
+    cpu: dict[tuple[str, str], CpuFigure] = field(default_factory=dict)
+    idle: dict[str, list[int]] = field(default_factory=dict)
+    #: a proxy variant's ``proxy.forwarder.0.workers`` at each start ("-": no such figure)
+    proxy_workers: dict[str, set[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def record_cpu(self, case: str, key: str, t: Trial) -> None:
+        figure = per_line_us(t)
+        if figure is None:
+            return
+        f = self.cpu.setdefault((case, key), CpuFigure())
+        f.total.append(figure[0])
+        f.parts.append(figure[1])
+        f.lost.append(t.lost)
+
+    def proxied_to_workers(self, key: str) -> bool:
+        """Whether the proxy of variant ``key`` sent to 2 worker ports at every start."""
+        return self.proxy_workers.get(key, set()) == {"2"}
+
+
 def per_line_us(trial: Trial) -> tuple[float, tuple[float, ...]] | None:
     """(CPU microseconds per counted line, the same per process tree) of a trial."""
     if trial.counted <= 0:
@@ -173,7 +198,7 @@ def daemon_table(args: argparse.Namespace, sink: TallySink, brubeck_sink: TallyS
     return out
 
 
-def started(d: Daemon, interval: float, notes: list[str], *,
+def started(d: Daemon, interval: float, res: Results, *,
             announce: bool = True) -> Contender | None:
     """``d`` started, or None with a note (and the reason logged); ``announce``: log what
     runs (`trial.search` does it itself)."""
@@ -183,11 +208,12 @@ def started(d: Daemon, interval: float, notes: list[str], *,
         lines = str(exc).strip().splitlines()
         note = f"{d.title} did not start: {lines[0] if lines else 'no output'}"
         log("  " + note)
-        if note not in notes:
-            notes.append(note)
+        if note not in res.notes:
+            res.notes.append(note)
         return None
     if isinstance(daemon, Chain):
         time.sleep(0.5)  # the proxy's first answer to `workers` (C2)
+        res.proxy_workers.setdefault(d.key, set()).add(daemon.forwarder_workers())
     if announce:
         log(describe(daemon, d.title))
     return daemon
@@ -234,69 +260,52 @@ def main(argv: list[str] | None = None) -> int:
     started_at = time.monotonic()
     sink = TallySink()
     brubeck_sink = TallySink(brubeck_naming(SERVER_NAME))
-    notes: list[str] = []
+    res = Results()
     cases = [c for c in CASES if c.key in args.cases.split(",")]
-    lossfree: dict[tuple[str, str], Trial | None] = {}
-    cpu: dict[tuple[str, str], CpuFigure] = {}
-    idle: dict[str, list[int]] = {}
     try:
-        daemons = daemon_table(args, sink, brubeck_sink, notes)
-        for note in notes:
+        daemons = daemon_table(args, sink, brubeck_sink, res.notes)
+        for note in res.notes:
             log(note)
         if args.short:
-            run_short(daemons, cases, args, lossfree, cpu, idle, notes)
+            run_short(daemons, cases, args, res)
         else:
-            run_full(daemons, cases, args, lossfree, cpu, idle, notes)
+            run_full(daemons, cases, args, res)
     finally:
         sink.close()
         brubeck_sink.close()
-    report(daemons, cases, args, lossfree, cpu, idle, notes)
+    report(daemons, cases, args, res)
     log(f"total time {time.monotonic() - started_at:.0f}s")
     return 0
 
 
 def run_short(daemons: list[Daemon], cases: list[Case], args: argparse.Namespace,
-              lossfree: dict[tuple[str, str], Trial | None],
-              cpu: dict[tuple[str, str], CpuFigure], idle: dict[str, list[int]],
-              notes: list[str]) -> None:
+              res: Results) -> None:
     """One daemon instance each: idle, then one low-rate trial per case (CPU from it too)."""
     fi = args.flush_interval
     for d in daemons:
-        daemon = started(d, fi, notes)
+        daemon = started(d, fi, res)
         if daemon is None:
             continue
         try:
-            idle.setdefault(d.key, []).append(idle_ticks(daemon, args.idle_seconds))
+            res.idle.setdefault(d.key, []).append(idle_ticks(daemon, args.idle_seconds))
             for case in cases:
                 rate = SHORT_RATES[case.key]
                 t = run_trial(daemon, d.sink, case, rate, int(rate * SHORT_SECONDS), fi,
                               d.key)
                 log(t.line())
-                lossfree[(case.key, d.key)] = t if t.passed else None
-                record_cpu(cpu, case.key, d.key, t)
+                res.lossfree[(case.key, d.key)] = t if t.passed else None
+                res.record_cpu(case.key, d.key, t)
         finally:
             stop_contender(daemon)
 
 
-def record_cpu(cpu: dict[tuple[str, str], CpuFigure], case: str, key: str, t: Trial) -> None:
-    figure = per_line_us(t)
-    if figure is None:
-        return
-    f = cpu.setdefault((case, key), CpuFigure())
-    f.total.append(figure[0])
-    f.parts.append(figure[1])
-    f.lost.append(t.lost)
-
-
 def run_full(daemons: list[Daemon], cases: list[Case], args: argparse.Namespace,
-             lossfree: dict[tuple[str, str], Trial | None],
-             cpu: dict[tuple[str, str], CpuFigure], idle: dict[str, list[int]],
-             notes: list[str]) -> None:
+             res: Results) -> None:
     fi = args.flush_interval
     for case in cases:
         log(f"loss-free, case {case.title}: {case.per} lines/datagram, {case.names:,} names")
         for d in daemons:
-            daemon = started(d, fi, notes, announce=False)
+            daemon = started(d, fi, res, announce=False)
             if daemon is None:
                 continue
             try:
@@ -304,7 +313,7 @@ def run_full(daemons: list[Daemon], cases: list[Case], args: argparse.Namespace,
                                  trials=args.trials, flush_interval=fi, label=d.key)
             finally:
                 stop_contender(daemon)
-            lossfree[(case.key, d.key)] = best
+            res.lossfree[(case.key, d.key)] = best
     cpu_cases = [(CASES[0], args.rate), (CASES[1], args.rate1)]
     for case, rate in cpu_cases:
         log(f"CPU per line, {case.title} at {rate:,.0f} lines/s for {args.seconds:g}s, "
@@ -312,18 +321,18 @@ def run_full(daemons: list[Daemon], cases: list[Case], args: argparse.Namespace,
                                          if case is CASES[0] else ""))
         for n in range(args.passes):
             for d in daemons:
-                daemon = started(d, fi, notes)
+                daemon = started(d, fi, res)
                 if daemon is None:
                     continue
                 try:
                     if case is CASES[0]:
                         ticks = idle_ticks(daemon, args.idle_seconds)
-                        idle.setdefault(d.key, []).append(ticks)
+                        res.idle.setdefault(d.key, []).append(ticks)
                         log(f"  idle {d.key}: {ticks} ticks in {args.idle_seconds:g}s")
                     t = run_trial(daemon, d.sink, case, rate, int(rate * args.seconds), fi,
                                   d.key)
                     log(t.line())
-                    record_cpu(cpu, case.key, d.key, t)
+                    res.record_cpu(case.key, d.key, t)
                     figure = per_line_us(t)
                     if figure is not None:
                         log(f"  pass {n + 1} {d.key}: {figure[0]:.3f} us/line "
@@ -342,9 +351,8 @@ def ratio(a: float | None, b: float | None) -> str:
 
 
 def report(daemons: list[Daemon], cases: list[Case], args: argparse.Namespace,
-           lossfree: dict[tuple[str, str], Trial | None],
-           cpu: dict[tuple[str, str], CpuFigure], idle: dict[str, list[int]],
-           notes: list[str]) -> None:
+           res: Results) -> None:
+    lossfree, cpu, idle, notes = res.lossfree, res.cpu, res.idle, res.notes
     keys = [d.key for d in daemons]
     head = ["case", *(d.title for d in daemons)]
     table = []
@@ -409,8 +417,15 @@ def report(daemons: list[Daemon], cases: list[Case], args: argparse.Namespace,
             log(f"loss-free {case.title}: W=2 / W=1 {ratio(two.rate, one.rate)}")
     for note in notes:
         log(f"note: {note}")
+    for k, seen in res.proxy_workers.items():
+        log(f"{k}: the proxy reported proxy.forwarder.0.workers = {', '.join(sorted(seen))} "
+            "(2: it sent each line to its owner's port; 0 or -: to the main port)")
+    if "w2-proxy" in res.proxy_workers and not res.proxied_to_workers("w2-proxy"):
+        log("model: W=2 via proxy did not send to worker ports (no C2 in this tree's proxy), "
+            "so its figure is not used as the proxied cost")
+    proxied = best("20/dgram", "w2-proxy", 1) if res.proxied_to_workers("w2-proxy") else None
     print_model(best("20/dgram", "w1"), best("1/dgram", "w1"), best("20/dgram", "w2"),
-                best("20/dgram", "w2-proxy", 1), lossfree.get(("20/dgram", "w1")))
+                proxied, lossfree.get(("20/dgram", "w1")))
 
 
 def print_model(w1: float | None, w1_per1: float | None, w2: float | None,
