@@ -11,7 +11,7 @@ The cost of a line, in CPU microseconds summed over all of an aggregator's proce
 * ``ingest``: per line a worker owns (parse, aggregate): ``cost_20 - receive / 20``;
 * ``forward``: per line a worker reads but does not own (encode, send to the owner, receive
   and parse there), from W = 2 fed directly, where half the lines are foreign:
-  ``forward = (cost_W2 - cost_W1) / (1/2)``;
+  ``forward = (cost_W2 - cost_W1 - spread) / (1/2)``;
 * ``foreign``: the fraction of lines read by a worker that does not own them: (W-1)/W for
   traffic straight from clients (any worker reads any datagram), 0 through proxies that send
   each line to its owner's endpoint;
@@ -59,8 +59,8 @@ def derive_costs(*, w1_per20_us: float, w1_per1_us: float, w2_direct_us: float,
     named per1). Differences that noise makes negative are taken as 0."""
     receive = max(0.0, (w1_per1_us - w1_per20_us) * 20 / 19)
     ingest = max(0.0, w1_per20_us - receive / 20)
-    forward = max(0.0, (w2_direct_us - w1_per20_us) * 2)
     spread = 0.0 if w2_proxied_us is None else max(0.0, w2_proxied_us - w1_per20_us)
+    forward = max(0.0, (w2_direct_us - w1_per20_us - spread) * 2)
     return LineCosts(receive, ingest, forward, spread, base_rate, 20)
 
 

@@ -2,7 +2,8 @@
 
 Its figures are not asserted (the machine is shared and the short rates are low): the run
 must complete, lose no line in any trial, and print every row of the table with a figure
-from each daemon that ran, the ratios and the model; brubeck (no --brubeck) and, in a tree
+from each daemon that ran, the ratios and the model (which must give back the W=1 and W=2
+costs it was derived from); brubeck (no --brubeck) and, in a tree
 without per-worker endpoints, the proxy-to-worker variant are skipped with a note.
 """
 
@@ -66,3 +67,10 @@ def test_scaling_short_prints_the_whole_table(etsy_available: Path) -> None:
     assert re.search(r"^CPU per line 20/dgram: W=2 / W=1 [\d.]+x", out, re.M), out
     model = table(out, "W (cores)")
     assert [w for w in model if w != "W (cores)"] == ["1", "2", "4", "8", "16"], out
+    # the model reproduces what it was derived from: W=1's cost, and W=2's for direct traffic
+    # (unless noise put W=2 below W=1, where the forwarding cost is clipped to 0)
+    cpu = dict(zip(head, (float(c.split()[0]) for c in rows["CPU per line, 20 lines/dgram"]),
+                   strict=True))
+    assert float(model["1"][0]) == pytest.approx(cpu["tallyd W=1"], abs=0.01), out
+    if cpu["tallyd W=2"] >= cpu["tallyd W=1"]:
+        assert float(model["2"][0]) == pytest.approx(cpu["tallyd W=2"], abs=0.01), out
