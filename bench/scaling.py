@@ -430,21 +430,29 @@ def report(daemons: list[Daemon], cases: list[Case], args: argparse.Namespace,
 
 def print_model(w1: float | None, w1_per1: float | None, w2: float | None,
                 w2_proxied: float | None, base: Trial | None) -> None:
-    if not (w1 and w1_per1 and w2 and base):
+    """`model`'s table from this run's costs: lines/s when W=1's loss-free rate at 20
+    lines/datagram was found, else rates as multiples of W=1's."""
+    if not (w1 and w1_per1 and w2):
         log("model: not printed (needs tallyd W=1 and W=2 CPU figures at 20 and 1 "
-            "lines/datagram and W=1's loss-free rate at 20 lines/datagram)")
+            "lines/datagram)")
         return
     costs = derive_costs(w1_per20_us=w1, w1_per1_us=w1_per1, w2_direct_us=w2,
-                         w2_proxied_us=w2_proxied, base_rate=base.rate)
+                         w2_proxied_us=w2_proxied, base_rate=base.rate if base else 1.0)
     log(f"model (bench/model.py), from this run: receive {costs.receive_us:.3f} us/datagram, "
         f"ingest {costs.ingest_us:.3f} us/line, forward {costs.forward_us:.3f} us per "
         f"foreign line, spread "
         + (f"{costs.spread_us:.3f} us/line" if w2_proxied is not None
            else "not measured (no per-worker endpoints), taken as 0")
-        + f"; W=1 loss-free {fmt_rate(costs.base_rate)} lines/s at 20 lines/datagram")
-    print_table(["W (cores)", "direct: us/line", "direct: lines/s", "via proxies: us/line",
-                 "via proxies: lines/s"],
-                [[str(w), f"{cd:.3f}", fmt_rate(rd), f"{cp:.3f}", fmt_rate(rp)]
+        + (f"; W=1 loss-free {fmt_rate(costs.base_rate)} lines/s at 20 lines/datagram" if base
+           else "; no loss-free rate for W=1 at 20 lines/datagram: rates as multiples of W=1's"))
+
+    def shown(rate: float) -> str:
+        return fmt_rate(rate) if base else f"{rate:.2f}x"
+
+    unit = "lines/s" if base else "x W=1"
+    print_table(["W (cores)", "direct: us/line", f"direct: {unit}", "via proxies: us/line",
+                 f"via proxies: {unit}"],
+                [[str(w), f"{cd:.3f}", shown(rd), f"{cp:.3f}", shown(rp)]
                  for w, cd, rd, cp, rp in model_rows(costs)])
 
 
