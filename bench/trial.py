@@ -9,9 +9,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from contender import Contender, TallydContender
+from contender import Contender, describe, intake_ports, root_pids
 from harness.blast import DEFAULT_PREFIX, expected_totals, run_blast
-from harness.port import udp_port_state
+from harness.port import UdpPortState, udp_port_state
+from harness.proctree import tree_cpu_ticks
 from harness.tally import Tally, TallySink
 from report import fmt_rate, log
 
@@ -29,12 +30,19 @@ class Case:
     probe_lines: int  # lines of the as-fast-as-possible probe
 
 
-def wait_drained(port: int, timeout: float) -> tuple[float, int]:
-    """Wait until the port's receive queue is empty; return (seconds waited, max queue)."""
+def ports_state(ports: int | list[int]) -> UdpPortState:
+    """`udp_port_state` summed over several ports (a proxy's and its aggregator's)."""
+    states = [udp_port_state(p) for p in ([ports] if isinstance(ports, int) else ports)]
+    return UdpPortState(sum(s.sockets for s in states), sum(s.queued_bytes for s in states),
+                        sum(s.drops for s in states))
+
+
+def wait_drained(port: int | list[int], timeout: float) -> tuple[float, int]:
+    """Wait until the ports' receive queues are empty; return (seconds waited, max queue)."""
     start = time.monotonic()
     biggest = 0
     while True:
-        queued = udp_port_state(port).queued_bytes
+        queued = ports_state(port).queued_bytes
         biggest = max(biggest, queued)
         if queued == 0 or time.monotonic() - start > timeout:
             return time.monotonic() - start, biggest
@@ -58,6 +66,9 @@ class Trial:
     problems: list[str]
     warnings: list[str]
     lower_bound: bool = False  # set by `search`: no faster paced trial failed
+    #: CPU clock ticks each of the daemon's process trees (`root_pids`) used from just before
+    #: the send until the sink had counted everything (or gave up)
+    cpu_ticks: tuple[int, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -78,16 +89,19 @@ class Trial:
 def run_trial(daemon: Contender, sink: TallySink, case: Case, rate: float, lines: int,
               flush_interval: float, label: str) -> Trial:
     port = daemon.udp[1]
+    watched = intake_ports(daemon)  # every hop's queue and drops
     sink.reset()
-    drops_before = udp_port_state(port).drops
+    drops_before = ports_state(watched).drops
     queue_max = 0
 
     def sample() -> None:
         nonlocal queue_max
-        queue_max = max(queue_max, udp_port_state(port).queued_bytes)
+        queue_max = max(queue_max, ports_state(watched).queued_bytes)
 
+    roots = root_pids(daemon)
+    ticks_before = [tree_cpu_ticks(p) for p in roots]
     result = run_blast(port, lines, case.per, case.names, rate, case.kind, on_tick=sample)
-    drain, biggest = wait_drained(port, timeout=60)
+    drain, biggest = wait_drained(watched, timeout=60)
     queue_max = max(queue_max, biggest)
     drained_at = time.monotonic()
     want = expected_totals(case.kind, result.sent, case.names)
@@ -124,8 +138,9 @@ def run_trial(daemon: Contender, sink: TallySink, case: Case, rate: float, lines
         if not problems:
             break
         after = ended
+    cpu_ticks = tuple(tree_cpu_ticks(p) - b for p, b in zip(roots, ticks_before, strict=True))
     tally = sink.snapshot()
-    kernel_drops = udp_port_state(port).drops - drops_before
+    kernel_drops = ports_state(watched).drops - drops_before
     counted = int(tally.counters.get(PREFIX, 0) + tally.timer_counts.get(PREFIX, 0))
     if case.kind == "mix30":
         # gauges and sets carry no count; count them as sent when their check passed
@@ -150,7 +165,7 @@ def run_trial(daemon: Contender, sink: TallySink, case: Case, rate: float, lines
         problems.append(f"fell behind (queue drained {drain:.2f}s after the send)")
     return Trial(label, case.key, rate, int(result.sent), result.rate, result.seconds,
                  counted, int(tally.metrics_received), int(result.sent) - counted,
-                 kernel_drops, queue_max, drain, problems, warnings)
+                 kernel_drops, queue_max, drain, problems, warnings, cpu_ticks=cpu_ticks)
 
 
 def search(daemon: Contender, sink: TallySink, case: Case, *, seconds: float, trials: int,
@@ -164,12 +179,7 @@ def search(daemon: Contender, sink: TallySink, case: Case, *, seconds: float, tr
     again (else the next best, up to three).
     """
     done: list[Trial] = []
-    if isinstance(daemon, TallydContender):
-        log(f"  {label}: pid {daemon.pid}, {daemon.workers} process(es) reading UDP port "
-            f"{daemon.udp[1]}, receive buffer granted {daemon.receive_buffer:,} bytes")
-    else:
-        log(f"  {label}: pid {daemon.pid}, UDP port {daemon.udp[1]}, receive buffer: "
-            f"the kernel default")
+    log(describe(daemon, label))
 
     def attempt(rate: float, lines: int) -> Trial:
         t = run_trial(daemon, sink, case, rate, lines, flush_interval, label)

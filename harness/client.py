@@ -15,8 +15,8 @@ from collections.abc import Iterable
 def mgmt_command(address: tuple[str, int], command: str, *, timeout: float = 2.0) -> str:
     """Send one Etsy-style management command and return the reply received within ``timeout``.
 
-    The reply is read until the server closes, ``END\\n\\n`` arrives, or (for ``health``) the
-    first line is complete.
+    The reply is read until the server closes, ``END\\n\\n`` arrives, or (for ``health`` and
+    ``workers``, one-line answers) the first line is complete.
     """
     with socket.create_connection(address, timeout=timeout) as sock:
         sock.sendall(command.encode() + b"\n")
@@ -30,7 +30,8 @@ def mgmt_command(address: tuple[str, int], command: str, *, timeout: float = 2.0
             if not chunk:
                 break
             reply += chunk
-            if reply.endswith(b"END\n\n") or (command.startswith("health") and b"\n" in reply):
+            one_line = command.startswith(("health", "workers"))
+            if reply.endswith(b"END\n\n") or (one_line and b"\n" in reply):
                 break
         return reply.decode("utf-8", "replace")
 

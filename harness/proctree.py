@@ -2,7 +2,9 @@
 
 `process_tree` lists a daemon's pid and every descendant's (a supervisor and its workers);
 `memory_bytes` reads one process's resident set size now and at its peak (``VmHWM``),
-`rss_bytes` the first, `cpu_seconds` its CPU time (to tell a busy daemon from an idle one);
+`rss_bytes` the first, `cpu_seconds` its CPU time (to tell a busy daemon from an idle one),
+`cpu_ticks` the same in clock ticks and `tree_cpu_ticks` summed over a process tree (what
+a benchmark charges a daemon: every thread of every one of its processes);
 `RssSampler` samples a tree in a background thread, keeping each process's peak and last
 value (and the kernel's own peak, ``VmHWM``, last read), so a test can bound memory over a
 run, not only at its end.
@@ -64,14 +66,29 @@ def rss_bytes(pid: int) -> int | None:
     return None if memory is None else memory[0]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time ``pid`` has used (0 when it is gone)."""
+def cpu_ticks(pid: int) -> int:
+    """User plus system CPU time ``pid`` (all its threads) has used, in clock ticks
+    (``utime + stime`` of /proc/PID/stat; 0 when it is gone)."""
     try:
         stat = (PROC / str(pid) / "stat").read_text()
     except OSError:
-        return 0.0
+        return 0
     fields = stat.rsplit(") ", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) + int(fields[12])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time ``pid`` has used (0 when it is gone)."""
+    return cpu_ticks(pid) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_ticks(pid: int) -> int:
+    """`cpu_ticks` summed over ``pid`` and all its descendants alive now."""
+    return sum(cpu_ticks(p) for p in process_tree(pid))
+
+
+#: Clock ticks per second (``utime``/``stime`` units).
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def is_running(pid: int) -> bool:

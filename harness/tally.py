@@ -10,6 +10,14 @@ flush, tallyd keeps one).
 Every flush, in both daemons, ends with ``stats.statsd.graphiteStats.flush_length``; the
 sink records when each arrives, so a caller can wait for "the next flush".
 
+Daemons name their output differently; a `Naming` holds the patterns for one scheme.
+`ETSY_NAMING` (the default) is Etsy's legacy namespace, which tallyd keeps too:
+``stats_counts.P.mI``, ``stats.timers.P.tI.count``. `brubeck_naming` is brubeck's: a ``c``
+line is a "meter" whose sum is sent under the plain name (``P.mI 20 TS``: a count per flush
+like ``stats_counts``, not a rate), a timer's count as ``P.tI.count``, and its own figures
+under its ``server_name`` (``NAME.metrics``: lines parsed in the interval); its last line in
+every flush is ``NAME.secure.replayed``, the end marker. brubeck has no sets.
+
 SHELL (sockets, a thread).
 """
 
@@ -47,20 +55,59 @@ class Tally:
 
 # Literal-first patterns: the regex engine finds a literal prefix with a fast scan, so each
 # pattern reads a flush at memory speed; only matching lines reach Python.
-_COUNTER = re.compile(rb"stats_counts\.([A-Za-z0-9_]+)\.m\d+ (\S+) ")
-_TIMER = re.compile(rb"stats\.timers\.([A-Za-z0-9_]+)\.t\d+\.count (\S+) ")
-_GAUGE = re.compile(rb"stats\.gauges\.([A-Za-z0-9_]+)\.g(\d+) (\S+) ")
-_SET = re.compile(rb"stats\.sets\.([A-Za-z0-9_]+)\.s(\d+)\.count ([1-9][0-9]*) ")
-_INTERNAL = re.compile(rb"stats_counts\.statsd\.(metrics_received|packets_received) (\S+) ")
-#: The last line of every flush, in both daemons: the flush's end marker.
-_FLUSH_END = b"stats.statsd.graphiteStats.flush_length "
+@dataclass(frozen=True)
+class Naming:
+    """How one daemon names the figures the sink counts (compiled byte patterns).
+
+    ``counter`` and ``timer`` capture (prefix, value), ``gauge`` and ``set_`` (prefix, index,
+    value), ``internal`` (name, value) with name ``metrics_received`` or ``packets_received``
+    (or whatever ``internal_names`` maps to them); ``flush_end`` is the literal that starts a
+    flush's last line.
+    """
+
+    counter: re.Pattern[bytes]
+    timer: re.Pattern[bytes]
+    gauge: re.Pattern[bytes] | None
+    set_: re.Pattern[bytes] | None
+    internal: re.Pattern[bytes]
+    internal_names: dict[bytes, str]
+    flush_end: bytes
+
+
+ETSY_NAMING = Naming(
+    counter=re.compile(rb"stats_counts\.([A-Za-z0-9_]+)\.m\d+ (\S+) "),
+    timer=re.compile(rb"stats\.timers\.([A-Za-z0-9_]+)\.t\d+\.count (\S+) "),
+    gauge=re.compile(rb"stats\.gauges\.([A-Za-z0-9_]+)\.g(\d+) (\S+) "),
+    set_=re.compile(rb"stats\.sets\.([A-Za-z0-9_]+)\.s(\d+)\.count ([1-9][0-9]*) "),
+    internal=re.compile(rb"stats_counts\.statsd\.(metrics_received|packets_received) (\S+) "),
+    internal_names={b"metrics_received": "metrics_received",
+                    b"packets_received": "packets_received"},
+    #: The last line of every flush, in both daemons: the flush's end marker.
+    flush_end=b"stats.statsd.graphiteStats.flush_length ",
+)
+
+
+def brubeck_naming(server_name: str) -> Naming:
+    """brubeck's names, for a brubeck whose ``server_name`` is ``server_name``."""
+    name = re.escape(server_name.encode())
+    return Naming(
+        # plain names: anchored at a line start, so "stats_counts.P.m1" would not match
+        counter=re.compile(rb"(?m)^([A-Za-z0-9_]+)\.m\d+ (\S+) "),
+        timer=re.compile(rb"(?m)^([A-Za-z0-9_]+)\.t\d+\.count (\S+) "),
+        gauge=re.compile(rb"(?m)^([A-Za-z0-9_]+)\.g(\d+) (\S+) "),
+        set_=None,
+        internal=re.compile(rb"(?m)^" + name + rb"\.(metrics) (\S+) "),
+        internal_names={b"metrics": "metrics_received"},
+        flush_end=server_name.encode() + b".secure.replayed ",
+    )
 
 
 class TallySink:
     """A Graphite plaintext sink on 127.0.0.1 (port 0) that scans each block of complete
     lines with the patterns above."""
 
-    def __init__(self) -> None:
+    def __init__(self, naming: Naming = ETSY_NAMING) -> None:
+        self.naming = naming
         self.tally = Tally()
         self.flush_ends: list[float] = []
         self.cond = threading.Condition()
@@ -80,16 +127,17 @@ class TallySink:
             self._scan(rest + b"\n", now)
 
     def _scan(self, block: bytes, now: float) -> None:
+        n = self.naming
         counters: dict[bytes, float] = {}
-        for prefix, value in _COUNTER.findall(block):
+        for prefix, value in n.counter.findall(block):
             counters[prefix] = counters.get(prefix, 0.0) + float(value)
         timers: dict[bytes, float] = {}
-        for prefix, value in _TIMER.findall(block):
+        for prefix, value in n.timer.findall(block):
             timers[prefix] = timers.get(prefix, 0.0) + float(value)
-        gauges = _GAUGE.findall(block) if b"stats.gauges." in block else []
-        sets = _SET.findall(block) if b"stats.sets." in block else []
-        internal = _INTERNAL.findall(block) if b"stats_counts.statsd." in block else []
-        ends = block.count(_FLUSH_END)
+        gauges = n.gauge.findall(block) if n.gauge is not None else []
+        sets = n.set_.findall(block) if n.set_ is not None else []
+        internal = n.internal.findall(block)
+        ends = block.count(n.flush_end)
         with self.cond:
             t = self.tally
             t.bytes += len(block)
@@ -102,7 +150,7 @@ class TallySink:
             for p, i, _ in sets:
                 t.sets.setdefault(p.decode(), set()).add(int(i))
             for name, v in internal:
-                if name == b"metrics_received":
+                if n.internal_names.get(name) == "metrics_received":
                     t.metrics_received += float(v)
                 else:
                     t.packets_received += float(v)
