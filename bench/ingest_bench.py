@@ -21,6 +21,14 @@ of each (in CPU time) is printed with their ratio.
     .venv/bin/python bench/ingest_bench.py --ref HEAD~3
     .venv/bin/python bench/ingest_bench.py --lines-per-packet 1 --packets 50000
 
+``--sockets`` measures instead how two workers' intake reads datagrams: two reader
+processes on one shared UDP socket (today's intake) against one ``SO_REUSEPORT`` socket
+each, fed by ``bench/blast`` (one sender, or ``--senders 2``) at a fixed rate; each reader
+waits as a trio intake listener does (readable, then read until the socket is empty) and
+reports its CPU time, its wake-ups and the wake-ups that found nothing.
+
+    .venv/bin/python bench/ingest_bench.py --sockets --lines-per-packet 20 --rate 200000
+
 Entry: prints figures, changes nothing.
 """
 
@@ -28,6 +36,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import multiprocessing
+import os
+import queue
+import resource
 import socket
 import subprocess
 import sys
@@ -205,6 +217,95 @@ def compare(trees: dict[str, Path], packets: int, rounds: int, names: int,
             for name, best in fastest.items()}
 
 
+BLAST = ROOT / "bench" / "blast"
+_SOCKET_SECONDS = 5.0
+
+
+def _read(sock: socket.socket, results: Any) -> None:
+    """One reader: until a datagram of b"stop", wait readable, read until empty."""
+    import trio  # only the --sockets mode needs it
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    async def serve() -> None:
+        started = cpu()  # not the start-up's
+        wakes = empty = datagrams = 0
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            wakes += 1
+            got = 0
+            while True:
+                try:
+                    data = sock.recv(65_536)
+                except BlockingIOError:
+                    break
+                if data == b"stop":
+                    results.put((os.getpid(), cpu() - started, wakes, empty, datagrams))
+                    return
+                got += 1
+            datagrams += got
+            empty += got == 0
+
+    trio.run(serve)
+
+
+def _udp_socket(reuse: bool) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if reuse:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024 * 1024)
+    sock.setblocking(False)
+    return sock
+
+
+def compare_sockets(rate: float, per_packet: int, senders: int) -> None:
+    """Prints, for a shared socket and for SO_REUSEPORT sockets, the two readers' CPU
+    (us per line), wake-ups, empty wake-ups and datagrams."""
+    context = multiprocessing.get_context("fork")
+    for mode in ("shared", "reuseport"):
+        results = context.Queue()
+        first = _udp_socket(mode == "reuseport")
+        first.bind(("127.0.0.1", 0))
+        port = first.getsockname()[1]
+        sockets = [first, first]
+        if mode == "reuseport":
+            sockets[1] = _udp_socket(True)
+            sockets[1].bind(("127.0.0.1", port))
+        readers = [context.Process(target=_read, args=(s, results)) for s in sockets]
+        for reader in readers:
+            reader.start()
+        time.sleep(0.5)
+        lines = int(rate * _SOCKET_SECONDS / senders)
+        blasts = [subprocess.Popen([str(BLAST), "127.0.0.1", str(port), str(lines),
+                                    str(per_packet), "1000", f"{rate / senders:.0f}"],
+                                   stdout=subprocess.DEVNULL) for _ in range(senders)]
+        for blast in blasts:
+            blast.wait()
+        time.sleep(0.5)
+        figures = []
+        stopper = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        while len(figures) < 2:  # each reader stops at the first "stop" it reads
+            stopper.sendto(b"stop", ("127.0.0.1", port))
+            try:
+                figures.append(results.get(timeout=0.2))
+            except queue.Empty:  # that reader has not read one: try another 4-tuple
+                stopper.close()
+                stopper = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a new 4-tuple
+        stopper.close()
+        for reader in readers:
+            reader.join(5)
+        for sock in set(sockets):
+            sock.close()
+        cpu = sum(f[1] for f in figures)
+        total = rate * _SOCKET_SECONDS
+        print(f"{mode:>10}: {senders} sender(s), {per_packet} lines a datagram, "
+              f"{rate:.0f} lines/s: CPU {cpu / total * 1e6:.3f} us per line over both readers; "
+              + "; ".join(f"reader cpu {f[1]:.2f}s wakes {f[2]} empty {f[3]} datagrams {f[4]}"
+                          for f in figures))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ref", help="also measure this commit, alternating with this tree")
@@ -212,7 +313,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
     parser.add_argument("--names", type=int, default=DEFAULT_NAMES)
     parser.add_argument("--lines-per-packet", type=int, default=DEFAULT_LINES_PER_PACKET)
+    parser.add_argument("--sockets", action="store_true",
+                        help="compare a shared socket with SO_REUSEPORT sockets instead")
+    parser.add_argument("--rate", type=float, default=100_000, help="--sockets: lines/s")
+    parser.add_argument("--senders", type=int, default=1, help="--sockets: blast processes")
     args = parser.parse_args()
+    if args.sockets:
+        compare_sockets(args.rate, args.lines_per_packet, args.senders)
+        return
     trees = {"this tree": ROOT}
     with tempfile.TemporaryDirectory() as scratch:
         if args.ref:
