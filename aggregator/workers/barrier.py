@@ -134,7 +134,7 @@ class Barrier:
     def read_inline(self, lines: int) -> None:
         """This worker read and aggregated (or forwarded) ``lines`` lines itself while
         nothing was held (the fused path; their intake counts went to the ledger)."""
-        assert not self.holding, "own lines are held: read_own decides"
+        assert self._held is None or self._finishing, "own lines are held: read_own decides"
         self._taken += lines
 
     def receive_lines(self, sender: int, lines: int, payload: bytes) -> Admit:

@@ -222,14 +222,16 @@ class Exchange:
             self._admit(admit)
             self.outbox.forward(foreign.items())
             return
-        if self.records is not None:  # a bound first (empty lines count): a kill may come
-            self.records.set_taken(self.context.index,
-                                   barrier.unrendered_lines + packet.count(b"\n") + 1)
+        records = self.records
+        if records is not None:  # a bound first (empty lines count): a kill may come
+            records.set_taken(self.context.index,
+                              barrier.unrendered_lines + packet.count(b"\n") + 1)
         lines = self.accumulator.ingest_sharded(packet, splitter.foreign, splitter.route,
                                                 packets=packets)
         barrier.read_inline(lines)
-        self._note_taken()
-        self.outbox.forward(splitter.take_pending())
+        if records is not None:
+            records.set_taken(self.context.index, barrier.unrendered_lines)
+        self.outbox.forward_pending(splitter.pending)
 
     # Receiving side ---------------------------------------------------------------------
     def _receive_all(self) -> None:

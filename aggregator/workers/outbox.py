@@ -123,6 +123,19 @@ class Outbox:
             elif not self._due:
                 self._wake()
 
+    def forward_pending(self, pending: dict[int, list[bytes]]) -> None:
+        """`forward` for lists the caller keeps (`Splitter.pending`): their lines are
+        moved into the batches, and the lists left empty."""
+        for peer, lines in pending.items():
+            if lines:
+                self._batch[peer] += lines
+                self._batch_bytes[peer] += sum(map(len, lines)) + len(lines)
+                lines.clear()
+                if self._batch_bytes[peer] >= BATCH_BYTES:
+                    self.close_batch(peer)
+                elif not self._due:
+                    self._wake()
+
     def close_batch(self, peer: int) -> None:
         """Queue the lines batched for ``peer``, in messages, and send what it can take."""
         lines = self._batch[peer]
