@@ -5,7 +5,8 @@ wait or `BATCH_SECONDS` pass, then go out in messages of at most `MAX_MESSAGE_BY
 `aggregator.workers.codec`). Every message for a peer (lines, flush marks, name counts) goes
 through one FIFO queue per peer (a `ChunkQueue`), so a mark never overtakes the lines sent
 before it. A peer whose socket is full (EAGAIN, ENOBUFS: back-pressure), or not there (still
-starting, or restarting), is retried every few milliseconds; its lines wait in the queue and
+starting, or restarting), is retried every `BATCH_SECONDS` while anything waits for it (nothing
+runs while nothing waits: an idle worker never wakes); its lines wait in the queue and
 are delivered when it is back. Past `MAX_PENDING_BYTES` the oldest lines for it are dropped
 and counted (reason ``worker_down`` while it is away, ``exchange_full`` otherwise). No send
 error ends a worker: any other one drops that message, counted.
