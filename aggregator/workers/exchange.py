@@ -223,13 +223,14 @@ class Exchange:
             self.outbox.forward(foreign.items())
             return
         records = self.records
+        bound = 0
         if records is not None:  # a bound first (empty lines count): a kill may come
-            records.set_taken(self.context.index,
-                              barrier.unrendered_lines + packet.count(b"\n") + 1)
+            bound = packet.count(b"\n") + 1
+            records.set_taken(self.context.index, barrier.unrendered_lines + bound)
         lines = self.accumulator.ingest_sharded(packet, splitter.foreign, splitter.route,
                                                 packets=packets)
         barrier.read_inline(lines)
-        if records is not None:
+        if records is not None and lines != bound:  # else the bound was exact
             records.set_taken(self.context.index, barrier.unrendered_lines)
         self.outbox.forward_pending(splitter.pending)
 
