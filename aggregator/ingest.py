@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final, Protocol
 
 from common.errors import ParseError
@@ -57,6 +57,7 @@ _MAX_DOUBLE: Final = sys.float_info.max
 _FAST_LIMIT: Final = 2.0**969
 _MIN_FLUSH_INTERVAL_SECONDS: Final = 0.1
 _COUNT_LIMIT: Final = _MAX_DOUBLE * _MIN_FLUSH_INTERVAL_SECONDS
+_NO_FOREIGN: Final[Mapping[bytes, list[bytes]]] = {}
 
 
 class Interval(Protocol):
@@ -70,13 +71,20 @@ class Interval(Protocol):
 
 
 def ingest_packet(packet: bytes, ledger: Interval, gauges: dict[bytes, float],
-                  parser: LineParser, checked: Callable[[bytes], None]) -> int:
+                  parser: LineParser, checked: Callable[[bytes], None],
+                  foreign: Mapping[bytes, list[bytes]] = _NO_FOREIGN) -> int:
     """Aggregate the lines of ``packet`` (newline-separated) into ``ledger`` and ``gauges``.
 
     Args:
         parser: the owner's parser (its key cache decides which lines are plain).
         checked: called with each line the inline path does not take (`ingest_line`,
-            bound to the owner's counting of refusals).
+            bound to the owner's counting of refusals; with several workers, the
+            worker's `Splitter.route`, which decides first whose line it is).
+        foreign: with several workers, the raw names (the text before the first ``:``)
+            known to belong to another worker, each with the list that worker's lines
+            are appended to (`aggregator.workers.codec.Splitter`). Such a name is never
+            in the parser's key cache, so this costs a look-up only for lines the inline
+            path would not take anyway; with one worker it is empty.
 
     Returns:
         The number of lines (empty ones aside).
@@ -90,6 +98,7 @@ def ingest_packet(packet: bytes, ledger: Interval, gauges: dict[bytes, float],
     max_line = parser.max_line_bytes
     slow = checked
     fast_limit = _FAST_LIMIT
+    batch_of = foreign.get
     lines = 0
     for line in packet.split(b"\n"):
         if not line:
@@ -100,6 +109,11 @@ def ingest_packet(packet: bytes, ledger: Interval, gauges: dict[bytes, float],
         key = cached_key(name)
         fast = kinds.get(kind)
         if fast is None or not key or len(line) > max_line:
+            if not key:
+                batch = batch_of(name)
+                if batch is not None:  # another worker's: forwarded as read
+                    batch.append(line)
+                    continue
             slow(line)
             continue
         if fast == SET:

@@ -24,6 +24,7 @@ Pure: no I/O, no clock (the flush timestamp comes in as an argument).
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import attrs
@@ -169,9 +170,32 @@ class Accumulator:
             ledger.packets += packets
             ledger.lines += lines
 
-    def _ingest_line(self, line: bytes) -> None:
-        """The general path (`ingest_line`), counting what it refuses here."""
+    def ingest_sharded(self, packet: bytes, foreign: Mapping[bytes, list[bytes]],
+                       route: Callable[[bytes], None], *, packets: int = 1) -> int:
+        """`ingest` for a worker of several, in one pass: its own lines are aggregated,
+        the others appended to their owner's list (see `aggregator.ingest.ingest_packet`);
+        the packet and all its lines count as received here.
+
+        Args:
+            foreign: raw names of other workers' lines -> the list their lines go to.
+            route: takes each line the inline path does not (it aggregates the line
+                with `ingest_checked` if it is this worker's, else appends it).
+
+        Returns:
+            The packet's number of lines, forwarded ones included.
+        """
+        ledger = self.ledger
+        lines = ingest_packet(packet, ledger, self.gauges, self.parser, route, foreign)
+        ledger.packets += packets
+        ledger.lines += lines
+        return lines
+
+    def ingest_checked(self, line: bytes) -> None:
+        """Aggregate one line by the general path (`ingest_line`), counting what it
+        refuses here."""
         ingest_line(line, self.ledger, self.gauges, self.parser, self._refuse)
+
+    _ingest_line = ingest_checked
 
     def _refuse(self, errors: list[ParseError]) -> None:
         """Count refused segments: bad lines, or one of `DROP_REASONS`; keep some to log.

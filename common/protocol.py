@@ -294,8 +294,14 @@ class LineParser:
         name = key.split(b";", 1)[0]
         return name if self.sanitize else sanitize_key(name)
 
-    def parse_line(self, line: bytes) -> tuple[list[Sample], list[ParseError]]:
+    def parse_line(self, line: bytes, *,
+                   remember: bool = True) -> tuple[list[Sample], list[ParseError]]:
         """Parse one line (without its newline).
+
+        Args:
+            remember: cache the line's key when it gives a sample; false to parse without
+                touching the cache (a worker deciding which worker owns a line keeps only
+                its own names there: `aggregator.workers.codec.Splitter`).
 
         Returns:
             ``(samples, errors)``: every valid segment as a `Sample`, and one `ParseError`
@@ -354,6 +360,6 @@ class LineParser:
                 errors.append(ParseError("negative_timer", line))
                 continue
             samples.append((kind, key, value, rate))
-        if samples and cached is None:
+        if samples and cached is None and remember:
             self._remember(cache_key, key)
         return samples, errors

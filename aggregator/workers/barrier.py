@@ -131,6 +131,12 @@ class Barrier:
             self._held.append(rest)
         return Admit((gauges,)) if gauges else _NOTHING
 
+    def read_inline(self, lines: int) -> None:
+        """This worker read and aggregated (or forwarded) ``lines`` lines itself while
+        nothing was held (the fused path; their intake counts went to the ledger)."""
+        assert self._held is None or self._finishing, "own lines are held: read_own decides"
+        self._taken += lines
+
     def receive_lines(self, sender: int, lines: int, payload: bytes) -> Admit:
         """A peer forwarded ``lines`` lines (``payload``) for this worker to aggregate."""
         self._taken += lines

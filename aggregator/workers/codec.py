@@ -35,9 +35,15 @@ Pure: encoding and splitting only.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Final
 
-from common.protocol import DEFAULT_KEY_CACHE_BYTES, KEY_CACHE_ENTRY_BYTES, LineParser
+from common.protocol import (
+    DEFAULT_KEY_CACHE_BYTES,
+    KEY_CACHE_ENTRY_BYTES,
+    LineParser,
+    sanitize_key,
+)
 from common.shard import worker_index
 
 DATA: Final = b"D"
@@ -147,66 +153,142 @@ def decode_stats(message: bytes) -> tuple[int, int, int]:
 
 
 class Splitter:
-    """Splits packets between the worker that read them and the names' owners.
+    """Decides which worker owns each line this worker reads, and batches the others.
+
+    Two ways to use it:
+
+    * the fused path (`Accumulator.ingest_sharded`, whenever own lines are not held by
+      the barrier): the ledger's inline pass aggregates a line whose raw name is in the
+      parser's key cache (only this worker's names ever get there: the router parses
+      without caching), appends a line whose raw name is in `foreign` to that owner's
+      list in `pending`, and hands any other line to `route`, which decides and learns;
+    * `split` (while the barrier holds own lines): own lines joined into a block, the
+      others by owner, for the barrier to hold what it must.
+
+    Either way each peer's lines wait in ``pending[peer]`` (lists that are never
+    replaced: `foreign` points at them) until the caller takes them (`take_pending`).
 
     Args:
-        parser: gives each line's Graphite name (and caches it).
+        parser: this worker's parser (its key cache holds only this worker's names).
         index: this worker's number.
         workers: how many workers there are.
         cache_bytes: what the remembered owners may cost, by the parser's estimate of a
             key cache entry (names may be up to ``max_line_bytes`` long, so the bound is in
             bytes, as the parser's); past it the cache starts over.
+        checked: aggregates one own line by the general path (`Accumulator.ingest_checked`);
+            needed by `route` only.
     """
 
     def __init__(self, parser: LineParser, index: int, workers: int,
-                 cache_bytes: int = DEFAULT_KEY_CACHE_BYTES) -> None:
+                 cache_bytes: int = DEFAULT_KEY_CACHE_BYTES, *,
+                 checked: Callable[[bytes], None] | None = None) -> None:
         self.parser = parser
         self.index = index
         self.workers = workers
         self.cache_bytes = cache_bytes
-        #: What the entries of ``_owners`` cost (an int owner is a shared small int).
+        self.checked = checked
+        #: What the entries of ``_owners`` and `foreign` cost (an int owner is a shared
+        #: small int; a list is shared by all the names of its owner).
         self.cached_bytes = 0
+        #: Graphite name -> owner.
         self._owners: dict[bytes, int] = {}
+        #: Each peer's lines read here, in order, until `take_pending`.
+        self.pending: dict[int, list[bytes]] = {
+            w: [] for w in range(workers) if w != index}
+        #: Raw name (a line's text before its first ``:``) of another worker's line -> that
+        #: worker's list in `pending`.
+        self.foreign: dict[bytes, list[bytes]] = {}
+
+    def _charge(self, name: bytes) -> bool:
+        """Account for one more cache entry; False: it does not fit even in an empty
+        cache. When full, both caches start over."""
+        cost = KEY_CACHE_ENTRY_BYTES + len(name)
+        if self.cached_bytes + cost > self.cache_bytes:
+            self._owners.clear()
+            self.foreign.clear()
+            self.cached_bytes = 0
+            if cost > self.cache_bytes:
+                return False
+        self.cached_bytes += cost
+        return True
 
     def owner(self, name: bytes) -> int:
+        """The worker that owns Graphite name ``name`` (remembered)."""
         owner = self._owners.get(name)
         if owner is None:
             owner = worker_index(name, self.workers)
-            cost = KEY_CACHE_ENTRY_BYTES + len(name)
-            if self.cached_bytes + cost > self.cache_bytes:
-                self._owners.clear()
-                self.cached_bytes = 0
-                if cost > self.cache_bytes:
-                    return owner
-            self._owners[name] = owner
-            self.cached_bytes += cost
+            if self._charge(name):
+                self._owners[name] = owner
         return owner
 
+    def owner_of_line(self, line: bytes) -> int:
+        """The worker that aggregates ``line``: its name's owner, or this worker for a
+        line that gives no sample (counted as bad where it was read). Parses without
+        caching: the parser's key cache keeps only this worker's names."""
+        parser = self.parser
+        body, _, tagpart = line.partition(b"|#")
+        raw = body.split(b":", 1)[0]
+        if parser.keys.get(raw + b":" + tagpart if tagpart else raw) is not None:
+            return self.index  # only own keys are cached
+        samples, _ = parser.parse_line(line, remember=False)
+        if not samples:
+            return self.index
+        name = samples[0][1].split(b";", 1)[0]
+        return self.owner(name if parser.sanitize else sanitize_key(name))
+
+    def _learn(self, line: bytes, owner: int) -> list[bytes]:
+        """``owner``'s list; remembers the line's raw name as ``owner``'s when that name
+        alone decides (no DogStatsD tags before its first ``:``)."""
+        batch = self.pending[owner]
+        raw = line.partition(b":")[0]
+        if b"|#" not in raw and self._charge(raw):
+            self.foreign[raw] = batch
+        return batch
+
+    def route(self, line: bytes) -> None:
+        """The fused path's general case: aggregate ``line`` here if it is this
+        worker's, else append it to its owner's pending lines."""
+        owner = self.owner_of_line(line)
+        if owner == self.index:
+            assert self.checked is not None, "route needs the ledger's checked path"
+            self.checked(line)
+        else:
+            self._learn(line, owner).append(line)
+
+    def take_pending(self) -> list[tuple[int, list[bytes]]]:
+        """The peers' lines read since the last call, by peer (emptied for the next)."""
+        taken = []
+        for peer, lines in self.pending.items():
+            if lines:
+                taken.append((peer, lines.copy()))
+                lines.clear()
+        return taken
+
     def split(self, packet: bytes) -> tuple[bytes, dict[int, list[bytes]], int]:
-        """Returns ``(own lines, {worker: lines}, number of lines)``.
+        """Returns ``(own lines, {worker: lines}, number of lines)``; the peers' lines
+        are taken from `pending` (with any left there before).
 
         A line without a usable name stays here, where the parser will count it as bad.
         """
-        name_of = self.parser.line_name
-        owners = self._owners
-        own: list[bytes] = []
-        foreign: dict[int, list[bytes]] = {}
-        count = 0
+        cached_key = self.parser.cached_key
+        batch_of = self.foreign.get
         me = self.index
+        own: list[bytes] = []
+        count = 0
         for line in packet.split(b"\n"):
             if not line:
                 continue
             count += 1
-            name = name_of(line)
-            owner = owners.get(name)
-            if owner is None:
-                owner = self.owner(name) if name else me
-            if owner == me:
+            name = line.partition(b":")[0]
+            if cached_key(name):
                 own.append(line)
-            else:
-                batch = foreign.get(owner)
-                if batch is None:
-                    foreign[owner] = [line]
-                else:
-                    batch.append(line)
-        return b"\n".join(own), foreign, count
+                continue
+            batch = batch_of(name)
+            if batch is None:
+                owner = self.owner_of_line(line)
+                if owner == me:
+                    own.append(line)
+                    continue
+                batch = self._learn(line, owner)
+            batch.append(line)
+        return b"\n".join(own), dict(self.take_pending()), count

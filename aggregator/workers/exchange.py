@@ -104,7 +104,8 @@ class Exchange:
         self.context = context
         self.accumulator = accumulator
         self.peers = [i for i in range(context.count) if i != context.index]
-        self.splitter = Splitter(accumulator.parser, context.index, context.count)
+        self.splitter = Splitter(accumulator.parser, context.index, context.count,
+                                 checked=accumulator.ingest_checked)
         self.barrier_seconds = min(MAX_BARRIER_SECONDS, interval / 3)
         self.address = context.address(context.index)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -203,16 +204,35 @@ class Exchange:
 
     # Intake side ------------------------------------------------------------------------
     def handle(self, packet: bytes, packets: int = 1) -> None:
-        """The intake callback: keep own lines, batch the others for their owners.
+        """The intake callback: aggregate own lines, batch the others for their owners.
+
+        Own lines cost what they cost with one worker (`Accumulator.ingest_sharded`: one
+        pass, no copy); only while the barrier holds own lines (between this worker's
+        mark and its swap) is the packet split first, for the barrier to hold them.
 
         Args:
             packets: how many datagrams ``packet`` joins.
         """
-        own, foreign, count = self.splitter.split(packet)
-        admit = self.barrier.read_own(own, packets, count)
-        self._note_taken()  # the shared record first: a kill may come at any moment
-        self._admit(admit)
-        self.outbox.forward(foreign)
+        barrier = self.barrier
+        splitter = self.splitter
+        if barrier.holding:
+            own, foreign, count = splitter.split(packet)
+            admit = barrier.read_own(own, packets, count)
+            self._note_taken()  # the shared record first: a kill may come at any moment
+            self._admit(admit)
+            self.outbox.forward(foreign.items())
+            return
+        records = self.records
+        bound = 0
+        if records is not None:  # a bound first (empty lines count): a kill may come
+            bound = packet.count(b"\n") + 1
+            records.set_taken(self.context.index, barrier.unrendered_lines + bound)
+        lines = self.accumulator.ingest_sharded(packet, splitter.foreign, splitter.route,
+                                                packets=packets)
+        barrier.read_inline(lines)
+        if records is not None and lines != bound:  # else the bound was exact
+            records.set_taken(self.context.index, barrier.unrendered_lines)
+        self.outbox.forward_pending(splitter.pending)
 
     # Receiving side ---------------------------------------------------------------------
     def _receive_all(self) -> None:

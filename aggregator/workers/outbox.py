@@ -5,7 +5,8 @@ wait or `BATCH_SECONDS` pass, then go out in messages of at most `MAX_MESSAGE_BY
 `aggregator.workers.codec`). Every message for a peer (lines, flush marks, name counts) goes
 through one FIFO queue per peer (a `ChunkQueue`), so a mark never overtakes the lines sent
 before it. A peer whose socket is full (EAGAIN, ENOBUFS: back-pressure), or not there (still
-starting, or restarting), is retried every few milliseconds; its lines wait in the queue and
+starting, or restarting), is retried every `BATCH_SECONDS` while anything waits for it (nothing
+runs while nothing waits: an idle worker never wakes); its lines wait in the queue and
 are delivered when it is back. Past `MAX_PENDING_BYTES` the oldest lines for it are dropped
 and counted (reason ``worker_down`` while it is away, ``exchange_full`` otherwise). No send
 error ends a worker: any other one drops that message, counted.
@@ -22,6 +23,7 @@ import errno
 import logging
 import socket
 from collections import Counter
+from collections.abc import Iterable
 from typing import Final
 
 import trio
@@ -105,15 +107,35 @@ class Outbox:
                           keep_newest=True) for p in peers}
         self.peer_down: dict[int, bool] = {}
         self.forwarded_lines = 0
+        #: Whether `run` is due to close the batches and retry the queues (`_wake`): set
+        #: while a batch waits or a queue holds a message; else `run` sleeps on the event.
+        self._due = False
+        self._wakeup = trio.Event()
 
-    def forward(self, foreign: dict[int, list[bytes]]) -> None:
-        """Batch each peer's lines; a batch that is full is sent at once."""
-        for peer, lines in foreign.items():
+    def forward(self, foreign: Iterable[tuple[int, list[bytes]]]) -> None:
+        """Batch each peer's lines; a batch that is full is sent at once, the others
+        within `BATCH_SECONDS`."""
+        for peer, lines in foreign:
             batch = self._batch[peer]
             batch.extend(lines)
             self._batch_bytes[peer] += sum(map(len, lines)) + len(lines)
             if self._batch_bytes[peer] >= BATCH_BYTES:
                 self.close_batch(peer)
+            elif not self._due:
+                self._wake()
+
+    def forward_pending(self, pending: dict[int, list[bytes]]) -> None:
+        """`forward` for lists the caller keeps (`Splitter.pending`): their lines are
+        moved into the batches, and the lists left empty."""
+        for peer, lines in pending.items():
+            if lines:
+                self._batch[peer] += lines
+                self._batch_bytes[peer] += sum(map(len, lines)) + len(lines)
+                lines.clear()
+                if self._batch_bytes[peer] >= BATCH_BYTES:
+                    self.close_batch(peer)
+                elif not self._due:
+                    self._wake()
 
     def close_batch(self, peer: int) -> None:
         """Queue the lines batched for ``peer``, in messages, and send what it can take."""
@@ -159,7 +181,9 @@ class Outbox:
                 self.sock.sendto(message, address)
             except OSError as e:
                 if e.errno in _RETRY_ERRNOS:
-                    return  # the peer's queue is full: retried by run()
+                    if not self._due:
+                        self._wake()  # the peer's queue is full: retried by run()
+                    return
                 if e.errno in _DOWN_ERRNOS:
                     # The peer is not (yet, or no longer) there: keep its lines queued,
                     # within MAX_PENDING_BYTES, and deliver them when it is back.
@@ -167,6 +191,8 @@ class Outbox:
                         self.peer_down[peer] = True
                         log_event(LOGGER, "worker_peer_down", level=logging.WARNING,
                                   worker=self.context.index, peer=peer)
+                    if not self._due:
+                        self._wake()
                     return
                 # Anything else (EMSGSIZE cannot happen: messages are bounded, and the
                 # send buffer was checked to hold one): this message is dropped, counted,
@@ -197,14 +223,26 @@ class Outbox:
                                                                            str(error.errno)),
                       bytes=len(message), total=self.dropped_messages["send_failed"])
 
+    def _wake(self) -> None:
+        """Have `run` close the batches and retry the queues `BATCH_SECONDS` from now."""
+        self._due = True
+        self._wakeup.set()
+
     async def run(self) -> None:
-        """Send the batches and retry the queued messages every `BATCH_SECONDS`, until
-        cancelled."""
+        """Send the batches and retry the queued messages, until cancelled.
+
+        Wakes only when something waits: `BATCH_SECONDS` after a batch got its first
+        lines or a send had to wait (and again every `BATCH_SECONDS` while a queue still
+        holds a message). An idle worker does not wake at all.
+        """
         while True:
+            await self._wakeup.wait()
             await trio.sleep(BATCH_SECONDS)
+            self._due = False
+            self._wakeup = trio.Event()
             for peer in self.peers:
                 self.close_batch(peer)
-                self._pump(peer)
+                self._pump(peer)  # re-arms while the peer's queue is not empty
 
     def unsent(self) -> tuple[int, int]:
         """``(lines batched or queued for a peer, intake lines in the marks queued for

@@ -520,3 +520,29 @@ def test_the_runtime_dir_is_private_and_fits_a_socket_path() -> None:
                 sock.bind(os.path.join(path, "x11"))
         finally:
             shutil.rmtree(path)
+
+
+async def test_an_idle_outbox_never_wakes_and_a_batch_goes_without_a_flush(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No polling: with nothing batched or queued the outbox's loop sleeps; a line read
+    for the peer reaches it within the batch delay, no flush needed."""
+    ex0, ex1 = pair
+    rounds = 0
+    close_batch = ex0.outbox.close_batch
+
+    def counting(peer: int) -> None:
+        nonlocal rounds
+        rounds += 1
+        close_batch(peer)
+
+    monkeypatch.setattr(ex0.outbox, "close_batch", counting)
+    async with running(pair):
+        await trio.sleep(0.5)  # 250 rounds of the batch delay
+        assert rounds == 0
+        name = _names_of(1, 1)[0]
+        ex0.handle(name + b":3|c")
+        await _eventually(lambda: ex1.received_lines == 1)
+        assert ex1.accumulator.ledger.counters[name] == 3.0
+        settled = rounds
+        await trio.sleep(0.5)
+        assert rounds == settled  # asleep again

@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from aggregator.ledger import Accumulator, LedgerOptions
 from aggregator.workers.codec import (
     DATA_HEADER_BYTES,
     MAX_MESSAGE_BYTES,
@@ -93,3 +94,55 @@ def test_the_owner_cache_is_bounded_in_bytes() -> None:
     assert splitter._owners  # it still caches what fits
     short = Splitter(LineParser(), 0, 3)
     assert short.cache_bytes == DEFAULT_KEY_CACHE_BYTES
+
+
+_LINES = st.lists(st.tuples(
+    st.sampled_from([b"a", b"b", b"c.d", b"a b", b"a_b", b"e/f", b"+++", b"\xc3\xa9x", b"g"]),
+    st.sampled_from([b":1|c", b":2|c|@0.5", b":3|ms", b":-1|ms", b":4|g", b":+1|g", b":u|s",
+                     b":5|h", b":1|c|#k:v", b":x|c", b"", b":1|c:2|ms", b":7|d"]),
+).map(b"".join), min_size=1, max_size=30)
+
+
+@given(st.lists(_LINES, min_size=1, max_size=4), st.integers(min_value=2, max_value=4),
+       st.integers(min_value=0, max_value=3))
+def test_the_fused_path_aggregates_what_one_worker_would(packets: list[list[bytes]],
+                                                         workers: int, me: int) -> None:
+    """One worker reads every packet through `Accumulator.ingest_sharded`, each owner
+    aggregates what it is forwarded: together they hold exactly what one worker holds, each
+    name at one worker, and each parser's key cache holds only its worker's names."""
+    me %= workers
+    one = Accumulator(LedgerOptions())
+    many = [Accumulator(LedgerOptions(report_internal=i == 0)) for i in range(workers)]
+    splitter = Splitter(many[me].parser, me, workers, checked=many[me].ingest_checked)
+    split_check = Splitter(LineParser(), me, workers)
+    lines_read = 0
+    for _ in range(2):  # the second round takes the inline paths
+        for lines in packets:
+            packet = b"\n".join(lines)
+            one.ingest(packet)
+            lines_read += many[me].ingest_sharded(packet, splitter.foreign, splitter.route)
+            by_owner = dict(splitter.take_pending())
+            _, split_foreign, _ = split_check.split(packet)
+            assert by_owner == split_foreign  # the same owners as the split path
+            for owner, forwarded in by_owner.items():
+                assert owner != me
+                many[owner].ingest(b"\n".join(forwarded), intake=False)
+    assert lines_read == one.ledger.lines
+    for i, worker in enumerate(many[1:], start=1):
+        many[0].add_intake(*worker.take_intake())
+        assert all(worker_index(LineParser().name_of(raw), workers) == i
+                   for raw in worker.parser.keys)
+    assert all(worker_index(LineParser().name_of(raw), workers) == me
+               for raw in many[me].parser.keys)
+    single = one.swap(10, 10.0)
+    parts = [w.swap(10, 10.0) for w in many]
+    for field in ("counters", "timer_counts", "sets", "gauges"):
+        merged: dict[bytes, object] = {}
+        for part in parts:
+            got = getattr(part, field)
+            assert not merged.keys() & got.keys() - {b"statsd.timestamp_lag"}
+            merged.update(got)
+        assert merged == getattr(single, field), field
+    assert {k: list(v) for p in parts for k, v in p.timers.items()} == {
+        k: list(v) for k, v in single.timers.items()}
+    assert sum(w.bad_lines_total for w in many) == one.bad_lines_total
