@@ -10,8 +10,9 @@ Datagram intake reads until the socket would block (or `DATAGRAMS_PER_BATCH` dat
 routes the batch as one block, then hands every destination's full datagrams (one per
 aggregator, or per worker of an aggregator that announced its workers' ports:
 `apply_workers`) to the aggregator's forwarder at once;
-the last, partly filled one waits at most ``max_batch_delay_ms`` for more lines (the tail
-flusher sends it). A drop reporter logs new drops every `DROP_LOG_PERIOD_SECONDS`.
+the last, partly filled one waits for more lines until its oldest line is
+``max_batch_delay_ms`` old (the tail flusher sends it then; at high rates it fills first, so
+no partly filled datagram leaves). A drop reporter logs new drops every `DROP_LOG_PERIOD_SECONDS`.
 
 `Pipeline.readings` names every component's statistics snapshot (`common.stats.read`):
 ``proxy.membership.*``, ``proxy.router.*``, ``proxy.intake.*``, ``proxy.auth.*`` (with
@@ -80,6 +81,10 @@ class Pipeline:
             if isinstance(forwarder, UdpForwarder):
                 forwarder.worker_of = partial(self.router.worker_of_chunk, forwarder.index)
         self.keep_tails = config.max_batch_delay_ms > 0
+        #: When the oldest line of each destination's kept-back tail arrived, by
+        #: (aggregator, worker): the tail flusher sends a tail once it is that old
+        #: plus ``max_batch_delay_ms``, not sooner (a tail filled meanwhile left full).
+        self.tail_since: dict[tuple[int, int], float] = {}
         self.tails_waiting = trio.Event()
 
     def _build_forwarder(self, index: int) -> Forwarder:
@@ -100,6 +105,8 @@ class Pipeline:
         forwarder = self.forwarders[index]
         for worker, chunks in self.router.set_workers(index, len(ports)):
             forwarder.offer(chunks, worker)
+        for destination in [d for d in self.tail_since if d[0] == index]:
+            del self.tail_since[destination]  # its tails left just now
         forwarder.set_worker_ports(ports)
         log_event(LOGGER, "aggregator_workers", index=index, aggregator=forwarder.name,
                   workers=len(ports), ports=",".join(map(str, ports)) or "main")
@@ -108,16 +115,40 @@ class Pipeline:
 
     def dispatch(self, *, final: bool = False) -> None:
         """Hand every aggregator's packed chunks to its forwarder (keeping the partly
-        filled last one back for a few ms, unless ``final``)."""
+        filled last one back, at most ``max_batch_delay_ms`` after its oldest line
+        arrived, unless ``final``)."""
         keep = self.keep_tails and not final
         router = self.router
-        take, forwarders = router.take_chunks, self.forwarders
-        for index, (aggregator, worker) in enumerate(router.destinations):
+        take, forwarders, pending = router.take_chunks, self.forwarders, router.pending
+        tails = self.tail_since
+        now = trio.current_time() if keep else 0.0
+        for index, destination in enumerate(router.destinations):
+            if not pending[index]:
+                continue
             chunks = take(index, keep_tail=keep)
             if chunks:
-                forwarders[aggregator].offer(chunks, worker)
-        if keep and router.has_pending():
+                forwarders[destination[0]].offer(chunks, destination[1])
+                if keep:  # the tail now held back holds only lines of this batch
+                    tails[destination] = now
+            elif destination not in tails:  # a tail began with this batch
+                tails[destination] = now
+        if not keep:
+            tails.clear()
+        elif tails:
             self.tails_waiting.set()
+
+    def flush_tails(self, now: float, delay: float) -> None:
+        """Send the kept-back tails whose oldest line is ``delay`` seconds old at ``now``."""
+        router, tails = self.router, self.tail_since
+        for index, destination in enumerate(router.destinations):
+            since = tails.get(destination)
+            if since is not None and since + delay <= now:  # the sleep's very sum: no spin
+                del tails[destination]
+                chunks = router.take_chunks(index, keep_tail=False)
+                if chunks:
+                    self.forwarders[destination[0]].offer(chunks, destination[1])
+        for destination in [d for d in tails if d not in router.destinations]:
+            del tails[destination]  # a destination gone with a change of workers
 
     def handle_block(self, block: bytes) -> None:
         """A stream's block of whole lines: route it and hand it over at once."""
@@ -152,13 +183,16 @@ class Pipeline:
                 break
 
     async def run_tail_flusher(self) -> None:
-        """Send the partly filled last chunks ``max_batch_delay_ms`` after they began."""
+        """Send each partly filled last chunk ``max_batch_delay_ms`` after its oldest line
+        arrived, unless more lines filled it first (then it left full, and a tail that
+        began later waits its own delay)."""
         delay = self.config.max_batch_delay_ms / 1000.0
         while True:
             await self.tails_waiting.wait()
             self.tails_waiting = trio.Event()
-            await trio.sleep(delay)
-            self.dispatch(final=True)
+            while self.tail_since:
+                await trio.sleep_until(min(self.tail_since.values()) + delay)
+                self.flush_tails(trio.current_time(), delay)
 
     # -- what it reports ------------------------------------------------------------------
 
