@@ -8,6 +8,12 @@ name, a bad line, a value too large for the inline checks) goes through `ingest_
 which parses with `LineParser.parse_line` and checks every result. The two must always
 agree (tests/unit/test_ledger.py checks it on generated lines).
 
+Before the line loop, a packet of counter lines only (``name:value|c``, the commonest
+StatsD traffic) is tried whole (`_ingest_counters`): a few byte counts and splits of the
+packet check its shape, C loops (`map`, `itertools.compress`) look its names up and add
+its values, in order, as the inline path would. A packet it does not fully cover is left
+untouched to the loop.
+
 Overflow: nothing non-finite may reach Carbon. Where each check is:
 
 * The inline path takes only values with ``|v| <= 2**969`` (`_FAST_LIMIT`). Adding such a
