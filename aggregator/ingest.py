@@ -8,6 +8,12 @@ name, a bad line, a value too large for the inline checks) goes through `ingest_
 which parses with `LineParser.parse_line` and checks every result. The two must always
 agree (tests/unit/test_ledger.py checks it on generated lines).
 
+Before the line loop, a packet of counter lines only (``name:value|c``, the commonest
+StatsD traffic) is tried whole (`_ingest_counters`): a few byte counts and splits of the
+packet check its shape, C loops (`map`, `itertools.compress`) look its names up and add
+its values, in order, as the inline path would. A packet it does not fully cover is left
+untouched to the loop.
+
 Overflow: nothing non-finite may reach Carbon. Where each check is:
 
 * The inline path takes only values with ``|v| <= 2**969`` (`_FAST_LIMIT`). Adding such a
@@ -34,8 +40,11 @@ from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Callable, Mapping
-from typing import Final, Protocol
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from itertools import compress, repeat
+from operator import add, not_
+from typing import Final, Protocol, cast
 
 from common.errors import ParseError
 from common.protocol import (
@@ -58,6 +67,28 @@ _FAST_LIMIT: Final = 2.0**969
 _MIN_FLUSH_INTERVAL_SECONDS: Final = 0.1
 _COUNT_LIMIT: Final = _MAX_DOUBLE * _MIN_FLUSH_INTERVAL_SECONDS
 _NO_FOREIGN: Final[Mapping[bytes, list[bytes]]] = {}
+#: Packets of fewer lines take the line loop: the whole-packet path's fixed cost (a dozen
+#: C calls) outweighs its gain below that (bench/ingest_bench.py --blast).
+_WHOLE_PACKET_LINES: Final = 4
+_ONE_LINE_END: Final = b":1|c"
+_COUNTER_END: Final = b"|c"
+
+
+def _add_ones_python(counts: dict[bytes, float], keys: Iterable[bytes]) -> None:
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+
+
+try:
+    # What `collections.Counter.update` runs: ``counts[key] = counts.get(key, 0) + 1`` for
+    # each key, in order, in C. Adding the int 1 to a float adds 1.0: bit for bit the
+    # inline path's sums (every key is made present, as a float, before it runs).
+    from collections import _count_elements as _add_ones  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - another Python than CPython
+    _add_ones = _add_ones_python
+
+#: Consumes an iterator in C (the idiom of itertools' recipes).
+_drain: Final[Callable[[Iterable[object]], None]] = deque[object](maxlen=0).extend
 
 
 class Interval(Protocol):
@@ -68,6 +99,79 @@ class Interval(Protocol):
     timer_counts: dict[bytes, float]
     sets: dict[bytes, set[bytes]]
     gauges_touched: set[bytes]
+
+
+def _ingest_counters(packet: bytes, counters: dict[bytes, float],
+                     cached_key: Callable[[bytes], bytes | None], max_line: int,
+                     batch_of: Callable[[bytes], list[bytes] | None]) -> int:
+    """`ingest_packet` for a packet of plain counter lines only, in C loops (no bytecode
+    per line): the lines are aggregated in order, exactly as the inline path would.
+
+    Taken only when every line is ``name:value|c`` (one ``:``, one ``|``) with a cached
+    name, or a name in `foreign` (``batch_of``), a value the inline path takes (a number,
+    ``|v| <= _FAST_LIMIT``, no ``_``), and no line over ``max_line``; nothing is changed
+    before all of that is known.
+
+    Returns:
+        The number of lines, or -1 (nothing done) for any other packet.
+    """
+    if packet[-1:] == b"\n":  # trailing empty lines
+        packet = packet.rstrip(b"\n")
+    lines = packet.count(b"\n") + 1
+    colons = packet.count(b":")
+    if colons != lines:  # one ":" a line is the only shape taken here
+        return -1
+    # Every line must end as split, i.e. no piece may hold a newline. A "|" in a name is
+    # read as the inline path reads it: the key cache decides, and it never holds a raw
+    # name with "|#" (tags).
+    ones = False
+    if packet[-4:] == _ONE_LINE_END:  # perhaps "name:1|c" lines only
+        names: list[bytes] | tuple[bytes, ...] = packet[:-4].split(b":1|c\n")
+        ones = len(names) == lines
+        if ones and len(packet) > max_line and max(map(len, names)) + 4 > max_line:
+            return -1
+    if not ones:
+        if packet[-2:] != _COUNTER_END:
+            return -1
+        texts = packet[:-2].split(b"|c\n")
+        if len(texts) != lines or (len(packet) > max_line
+                                   and max(map(len, texts)) + 2 > max_line):
+            return -1
+        names, seps, values = zip(*map(bytes.partition, texts, repeat(b":")), strict=True)
+        if not all(seps):  # then one line has two ":", another none
+            return -1
+        try:
+            numbers = list(map(float, values))
+        except ValueError:
+            return -1
+        # inf, nan (no comparison holds), too large, or 1_000 (float() takes it, JS not)
+        if not all(map(_FAST_LIMIT.__ge__, map(abs, numbers))) or b"_" in b"".join(values):
+            return -1
+    keys = list(map(cached_key, names))
+    own = cast("list[bytes]", keys)
+    if not all(keys):  # names this worker has no key for: another worker's, or new
+        strangers = list(compress(names, map(not_, keys)))
+        found = list(map(batch_of, strangers))
+        if None in found:
+            return -1
+        batches = cast("list[list[bytes]]", found)
+        own = cast("list[bytes]", list(compress(keys, keys)))
+        if ones:
+            _drain(map(list.append, batches, map(add, strangers, repeat(_ONE_LINE_END))))
+        else:
+            _drain(map(list.append, batches,
+                       map(add, compress(texts, map(not_, keys)), repeat(_COUNTER_END))))
+            numbers = list(compress(numbers, keys))
+    if ones:
+        known = len(counters)
+        _add_ones(counters, own)
+        if len(counters) != known:  # a new name's count is an int: make every one a float
+            _drain(map(counters.__setitem__, own, map(float, map(counters.__getitem__, own))))
+    else:
+        # In order, each sum read after the previous line's is stored (map is lazy).
+        _drain(map(counters.__setitem__, own,
+                   map(add, map(counters.get, own, repeat(0.0)), numbers)))
+    return lines
 
 
 def ingest_packet(packet: bytes, ledger: Interval, gauges: dict[bytes, float],
@@ -90,15 +194,21 @@ def ingest_packet(packet: bytes, ledger: Interval, gauges: dict[bytes, float],
         The number of lines (empty ones aside).
     """
     counters = ledger.counters
+    cached_key = parser.cached_key
+    max_line = parser.max_line_bytes
+    batch_of = foreign.get
+    if packet.count(b"\n") >= _WHOLE_PACKET_LINES - 1:
+        lines = _ingest_counters(packet, counters, cached_key, max_line, batch_of)
+        if lines >= 0:
+            return lines
     timers = ledger.timers
     timer_counts = ledger.timer_counts
-    cached_key = parser.cached_key
+    sets = ledger.sets
+    touch = ledger.gauges_touched.add
     kinds = TYPE_KINDS
     signs = DELTA_SIGNS
-    max_line = parser.max_line_bytes
     slow = checked
     fast_limit = _FAST_LIMIT
-    batch_of = foreign.get
     lines = 0
     for line in packet.split(b"\n"):
         if not line:
@@ -120,9 +230,9 @@ def ingest_packet(packet: bytes, ledger: Interval, gauges: dict[bytes, float],
             if b":" in value:  # "s:a:b|s" is two segments
                 slow(line)
                 continue
-            members = ledger.sets.get(key)
+            members = sets.get(key)
             if members is None:
-                members = ledger.sets[key] = set()
+                members = sets[key] = set()
             members.add(value or b"0")
             continue
         if value == b"1":
@@ -158,7 +268,7 @@ def ingest_packet(packet: bytes, ledger: Interval, gauges: dict[bytes, float],
                 gauges[key] = gauges.get(key, 0.0) + number
             else:
                 gauges[key] = number
-            ledger.gauges_touched.add(key)
+            touch(key)
         else:  # HISTOGRAM
             timer = timers.get(key)
             if timer is None:

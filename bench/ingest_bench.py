@@ -20,6 +20,7 @@ of each (in CPU time) is printed with their ratio.
 
     .venv/bin/python bench/ingest_bench.py --ref HEAD~3
     .venv/bin/python bench/ingest_bench.py --lines-per-packet 1 --packets 50000
+    .venv/bin/python bench/ingest_bench.py --blast --names 100000 --ref HEAD~3
 
 ``--sockets`` measures instead how two workers' intake reads datagrams: two reader
 processes on one shared UDP socket (today's intake) against one ``SO_REUSEPORT`` socket
@@ -62,17 +63,20 @@ DEFAULT_NAMES = 1_000
 DEFAULT_LINES_PER_PACKET = 20
 _SHAPES = (b"app.req.%d:1|c", b"app.lat.%d:%d|ms", b"app.pool.%d:%d|g",
            b"app.users.%d:u%d|s", b"app.bytes.%d:%d|c", b"app.size.%d:%d|h")
+#: ``--blast``: what bench/blast sends (the daemon-level figures), counters of 1 only.
+_BLAST_SHAPES = (b"bench.m%d:1|c",)
 
 
 def make_packets(count: int, names: int = DEFAULT_NAMES,
-                 per_packet: int = DEFAULT_LINES_PER_PACKET) -> list[bytes]:
+                 per_packet: int = DEFAULT_LINES_PER_PACKET,
+                 shapes: tuple[bytes, ...] = _SHAPES) -> list[bytes]:
     """``count`` packets of ``per_packet`` lines over ``names`` names."""
     packets = []
     n = 0
     for _ in range(count):
         lines = []
         for _ in range(per_packet):
-            shape = _SHAPES[n % len(_SHAPES)]
+            shape = shapes[n % len(shapes)]
             name = n % names
             lines.append(shape % ((name,) if shape.count(b"%") == 1 else (name, n % 977)))
             n += 1
@@ -199,12 +203,12 @@ def export_tree(rev: str, into: str) -> None:
 
 
 def compare(trees: dict[str, Path], packets: int, rounds: int, names: int,
-            per_packet: int) -> dict[str, dict[str, float]]:
+            per_packet: int, shapes: tuple[bytes, ...] = _SHAPES) -> dict[str, dict[str, float]]:
     """CPU microseconds per line of each tree's W=1 ingest, W=2 intake (both workers)
     and split: the fastest of ``rounds`` passes, the trees' passes alternating."""
-    data = make_packets(packets, names, per_packet)
+    data = make_packets(packets, names, per_packet, shapes)
     # Every (shape, name) pair twice over: each worker sees every key it owns.
-    warm = make_packets(2 * len(_SHAPES) * names // per_packet + 2, names, per_packet)
+    warm = make_packets(2 * len(shapes) * names // per_packet + 2, names, per_packet, shapes)
     subjects = {}
     for name, tree in trees.items():
         modules = Modules(tree)
@@ -334,6 +338,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
     parser.add_argument("--names", type=int, default=DEFAULT_NAMES)
     parser.add_argument("--lines-per-packet", type=int, default=DEFAULT_LINES_PER_PACKET)
+    parser.add_argument("--blast", action="store_true",
+                        help="packets as bench/blast sends them (name:1|c lines only)")
     parser.add_argument("--sockets", action="store_true",
                         help="compare a shared socket with SO_REUSEPORT sockets instead")
     parser.add_argument("--rate", type=float, default=100_000, help="--sockets: lines/s")
@@ -348,9 +354,10 @@ def main() -> None:
             export_tree(args.ref, scratch)
             trees[args.ref] = Path(scratch)
         figures = compare(trees, args.packets, args.rounds, args.names,
-                          args.lines_per_packet)
+                          args.lines_per_packet, _BLAST_SHAPES if args.blast else _SHAPES)
     print(f"CPU us per line, best of {args.rounds} passes of {args.packets} packets, "
-          f"{args.lines_per_packet} lines a packet, {args.names} names")
+          f"{args.lines_per_packet} lines a packet, {args.names} names, "
+          f"{'blast' if args.blast else 'mixed'} lines")
     for name, figure in figures.items():
         print(f"{name:>12}: W=1 ingest {figure['W=1']:.3f}, W=2 intake {figure['W=2']:.3f} "
               f"({figure['W=2'] / figure['W=1']:.2f}x W=1), split {figure['split']:.3f}")

@@ -110,6 +110,26 @@ def test_the_fused_path_aggregates_what_one_worker_would(packets: list[list[byte
     """One worker reads every packet through `Accumulator.ingest_sharded`, each owner
     aggregates what it is forwarded: together they hold exactly what one worker holds, each
     name at one worker, and each parser's key cache holds only its worker's names."""
+    check_fused_path(packets, workers, me)
+
+
+_COUNTER_LINES = st.lists(st.tuples(
+    st.sampled_from([b"a", b"b", b"c.d", b"a b", b"a_b", b"e/f", b"\xc3\xa9x", b"g", b"h"]),
+    st.sampled_from([b":1|c"] * 6 + [b":2|c", b":0.5|c", b":1e300|c", b":1|c|@0.5",
+                                       b":x|c", b"", b":1|g"]),
+).map(b"".join), min_size=1, max_size=30)
+
+
+@given(st.lists(_COUNTER_LINES, min_size=1, max_size=4), st.integers(min_value=2, max_value=4),
+       st.integers(min_value=0, max_value=3))
+def test_the_fused_path_of_counter_packets_aggregates_what_one_worker_would(
+        packets: list[list[bytes]], workers: int, me: int) -> None:
+    """As above, with packets of counters only (the whole-packet path of
+    `aggregator.ingest`, foreign names included), a bad line now and then."""
+    check_fused_path(packets, workers, me)
+
+
+def check_fused_path(packets: list[list[bytes]], workers: int, me: int) -> None:
     me %= workers
     one = Accumulator(LedgerOptions())
     many = [Accumulator(LedgerOptions(report_internal=i == 0)) for i in range(workers)]

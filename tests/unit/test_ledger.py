@@ -267,3 +267,68 @@ def test_bad_lines_leave_the_key_cache_empty() -> None:
         a.ingest(b"%s%d:x|c\n%s%d|c\n%s%d:1|q" % (name, i, name, i, name, i))
     assert a.parser.keys == {} and a.parser.cached_bytes == 0
     assert a.bad_lines_total == 600
+
+
+# The whole-packet counter path (`aggregator.ingest._ingest_counters`) takes packets of
+# counter lines only; these strategies make many of them, with everything that must send
+# a packet the line-by-line way instead mixed in now and then.
+_counter_name = st.sampled_from([b"a", b"b", b"c", b"a b", b"a|b", b"x:y", b"", b"a|#t",
+                                 b"\xc3\xa9", b"new"])
+_counter_value = st.sampled_from([b"1", b"1", b"1", b"2", b"0.1", b"0.3", b"-1", b"1e300",
+                                  b"9" * 400, b"1_0", b"inf", b"nan", b"x", b"", b" 3",
+                                  b"2.5e-7", b"1e307", b"-0"])
+_counter_line = st.one_of(
+    st.tuples(_counter_name, _counter_value).map(lambda t: t[0] + b":" + t[1] + b"|c"),
+    st.sampled_from([b"a:1|c", b"b:1|c", b"a:1|c|@0.5", b"a:1|c:1|c", b"a:1|g", b"",
+                     b"b:1|c\r", b"a:1|ms", b"a", b"a:1"]))
+_counter_packet = st.lists(_counter_line, min_size=1, max_size=10).map(b"\n".join)
+
+
+@settings(max_examples=500)
+@given(st.lists(_counter_packet, min_size=1, max_size=4),
+       st.sampled_from([b"", b"\n", b"\n\n"]), st.integers(20, 100))
+@example([b"a:0.1|c", b"a:1|c\na:1|c\nb:1|c", b"a:1e300|c\na:1|c"], b"", 100)
+def test_counter_packets_agree_with_general_parser(packets: list[bytes], end: bytes,
+                                                   max_line: int) -> None:
+    fast = agg(max_line_bytes=max_line)
+    general = agg(max_line_bytes=max_line)
+    warm = b"a:1|c\nb:0.1|c\nc:1|g\na b:1|c\na|b:1|c"  # names the second agg learns too
+    for a in (fast, general):
+        a.ingest(warm)
+    for packet in packets * 2:  # the second time round more names are known
+        packet += end
+        fast.ingest(packet)
+        for line in packet.split(b"\n"):
+            if line:
+                general._ingest_line(line)
+        general.ledger.packets += 1
+        general.ledger.lines += sum(1 for line in packet.split(b"\n") if line)
+    assert fast.live_counters() == general.live_counters()
+    assert all(type(v) is float for v in fast.ledger.counters.values())
+    a, b = fast.swap(10, 10.0), general.swap(10, 10.0)
+    assert a.counters == b.counters
+    assert {k: list(v) for k, v in a.timers.items()} == {k: list(v) for k, v in b.timers.items()}
+    assert a.gauges == b.gauges and a.sets == b.sets
+    assert fast.bad_lines_total == general.bad_lines_total
+    assert fast.dropped == general.dropped
+    assert [e.line for e in fast.take_errors()] == [e.line for e in general.take_errors()]
+
+
+def test_counter_sums_stay_bit_exact_in_order() -> None:
+    # 0.1 then ones: float sums that depend on the order of the additions.
+    a = agg()
+    a.ingest(b"n:0.1|c")
+    a.ingest(b"n:1|c\nn:1|c\nn:0.7|c\nn:1|c")
+    a.ingest(b"n:1|c\n" * 5)
+    expected = 0.1
+    for value in (1, 1, 0.7, 1, 1, 1, 1, 1, 1):
+        expected += value
+    assert a.ledger.counters[b"n"] == expected
+
+
+def test_new_names_of_a_ones_packet_are_counted_as_floats() -> None:
+    a = agg(delete_counters=True)
+    a.ingest(b"k:1|c")
+    a.swap(10, 10.0)  # k forgotten; still a known key for the parser
+    a.ingest(b"k:1|c\nk:1|c")
+    assert a.ledger.counters[b"k"] == 2.0 and type(a.ledger.counters[b"k"]) is float
