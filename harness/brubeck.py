@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.daemon import DaemonError, DaemonProcess
+from harness.daemon import DaemonError, DaemonProcess, start_on_fresh_ports
 from harness.port import free_port, udp_port_bound
 
 #: Worker threads of the statsd sampler (the issue's reference runs 2, one per core here).
@@ -105,28 +105,16 @@ def start_brubeck(binary: Path, sink_port: int, flush_seconds: float, *,
     if not os.access(binary, os.X_OK):
         raise DaemonError(f"brubeck binary {binary} is not executable")
     seconds = max(1, int(-(-flush_seconds // 1)))
-    last: DaemonError | None = None
-    for _ in range(attempts):
+    def launch() -> BrubeckProcess:
         port = free_port("udp")
         config_dir = Path(tempfile.mkdtemp(prefix="brubeck-"))
         path = config_dir / "config.json"
         path.write_text(json.dumps(brubeck_config(port, sink_port, seconds, threads)))
-        proc = BrubeckProcess([str(binary), "--config", str(path)], port=port,
+        return BrubeckProcess([str(binary), "--config", str(path)], port=port,
                               config_dir=config_dir)
-        try:
-            proc.wait_ready(START_SECONDS)
-        except DaemonError as exc:
-            proc.kill()
-            last = exc
-            if "failed to bind" in proc.log_text(None):
-                continue
-            raise
-        except BaseException:
-            proc.kill()
-            raise
-        return proc
-    assert last is not None
-    raise last
+
+    return start_on_fresh_ports(launch, lambda proc: proc.wait_ready(START_SECONDS),
+                                attempts=attempts, port_taken="failed to bind")
 
 
 def build_brubeck(source: Path) -> Path:

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from harness.checkout import REPO_ROOT
 
@@ -163,3 +163,33 @@ def wait_until(predicate: Callable[[], object], timeout: float, *, interval: flo
         if time.monotonic() > deadline:
             raise TimeoutError(f"{message} not met within {timeout}s")
         time.sleep(interval)
+
+
+_Daemon = TypeVar("_Daemon", bound=DaemonProcess)
+
+
+def start_on_fresh_ports(launch: Callable[[], _Daemon], ready: Callable[[_Daemon], object], *,
+                         attempts: int, port_taken: str) -> _Daemon:
+    """Start a daemon whose ports are picked before it binds them.
+
+    ``launch()`` starts one on fresh ports, ``ready(daemon)`` waits until it serves. When it
+    fails and its log says ``port_taken`` (another process took a port meanwhile), it is
+    tried again with new ports, at most ``attempts`` times. A daemon that failed is killed.
+    """
+    last: DaemonError | None = None
+    for _ in range(attempts):
+        daemon = launch()
+        try:
+            ready(daemon)
+        except DaemonError as exc:
+            daemon.kill()
+            last = exc
+            if port_taken in daemon.log_text(None):
+                continue
+            raise
+        except BaseException:
+            daemon.kill()
+            raise
+        return daemon
+    assert last is not None
+    raise last

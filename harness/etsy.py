@@ -19,7 +19,7 @@ from typing import Any
 
 from harness.checkout import CACHE_DIR
 from harness.client import mgmt_command
-from harness.daemon import DaemonError, DaemonProcess
+from harness.daemon import DaemonError, DaemonProcess, start_on_fresh_ports
 from harness.port import free_port, udp_port_bound
 
 ETSY_DIR = CACHE_DIR / "etsy" / "node_modules" / "statsd"
@@ -110,26 +110,15 @@ def start_etsy(
     if node is None or not ETSY_STATS_JS.is_file():
         raise DaemonError(
             f"Etsy statsd is not installed ({ETSY_STATS_JS}); run tools/bootstrap --test")
-    last: DaemonError | None = None
-    for _ in range(attempts):
+
+    def launch() -> EtsyProcess:
         full = dict(config)
         full.update(port=free_port("udp"), address="127.0.0.1",
                     mgmt_port=free_port("tcp"), mgmt_address="127.0.0.1")
         config_dir = Path(tempfile.mkdtemp(prefix="etsy-statsd-"))
         write_etsy_config(full, config_dir / "config.js")
-        proc = EtsyProcess([node, str(ETSY_STATS_JS), str(config_dir / "config.js")],
+        return EtsyProcess([node, str(ETSY_STATS_JS), str(config_dir / "config.js")],
                            config=full, config_dir=config_dir, cwd=ETSY_DIR)
-        try:
-            proc.wait_ready(timeout)
-        except DaemonError as exc:
-            proc.kill()
-            last = exc
-            if "EADDRINUSE" in proc.log_text(None):
-                continue
-            raise
-        except BaseException:
-            proc.kill()
-            raise
-        return proc
-    assert last is not None
-    raise last
+
+    return start_on_fresh_ports(launch, lambda proc: proc.wait_ready(timeout),
+                                attempts=attempts, port_taken="EADDRINUSE")

@@ -157,6 +157,17 @@ TRICKY = [b"s:a:b|s", b"a|#t:1|c", b"a:1|c|#t", b"a:1|c", b"a:1|c\r", b"t:-1|ms"
 
 
 @settings(max_examples=500)
+def ingest_both(fast: Accumulator, general: Accumulator, packet: bytes) -> None:
+    """``packet`` into ``fast`` as intake hands it over (the inline paths), and into
+    ``general`` line by line through the checked path, with the same packet and line counts."""
+    fast.ingest(packet)
+    lines = [line for line in packet.split(b"\n") if line]
+    for line in lines:
+        general._ingest_line(line)
+    general.ledger.packets += 1
+    general.ledger.lines += len(lines)
+
+
 @given(st.lists(st.one_of(_structured, _free, st.sampled_from(TRICKY)), min_size=1, max_size=12))
 @example(TRICKY)
 def test_fast_path_agrees_with_general_parser(lines: list[bytes]) -> None:
@@ -164,12 +175,7 @@ def test_fast_path_agrees_with_general_parser(lines: list[bytes]) -> None:
     fast = agg(max_line_bytes=20)
     general = agg(max_line_bytes=20)
     for _ in range(2):  # the second round hits the key cache, i.e. the fast path
-        fast.ingest(packet)
-        for line in packet.split(b"\n"):
-            if line:
-                general._ingest_line(line)
-        general.ledger.packets += 1
-        general.ledger.lines += sum(1 for line in packet.split(b"\n") if line)
+        ingest_both(fast, general, packet)
     a, b = fast.swap(10, 10.0), general.swap(10, 10.0)
     assert a.counters == b.counters
     assert {k: list(v) for k, v in a.timers.items()} == {k: list(v) for k, v in b.timers.items()}
@@ -297,12 +303,7 @@ def test_counter_packets_agree_with_general_parser(packets: list[bytes], end: by
         a.ingest(warm)
     for packet in packets * 2:  # the second time round more names are known
         packet += end
-        fast.ingest(packet)
-        for line in packet.split(b"\n"):
-            if line:
-                general._ingest_line(line)
-        general.ledger.packets += 1
-        general.ledger.lines += sum(1 for line in packet.split(b"\n") if line)
+        ingest_both(fast, general, packet)
     assert fast.live_counters() == general.live_counters()
     assert all(type(v) is float for v in fast.ledger.counters.values())
     a, b = fast.swap(10, 10.0), general.swap(10, 10.0)
