@@ -19,6 +19,7 @@ SHELL.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 from typing import TYPE_CHECKING, Final
@@ -59,33 +60,62 @@ async def _read_line(stream: trio.SocketStream, reply: bytes) -> tuple[bytes, by
     return line, rest
 
 
+def connect_failure(error: OSError) -> str:
+    """The reason a connection failed, as a lower-case errno name (``econnrefused``).
+
+    trio's `open_tcp_stream` raises an OSError without an errno once every address it tried
+    failed, with those attempts' errors in its ``__cause__`` (an exception group); the first
+    of them names the reason. ``connect_error`` when none does.
+    """
+    number = error.errno
+    cause = error.__cause__
+    if not number and isinstance(cause, BaseExceptionGroup):
+        number = next((e.errno for e in cause.exceptions
+                       if isinstance(e, OSError) and e.errno), None)
+    elif not number and isinstance(cause, OSError):
+        number = cause.errno
+    return errno.errorcode.get(number or 0, "connect_error").lower()
+
+
 async def probe_aggregator(host: str, port: int, *, wait_seconds: float,
                            ask_workers: bool = False) -> ProbeResult:
-    """Ask ``host:port`` for its health (and, with ``ask_workers`` and when it is up, its
-    workers), all within ``wait_seconds``."""
-    workers_line: bytes | None = None
+    """Ask ``host:port`` for its health within ``wait_seconds`` and, with ``ask_workers`` and
+    when it is up, its workers within another ``wait_seconds``.
+
+    Health decides the result alone: an aggregator that answers health but not ``workers``
+    (too slow, or gone after the first answer) is up, with ``answered`` false, so what the
+    forwarder knew of its workers stays as it was.
+    """
     try:
         with trio.fail_after(wait_seconds):
             stream = await trio.open_tcp_stream(host, port)
-            async with stream:
-                await stream.send_all(b"health\n")
-                first, rest = await _read_line(stream, b"")
-                if ask_workers and first.strip().lower() == b"health: up":
-                    await stream.send_all(b"workers\n")
-                    workers_line, _ = await _read_line(stream, rest)
     except trio.TooSlowError:
         return ProbeResult("timeout")
     except OSError as e:
-        return ProbeResult(errno.errorcode.get(e.errno or 0, "connect_error").lower())
-    except trio.BrokenResourceError:
-        return ProbeResult("connection_reset")
-    first = first.strip().lower()
-    if first == b"health: down":
-        return ProbeResult(DRAINING)
-    if first != b"health: up":
-        return ProbeResult("no_answer")
-    if workers_line is None:
-        return ProbeResult(None)
+        return ProbeResult(connect_failure(e))
+    async with stream:
+        try:
+            with trio.fail_after(wait_seconds):
+                await stream.send_all(b"health\n")
+                first, rest = await _read_line(stream, b"")
+        except trio.TooSlowError:
+            return ProbeResult("timeout")
+        except OSError as e:
+            return ProbeResult(connect_failure(e))
+        except trio.BrokenResourceError:
+            return ProbeResult("connection_reset")
+        first = first.strip().lower()
+        if first == b"health: down":
+            return ProbeResult(DRAINING)
+        if first != b"health: up":
+            return ProbeResult("no_answer")
+        if not ask_workers:
+            return ProbeResult(None)
+        workers_line = b""
+        with trio.move_on_after(wait_seconds), \
+                contextlib.suppress(OSError, trio.BrokenResourceError):
+            await stream.send_all(b"workers\n")
+            workers_line, _ = await _read_line(stream, rest)
     return ProbeResult(None, answered=bool(workers_line.strip()),
                        workers=parse_workers_reply(workers_line))
 

@@ -15,7 +15,6 @@ SHELL.
 
 from __future__ import annotations
 
-import errno
 import logging
 from typing import Any, Final
 
@@ -26,7 +25,7 @@ from common.logging import log_event
 from common.stats import counter, level
 
 from ..membership import Membership
-from ..probe import probe_mgmt
+from ..probe import connect_failure, probe_mgmt
 from .base import Forwarder, ForwarderStatistics, SockAddr
 
 LOGGER = logging.getLogger(__name__)
@@ -85,7 +84,7 @@ class TcpForwarder(Forwarder):
         except trio.TooSlowError:
             return "connect_timeout"
         except OSError as e:
-            return errno.errorcode.get(e.errno or 0, "connect_error").lower()
+            return connect_failure(e)
 
     async def _write(self, stream: trio.SocketStream) -> str:
         """Write queued chunks until the aggregator is marked down or the stream fails;
