@@ -15,13 +15,18 @@ destination still lacks. The rules (docs/rebalance.md, "Merge semantics"):
 3. **Each destination archive is merged from the source archive of the same step.** A slot
    that archive has no point for (or, with different schemas, when the source has no archive
    of that step) is filled from the *finest* source archive whose step divides the
-   destination's step and which covers the slot's time, by aggregating the source points in
-   ``[t, t + step)`` with the *destination's* aggregation method and only when
-   known/total >= the destination's xFilesFactor: exactly what whisper's own propagation
-   would have computed had those points been written into the destination
-   (`ringtool.whisperfile.aggregate`). A coarser source archive is never used to fill a
-   finer destination archive (that would write one aggregate as many fine points and corrupt
-   sums); a source point only such an archive holds is counted in ``skipped_coarse``.
+   destination's step and whose window holds the slot's start ``t``, by aggregating the
+   source points in ``[t, t + step)`` with the *destination's* aggregation method and only
+   when known/total >= the destination's xFilesFactor: exactly what whisper's own
+   propagation would have computed had those points been written into the destination
+   (`ringtool.whisperfile.aggregate`; slots still in the future are unknown, as they are to
+   whisper). An interval that starts before that window is not resampled: its first points
+   expired, they were not holes. A coarser source archive is never used to fill a finer
+   destination archive (that would write one aggregate as many fine points and corrupt
+   sums): a source point whose time the destination keeps only in archives finer than its
+   own (or whose step is no multiple of its own), and that no finer source archive covers,
+   is counted in ``skipped_coarse``. Source points older than every destination archive's
+   retention have nowhere to go and are not counted.
 4. **Writes set the timestamp** with the value, so whisper reads the slot as valid. In an
    archive never written before (its first slot holds timestamp 0) the whole ring buffer is
    written at once, laid out from the first point written, so no stale leftover can turn

@@ -11,7 +11,8 @@ A missing destination is created as a copy of the source: written to a temporary
 the same directory, fsynced, then hard-linked to its name. ``os.link`` fails with EEXIST when
 carbon (or another merge) created the file meanwhile; the merge then goes into that file.
 The source is checked before anything is written, and a destination that does not parse is
-never written to: both raise `WhisperFormatError`.
+never written to: both raise `WhisperFormatError`. An empty destination is first given a
+moment to be written (carbon's ``whisper.create`` opens the file before it flocks it).
 
 Synchronous: the agent runs these in a worker thread (``trio.to_thread.run_sync``).
 """
@@ -22,6 +23,7 @@ import contextlib
 import fcntl
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
@@ -35,6 +37,10 @@ __all__ = ["merge_into", "read_locked", "verify_file"]
 CREATED_FILE_MODE: Final = 0o644
 #: Bytes per read call.
 READ_CHUNK_BYTES: Final = 1 << 20
+#: An empty destination is most likely one carbon is creating right now (whisper.create opens
+#: it, then flocks it): wait this long in all for it to be written before calling it corrupt.
+EMPTY_DESTINATION_WAIT_SECONDS: Final = 1.0
+EMPTY_DESTINATION_POLL_SECONDS: Final = 0.05
 
 
 def merge_into(dst: Path, src: bytes, *, now: int) -> MergeResult:
@@ -58,6 +64,7 @@ def merge_into(dst: Path, src: bytes, *, now: int) -> MergeResult:
         parse_header(src)
     except WhisperFormatError as error:
         raise error.on("source") from None
+    polls = round(EMPTY_DESTINATION_WAIT_SECONDS / EMPTY_DESTINATION_POLL_SECONDS)
     while True:
         try:
             fd = os.open(dst, os.O_RDWR | os.O_CLOEXEC)
@@ -69,14 +76,22 @@ def merge_into(dst: Path, src: bytes, *, now: int) -> MergeResult:
             fcntl.flock(fd, fcntl.LOCK_EX)
             if not _still_named(fd, dst):
                 continue  # deleted or replaced while we waited for the lock
-            plan = plan_merge(src, _read_all(fd), now=now)
+            data = _read_all(fd)
+            if not data and polls > 0:
+                polls -= 1
+                os.close(fd)
+                fd = -1
+                time.sleep(EMPTY_DESTINATION_POLL_SECONDS)
+                continue
+            plan = plan_merge(src, data, now=now)
             for offset, chunk in plan.writes:
                 _write_all(fd, chunk, offset)
             if plan.writes:
                 os.fsync(fd)
             return plan.result
         finally:
-            os.close(fd)  # releases the lock
+            if fd >= 0:
+                os.close(fd)  # releases the lock
 
 
 def verify_file(dst: Path, src: bytes, *, now: int) -> Verification:

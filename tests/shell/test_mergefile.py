@@ -193,7 +193,9 @@ def test_destination_replaced_while_waiting_for_the_lock_is_reopened(
 
 
 @pytest.mark.parametrize("corrupt", [b"", b"\0" * 100, DST[:-5], b"not a whisper file" * 9])
-def test_corrupt_destination_is_never_written(tmp_path: Path, corrupt: bytes) -> None:
+def test_corrupt_destination_is_never_written(tmp_path: Path, corrupt: bytes,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mergefile, "EMPTY_DESTINATION_WAIT_SECONDS", 0.1)
     dst = tmp_path / "c.wsp"
     dst.write_bytes(corrupt)
     before = dst.stat()
@@ -203,6 +205,22 @@ def test_corrupt_destination_is_never_written(tmp_path: Path, corrupt: bytes) ->
     assert dst.read_bytes() == corrupt and dst.stat().st_mtime_ns == before.st_mtime_ns
     with pytest.raises(WhisperFormatError):
         verify_file(dst, SRC, now=NOW)
+
+
+def test_empty_destination_being_created_by_carbon_is_waited_for(tmp_path: Path) -> None:
+    """whisper.create opens (truncating) before it flocks: an empty file is given a moment."""
+    dst = tmp_path / "c.wsp"
+    dst.write_bytes(b"")
+    merging, merged = in_thread(lambda: merge_into(dst, SRC, now=NOW))
+    merging.join(WAIT_SECONDS)
+    fd = os.open(dst, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.pwrite(fd, DST, 0)
+    finally:
+        os.close(fd)
+    merging.join(10)
+    assert merged[0].conflicts == 2 and not merged[0].created
 
 
 @pytest.mark.parametrize("exists", [False, True])
