@@ -157,6 +157,50 @@ def test_writer_waits_for_the_whole_merge(tmp_path: Path,
     assert merged[0].filled > 0
 
 
+WHISPER_WRITER = """
+import sys, whisper
+whisper.LOCK = True  # what carbon sets from WHISPER_LOCK_WRITES = True
+print("writing", flush=True)
+whisper.update_many(sys.argv[1], [(int(sys.argv[2]), 77.0)], now=int(sys.argv[3]))
+"""
+
+
+def test_carbons_whisper_writer_waits_for_the_merge(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whisper update with LOCK = True into a hole the merge also fills lands after the
+    merge, so the live point is the one that stays."""
+    dst = tmp_path / "c.wsp"
+    dst.write_bytes(DST)
+    hole = points(DST)[10][-2][0]
+    planned, go_on = threading.Event(), threading.Event()
+    real_plan = mergefile.plan_merge
+
+    def slow_plan(src: bytes, data: bytes, *, now: int) -> Any:
+        planned.set()
+        go_on.wait(10)
+        return real_plan(src, data, now=now)
+
+    monkeypatch.setattr(mergefile, "plan_merge", slow_plan)
+    merging, merged = in_thread(lambda: merge_into(dst, SRC, now=NOW))
+    writer = None
+    try:
+        assert planned.wait(10)
+        writer = subprocess.Popen([sys.executable, "-c", WHISPER_WRITER, str(dst), str(hole),
+                                   str(NOW)], stdout=subprocess.PIPE, text=True)
+        assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
+        with pytest.raises(subprocess.TimeoutExpired):
+            writer.wait(WAIT_SECONDS)
+    finally:
+        go_on.set()
+        merging.join(10)
+        if writer is not None:
+            assert writer.wait(30) == 0
+            assert writer.stdout is not None
+            writer.stdout.close()
+    assert merged[0].filled > 0
+    assert dict(points(dst.read_bytes())[10])[hole] == 77.0
+
+
 def test_destination_created_meanwhile_is_merged_into(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """carbon creates the file after merge_into found none and before its link."""
