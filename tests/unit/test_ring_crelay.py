@@ -116,6 +116,7 @@ def test_positions_and_ring_equal_the_relays(layout: str) -> None:
         ours = [hash_position(name, ring.hash_type) for name in NAMES]
     assert ours == POSITIONS[layout]
     entries, distinct, digest = RINGS[layout]
+    assert entries == len(ring.nodes) * (1 if ring.hash_type == "jump_fnv1a_ch" else 100)
     assert len(ring.points()) == distinct
     assert ring_digest(printed(ring)) == digest
 
