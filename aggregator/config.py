@@ -34,6 +34,7 @@ from common.config import (
     replication_factor_setting,
     reuse_port_setting,
     ring_hash_setting,
+    ring_tag_key_setting,
     setting,
     tcp_idle_timeout_seconds_setting,
     to_strings,
@@ -206,6 +207,7 @@ class AggregatorConfig:
         help="Carbon plaintext receivers, in ring order (repeatable); none: no Graphite output",
         etsy="graphiteHost, graphitePort")
     ring_hash: str = ring_hash_setting()
+    ring_tag_key: str | None = ring_tag_key_setting()
     replication_factor: int = replication_factor_setting()
     workers: int | None = setting(
         None, kind="int", converter=lambda x: None if x is None else int(x),
@@ -408,7 +410,8 @@ def check_config(config: AggregatorConfig, workers: int | None = None) -> None:
     make_auth(config.auth, config.auth_tokens, config.auth_revoked_tokens)
     if config.carbon:
         Ring.from_nodes(config.carbon, hash_type=config.ring_hash,
-                        replication_factor=config.replication_factor)
+                        replication_factor=config.replication_factor,
+                        tag_key=config.ring_tag_key)
 
 
 def plain_value(name: str, value: Any) -> Any:
