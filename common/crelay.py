@@ -130,12 +130,13 @@ def jump_walk(order: Sequence[M], key: int, count: int) -> tuple[M, ...]:
 def member_tuples(owners: Sequence[M], factor: int) -> list[tuple[M, ...]]:
     """For each point of a c-relay ring, where a path landing on it goes: the first
     ``factor`` distinct members clockwise (equal tuples shared)."""
+    wanted = min(factor, len(set(owners)))  # a member without points cannot be met
     shared: dict[tuple[M, ...], tuple[M, ...]] = {}
     result = []
     for start in range(len(owners)):
         chosen: dict[M, None] = {}
         index = start
-        while len(chosen) < factor:
+        while len(chosen) < wanted:
             chosen[owners[index]] = None
             index = (index + 1) % len(owners)
         replicas = tuple(chosen)
