@@ -299,3 +299,45 @@ def test_normalized_equals_carbons_tagged_series() -> None:
                           text=True, input=json.dumps(NORMALIZE_CASES), timeout=60, check=True)
     carbon: list[Any] = json.loads(done.stdout)
     assert [normalize_tagged(path) for path in NORMALIZE_CASES] == carbon
+
+
+# --- the setting, as the aggregator reads it ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("document", "tag_key"),
+    [
+        ({"ring_hash": "crelay_carbon_ch"}, "name_only"),
+        ({"ring_hash": "carbon_ch"}, "as_received"),
+        ({"ring_hash": "carbon_ch", "ring_tag_key": "normalized"}, "normalized"),
+        ({"ring_hash": "jump_fnv1a_ch", "ring_tag_key": "as_received"}, "as_received"),
+    ],
+)
+def test_the_aggregator_places_lines_with_its_ring_tag_key(
+    document: dict[str, Any], tag_key: str
+) -> None:
+    from aggregator.backends.carbon import CarbonOutput
+    from aggregator.config import AggregatorConfig, check_config
+    from common.config import config_from_mapping
+
+    members = ["10.0.0.1:2003:1", "10.0.0.2:2003:2", "10.0.0.3:2003:3", "10.0.0.4:2003:4"]
+    config = config_from_mapping(AggregatorConfig, {"carbon": members, **document})
+    check_config(config)
+    placement = CarbonOutput(config).placement
+    assert placement.ring.tag_key == tag_key
+    lines = [f"disk.used;host=h{i};dc=eu 1 1700000000\n".encode() for i in range(40)]
+    groups = placement.split(b"".join(lines))
+    ring = placement.ring
+    for node, block in groups.items():
+        for line in block.splitlines():
+            assert node in ring.nodes_for(line.split(b" ")[0])
+    assert (len(groups) == 1) is (tag_key == "name_only")
+
+
+def test_the_aggregator_refuses_an_unknown_ring_tag_key() -> None:
+    from aggregator.config import AggregatorConfig
+    from common.config import config_from_mapping
+
+    with pytest.raises(ConfigError) as caught:
+        config_from_mapping(AggregatorConfig, {"ring_tag_key": "sorted"})
+    assert "ring_tag_key" in str(caught.value)  # as for ring_hash: the validator's message
