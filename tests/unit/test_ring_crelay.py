@@ -328,9 +328,9 @@ def test_the_aggregator_places_lines_with_its_ring_tag_key(
     lines = [f"disk.used;host=h{i};dc=eu 1 1700000000\n".encode() for i in range(40)]
     groups = placement.split(b"".join(lines))
     ring = placement.ring
-    for node, block in groups.items():
+    for owner, block in groups.items():
         for line in block.splitlines():
-            assert node in ring.nodes_for(line.split(b" ")[0])
+            assert owner in ring.nodes_for(line.split(b" ")[0])
     assert (len(groups) == 1) is (tag_key == "name_only")
 
 
