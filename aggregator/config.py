@@ -402,9 +402,11 @@ def check_config(config: AggregatorConfig, workers: int | None = None) -> None:
             and revoked, a malformed token), a Carbon ring that cannot be built
             (an unknown ``ring_hash``, a replication factor that is not an integer >= 1,
             ``fnv1a_ch`` without instance names, two nodes that are one ring node: the
-            same host and instance), or ``worker_listen`` ports beyond 65535 for
+            same host and instance; in the c-relay modes what carbon-c-relay refuses, see
+            `common.crelay.check_members`), or ``worker_listen`` ports beyond 65535 for
             ``workers`` workers. A replication factor above the number of distinct
-            hosts is not refused: a path then goes to every host, once (as carbon's).
+            hosts is not refused: a path then goes to every host, once (as carbon's); in
+            the c-relay modes one above the number of members is (as carbon-c-relay's).
     """
     check_worker_listen(config.worker_listen, workers or config.workers or 1)
     make_auth(config.auth, config.auth_tokens, config.auth_revoked_tokens)
