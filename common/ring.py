@@ -293,8 +293,8 @@ class Ring:
     nodes: tuple[CarbonNode, ...]
     tag_key: str
     # Sorted point positions and each point's owner (jump_fnv1a_ch: bucket numbers and the
-    # members in bucket order); the owners have one extra entry, a copy of the first, so a
-    # bisect past the top wraps branch-free. _place maps a path's bytes to its replicas.
+    # members in bucket order); _place maps a path's bytes to its replicas, _walk to every
+    # node in successor order.
     _positions: tuple[int, ...] = attrs.field(eq=False, repr=False)
     _owners: tuple[CarbonNode, ...] = attrs.field(eq=False, repr=False)
     _place: Place = attrs.field(eq=False, repr=False)
@@ -325,27 +325,28 @@ class Ring:
         _check_layout(nodes, hash_type, replication_factor, tag_key)
         key = tag_key_function(tag_key)
         if hash_type == "jump_fnv1a_ch":
-            order = crelay.jump_order(nodes)
+            owners = crelay.jump_order(nodes)
+            positions = tuple(range(len(owners)))
             place = crelay.jump_placer(nodes, replication_factor)
             walk = crelay.jump_placer(nodes, len(nodes))
-            return cls(hash_type, replication_factor, nodes, tag_key, tuple(range(len(order))),
-                       (*order, order[0]), _keyed(place, key), _keyed(walk, key))
-        if hash_type == "ketama":
-            points = _ketama_points(nodes)
-        elif hash_type in crelay.CRELAY_HASHES:
-            points = crelay.ring_points(nodes, hash_type)
         else:
-            points = _carbon_points(nodes, hash_type)
-        owners = [node for _, node in points]
-        if hash_type in crelay.CRELAY_HASHES:
-            replicas = crelay.member_tuples(owners, replication_factor)
-        else:
-            replicas = _replica_tuples(owners, replication_factor)
-        positions = tuple(spot for spot, _ in points)
-        search = _SEARCH[hash_type]
-        place = _ring_place(positions, (*replicas, replicas[0]), search)
-        walk = _ring_walk(positions, tuple(owners), len(nodes), search)
-        return cls(hash_type, replication_factor, nodes, tag_key, positions, (*owners, owners[0]),
+            if hash_type == "ketama":
+                points = _ketama_points(nodes)
+            elif hash_type in crelay.CRELAY_HASHES:
+                points = crelay.ring_points(nodes, hash_type)
+            else:
+                points = _carbon_points(nodes, hash_type)
+            owners = tuple(node for _, node in points)
+            if hash_type in crelay.CRELAY_HASHES:
+                replicas = crelay.member_tuples(owners, replication_factor)
+            else:
+                replicas = _replica_tuples(owners, replication_factor)
+            positions = tuple(spot for spot, _ in points)
+            search = _SEARCH[hash_type]
+            # One extra replica tuple, a copy of the first: a bisect past the top wraps.
+            place = _ring_place(positions, (*replicas, replicas[0]), search)
+            walk = _ring_walk(positions, owners, len(nodes), search)
+        return cls(hash_type, replication_factor, nodes, tag_key, positions, owners,
                    _keyed(place, key), _keyed(walk, key))
 
     def node_for(self, path: str | bytes) -> CarbonNode:
@@ -366,7 +367,7 @@ class Ring:
     def points(self) -> tuple[tuple[int, CarbonNode], ...]:
         """The continuum: ``(position, owner)`` for every point, in position order
         (jump_fnv1a_ch: ``(bucket, member)`` in bucket order)."""
-        return tuple(zip(self._positions, self._owners[:-1], strict=True))
+        return tuple(zip(self._positions, self._owners, strict=True))
 
     def fingerprint(self) -> str:
         """A short hex digest of mode, R, tag key and ordered nodes: daemons publish it so
