@@ -295,7 +295,11 @@ def carbon_setting(*, help: str, etsy: str | None = None) -> Any:
                    help=help, etsy=etsy)
 
 
-def ring_hash_setting(*, help: str = "how output paths are placed on the Carbon nodes") -> Any:
+def ring_hash_setting(
+        *, help: str = "how output paths are placed on the Carbon nodes: carbon_ch or fnv1a_ch "
+                       "as carbon-relay 1.1.10, ketama (uhashring), crelay_carbon_ch, "
+                       "crelay_fnv1a_ch or jump_fnv1a_ch as carbon-c-relay 3.7.3 "
+                       "(docs/ring.md)") -> Any:
     return setting(DEFAULT_RING_HASH, kind="str", validator=v.in_(RING_HASHES),
                    metavar="|".join(RING_HASHES), help=help)
 
