@@ -34,6 +34,7 @@ from common.config import (
     replication_factor_setting,
     reuse_port_setting,
     ring_hash_setting,
+    ring_tag_key_setting,
     setting,
     tcp_idle_timeout_seconds_setting,
     to_strings,
@@ -206,6 +207,7 @@ class AggregatorConfig:
         help="Carbon plaintext receivers, in ring order (repeatable); none: no Graphite output",
         etsy="graphiteHost, graphitePort")
     ring_hash: str = ring_hash_setting()
+    ring_tag_key: str | None = ring_tag_key_setting()
     replication_factor: int = replication_factor_setting()
     workers: int | None = setting(
         None, kind="int", converter=lambda x: None if x is None else int(x),
@@ -400,15 +402,18 @@ def check_config(config: AggregatorConfig, workers: int | None = None) -> None:
             and revoked, a malformed token), a Carbon ring that cannot be built
             (an unknown ``ring_hash``, a replication factor that is not an integer >= 1,
             ``fnv1a_ch`` without instance names, two nodes that are one ring node: the
-            same host and instance), or ``worker_listen`` ports beyond 65535 for
+            same host and instance; in the c-relay modes what carbon-c-relay refuses, see
+            `common.crelay.check_members`), or ``worker_listen`` ports beyond 65535 for
             ``workers`` workers. A replication factor above the number of distinct
-            hosts is not refused: a path then goes to every host, once (as carbon's).
+            hosts is not refused: a path then goes to every host, once (as carbon's); in
+            the c-relay modes one above the number of members is (as carbon-c-relay's).
     """
     check_worker_listen(config.worker_listen, workers or config.workers or 1)
     make_auth(config.auth, config.auth_tokens, config.auth_revoked_tokens)
     if config.carbon:
         Ring.from_nodes(config.carbon, hash_type=config.ring_hash,
-                        replication_factor=config.replication_factor)
+                        replication_factor=config.replication_factor,
+                        tag_key=config.ring_tag_key)
 
 
 def plain_value(name: str, value: Any) -> Any:

@@ -31,6 +31,7 @@ from attrs import validators as v
 from .auth import AUTH_MODES
 from .errors import ConfigError
 from .ring import DEFAULT_RING_HASH, RING_HASHES, parse_carbon_nodes
+from .ringkey import RING_TAG_KEYS
 
 T = TypeVar("T")
 
@@ -294,13 +295,34 @@ def carbon_setting(*, help: str, etsy: str | None = None) -> Any:
                    help=help, etsy=etsy)
 
 
-def ring_hash_setting(*, help: str = "how output paths are placed on the Carbon nodes") -> Any:
+def ring_hash_setting(
+        *, help: str = "how output paths are placed on the Carbon nodes: carbon_ch or fnv1a_ch "
+                       "as carbon-relay 1.1.10, ketama (uhashring), crelay_carbon_ch, "
+                       "crelay_fnv1a_ch or jump_fnv1a_ch as carbon-c-relay 3.7.3 "
+                       "(docs/ring.md)") -> Any:
     return setting(DEFAULT_RING_HASH, kind="str", validator=v.in_(RING_HASHES),
                    metavar="|".join(RING_HASHES), help=help)
 
 
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def ring_tag_key_setting(
+        *, help: str = "what the ring hashes of a tagged path (name;tag=value;...): the path "
+                       "as_received (carbon-relay), name_only (the name before the first ';', "
+                       "as a live carbon-c-relay does) or normalized (tags sorted, carbon's "
+                       "TAG_RELAY_NORMALIZED); unset: what the ring_hash mode's relay does, "
+                       "name_only for crelay_carbon_ch, crelay_fnv1a_ch and jump_fnv1a_ch, "
+                       "as_received for the others") -> Any:
+    return setting(None, kind="optional_str", converter=_optional_text,
+                   validator=v.optional(v.in_(RING_TAG_KEYS)), metavar="|".join(RING_TAG_KEYS),
+                   help=help)
+
+
 def replication_factor_setting(
-        *, help: str = "Carbon nodes (on distinct hosts) each path is written to") -> Any:
+        *, help: str = "Carbon nodes each path is written to (on distinct hosts; in the "
+                       "c-relay modes distinct members, as carbon-c-relay)") -> Any:
     return setting(1, kind="int", converter=int, validator=v.ge(1), metavar="R", help=help)
 
 

@@ -13,17 +13,18 @@ only on that node, so adding one moves about 1/(N+1) of the paths, all onto the 
   differ), FNV-1a 32 folded to 16 bits; same collision rule and lookup.
 * ``ketama``: uhashring's ring keyed by `CarbonNode.identity_text`, 160 points per node; a path
   goes to the first point > the little-endian md5 prefix of its bytes (uhashring's rule).
+* ``crelay_carbon_ch``, ``crelay_fnv1a_ch``, ``jump_fnv1a_ch``: carbon-c-relay 3.7.3's
+  modes (no collision bump, its sort order, signed-byte FNV-1a, jump hash): `common.crelay`.
 
 With replication factor R a path goes to the first R nodes clockwise that are on distinct
-hosts (carbon's ``get_nodes`` under ``DIVERSE_REPLICAS = True``).
+hosts (carbon's ``get_nodes`` under ``DIVERSE_REPLICAS = True``); in the c-relay modes to R
+distinct members, as the relay places them. What of a tagged path is hashed is
+``tag_key`` (`common.ringkey`), by default what the mode's relay hashes.
 
-Design choice: carbon_ch and fnv1a_ch are a native port, not a uhashring adapter. uhashring
-keeps points in a dict (a colliding point goes to the last writer), so an adapter must compute
-carbon's bumped positions itself, i.e. the whole build, and adds coupling to uhashring's
-private vnode keys and ``>`` lookup, a hash function that confuses a path spelled like a vnode
-key with that vnode, and 1.4 us per lookup against 0.8 us. ketama comes from uhashring.
-A Ring is an immutable snapshot (sorted positions, each point's replica tuple precomputed): a
-lookup is one hash and one bisect. Pure: no I/O, clock or logging. More in docs/ring.md.
+Design choice: carbon_ch and fnv1a_ch are a native port, not a uhashring adapter (see
+docs/ring.md); ketama comes from uhashring. A Ring is an immutable snapshot (sorted
+positions, each point's replica tuple precomputed): a lookup is one hash and one bisect
+(jump_fnv1a_ch: one hash and a few jump steps). Pure: no I/O, clock or logging.
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ from typing import Any, Final
 import attrs
 from uhashring import HashRing  # type: ignore[import-untyped]
 
+from . import crelay
 from .errors import ConfigError
+from .ringkey import RING_TAG_KEYS, tag_key_function
 
-RING_HASHES: Final = ("carbon_ch", "fnv1a_ch", "ketama")
+RING_HASHES: Final = ("carbon_ch", "fnv1a_ch", "ketama", *crelay.CRELAY_HASHES)
 DEFAULT_RING_HASH: Final = "carbon_ch"
 CARBON_POINTS_PER_NODE: Final = 100  # carbon's routers always use ConsistentHashRing's 100
 # uhashring's ketama defaults, passed explicitly so that a changed default cannot move data.
@@ -157,13 +160,23 @@ _POSITION: Final[dict[str, Callable[[bytes], int]]] = {
     "carbon_ch": _md5_position,
     "fnv1a_ch": _fnv1a_position,
     "ketama": _ketama_position,
+    "crelay_carbon_ch": crelay.md5_position,
+    "crelay_fnv1a_ch": crelay.fnv1a_position,
+    "jump_fnv1a_ch": crelay.fnv1a64,
 }
 _SEARCH: Final = {**_POSITION, "ketama": _ketama_search}  # the value a lookup bisects for
+#: Each mode's default ``tag_key``: what the relay of that mode hashes of a tagged path.
+DEFAULT_TAG_KEYS: Final = {
+    "carbon_ch": "as_received", "fnv1a_ch": "as_received", "ketama": "as_received",
+    "crelay_carbon_ch": "name_only", "crelay_fnv1a_ch": "name_only", "jump_fnv1a_ch": "name_only",
+}  # fmt: skip
 
 
 def hash_position(key: str | bytes, hash_type: str = DEFAULT_RING_HASH) -> int:
-    """The ring position of a path or point key (str is UTF-8 encoded): 16 bits for carbon_ch
-    and fnv1a_ch (carbon's ``carbonHash``), 32 bits for ketama."""
+    """The ring position of a path or point key (str is UTF-8 encoded): 16 bits for carbon_ch,
+    fnv1a_ch and their crelay_ variants (carbon's ``carbonHash``), 32 bits for ketama, and
+    for jump_fnv1a_ch the 64-bit FNV-1a that picks its bucket. The key is hashed as given
+    (no tag rule)."""
     return _POSITION[hash_type](key.encode() if isinstance(key, str) else key)
 
 
@@ -218,13 +231,19 @@ def _check_unique(nodes: Sequence[CarbonNode], attribute: str, why: str) -> None
         seen[value] = node
 
 
-def _check_layout(nodes: Sequence[CarbonNode], hash_type: str, factor: int) -> None:
+def _check_layout(nodes: Sequence[CarbonNode], hash_type: str, factor: int, tag_key: str) -> None:
     if hash_type not in RING_HASHES:
         raise ConfigError(f"{hash_type!r} is not one of {', '.join(RING_HASHES)}", key="ring_hash")
+    if tag_key not in RING_TAG_KEYS:
+        raise ConfigError(f"{tag_key!r} is not one of {', '.join(RING_TAG_KEYS)}",
+                          key="ring_tag_key")
     if type(factor) is not int or factor < 1:
         raise ConfigError(f"{factor!r} is not an integer >= 1", key="replication_factor")
     if not nodes:
         raise ConfigError("the ring needs at least one carbon node", key="carbon")
+    if hash_type in crelay.CRELAY_HASHES:
+        crelay.check_members(nodes, hash_type, factor)
+        return
     why = "are one ring node: the same (host, instance), as the port is not part of a node's "
     _check_unique(nodes, "identity", why + "identity; give them distinct instance names")
     if hash_type == "fnv1a_ch":
@@ -235,20 +254,51 @@ def _check_layout(nodes: Sequence[CarbonNode], hash_type: str, factor: int) -> N
         _check_unique(nodes, "instance", why + "would collide; give them distinct instance names")
 
 
+Place = Callable[[bytes], tuple[CarbonNode, ...]]  # a path's bytes -> its nodes
+
+
+def _ring_place(positions: Sequence[int], replicas: Sequence[tuple[CarbonNode, ...]],
+                search: Callable[[bytes], int]) -> Place:
+    def place(data: bytes) -> tuple[CarbonNode, ...]:
+        return replicas[bisect_left(positions, search(data))]
+    return place
+
+
+def _ring_walk(positions: Sequence[int], owners: tuple[CarbonNode, ...], count: int,
+               search: Callable[[bytes], int]) -> Place:
+    def walk(data: bytes) -> tuple[CarbonNode, ...]:
+        start = bisect_left(positions, search(data))
+        found: dict[CarbonNode, None] = {}
+        for owner in owners[start:] + owners[:start]:
+            found[owner] = None
+            if len(found) == count:
+                break
+        return tuple(found)
+    return walk
+
+
+def _keyed(place: Place, key: Callable[[bytes], bytes] | None) -> Place:
+    if key is None:
+        return place
+    return lambda data: place(key(data))
+
+
 @attrs.frozen
 class Ring:
-    """An immutable ring snapshot, equal to another with the same mode, R and node list;
-    a membership change builds a new one with `from_nodes`."""
+    """An immutable ring snapshot, equal to another with the same mode, R, tag key and node
+    list; a membership change builds a new one with `from_nodes`."""
 
     hash_type: str
     replication_factor: int
     nodes: tuple[CarbonNode, ...]
-    # Sorted point positions, and per point its owner and its replica tuple. The last two
-    # have one extra entry, a copy of the first, so a bisect past the top wraps branch-free.
+    tag_key: str
+    # Sorted point positions and each point's owner (jump_fnv1a_ch: bucket numbers and the
+    # members in bucket order); _place maps a path's bytes to its replicas, _walk to every
+    # node in successor order.
     _positions: tuple[int, ...] = attrs.field(eq=False, repr=False)
     _owners: tuple[CarbonNode, ...] = attrs.field(eq=False, repr=False)
-    _replicas: tuple[tuple[CarbonNode, ...], ...] = attrs.field(eq=False, repr=False)
-    _search: Callable[[bytes], int] = attrs.field(eq=False, repr=False)
+    _place: Place = attrs.field(eq=False, repr=False)
+    _walk: Place = attrs.field(eq=False, repr=False)
 
     @classmethod
     def from_nodes(
@@ -257,53 +307,76 @@ class Ring:
         *,
         hash_type: str = DEFAULT_RING_HASH,
         replication_factor: int = 1,
+        tag_key: str | None = None,
     ) -> Ring:
         """Build the ring of ``nodes``, in configured order (which carbon_ch depends on).
 
+        Args:
+            tag_key: what of a tagged path is hashed (`common.ringkey`); None: the mode's
+                relay's choice, `DEFAULT_TAG_KEYS`.
+
         Raises:
-            ConfigError: for an unknown mode, R < 1, no nodes, two nodes with the same
-                ``(host, instance)``, or fnv1a_ch nodes without distinct instance names.
+            ConfigError: for an unknown mode or tag key, R < 1, no nodes, two nodes with the
+                same ``(host, instance)``, fnv1a_ch nodes without distinct instance names,
+                or a layout carbon-c-relay refuses in its modes (`crelay.check_members`).
         """
         nodes = tuple(nodes)
-        _check_layout(nodes, hash_type, replication_factor)
-        ketama = hash_type == "ketama"
-        points = _ketama_points(nodes) if ketama else _carbon_points(nodes, hash_type)
-        owners = [node for _, node in points]
-        replicas = _replica_tuples(owners, replication_factor)
-        positions = tuple(spot for spot, _ in points)
-        wrapped = ((*owners, owners[0]), (*replicas, replicas[0]))
-        return cls(hash_type, replication_factor, nodes, positions, *wrapped, _SEARCH[hash_type])
+        tag_key = DEFAULT_TAG_KEYS.get(hash_type, "as_received") if tag_key is None else tag_key
+        _check_layout(nodes, hash_type, replication_factor, tag_key)
+        key = tag_key_function(tag_key)
+        if hash_type == "jump_fnv1a_ch":
+            owners = crelay.jump_order(nodes)
+            positions = tuple(range(len(owners)))
+            place = crelay.jump_placer(nodes, replication_factor)
+            walk = crelay.jump_placer(nodes, len(nodes))
+        else:
+            if hash_type == "ketama":
+                points = _ketama_points(nodes)
+            elif hash_type in crelay.CRELAY_HASHES:
+                points = crelay.ring_points(nodes, hash_type)
+            else:
+                points = _carbon_points(nodes, hash_type)
+            owners = tuple(node for _, node in points)
+            if hash_type in crelay.CRELAY_HASHES:
+                replicas = crelay.member_tuples(owners, replication_factor)
+            else:
+                replicas = _replica_tuples(owners, replication_factor)
+            positions = tuple(spot for spot, _ in points)
+            search = _SEARCH[hash_type]
+            # One extra replica tuple, a copy of the first: a bisect past the top wraps.
+            place = _ring_place(positions, (*replicas, replicas[0]), search)
+            walk = _ring_walk(positions, owners, len(nodes), search)
+        return cls(hash_type, replication_factor, nodes, tag_key, positions, owners,
+                   _keyed(place, key), _keyed(walk, key))
 
     def node_for(self, path: str | bytes) -> CarbonNode:
         """The node that stores ``path`` (the first of `nodes_for`); str is UTF-8 encoded."""
-        data = path.encode() if isinstance(path, str) else path
-        return self._owners[bisect_left(self._positions, self._search(data))]
+        return self._place(path.encode() if isinstance(path, str) else path)[0]
 
     def nodes_for(self, path: str | bytes) -> tuple[CarbonNode, ...]:
-        """The min(R, distinct hosts) nodes that store ``path``, primary first."""
-        data = path.encode() if isinstance(path, str) else path
-        return self._replicas[bisect_left(self._positions, self._search(data))]
+        """The nodes that store ``path``, primary first: min(R, distinct hosts) of them in
+        carbon's modes and ketama, R distinct members in the c-relay modes."""
+        return self._place(path.encode() if isinstance(path, str) else path)
 
     def successors(self, path: str | bytes) -> tuple[CarbonNode, ...]:
         """Every node, in the order met walking clockwise from ``path``'s position (carbon's
-        ``get_nodes``, before replication's distinct-host filter)."""
-        data = path.encode() if isinstance(path, str) else path
-        start = bisect_left(self._positions, self._search(data))
-        found: dict[CarbonNode, None] = {}
-        for owner in self._owners[start:-1] + self._owners[:start]:
-            found[owner] = None
-            if len(found) == len(self.nodes):
-                break
-        return tuple(found)
+        ``get_nodes``, before replication's distinct-host filter); jump_fnv1a_ch: the order
+        its replica steps would pick every member in."""
+        return self._walk(path.encode() if isinstance(path, str) else path)
 
     def points(self) -> tuple[tuple[int, CarbonNode], ...]:
-        """The continuum: ``(position, owner)`` for every point, in position order."""
-        return tuple(zip(self._positions, self._owners[:-1], strict=True))
+        """The continuum: ``(position, owner)`` for every point, in position order
+        (jump_fnv1a_ch: ``(bucket, member)`` in bucket order)."""
+        return tuple(zip(self._positions, self._owners, strict=True))
 
     def fingerprint(self) -> str:
-        """A short hex digest of mode, R and ordered nodes: daemons publish it so that
-        diverging ring configs show. Recipe: the first 16 hex digits of the sha256 of
-        ``"tallyd-ring/1\\n{hash_type}\\n{R}\\n"`` plus ``f"{node}\\n"`` for each node in order."""
+        """A short hex digest of mode, R, tag key and ordered nodes: daemons publish it so
+        that diverging ring configs show. Recipe: the first 16 hex digits of the sha256 of
+        ``"tallyd-ring/1\\n{hash_type}\\n{R}\\n"`` plus ``f"{node}\\n"`` for each node in
+        order, plus ``f"tag_key={tag_key}\\n"`` when it is not the mode's default (so the
+        fingerprints of rings with the default stay what they were)."""
         text = f"tallyd-ring/1\n{self.hash_type}\n{self.replication_factor}\n"
         text += "".join(f"{node}\n" for node in self.nodes)
+        if self.tag_key != DEFAULT_TAG_KEYS[self.hash_type]:
+            text += f"tag_key={self.tag_key}\n"
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -3,12 +3,13 @@
 Subcommands (one argparse sub-parser each; more will join ``lookup``):
 
 ``lookup [PATH...] [--carbon HOST:PORT[:INSTANCE]...] [--ring-hash MODE]
-[--replication-factor R] [--config FILE] [-- PATH...]``
+[--replication-factor R] [--ring-tag-key KEY] [--config FILE] [-- PATH...]``
     Print ``PATH<TAB>node[,node...]`` per path: the carbon-cache node(s) that store it, primary
     first, placed exactly as the aggregators place it (common/ring.py). Without PATH, or
     with ``-``, paths are read one per line from stdin. ``--config`` reads the ``carbon``,
-    ``ring_hash`` and ``replication_factor`` keys of an aggregator TOML file (others are
-    ignored); flags override the file, and ``--carbon`` replaces the file's whole list.
+    ``ring_hash``, ``replication_factor`` and ``ring_tag_key`` keys of an aggregator TOML
+    file (others are ignored); flags override the file, and ``--carbon`` replaces the
+    file's whole list.
 
 Nodes are listed as the aggregator lists them: ``--carbon`` takes one or more values and may
 be repeated (``--carbon a:2003 b:2003 --carbon c:2003``); it takes every value up to the next
@@ -39,6 +40,7 @@ from common.config import (
 )
 from common.errors import ConfigError
 from common.ring import RING_HASHES, CarbonNode, Ring, parse_carbon_node
+from common.ringkey import RING_TAG_KEYS
 
 from .ringspec import RING_KEYS, RingSpec, parse_ring_spec
 
@@ -77,6 +79,8 @@ def add_ring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(flag_name("replication_factor"), type=int, default=UNSET,
                         metavar=fields["replication_factor"].metadata["metavar"],
                         help=fields["replication_factor"].metadata["help"])
+    parser.add_argument(flag_name("ring_tag_key"), choices=RING_TAG_KEYS, default=UNSET,
+                        help=fields["ring_tag_key"].metadata["help"])
 
 
 def load_ring_spec(args: argparse.Namespace) -> RingSpec:

@@ -1,10 +1,11 @@
-"""The ring a ``tallyd-ring`` command works on: its Carbon nodes, placement mode and
-replication factor.
+"""The ring a ``tallyd-ring`` command works on: its Carbon nodes, placement mode,
+replication factor and tag key.
 
 These are the aggregator's settings of the same names, declared once in `common.config`
-(`carbon_setting`, `ring_hash_setting`, `replication_factor_setting`: a known mode and
-R >= 1 are checked there, as the daemons check them) and read with the same machinery as
-the daemons' configs: `parse_ring_spec` takes them from an aggregator's config document through
+(`carbon_setting`, `ring_hash_setting`, `replication_factor_setting`,
+`ring_tag_key_setting`: a known mode and tag key and R >= 1 are checked there, as the
+daemons check them) and read with the same machinery as the daemons' configs:
+`parse_ring_spec` takes them from an aggregator's config document through
 `common.config.config_from_mapping` (the document's other keys belong to the aggregator
 and are ignored), and the entry layer lays the flags that were given over them with
 `common.config.apply_arguments` (defaults < file < flags). The layout rules (distinct ring
@@ -26,6 +27,7 @@ from common.config import (
     config_from_mapping,
     replication_factor_setting,
     ring_hash_setting,
+    ring_tag_key_setting,
 )
 from common.ring import DEFAULT_RING_HASH, CarbonNode, Ring
 
@@ -41,7 +43,11 @@ class RingSpec:
     ring_hash: str = ring_hash_setting(
         help=f"placement mode (default: the config file's ring_hash, else {DEFAULT_RING_HASH})")
     replication_factor: int = replication_factor_setting(
-        help="copies per path, on distinct hosts (default: the config file's, else 1)")
+        help="copies per path, on distinct hosts (c-relay modes: distinct members) (default: "
+             "the config file's, else 1)")
+    ring_tag_key: str | None = ring_tag_key_setting(
+        help="what of a tagged path is hashed: as_received, name_only or normalized "
+             "(default: the config file's, else the ring_hash mode's relay's choice)")
 
     def build_ring(self) -> Ring:
         """The ring these settings describe.
@@ -50,7 +56,8 @@ class RingSpec:
             ConfigError: for a layout `Ring.from_nodes` refuses (no nodes among them).
         """
         return Ring.from_nodes(self.carbon, hash_type=self.ring_hash,
-                               replication_factor=self.replication_factor)
+                               replication_factor=self.replication_factor,
+                               tag_key=self.ring_tag_key)
 
 
 #: The keys of an aggregator's config document that `parse_ring_spec` reads.

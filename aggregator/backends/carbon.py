@@ -25,7 +25,8 @@ class CarbonOutput:
 
     def __init__(self, config: AggregatorConfig) -> None:
         ring = Ring.from_nodes(config.carbon, hash_type=config.ring_hash,
-                               replication_factor=config.replication_factor)
+                               replication_factor=config.replication_factor,
+                               tag_key=config.ring_tag_key)
         self.placement = Placement(ring)
         spool_root = Path(config.carbon_spool_dir) if config.carbon_spool_dir else None
         self.senders: dict[CarbonNode, CarbonSender] = {

@@ -236,7 +236,8 @@ def test_ketama_matches_uhashring_itself() -> None:
 
 @pytest.mark.parametrize("mode", RING_HASHES)
 def test_adding_an_eleventh_node_moves_about_one_eleventh_onto_it(mode: str) -> None:
-    layout = [CarbonNode(f"10.7.0.{i + 1}", 2003, f"c{i}") for i in range(11)]
+    # c00..c10: the new node sorts last, which jump_fnv1a_ch needs to move only 1/11.
+    layout = [CarbonNode(f"10.7.0.{i + 1}", 2003, f"c{i:02d}") for i in range(11)]
     before = Ring.from_nodes(layout[:10], hash_type=mode)
     after = Ring.from_nodes(layout, hash_type=mode)
     names = make_names(10_000, 11)

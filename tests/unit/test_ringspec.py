@@ -53,12 +53,13 @@ def test_parse_ring_spec_refuses_a_ring_key_of_the_wrong_kind(
 
 
 def test_ring_keys_are_the_specs_fields() -> None:
-    assert RING_KEYS == {"carbon", "ring_hash", "replication_factor"}
+    assert RING_KEYS == {"carbon", "ring_hash", "replication_factor", "ring_tag_key"}
 
 
 @pytest.mark.parametrize(
     ("document", "key"),
-    [({"ring_hash": "md5"}, "ring_hash"), ({"replication_factor": 0}, "replication_factor")],
+    [({"ring_hash": "md5"}, "ring_hash"), ({"replication_factor": 0}, "replication_factor"),
+     ({"ring_tag_key": "sorted"}, "ring_tag_key")],
 )
 def test_parse_ring_spec_refuses_an_unknown_mode_or_factor_as_the_daemons_do(
     document: dict[str, Any], key: str
@@ -74,12 +75,24 @@ def test_parse_ring_spec_refuses_an_unknown_mode_or_factor_as_the_daemons_do(
         RingSpec(carbon=(A, B)),
         RingSpec(carbon=(A, B), ring_hash="fnv1a_ch"),
         RingSpec(carbon=(A, B), ring_hash="ketama", replication_factor=2),
+        RingSpec(carbon=(A, B), ring_hash="jump_fnv1a_ch", replication_factor=2),
+        RingSpec(carbon=(A, B), ring_hash="crelay_carbon_ch", ring_tag_key="normalized"),
     ],
 )
 def test_build_ring_places_as_the_ring_does(spec: RingSpec) -> None:
     expected = Ring.from_nodes(spec.carbon, hash_type=spec.ring_hash,
-                               replication_factor=spec.replication_factor)
+                               replication_factor=spec.replication_factor,
+                               tag_key=spec.ring_tag_key)
     assert spec.build_ring() == expected
+
+
+def test_the_tag_key_comes_from_the_file_and_defaults_to_the_modes() -> None:
+    spec = parse_ring_spec({"carbon": ["10.0.0.1:2003:a"], "ring_hash": "crelay_fnv1a_ch"},
+                           source="aggregator.toml")
+    assert spec.ring_tag_key is None and spec.build_ring().tag_key == "name_only"
+    spec = parse_ring_spec({"carbon": ["10.0.0.1:2003:a"], "ring_tag_key": "normalized"},
+                           source="aggregator.toml")
+    assert spec.build_ring().tag_key == "normalized"
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,23 @@ def test_lookup_prints_path_tab_node(capsys: pytest.CaptureFixture[str]) -> None
     assert len(lines) == 2
 
 
+def test_lookup_places_tagged_paths_by_the_tag_key(capsys: pytest.CaptureFixture[str]) -> None:
+    nodes = [flag for i in range(1, 7) for flag in ("--carbon", f"10.0.0.{i}:2003:n{i}")]
+    tagged = [f"disk.used;host=h{i};dc=eu" for i in range(40)]
+    for mode, key, expect_all_on_owner in [("crelay_carbon_ch", None, True),
+                                           ("carbon_ch", "name_only", True),
+                                           ("crelay_carbon_ch", "as_received", False)]:
+        flags = ["--ring-hash", mode] + ([] if key is None else ["--ring-tag-key", key])
+        _, plain, _ = run(capsys, "lookup", *nodes, *flags, "--", "disk.used")
+        owner = plain.strip().split("\t")[1]
+        status, out, err = run(capsys, "lookup", *nodes, *flags, "--", *tagged)
+        assert (status, err) == (0, "")
+        owners = {line.split("\t")[1] for line in out.splitlines()}
+        assert (owners == {owner}) is expect_all_on_owner, (mode, key, owners)
+    status, _, err = run(capsys, "lookup", *nodes, "--ring-tag-key", "sorted", "--", "a")
+    assert status == 2 and "ring-tag-key" in err
+
+
 def test_lookup_lists_replicas_primary_first(capsys: pytest.CaptureFixture[str]) -> None:
     carbon = ["--carbon", "10.0.0.1:2003:a", "--carbon", "10.0.0.2:2003:b"]
     carbon += ["--carbon", "[::1]:2003"]
