@@ -28,7 +28,8 @@ SHELL: the routes of `common.httpserver`; file work runs in worker threads.
 
 from __future__ import annotations
 
-import errno
+import contextlib
+import fcntl
 import functools
 import hmac
 import json
@@ -46,18 +47,17 @@ import trio
 
 from common.cli import package_version
 from common.httpclient import HTTPClientError, split_url
-from common.httpserver import (
+from common.httproutes import (
     Handler,
     HTTPCounters,
     HTTPError,
     HTTPLimits,
-    Request,
     Response,
     Route,
     json_response,
     route,
-    serve_http,
 )
+from common.httpserver import Request, serve_http
 from common.logging import RateLimiter, log_event
 from common.stats import counter
 
@@ -105,8 +105,24 @@ class AgentStatistics:
     deleted: int = counter(help="files deleted")
 
 
-class _NotFound(Exception):
-    pass
+def delete_locked(path: Path) -> bool:
+    """Unlink ``path`` holding ``flock(LOCK_EX)`` on it, so that a carbon write or a merge
+    under way finishes first; False when it was gone (or replaced while we waited)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        mine, named = os.fstat(fd), os.lstat(path)
+        if (mine.st_dev, mine.st_ino) != (named.st_dev, named.st_ino):
+            return False
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def walk_batches(root: str, batch: int = LISTING_BATCH) -> Iterator[list[dict[str, Any]]]:
@@ -270,10 +286,8 @@ class Agent:
     async def delete(self, request: Request) -> Response:
         name, path = self._path_of(request)
         self._existing(path, name)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            raise HTTPError(404, "not_found", name) from None
+        if not await trio.to_thread.run_sync(delete_locked, path):
+            raise HTTPError(404, "not_found", name)
         self._merge_totals["deleted"] += 1
         log_event(LOGGER, "file_deleted", name=name)
         return json_response({"deleted": True})
@@ -335,19 +349,18 @@ class Agent:
         return json_response(check.to_json())
 
     def _prepare(self, path: Path, name: str) -> None:
-        """Create the file's directories, refusing to go through a symlink, and refuse a
-        file that is not a regular one."""
-        parent = path.parent
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise HTTPError(409, "conflict", f"{name}: a file is in the way") from None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise HTTPError(400, "symlink", name) from None
-            raise
-        if os.path.realpath(parent) != str(parent):
-            raise HTTPError(400, "symlink", f"{name}: a directory on its path is a symlink")
+        """Create the file's missing directories one at a time, each checked to be a real
+        directory (never through a symlink), and refuse a file that is not a regular one."""
+        current = self.root
+        for part in path.relative_to(self.root).parts[:-1]:
+            current = os.path.join(current, part)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(current)
+            info = os.lstat(current)
+            if stat.S_ISLNK(info.st_mode):
+                raise HTTPError(400, "symlink", f"{name}: a directory on its path is a symlink")
+            if not stat.S_ISDIR(info.st_mode):
+                raise HTTPError(409, "conflict", f"{name}: a file is in the way")
         if os.path.lexists(path):
             self._existing(path, name)
 

@@ -18,8 +18,10 @@ import pytest
 import trio
 import whisper
 
+from common import stats
 from common.httpclient import request
-from common.httpserver import Request, Response, route, serve_http
+from common.httproutes import Response, route
+from common.httpserver import Request, serve_http
 from ringtool.agent import Agent, AgentConfig, serve_agent
 from ringtool.client import AgentClient, AgentError, FileEntry
 
@@ -299,12 +301,32 @@ async def test_symlinks_inside_the_data_dir_are_refused(serve: Serve, data_dir: 
                 await call
             assert caught.value.status == 400, name
             assert caught.value.reason in ("symlink", "http_error"), name  # HEAD: no body
-    with pytest.raises(AgentError) as caught:  # nor is a new file created through the link
-        await client.merge("evil.created", source)
-    assert caught.value.reason == "symlink"
+    for name in ("evil.created", "evil.sub.dir.created"):  # nothing is created through it
+        with pytest.raises(AgentError) as caught:
+            await client.merge(name, source)
+        assert caught.value.reason == "symlink"
     assert sorted(p.name for p in outside.iterdir()) == ["secret.wsp"]
     assert (outside / "secret.wsp").read_bytes() == secret
     assert (data_dir / "a" / "link.wsp").is_symlink()
+
+
+async def test_merge_with_a_file_in_the_way_is_409(serve: Serve, data_dir: Path) -> None:
+    (data_dir / "a" / "plain").write_text("a file where a directory would go")
+    client, _ = await serve(data_dir)
+    with pytest.raises(AgentError) as caught:
+        await client.merge("a.plain.x", (data_dir / "a" / "d.wsp").read_bytes())
+    assert (caught.value.reason, caught.value.status) == ("conflict", 409)
+
+
+async def test_statistics_are_named_ring_agent(serve: Serve, data_dir: Path) -> None:
+    client, agent = await serve(data_dir)
+    await client.fetch("a.d")
+    with pytest.raises(AgentError):
+        await client.fetch("a..d")
+    names = {r.name: r.value for r in stats.read("ring", "agent", agent.statistics())}
+    assert names["ring.agent.requests.fetch"] == 2
+    assert names["ring.agent.refused.bad_name"] == 1
+    assert agent.http.statistics().responses == {"200": 1, "400": 1}
 
 
 async def test_upload_over_the_cap_is_413(serve: Serve, data_dir: Path) -> None:
