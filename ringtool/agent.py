@@ -127,36 +127,42 @@ def delete_locked(path: Path) -> bool:
 
 def walk_batches(root: str, batch: int = LISTING_BATCH) -> Iterator[list[dict[str, Any]]]:
     """The series files under ``root`` as listing entries, ``batch`` at a time, never
-    following a symlink (to a file or a directory)."""
+    following a symlink (to a file or a directory). One directory is read at a time, lazily,
+    so a directory of millions of files costs one batch of memory."""
     out: list[dict[str, Any]] = []
     stack = [""]
     while stack:
         relative = stack.pop()
         try:
-            with os.scandir(os.path.join(root, relative)) as entries:
-                found = list(entries)
+            entries = os.scandir(os.path.join(root, relative))
         except OSError:
             continue  # removed meanwhile, or unreadable: not ours to list
-        for entry in found:
-            path = f"{relative}/{entry.name}" if relative else entry.name
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(path)
-                    continue
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                name = name_for_path(path)
-                if name is None:
-                    continue
-                info = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            out.append({"name": name, "size": info.st_size, "mtime": info.st_mtime})
-            if len(out) >= batch:
-                yield out
-                out = []
+        with entries:
+            for entry in entries:
+                path = f"{relative}/{entry.name}" if relative else entry.name
+                item = _entry(entry, path, stack)
+                if item is not None:
+                    out.append(item)
+                if len(out) >= batch:
+                    yield out
+                    out = []
     if out:
         yield out
+
+
+def _entry(entry: os.DirEntry[str], path: str, stack: list[str]) -> dict[str, Any] | None:
+    """The listing entry of a series file; a directory goes on ``stack`` instead."""
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            stack.append(path)
+            return None
+        name = name_for_path(path) if entry.is_file(follow_symlinks=False) else None
+        if name is None:
+            return None
+        info = entry.stat(follow_symlinks=False)
+    except OSError:
+        return None  # gone meanwhile
+    return {"name": name, "size": info.st_size, "mtime": info.st_mtime}
 
 
 class Agent:

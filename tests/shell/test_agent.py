@@ -172,6 +172,18 @@ async def test_merge_creates_a_missing_file(serve: Serve, data_dir: Path) -> Non
     assert agent.statistics().created == 1
 
 
+async def test_names_with_unicode_spaces_and_colons_round_trip(serve: Serve,
+                                                              data_dir: Path) -> None:
+    client, _ = await serve(data_dir)
+    source = (data_dir / "a" / "d.wsp").read_bytes()
+    name = "caf\u00e9.load avg.host:1?x=#y%"
+    assert (await client.merge(name, source))["created"] is True
+    assert (data_dir / "caf\u00e9" / "load avg" / "host:1?x=#y%.wsp").is_file()
+    assert await client.fetch(name) == source
+    assert name in {e.name for e in await listing(client)}
+    assert await client.delete(name) is True
+
+
 async def test_merge_fills_holes_and_keeps_local_points(
         serve: Serve, data_dir: Path, tmp_path: Path) -> None:
     local = data_dir / "m" / "x.wsp"
