@@ -13,14 +13,9 @@ Routes (docs/operations.md, "The ring agent"); names are dotted and percent-enco
   agent's token: one per cluster) and merged here; answered as a merge;
 * ``DELETE /files/<name>``: ``{"deleted": true}``, or 404.
 
-No path leaves the data dir. A name is checked by `ringtool.datadir` (no ``..``, ``.``, empty
-components, absolute names, NUL, ``/`` or ``\\``; percent-decoding happens first, so ``%2e%2e``
-is ``..``), and then the file system is checked: the real path of the file's directory must be
-that directory under the real data dir (no symlinked directory on the way), and the file itself
-must be a regular file, never a symlink. The listing walks without following symlinks.
-
-Errors are ``{"error": reason, "detail": ...}`` with 400 (``bad_name``, ``symlink``,
-``bad_whisper``, ``bad_request``), 401 (``unauthorized``), 404 (``not_found``), 413
+No path leaves the data dir (`ringtool.agentfiles`: names, symlinks, the walk). Errors are
+``{"error": reason, "detail": ...}`` with 400 (``bad_name``, ``symlink``, ``bad_whisper``,
+``bad_request``), 401 (``unauthorized``), 404 (``not_found``), 409 (``conflict``), 413
 (``too_large``), 502 (``source_failed``: a pull whose source did not answer) or 500.
 
 SHELL: the routes of `common.httpserver`; file work runs in worker threads.
@@ -29,18 +24,15 @@ SHELL: the routes of `common.httpserver`; file work runs in worker threads.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hmac
 import json
 import logging
 import os
-import stat
 import time
-import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import attrs
 import trio
@@ -61,8 +53,15 @@ from common.httpserver import Request, serve_http
 from common.logging import RateLimiter, log_event
 from common.stats import counter
 
+from .agentfiles import (
+    PathRefused,
+    delete_locked,
+    make_parents,
+    regular_file,
+    resolve_name,
+    walk_batches,
+)
 from .client import AgentClient, AgentError
-from .datadir import MetricNameError, name_for_path, path_for_name
 from .merge import WhisperFormatError
 from .mergefile import merge_into, read_locked, verify_file
 
@@ -74,10 +73,10 @@ DEFAULT_LISTEN: Final = ("127.0.0.1", 7070)
 DEFAULT_MAX_UPLOAD_BYTES: Final = 256 * 1024 * 1024
 #: The largest JSON request body (a pull's source).
 MAX_JSON_BODY_BYTES: Final = 64 * 1024
-#: Files per batch of the listing: one worker-thread call walks this many.
-LISTING_BATCH: Final = 1000
 #: Refusals logged per second; the rest are counted (a scan must not flood the log).
 REFUSAL_LOGS_PER_SECOND: Final = 5
+#: The answer to each `PathRefused` reason.
+REFUSAL_STATUS: Final = {"bad_name": 400, "symlink": 400, "not_found": 404, "conflict": 409}
 
 
 @attrs.frozen
@@ -103,66 +102,6 @@ class AgentStatistics:
     filled: int = counter(help="slots filled by merges")
     conflicts: int = counter(help="slots where a merge kept the local value over another")
     deleted: int = counter(help="files deleted")
-
-
-def delete_locked(path: Path) -> bool:
-    """Unlink ``path`` holding ``flock(LOCK_EX)`` on it, so that a carbon write or a merge
-    under way finishes first; False when it was gone (or replaced while we waited)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        mine, named = os.fstat(fd), os.lstat(path)
-        if (mine.st_dev, mine.st_ino) != (named.st_dev, named.st_ino):
-            return False
-        os.unlink(path)
-        return True
-    except FileNotFoundError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def walk_batches(root: str, batch: int = LISTING_BATCH) -> Iterator[list[dict[str, Any]]]:
-    """The series files under ``root`` as listing entries, ``batch`` at a time, never
-    following a symlink (to a file or a directory). One directory is read at a time, lazily,
-    so a directory of millions of files costs one batch of memory."""
-    out: list[dict[str, Any]] = []
-    stack = [""]
-    while stack:
-        relative = stack.pop()
-        try:
-            entries = os.scandir(os.path.join(root, relative))
-        except OSError:
-            continue  # removed meanwhile, or unreadable: not ours to list
-        with entries:
-            for entry in entries:
-                path = f"{relative}/{entry.name}" if relative else entry.name
-                item = _entry(entry, path, stack)
-                if item is not None:
-                    out.append(item)
-                if len(out) >= batch:
-                    yield out
-                    out = []
-    if out:
-        yield out
-
-
-def _entry(entry: os.DirEntry[str], path: str, stack: list[str]) -> dict[str, Any] | None:
-    """The listing entry of a series file; a directory goes on ``stack`` instead."""
-    try:
-        if entry.is_dir(follow_symlinks=False):
-            stack.append(path)
-            return None
-        name = name_for_path(path) if entry.is_file(follow_symlinks=False) else None
-        if name is None:
-            return None
-        info = entry.stat(follow_symlinks=False)
-    except OSError:
-        return None  # gone meanwhile
-    return {"name": name, "size": info.st_size, "mtime": info.st_mtime}
 
 
 class Agent:
@@ -229,32 +168,13 @@ class Agent:
             raise HTTPError(401, "unauthorized", "a valid Authorization: Bearer token is needed")
 
     def _path_of(self, request: Request) -> tuple[str, Path]:
-        """The checked name and file of the request's ``<name>`` (module docstring)."""
-        try:
-            name = urllib.parse.unquote(request.params["name"], errors="strict")
-            relative = path_for_name(name)
-        except UnicodeDecodeError:
-            raise HTTPError(400, "bad_name", "the name is not UTF-8") from None
-        except MetricNameError as exc:
-            raise HTTPError(400, "bad_name", str(exc)) from None
-        path = os.path.join(self.root, relative)
-        parent = os.path.dirname(path)
-        if os.path.realpath(parent) != parent:
-            raise HTTPError(400, "symlink", f"{name}: a directory on its path is a symlink")
-        return name, Path(path)
+        """The checked name and file of the request's ``<name>``."""
+        with _refusals():
+            return resolve_name(self.root, request.params["name"])
 
     def _existing(self, path: Path, name: str) -> os.stat_result:
-        try:
-            info = os.lstat(path)
-        except FileNotFoundError:
-            raise HTTPError(404, "not_found", name) from None
-        except NotADirectoryError:
-            raise HTTPError(404, "not_found", name) from None
-        if stat.S_ISLNK(info.st_mode):
-            raise HTTPError(400, "symlink", f"{name}: the file is a symlink")
-        if not stat.S_ISREG(info.st_mode):
-            raise HTTPError(404, "not_found", f"{name}: not a regular file")
-        return info
+        with _refusals():
+            return regular_file(path, name)
 
     async def version(self, request: Request) -> Response:
         return json_response({"agent": "tallyd-ring", "version": package_version(),
@@ -322,7 +242,8 @@ class Agent:
 
     async def _merge(self, name: str, path: Path, data: bytes, *, source: str) -> Response:
         now = int(self._clock())
-        await trio.to_thread.run_sync(self._prepare, path, name)
+        with _refusals():
+            await trio.to_thread.run_sync(make_parents, self.root, path, name)
         try:
             result = await trio.to_thread.run_sync(functools.partial(merge_into, path, data,
                                                                      now=now))
@@ -354,21 +275,14 @@ class Agent:
             raise HTTPError(404, "not_found", name) from None
         return json_response(check.to_json())
 
-    def _prepare(self, path: Path, name: str) -> None:
-        """Create the file's missing directories one at a time, each checked to be a real
-        directory (never through a symlink), and refuse a file that is not a regular one."""
-        current = self.root
-        for part in path.relative_to(self.root).parts[:-1]:
-            current = os.path.join(current, part)
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(current)
-            info = os.lstat(current)
-            if stat.S_ISLNK(info.st_mode):
-                raise HTTPError(400, "symlink", f"{name}: a directory on its path is a symlink")
-            if not stat.S_ISDIR(info.st_mode):
-                raise HTTPError(409, "conflict", f"{name}: a file is in the way")
-        if os.path.lexists(path):
-            self._existing(path, name)
+
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """`PathRefused` as its HTTP answer."""
+    try:
+        yield
+    except PathRefused as exc:
+        raise HTTPError(REFUSAL_STATUS[exc.reason], exc.reason, exc.detail) from None
 
 
 async def serve_agent(agent: Agent, *,
