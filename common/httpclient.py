@@ -24,6 +24,8 @@ from typing import Any, Final
 import h11
 import trio
 
+from .address import format_host_port
+
 #: Default seconds to connect, and to wait for any progress of a read or write.
 DEFAULT_TIMEOUT_SECONDS: Final = 30.0
 #: The largest answer `ClientResponse.read` accepts unless told otherwise.
@@ -197,7 +199,7 @@ async def _exchange(method: str, url: str, headers: Sequence[tuple[str, str]], b
         raise HTTPClientError("connect_timeout", f"{host}:{port}")
     async with stream:
         conn = _ClientConnection(stream, read_timeout)
-        head = [("host", f"{host}:{port}"), ("connection", "close"), *headers]
+        head = [("host", format_host_port(host, port)), ("connection", "close"), *headers]
         if body or method.upper() in ("POST", "PUT"):
             head.append(("content-length", str(len(body))))
         try:

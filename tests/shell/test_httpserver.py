@@ -8,6 +8,7 @@ real sockets.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -57,6 +58,13 @@ async def broken_stream(request: Request) -> Response:
     return Response(200, chunks())
 
 
+async def endless(request: Request) -> Response:
+    async def chunks() -> AsyncIterator[bytes]:
+        while True:
+            yield b"x" * 1024 * 1024
+    return Response(200, chunks())
+
+
 async def slow(request: Request) -> Response:
     await trio.sleep(0.5)
     return json_response({"slow": True})
@@ -71,6 +79,7 @@ ROUTES = [
     route("GET", "/stream", stream),
     route("GET", "/broken", broken_stream),
     route("GET", "/slow", slow),
+    route("GET", "/endless", endless),
 ]
 
 LIMITS = HTTPLimits(request_timeout_seconds=1.0, idle_timeout_seconds=0.5,
@@ -275,3 +284,43 @@ async def test_streamed_body_failing_midway_is_cut_not_ended(
     assert caught.value.reason == "connection_lost"
     assert counters.handler_errors == 1
     assert (await request("GET", url + "/hello"))[0] == 200
+
+
+async def test_idle_keep_alive_is_closed_after_an_answer(server: tuple[str, HTTPCounters]) -> None:
+    url, _ = server
+    async with await raw(url) as stream:
+        await stream.send_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        start = trio.current_time()
+        answer = await read_all(stream, limit=3.0)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"hello world")
+    assert 0.3 < trio.current_time() - start < 2.0
+
+
+async def test_expect_100_continue_is_answered_before_the_body(
+        server: tuple[str, HTTPCounters]) -> None:
+    url, _ = server
+    async with await raw(url) as stream:
+        await stream.send_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                              b"Expect: 100-continue\r\n\r\n")
+        interim = await stream.receive_some(65536)
+        assert interim.startswith(b"HTTP/1.1 100 ")
+        await stream.send_all(b"hello")
+        answer = b""
+        while not answer.endswith(b"hello"):
+            answer += await stream.receive_some(65536)
+    assert b"HTTP/1.1 200 " in answer
+
+
+async def test_a_client_that_stops_reading_is_closed_while_others_are_served(
+        server: tuple[str, HTTPCounters]) -> None:
+    url, _ = server
+    async with await raw(url) as stuck:
+        stuck.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await stuck.send_all(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(5):  # the server's write to it blocks; the others go on
+            assert (await request("GET", url + "/hello"))[0] == 200
+            await trio.sleep(0.2)
+        await trio.sleep(LIMITS.write_timeout_seconds)
+        start = trio.current_time()
+        received = len(await read_all(stuck, limit=5.0))  # what was buffered, then the close
+    assert trio.current_time() - start < 4.0 and received > 0
