@@ -16,6 +16,7 @@ SHELL (sockets).
 
 from __future__ import annotations
 
+import math
 import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
@@ -115,22 +116,36 @@ class ClientResponse:
 
 
 class _ClientConnection:
+    """An h11 client connection over a trio stream. While the request is still being sent, a
+    read waits for an early answer (a 413 or 401 before the body is all out) without a
+    deadline: the send's own timeouts bound that phase."""
+
     def __init__(self, stream: trio.SocketStream, read_timeout: float) -> None:
         self.stream = stream
         self.read_timeout = read_timeout
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
         self.eof = False
+        self.sending = False
+        self._reading: trio.CancelScope | None = None
 
-    async def send(self, event: Any) -> None:
-        data = self.h11.send(event)
-        if not data:
-            return
-        view = memoryview(data)
-        for start in range(0, len(view), SEND_BYTES):
-            with trio.move_on_after(self.read_timeout) as scope:
-                await self.stream.send_all(view[start:start + SEND_BYTES])
-            if scope.cancelled_caught:
-                raise HTTPClientError("timeout", "the server does not read the request")
+    async def send_request(self, events: Sequence[Any]) -> None:
+        """Send ``events``; a peer that closes on us (after an early answer) ends it quietly."""
+        self.sending = True
+        try:
+            for event in events:
+                data = self.h11.send(event) or b""
+                view = memoryview(data)
+                for start in range(0, len(view), SEND_BYTES):
+                    with trio.move_on_after(self.read_timeout) as scope:
+                        await self.stream.send_all(view[start:start + SEND_BYTES])
+                    if scope.cancelled_caught:
+                        raise HTTPClientError("timeout", "the server does not read the request")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the server answered early and closed: its answer is still to be read
+        finally:
+            self.sending = False
+            if self._reading is not None:  # a read waiting for the answer: now with a deadline
+                self._reading.deadline = trio.current_time() + self.read_timeout
 
     async def next_event(self) -> Any:
         while True:
@@ -142,16 +157,48 @@ class _ClientConnection:
                 raise HTTPClientError(reason, str(exc)) from None
             if event is not h11.NEED_DATA:
                 return event
+            deadline = math.inf if self.sending else trio.current_time() + self.read_timeout
             data = None
-            with trio.move_on_after(self.read_timeout):
+            with trio.CancelScope(deadline=deadline) as self._reading:
                 try:
                     data = await self.stream.receive_some(RECEIVE_BYTES)
                 except trio.BrokenResourceError as exc:
                     raise HTTPClientError("connection_lost", str(exc)) from None
+            self._reading = None
             if data is None:
                 raise HTTPClientError("timeout", f"no answer for {self.read_timeout}s")
             self.eof = not data
             self.h11.receive_data(bytes(data))
+
+    async def exchange(self, events: Sequence[Any]) -> h11.Response:
+        """Send the request while reading its answer's head (which may come early)."""
+        outcome: list[h11.Response | HTTPClientError] = []
+
+        async def send() -> None:
+            try:
+                await self.send_request(events)
+            except HTTPClientError as exc:
+                outcome.append(exc)
+                nursery.cancel_scope.cancel()
+
+        async def read() -> None:
+            try:
+                event = await self.next_event()
+                while isinstance(event, h11.InformationalResponse):
+                    event = await self.next_event()
+                if not isinstance(event, h11.Response):
+                    raise HTTPClientError("connection_lost", "closed before answering")
+                outcome.append(event)
+            except HTTPClientError as exc:
+                outcome.append(exc)
+            nursery.cancel_scope.cancel()  # an early answer: the rest of the body is unwanted
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            nursery.start_soon(read)
+        if isinstance(outcome[0], HTTPClientError):
+            raise outcome[0]
+        return outcome[0]
 
 
 @asynccontextmanager
@@ -202,18 +249,11 @@ async def _exchange(method: str, url: str, headers: Sequence[tuple[str, str]], b
         head = [("host", format_host_port(host, port)), ("connection", "close"), *headers]
         if body or method.upper() in ("POST", "PUT"):
             head.append(("content-length", str(len(body))))
-        try:
-            await conn.send(h11.Request(method=method, target=target, headers=head))
-            if body:
-                await conn.send(h11.Data(data=body))
-            await conn.send(h11.EndOfMessage())
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the server may have answered early (413, 401): read its answer
-        event = await conn.next_event()
-        while isinstance(event, h11.InformationalResponse):
-            event = await conn.next_event()
-        if not isinstance(event, h11.Response):
-            raise HTTPClientError("connection_lost", "closed before answering")
+        events: list[Any] = [h11.Request(method=method, target=target, headers=head)]
+        if body:
+            events.append(h11.Data(data=body))
+        events.append(h11.EndOfMessage())
+        event = await conn.exchange(events)
         yield ClientResponse(conn, event)
 
 
