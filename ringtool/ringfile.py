@@ -18,12 +18,12 @@ Pure: the file is read by the entry layer (`common.cli.load_toml`).
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Final
 
 import attrs
 
+from common.address import format_host_port, split_host_port
 from common.errors import ConfigError
 from common.ring import CarbonNode, Ring, parse_carbon_node
 
@@ -65,7 +65,8 @@ class RingFile:
 
 
 def parse_agent_url(text: object, *, key: str) -> str:
-    """An agent URL: ``http://HOST:PORT`` (a trailing ``/`` is dropped).
+    """An agent URL: ``http://HOST:PORT`` (IPv6 as ``http://[ADDR]:PORT``; a trailing ``/``
+    is dropped).
 
     Raises:
         ConfigError: (``key``) for anything else: another scheme, no port, a path or query.
@@ -73,18 +74,17 @@ def parse_agent_url(text: object, *, key: str) -> str:
     if not isinstance(text, str):
         raise ConfigError(f"must be a string like \"http://HOST:PORT\", not {text!r}", key=key)
     url = text.strip().rstrip("/")
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme != "http":
+        raise ConfigError(f"bad agent URL {text!r}: the agents speak http://HOST:PORT",
+                          key=key)
     try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"bad agent URL {text!r}: {exc}", key=key) from None
-    if parts.scheme != "http":
-        raise ConfigError(f"bad agent URL {text!r}: the agents speak http://", key=key)
-    if not parts.hostname or port is None:
-        raise ConfigError(f"bad agent URL {text!r}: expected http://HOST:PORT", key=key)
-    if parts.path or parts.query or parts.fragment or parts.username or parts.password:
+        host, port, tail = split_host_port(rest, what="agent URL", shown=text)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, key=key) from None
+    if tail or port == 0 or any(c in rest for c in "/?#@ "):
         raise ConfigError(f"bad agent URL {text!r}: expected http://HOST:PORT only", key=key)
-    return url
+    return f"http://{format_host_port(host, port)}"
 
 
 def _parse_agents(raw: object, carbon: tuple[CarbonNode, ...]) -> tuple[tuple[CarbonNode, str],

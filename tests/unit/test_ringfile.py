@@ -65,7 +65,7 @@ def test_agent_url_of_a_node_not_in_the_ring_is_a_key_error() -> None:
           "agents": {"10.0.0.1:2003:a": "http://h:1", " 10.0.0.1:2003:a": "http://h:2"}},
          "has two agents"),
         ({"carbon": ["10.0.0.1:2003:a"], "agents": {"10.0.0.1:2003:a": "https://h:1"}},
-         "the agents speak http://"),
+         "the agents speak http://HOST:PORT"),
         (document(token_file=""), "token_file: must be a file name"),
         (document(token_file=3), "token_file: must be a file name"),
         (document(carbon="10.0.0.1:2003:a"), "carbon: expected a list"),
