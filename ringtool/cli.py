@@ -40,6 +40,7 @@ from common.config import (
 from common.errors import ConfigError
 from common.ring import RING_HASHES, CarbonNode, Ring, parse_carbon_node
 
+from . import movecli
 from .ringspec import RING_KEYS, RingSpec, parse_ring_spec
 
 PROG = "tallyd-ring"
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lookup.add_argument("paths", nargs="*", metavar="PATH", help="Graphite paths; '-' = stdin")
     lookup.set_defaults(handler=run_lookup)
+    movecli.add_commands(commands)
     return parser
 
 

@@ -133,3 +133,16 @@ def parse_ring_file(document: Mapping[str, Any], *, source: str) -> RingFile:
     if token_file is not None and (not isinstance(token_file, str) or not token_file.strip()):
         raise ConfigError(f"must be a file name, not {token_file!r}", key=TOKEN_FILE_KEY)
     return RingFile(source=source, spec=spec, ring=ring, agents=agents, token_file=token_file)
+
+
+def union_agents(old: RingFile, new: RingFile) -> tuple[tuple[CarbonNode, str], ...]:
+    """Every node of ``new`` and then every node only in ``old`` (the ones drained), each
+    with its agent's URL, matched by ring identity ``(host, instance)``: a node in both is
+    NEW's node and NEW's URL.
+
+    Returns:
+        ``(node, url)`` pairs, NEW's ring order first.
+    """
+    seen = {node.identity for node, _ in new.agents}
+    return new.agents + tuple((node, url) for node, url in old.agents
+                              if node.identity not in seen)

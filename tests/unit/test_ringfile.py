@@ -9,7 +9,7 @@ import pytest
 
 from common.errors import ConfigError
 from common.ring import CarbonNode
-from ringtool.ringfile import parse_agent_url, parse_ring_file
+from ringtool.ringfile import parse_agent_url, parse_ring_file, union_agents
 
 A = CarbonNode("10.0.0.1", 2003, "a")
 B = CarbonNode("10.0.0.2", 2003, "b")
@@ -89,3 +89,15 @@ def test_parse_agent_url_refuses_anything_but_http_host_port(url: object) -> Non
                                                 ("http://[::1]:7070", "http://[::1]:7070")])
 def test_parse_agent_url_accepts_host_port(url: str, expected: str) -> None:
     assert parse_agent_url(url, key="agents") == expected
+
+
+def test_union_agents_lists_new_nodes_then_the_drained_ones() -> None:
+    c = CarbonNode("10.0.0.3", 2003, "c")
+    a_moved = CarbonNode("10.0.0.1", 2103, "a")  # same identity, another port: NEW wins
+    old = parse_ring_file({"carbon": [str(A), str(B)],
+                           "agents": {str(A): "http://h:1", str(B): "http://h:2"}}, source="o")
+    new = parse_ring_file({"carbon": [str(a_moved), str(c)],
+                           "agents": {str(a_moved): "http://h:9", str(c): "http://h:3"}},
+                          source="n")
+    assert union_agents(old, new) == ((a_moved, "http://h:9"), (c, "http://h:3"),
+                                      (B, "http://h:2"))
