@@ -7,7 +7,8 @@ and judge each file with `ringtool.plan.plan_file` (OLD = NEW = the ring):
 * **duplicated**: a misplaced copy whose owner also holds the name (asked with ``exists``),
   i.e. a move that copied and did not delete; ``rebalance --delete-source`` finishes it.
 
-Memory is the misplaced list (what the report shows), not the inventory.
+Memory is the misplaced list (what the report shows), not the inventory. A failure is
+shown as the client's error text (reason, HTTP status, detail).
 
 SHELL: the agents' HTTP.
 """
@@ -76,34 +77,39 @@ class CheckReport:
 
 
 async def run_check(sites: Sequence[Site], *, ring: Ring) -> CheckReport:
-    """Check every site of ``ring`` (see the module docstring)."""
+    """Check every site of ``ring`` (see the module docstring).
+
+    Each inventory is read through first (an agent drops a listing its client stops reading
+    for long), then each misplaced copy's owners are asked whether they hold it too.
+    """
     agents: list[tuple[CarbonNode, dict[str, Any] | None, str | None]] = []
     errors: list[str] = []
-    misplaced: list[Misplaced] = []
+    found: list[tuple[str, CarbonNode, tuple[CarbonNode, ...]]] = []
     files = 0
     for site in sites:
         try:
             agents.append((site.node, await site.agent.version(), None))
         except AgentError as exc:
-            agents.append((site.node, None, exc.reason))
+            agents.append((site.node, None, str(exc)))
             continue
         try:
             async for entry in site.agent.iter_files():
                 files += 1
                 move = plan_file(entry.name, entry.size, site.node, old=ring, new=ring)
-                if move is None:
-                    continue
-                holders = []
-                for owner in move.targets:
-                    try:
-                        if await find_site(sites, owner).agent.exists(entry.name):
-                            holders.append(owner)
-                    except AgentError as exc:
-                        errors.append(f"exists {entry.name} on {owner}: {exc.reason}")
-                misplaced.append(Misplaced(entry.name, site.node, move.targets,
-                                           tuple(holders)))
+                if move is not None:
+                    found.append((entry.name, site.node, move.targets))
         except AgentError as exc:
-            errors.append(f"inventory of {site.node}: {exc.reason}")
+            errors.append(f"inventory of {site.node}: {exc}")
+    misplaced = []
+    for name, node, owners in found:
+        holders = []
+        for owner in owners:
+            try:
+                if await find_site(sites, owner).agent.exists(name):
+                    holders.append(owner)
+            except AgentError as exc:
+                errors.append(f"exists {name} on {owner}: {exc}")
+        misplaced.append(Misplaced(name, node, owners, tuple(holders)))
     return CheckReport(agents=tuple(agents), files=files, misplaced=tuple(misplaced),
                        errors=tuple(errors))
 

@@ -34,13 +34,12 @@ from common.errors import ConfigError
 
 from .check import format_check, run_check
 from .client import AgentClient
-from .plan import Move, PlanTally, format_move, format_summary
+from .plan import Move, PlanSummary, PlanTally, format_move, format_summary
 from .progress import Progress
 from .rebalance import (
     DEFAULT_WORKERS,
     Failure,
     Site,
-    count_plan,
     format_outcome,
     iter_moves,
     run_rebalance,
@@ -177,19 +176,22 @@ def run_rebalance_command(args: argparse.Namespace) -> int:
 
     async def rebalance() -> int:
         started = time.monotonic()
-        planned, _ = await count_plan(sites, old=old.ring, new=new.ring)
-        progress = Progress(total_files=planned.moves + planned.copies,
-                            total_bytes=planned.transfer_bytes, stream=sys.stderr)
+        progress: list[Progress] = []
+
+        def planned(summary: PlanSummary) -> None:
+            progress.append(Progress(total_files=summary.moves + summary.copies,
+                                     total_bytes=summary.transfer_bytes, stream=sys.stderr))
 
         def done(move: Move, ok: bool) -> None:
-            progress.advance(files=1, size=move.size * len(move.targets), failed=not ok)
+            progress[0].advance(files=1, size=move.size * len(move.targets), failed=not ok)
 
         try:
             summary, outcome = await run_rebalance(
                 sites, old=old.ring, new=new.ring, delete_source=args.delete_source,
-                workers=args.workers, rate=args.rate, on_done=done)
+                workers=args.workers, rate=args.rate, on_planned=planned, on_done=done)
         finally:
-            progress.close()
+            for bar in progress:
+                bar.close()
         seconds = time.monotonic() - started
         if args.json:
             _print_json({"plan": summary.to_json(), "outcome": outcome.to_json(),

@@ -17,11 +17,12 @@ re-run plans again from the real inventories, and the merge is idempotent (point
 present are ``same``, never added again), so it finishes an interrupted job without counting
 anything twice.
 
-Bounded memory for millions of files: one task reads the inventories, node after node,
-and sends each move into a memory channel of `CHANNEL_MOVES_PER_WORKER` x workers; the
-workers take from it. A shared token bucket (`RateLimit`) spaces the moves so the bytes
-transferred stay under ``--rate`` on average. ``rebalance`` first streams the inventories once
-without moving anything, to know the totals that the progress bar's ETA needs.
+Bounded memory for millions of files: the inventories are read once, node after node, at
+full speed (an agent's server drops a listing its client stops reading for 30 s), and each
+move is spooled to a temporary file (`ringtool.movelist`); that pass also gives the totals
+the progress bar's ETA needs. Then one task reads the moves back into a memory channel of
+`CHANNEL_MOVES_PER_WORKER` x workers, and the workers take from it. A shared token bucket
+(`RateLimit`) spaces the moves so the bytes transferred stay under ``--rate`` on average.
 
 SHELL: trio, the agents' HTTP (`ringtool.client`).
 """
@@ -37,6 +38,7 @@ import trio
 from common.ring import CarbonNode, Ring
 
 from .client import AgentError
+from .movelist import MoveList
 from .plan import HeldFile, Move, PlanSummary, PlanTally, plan_file
 
 #: Moves queued per worker between the inventory reader and the workers: enough that a
@@ -165,17 +167,7 @@ async def iter_moves(sites: Sequence[Site], *, old: Ring, new: Ring, tally: Plan
                     yield move
         except AgentError as exc:
             on_error(Failure(name="*", source=site.node, target=None,
-                             reason=f"inventory: {exc.reason}"))
-
-
-async def count_plan(sites: Sequence[Site], *, old: Ring, new: Ring
-                     ) -> tuple[PlanSummary, list[Failure]]:
-    """The plan's totals, streaming every inventory once."""
-    tally = PlanTally()
-    failures: list[Failure] = []
-    async for _ in iter_moves(sites, old=old, new=new, tally=tally, on_error=failures.append):
-        pass
-    return tally.summary(), failures
+                             reason=f"inventory: {exc}"))
 
 
 def check_answer(answer: dict[str, Any]) -> tuple[str | None, dict[str, int]]:
@@ -202,7 +194,7 @@ async def execute_move(move: Move, sites: Sequence[Site], *, delete_source: bool
         try:
             answer = await find_site(sites, target).agent.pull(move.name, source.url)
         except AgentError as exc:
-            outcome.fail(Failure(move.name, move.source, target, exc.reason))
+            outcome.fail(Failure(move.name, move.source, target, f"pull: {exc}"))
             verified = False
             continue
         problem, figures = check_answer(answer)
@@ -223,16 +215,17 @@ async def execute_move(move: Move, sites: Sequence[Site], *, delete_source: bool
             if await source.agent.delete(move.name):
                 outcome.deleted += 1
         except AgentError as exc:
-            outcome.fail(Failure(move.name, move.source, None, f"delete: {exc.reason}"))
+            outcome.fail(Failure(move.name, move.source, None, f"delete: {exc}"))
             return False
     return True
 
 
 async def run_rebalance(sites: Sequence[Site], *, old: Ring, new: Ring, delete_source: bool,
                         workers: int = DEFAULT_WORKERS, rate: float | None = None,
+                        on_planned: Callable[[PlanSummary], None] | None = None,
                         on_done: Callable[[Move, bool], None] | None = None
                         ) -> tuple[PlanSummary, Outcome]:
-    """Execute every move of the plan from OLD to NEW with ``workers`` at once.
+    """Plan every move from OLD to NEW, then execute them with ``workers`` at once.
 
     Args:
         sites: every node of OLD and NEW with its agent.
@@ -241,37 +234,44 @@ async def run_rebalance(sites: Sequence[Site], *, old: Ring, new: Ring, delete_s
         delete_source: delete each moved file's source copy once every owner verified.
         workers: moves in flight at once.
         rate: bytes per second over all transfers (None: unlimited).
+        on_planned: called with the plan's totals once every inventory is read.
         on_done: called after each move with whether it verified (progress).
 
     Returns:
-        The plan's totals as streamed this time, and what was done.
+        The plan's totals, and what was done.
     """
     outcome = Outcome()
     tally = PlanTally()
     limit = RateLimit(rate)
-    send, receive = trio.open_memory_channel[Move](CHANNEL_MOVES_PER_WORKER * workers)
+    with MoveList([site.node for site in sites]) as planned:
+        async for move in iter_moves(sites, old=old, new=new, tally=tally,
+                                     on_error=outcome.fail):
+            await planned.add(move)
+        summary = tally.summary()
+        if on_planned is not None:
+            on_planned(summary)
+        send, receive = trio.open_memory_channel[Move](CHANNEL_MOVES_PER_WORKER * workers)
 
-    async def read() -> None:
-        async with send:
-            async for move in iter_moves(sites, old=old, new=new, tally=tally,
-                                         on_error=outcome.fail):
-                await send.send(move)
+        async def read() -> None:
+            async with send:
+                async for move in planned.moves():
+                    await send.send(move)
 
-    async def work(moves: trio.MemoryReceiveChannel[Move]) -> None:
-        async with moves:
-            async for move in moves:
-                await limit.take(move.size * len(move.targets))
-                ok = await execute_move(move, sites, delete_source=delete_source,
-                                        outcome=outcome)
-                if on_done is not None:
-                    on_done(move, ok)
+        async def work(moves: trio.MemoryReceiveChannel[Move]) -> None:
+            async with moves:
+                async for move in moves:
+                    await limit.take(move.size * len(move.targets))
+                    ok = await execute_move(move, sites, delete_source=delete_source,
+                                            outcome=outcome)
+                    if on_done is not None:
+                        on_done(move, ok)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(read)
-        async with receive:
-            for _ in range(workers):
-                nursery.start_soon(work, receive.clone())
-    return tally.summary(), outcome
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            async with receive:
+                for _ in range(workers):
+                    nursery.start_soon(work, receive.clone())
+    return summary, outcome
 
 
 def format_outcome(summary: PlanSummary, outcome: Outcome, *, seconds: float) -> list[str]:

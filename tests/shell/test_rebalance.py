@@ -17,7 +17,8 @@ import trio.lowlevel
 from common.ring import CarbonNode, Ring
 from ringtool.check import run_check
 from ringtool.client import AgentError
-from ringtool.rebalance import Site, count_plan, run_rebalance
+from ringtool.plan import PlanSummary, PlanTally
+from ringtool.rebalance import Failure, Site, iter_moves, run_rebalance
 
 A, B, C = (CarbonNode(f"10.0.0.{i}", 2003, x) for i, x in enumerate("abc", 1))
 NAMES = [f"app.s{i}.count" for i in range(300)]
@@ -79,6 +80,15 @@ class FakeAgent:
         self._check()
         self.deleted.append(name)
         return self.files.pop(name, None) is not None
+
+
+async def count_plan(sites: list[Site], *, old: Ring, new: Ring
+                     ) -> tuple[PlanSummary, list[Failure]]:
+    tally = PlanTally()
+    failures: list[Failure] = []
+    async for _ in iter_moves(sites, old=old, new=new, tally=tally, on_error=failures.append):
+        pass
+    return tally.summary(), failures
 
 
 def ring(*nodes: CarbonNode, r: int = 1) -> Ring:
@@ -203,3 +213,12 @@ async def test_check_is_ok_on_a_placed_cluster() -> None:
     sites, _ = cluster(r, (A, B, C))
     report = await run_check(sites, ring=r)
     assert report.ok and report.files == 2 * len(NAMES)
+
+
+async def test_moves_spooled_in_small_batches_all_come_back(monkeypatch: Any) -> None:
+    monkeypatch.setattr("ringtool.movelist.BATCH_LINES", 7)
+    old, new = ring(A, B), ring(C)
+    sites, agents = cluster(old, (A, B, C))
+    summary, outcome = await run_rebalance(sites, old=old, new=new, delete_source=True)
+    assert summary.moves == outcome.moves_verified == outcome.deleted == len(NAMES)
+    assert set(agents["http://10.0.0.3:7070"].files) == set(NAMES)
