@@ -377,7 +377,7 @@ def test_rebalance_killed_midway_then_rerun_finishes_without_doubling(
     w = write_history(aggregators, tmp_path, "resume", [a, b], [b, c])
     on_c = set(c.cache.series())
     slow = subprocess.Popen([TALLYD_RING, "rebalance", "--from", w.old_file, "--to", w.new_file,
-                             "--delete-source", "--workers", "1", "--rate", "150k"],
+                             "--delete-source", "--workers", "1", "--rate", "400k"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: new_series(c.cache, on_c), 30, interval=0.05,
@@ -403,7 +403,7 @@ def test_an_agent_dying_during_the_move_fails_and_deletes_nothing_of_it(
     before_b = set(b.cache.series())
     on_c = set(c.cache.series())
     run = subprocess.Popen([TALLYD_RING, "rebalance", "--from", w.old_file, "--to", w.new_file,
-                            "--delete-source", "--workers", "1", "--rate", "150k"],
+                            "--delete-source", "--workers", "1", "--rate", "400k"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # The moves run in NEW's node order (a, b, c): once a's first file reached c, b's
