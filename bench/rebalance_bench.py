@@ -105,8 +105,8 @@ def bench_throughput(work: Path, files: int, schema: str, workers: int) -> None:
         outcome = report["outcome"]
         moved = outcome["bytes_transferred"]
         print(f"rebalance: {outcome['moves_verified']} files moved and verified, "
-              f"{moved / 1e6:.1f} MB in {wall:.2f}s wall (tool: {report['seconds']:.2f}s, "
-              f"of which a listing pass to count): {moved / 1e6 / wall:.2f} MB/s, "
+              f"{moved / 1e6:.1f} MB in {wall:.2f}s wall (the tool's own "
+              f"{report['seconds']:.2f}s, listing included): {moved / 1e6 / wall:.2f} MB/s, "
               f"{outcome['moves_verified'] / wall:.0f} files/s, workers {workers}")
     finally:
         for proc in (src, dst):
