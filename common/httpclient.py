@@ -17,8 +17,8 @@ SHELL (sockets).
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing, asynccontextmanager
 from typing import Any, Final
 
 import h11
@@ -78,7 +78,7 @@ class ClientResponse:
         name = name.lower()
         return next((v for k, v in self.headers if k == name), None)
 
-    async def iter_body(self) -> AsyncIterator[bytes]:
+    async def iter_body(self) -> AsyncGenerator[bytes, None]:
         """The body, chunk by chunk as it arrives.
 
         Raises:
@@ -103,11 +103,12 @@ class ClientResponse:
             raise HTTPClientError("too_large", f"answer of {length} bytes, over {max_bytes}")
         parts: list[bytes] = []
         size = 0
-        async for chunk in self.iter_body():
-            size += len(chunk)
-            if size > max_bytes:
-                raise HTTPClientError("too_large", f"answer over {max_bytes} bytes")
-            parts.append(chunk)
+        async with aclosing(self.iter_body()) as chunks:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise HTTPClientError("too_large", f"answer over {max_bytes} bytes")
+                parts.append(chunk)
         return b"".join(parts)
 
 

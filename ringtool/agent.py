@@ -28,7 +28,8 @@ SHELL: the routes of `common.httpserver`; file work runs in worker threads.
 
 from __future__ import annotations
 
-import errno
+import contextlib
+import fcntl
 import functools
 import hmac
 import json
@@ -46,18 +47,17 @@ import trio
 
 from common.cli import package_version
 from common.httpclient import HTTPClientError, split_url
-from common.httpserver import (
+from common.httproutes import (
     Handler,
     HTTPCounters,
     HTTPError,
     HTTPLimits,
-    Request,
     Response,
     Route,
     json_response,
     route,
-    serve_http,
 )
+from common.httpserver import Request, serve_http
 from common.logging import RateLimiter, log_event
 from common.stats import counter
 
@@ -105,42 +105,64 @@ class AgentStatistics:
     deleted: int = counter(help="files deleted")
 
 
-class _NotFound(Exception):
-    pass
+def delete_locked(path: Path) -> bool:
+    """Unlink ``path`` holding ``flock(LOCK_EX)`` on it, so that a carbon write or a merge
+    under way finishes first; False when it was gone (or replaced while we waited)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        mine, named = os.fstat(fd), os.lstat(path)
+        if (mine.st_dev, mine.st_ino) != (named.st_dev, named.st_ino):
+            return False
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def walk_batches(root: str, batch: int = LISTING_BATCH) -> Iterator[list[dict[str, Any]]]:
     """The series files under ``root`` as listing entries, ``batch`` at a time, never
-    following a symlink (to a file or a directory)."""
+    following a symlink (to a file or a directory). One directory is read at a time, lazily,
+    so a directory of millions of files costs one batch of memory."""
     out: list[dict[str, Any]] = []
     stack = [""]
     while stack:
         relative = stack.pop()
         try:
-            with os.scandir(os.path.join(root, relative)) as entries:
-                found = list(entries)
+            entries = os.scandir(os.path.join(root, relative))
         except OSError:
             continue  # removed meanwhile, or unreadable: not ours to list
-        for entry in found:
-            path = f"{relative}/{entry.name}" if relative else entry.name
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(path)
-                    continue
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                name = name_for_path(path)
-                if name is None:
-                    continue
-                info = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            out.append({"name": name, "size": info.st_size, "mtime": info.st_mtime})
-            if len(out) >= batch:
-                yield out
-                out = []
+        with entries:
+            for entry in entries:
+                path = f"{relative}/{entry.name}" if relative else entry.name
+                item = _entry(entry, path, stack)
+                if item is not None:
+                    out.append(item)
+                if len(out) >= batch:
+                    yield out
+                    out = []
     if out:
         yield out
+
+
+def _entry(entry: os.DirEntry[str], path: str, stack: list[str]) -> dict[str, Any] | None:
+    """The listing entry of a series file; a directory goes on ``stack`` instead."""
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            stack.append(path)
+            return None
+        name = name_for_path(path) if entry.is_file(follow_symlinks=False) else None
+        if name is None:
+            return None
+        info = entry.stat(follow_symlinks=False)
+    except OSError:
+        return None  # gone meanwhile
+    return {"name": name, "size": info.st_size, "mtime": info.st_mtime}
 
 
 class Agent:
@@ -270,10 +292,8 @@ class Agent:
     async def delete(self, request: Request) -> Response:
         name, path = self._path_of(request)
         self._existing(path, name)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            raise HTTPError(404, "not_found", name) from None
+        if not await trio.to_thread.run_sync(delete_locked, path):
+            raise HTTPError(404, "not_found", name)
         self._merge_totals["deleted"] += 1
         log_event(LOGGER, "file_deleted", name=name)
         return json_response({"deleted": True})
@@ -335,19 +355,18 @@ class Agent:
         return json_response(check.to_json())
 
     def _prepare(self, path: Path, name: str) -> None:
-        """Create the file's directories, refusing to go through a symlink, and refuse a
-        file that is not a regular one."""
-        parent = path.parent
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise HTTPError(409, "conflict", f"{name}: a file is in the way") from None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise HTTPError(400, "symlink", name) from None
-            raise
-        if os.path.realpath(parent) != str(parent):
-            raise HTTPError(400, "symlink", f"{name}: a directory on its path is a symlink")
+        """Create the file's missing directories one at a time, each checked to be a real
+        directory (never through a symlink), and refuse a file that is not a regular one."""
+        current = self.root
+        for part in path.relative_to(self.root).parts[:-1]:
+            current = os.path.join(current, part)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(current)
+            info = os.lstat(current)
+            if stat.S_ISLNK(info.st_mode):
+                raise HTTPError(400, "symlink", f"{name}: a directory on its path is a symlink")
+            if not stat.S_ISDIR(info.st_mode):
+                raise HTTPError(409, "conflict", f"{name}: a file is in the way")
         if os.path.lexists(path):
             self._existing(path, name)
 

@@ -27,7 +27,7 @@ import trio
 
 from common.address import format_host_port, split_host_port
 from common.errors import ConfigError, find_config_error
-from common.httpserver import DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT_SECONDS, HTTPLimits
+from common.httproutes import DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT_SECONDS, HTTPLimits
 from common.logging import configure_logging, log_event
 from common.signals import force_exit, ignore_stop_signal, run_signal_handler
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any, Final
 
 import attrs
@@ -76,6 +77,29 @@ def _parse_entry(line: bytes) -> FileEntry | int:
         raise AgentError("bad_answer", f"listing line {line[:200]!r}") from None
 
 
+async def _entries(body: AsyncGenerator[bytes, None], url: str
+                   ) -> AsyncGenerator[FileEntry, None]:
+    """The entries of a listing's NDJSON ``body``, checked against its end marker."""
+    pending = b""
+    seen = 0
+    async with aclosing(body) as chunks:
+        async for chunk in chunks:
+            *lines, pending = (pending + chunk).split(b"\n")
+            if len(pending) > MAX_LISTING_LINE_BYTES:
+                raise AgentError("bad_answer", "a listing line is too long")
+            for line in filter(None, lines):
+                entry = _parse_entry(line)
+                if isinstance(entry, FileEntry):
+                    seen += 1
+                    yield entry
+                elif entry == seen:
+                    return
+                else:
+                    raise AgentError("listing_cut", f"GET {url}: the end marker says {entry} "
+                                     f"files, {seen} came")
+    raise AgentError("listing_cut", f"GET {url}: no end marker after {seen} files")
+
+
 class AgentClient:
     """The agent at ``base_url`` (``http://host:port``), with the cluster ``token``.
 
@@ -132,8 +156,11 @@ class AgentClient:
         """``GET /version``: the agent's name, version and data dir."""
         return await self._json("GET", "/version")
 
-    async def iter_files(self) -> AsyncIterator[FileEntry]:
+    async def iter_files(self) -> AsyncGenerator[FileEntry, None]:
         """``GET /files``: every series file, as the agent walks its data dir.
+
+        An async generator holding a connection: a caller that may stop early closes it
+        (``async with contextlib.aclosing(client.iter_files()) as files:``).
 
         Raises:
             AgentError: ``listing_cut`` when the listing ends without its end marker (or
@@ -146,28 +173,12 @@ class AgentClient:
                                     read_timeout=self.timeout) as response:
                 if response.status != 200:
                     raise _error_of(response.status, await response.read(MAX_JSON_BYTES))
-                pending = b""
-                seen = 0
-                async for chunk in response.iter_body():
-                    pending += chunk
-                    *lines, pending = pending.split(b"\n")
-                    if len(pending) > MAX_LISTING_LINE_BYTES:
-                        raise AgentError("bad_answer", "a listing line is too long")
-                    for line in lines:
-                        if not line:
-                            continue
-                        entry = _parse_entry(line)
-                        if isinstance(entry, int):
-                            if entry != seen:
-                                raise AgentError("listing_cut",
-                                                 f"end marker says {entry} files, got {seen}")
-                            return
-                        seen += 1
+                async with aclosing(_entries(response.iter_body(), url)) as entries:
+                    async for entry in entries:
                         yield entry
         except HTTPClientError as exc:
             raise AgentError("listing_cut" if exc.reason == "connection_lost" else exc.reason,
                              f"GET {url}: {exc.detail}") from None
-        raise AgentError("listing_cut", f"GET {url}: no end marker after {seen} files")
 
     async def fetch(self, name: str) -> bytes:
         """``GET /files/<name>``: the file's bytes, read under the agent's flock.

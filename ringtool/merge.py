@@ -275,17 +275,20 @@ def _archive_writes(dst: Series, fills: list[tuple[int, float]]) -> list[Write]:
         for j, value in fills:
             records[(j - start) % archive.points] = pack_point(first + j * step, value)
         return [(archive.offset, b"".join(records))]
-    placed = sorted((dst.slot_offset(j), pack_point(first + j * step, value))
-                    for j, value in fills)
+    # Fills come in time order: each run of consecutive slots is one write, or two where
+    # it wraps around the end of the ring buffer.
     writes: list[Write] = []
-    run_offset, run = placed[0][0], [placed[0][1]]
-    for offset, record in placed[1:]:
-        if offset == run_offset + len(run) * POINT_SIZE:
-            run.append(record)
-        else:
-            writes.append((run_offset, b"".join(run)))
-            run_offset, run = offset, [record]
-    writes.append((run_offset, b"".join(run)))
+    start = 0
+    for end in range(1, len(fills) + 1):
+        if end < len(fills) and fills[end][0] == fills[end - 1][0] + 1:
+            continue
+        run = fills[start:end]
+        room = archive.points - (dst.first_index + run[0][0]) % archive.points
+        for part in (run[:room], run[room:]):
+            if part:
+                writes.append((dst.slot_offset(part[0][0]), b"".join(
+                    [pack_point(first + j * step, value) for j, value in part])))
+        start = end
     return writes
 
 

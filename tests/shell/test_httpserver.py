@@ -14,17 +14,16 @@ import pytest
 import trio
 
 from common.httpclient import HTTPClientError, open_request, request
-from common.httpserver import (
+from common.httproutes import (
     MAX_HEADER_BYTES,
     HTTPCounters,
     HTTPError,
     HTTPLimits,
-    Request,
     Response,
     json_response,
     route,
-    serve_http,
 )
+from common.httpserver import Request, serve_http
 
 
 async def hello(request: Request) -> Response:
