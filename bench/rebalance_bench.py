@@ -5,7 +5,7 @@
    to a ring of the second: every file moves agent to agent (pull, merge, verify). Prints
    files moved, MB and MB/s from the tool's ``--json`` outcome, and the wall time.
 2. **Memory**: ``plan`` against an agent whose data dir holds M files (default 1,000,000)
-   and an empty second node: M hard links to one small Whisper file make M directory entries
+   and an empty second node: M hard links to a few small Whisper files make M directory entries
    cheap. Prints the peak RSS of the ``tallyd-ring plan`` process (``ru_maxrss`` from
    ``wait4``, i.e. its VmHWM) and its time. The links are removed afterwards.
 
@@ -114,16 +114,23 @@ def bench_throughput(work: Path, files: int, schema: str, workers: int) -> None:
             proc.wait()
 
 
+#: Hard links per seed file: ext4 allows 65,000 links to one inode.
+LINKS_PER_SEED = 50_000
+
+
 def make_links(root: Path, count: int) -> None:
-    """``count`` hard links to one small Whisper file, 1000 per directory."""
+    """``count`` hard links to small Whisper files (a new seed every `LINKS_PER_SEED`),
+    1000 per directory."""
     seed = root / "seed.wsp"
-    whisper.create(str(seed), [(60, 10)])
     for i in range(count):
+        if i % LINKS_PER_SEED == 0:
+            seed.unlink(missing_ok=True)
+            whisper.create(str(seed), [(60, 10)])
         folder = root / "inv" / f"d{i // 1000}"
         if i % 1000 == 0:
             folder.mkdir(parents=True)
         os.link(seed, folder / f"m{i}.wsp")
-    seed.unlink()
+    seed.unlink(missing_ok=True)
 
 
 def bench_plan_memory(work: Path, count: int) -> None:
