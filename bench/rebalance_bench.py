@@ -147,19 +147,22 @@ def bench_plan_memory(work: Path, count: int) -> None:
         old = ring_file(work / "one.toml", {SRC: a_url})
         new = ring_file(work / "two.toml", {SRC: a_url, DST: b_url})
         started = time.monotonic()
-        with open(os.devnull, "w") as devnull:
-            plan = subprocess.Popen([TALLYD_RING, "plan", "--from", old, "--to", new],
-                                    stdout=devnull, stderr=subprocess.PIPE)
-            _, status, usage = os.wait4(plan.pid, 0)
+        plan = subprocess.Popen([TALLYD_RING, "plan", "--from", old, "--to", new, "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert plan.stdout is not None and plan.stderr is not None
+        last = b""
+        for line in plan.stdout:  # read as it comes; keep the summary line only
+            last = line
+        _, status, usage = os.wait4(plan.pid, 0)
         wall = time.monotonic() - started
         plan.returncode = os.waitstatus_to_exitcode(status)
-        assert plan.stderr is not None
         err = plan.stderr.read().decode(errors="replace")
         if plan.returncode != 0:
             raise RuntimeError(f"plan exited {plan.returncode}: {err[-2000:]}")
-        print(f"plan over {count} files: peak RSS {usage.ru_maxrss / 1024:.1f} MiB "
-              f"(ru_maxrss of the tallyd-ring process), {wall:.1f}s, "
-              f"{count / wall:.0f} files/s")
+        summary = json.loads(last)["summary"]
+        print(f"plan over {summary['files']} files ({summary['moves']} to move): peak RSS "
+              f"{usage.ru_maxrss / 1024:.1f} MiB (ru_maxrss of the tallyd-ring process), "
+              f"{wall:.1f}s, {summary['files'] / wall:.0f} files/s")
     finally:
         for proc in (a, b):
             proc.kill()

@@ -2,9 +2,11 @@
 
 ``plan --from OLD --to NEW [--json]``
     Inventory every node of OLD and NEW through its agent (nodes only in OLD are drained)
-    and print, per file to transfer, ``move|copy<TAB>NAME<TAB>SOURCE -> TARGET[,...]<TAB>SIZE``,
-    then the totals per node pair and what stays. ``--json``: one JSON object per line,
-    ``{"move": {...}}`` per transfer and a last ``{"summary": {...}, "errors": [...]}``.
+    and print a ``# from ... (ring=FINGERPRINT) to ...`` line (the fingerprints the
+    aggregators log as ``ring=`` on their ``started`` line), then per file to transfer
+    ``move|copy<TAB>NAME<TAB>SOURCE -> TARGET[,...]<TAB>SIZE``, then the totals per node pair
+    and what stays. ``--json``: one JSON object per line, ``{"move": {...}}`` per transfer and
+    a last ``{"summary": {...}, "rings": {"from", "to"}, "errors": [...]}``.
 ``rebalance --from OLD --to NEW [--delete-source] [--workers N] [--rate BYTES/S] [--json]``
     Execute the plan agent to agent (`ringtool.rebalance`); progress on stderr, the summary
     (or with ``--json`` one JSON object) on stdout.
@@ -147,6 +149,9 @@ def run_plan(args: argparse.Namespace) -> int:
     sites = build_sites(old, new)
     tally = PlanTally()
     errors: list[Failure] = []
+    rings = {"from": old.ring.fingerprint(), "to": new.ring.fingerprint()}
+    if not args.json:
+        print(f"# from {old.source} (ring={rings['from']}) to {new.source} (ring={rings['to']})")
 
     async def stream() -> None:
         async for move in iter_moves(sites, old=old.ring, new=new.ring, tally=tally,
@@ -159,7 +164,8 @@ def run_plan(args: argparse.Namespace) -> int:
     trio.run(stream)
     summary = tally.summary()
     if args.json:
-        _print_json({"summary": summary.to_json(), "errors": [e.to_json() for e in errors]})
+        _print_json({"summary": summary.to_json(), "rings": rings,
+                     "errors": [e.to_json() for e in errors]})
     else:
         print("\n".join(format_summary(summary)))
         for error in errors:
@@ -210,8 +216,9 @@ def run_check_command(args: argparse.Namespace) -> int:
     sites = [Site(node, url, AgentClient(url, token=token)) for node, url in ring_file.agents]
     report = trio.run(lambda: run_check(sites, ring=ring_file.ring))
     if args.json:
-        _print_json(report.to_json())
+        _print_json(report.to_json() | {"ring": ring_file.ring.fingerprint()})
     else:
+        print(f"# {ring_file.source} (ring={ring_file.ring.fingerprint()})")
         print("\n".join(format_check(report)))
     return 0 if report.ok else 1
 
