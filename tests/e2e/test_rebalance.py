@@ -250,6 +250,8 @@ def write_history(procs: list[AggregatorProcess], tmp_path: Path, prefix: str,
                    what="rounds on OLD", extra=first.describe)
     first.stop()
     second = start_writer(procs, new_members, r_new, f"{prefix}2")
+    # The runbook's check: the aggregator logs the fingerprint plan prints for new.toml.
+    assert f"ring={new.fingerprint()}" in second.log_text(None), second.describe()
     after = {k: send_round(second.udp, values(names, k)) for k in ROUNDS_AFTER}
     # Now each NEW owner holds rounds 4-6, and rounds 1-3 too where it was an OLD owner.
     everything = expected_points(names, rounds | after)

@@ -173,3 +173,27 @@ def test_move_json_names_nodes_as_written() -> None:
                               "source": "10.0.0.1:2003:a",
                               "targets": ["10.0.0.2:2003:b", "10.0.0.3:2003:c"]}
     assert format_move(move) == "move\ta.b\t10.0.0.1:2003:a -> 10.0.0.2:2003:b,10.0.0.3:2003:c\t5"
+
+
+def test_replacing_a_dead_replica_copies_every_name_it_owns_back_to_it() -> None:
+    # R=2: b died and came back empty under the same identity; OLD = the ring without b.
+    full, without_b = ring(A, B, C, D, r=2), ring(A, C, D, r=2)
+    held = placed(full)
+    held[B] = []
+    moves, summary = plan_all(held, without_b, full)
+    assert summary.moves == 0  # nothing is deleted anywhere
+    copied = {m.name for m in moves if B in m.targets}
+    assert copied == {n for n in NAMES if B in full.nodes_for(n)}
+    assert all(m.source_stays and m.source in full.nodes_for(m.name) for m in moves)
+
+
+def test_a_salvaged_disk_under_a_spare_identity_is_drained_into_the_ring() -> None:
+    salvage = CarbonNode("10.0.0.9", 2003, "salvage")
+    r = ring(A, B, C)
+    held = placed(r)
+    held[salvage] = held[B]  # b's old disk, mounted elsewhere
+    held[B] = held[B][:10]   # what the replacement received since it started
+    moves, summary = plan_all(held, ring(A, B, C, salvage), r)
+    assert {m.source for m in moves} == {salvage}
+    assert all(m.targets == (B,) and not m.source_stays for m in moves)
+    assert summary.moves == len(held[salvage])
