@@ -42,6 +42,7 @@ from common.errors import ConfigError
 from common.ring import RING_HASHES, CarbonNode, Ring, parse_carbon_node
 from common.ringkey import RING_TAG_KEYS
 
+from . import movecli
 from .agentcli import add_agent_parser
 from .ringspec import RING_KEYS, RingSpec, parse_ring_spec
 
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.add_argument("paths", nargs="*", metavar="PATH", help="Graphite paths; '-' = stdin")
     lookup.set_defaults(handler=run_lookup)
     add_agent_parser(commands)
+    movecli.add_commands(commands)
     return parser
 
 

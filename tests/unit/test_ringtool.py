@@ -115,7 +115,11 @@ def test_lookup_takes_ring_settings_from_config_and_flags_override(
         (["lookup", "--carbon", "h:1", "--ring-hash", "md5", "a"], "invalid choice"),
         (["lookup", "--config", "/nonexistent/tallyd.toml", "a"], "cannot read config file"),
         ([], "required: COMMAND"),
-        (["plan"], "invalid choice"),
+        (["frobnicate"], "invalid choice"),
+        (["plan"], "required: --from, --to"),
+        (["rebalance", "--from", "a", "--to", "b", "--rate", "fast"], "bad rate 'fast'"),
+        (["rebalance", "--from", "/nonexistent/a.toml", "--to", "b"], "cannot read config"),
+        (["check"], "required: --ring"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(
