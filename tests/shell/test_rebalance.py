@@ -2,7 +2,7 @@
 
 `FakeAgent` keeps ``{name: size}`` and answers like the real agent's routes; a ``pull``
 copies the name from the source agent found by its URL. The real agents, carbon-caches and
-Whisper merges are tests/e2e/test_rebalance.py's.
+Whisper merges are tests/e2e/test_ring_rebalance.py's.
 """
 
 from __future__ import annotations
