@@ -66,6 +66,13 @@ def test_scaling_short_prints_the_whole_table(etsy_available: Path) -> None:
 
     assert re.search(r"^CPU per line 20/dgram: W=2 / W=1 [\d.]+x", out, re.M), out
     model = table(out, "W (cores)")
+    one_line_cpu = rows["CPU per line, 1 line/dgram"]
+    if not model and 0.0 in {float(c.split()[0].replace(",", "")) for c in one_line_cpu}:
+        # Short mode's 1 line/datagram trials send 1,000 lines: about 5 ms of CPU, under one
+        # 10 ms clock tick, so a quiet machine can measure 0 for a daemon. The benchmark must
+        # then say why it has no model (a full run's trials are long enough to measure).
+        assert "model: not printed (needs tallyd W=1 and W=2 CPU figures" in out, out
+        return
     assert [w for w in model if w != "W (cores)"] == ["1", "2", "4", "8", "16"], out
     # the model reproduces what it was derived from: W=1's cost, and W=2's for direct traffic
     # (unless noise put W=2 below W=1, where the forwarding cost is clipped to 0)
