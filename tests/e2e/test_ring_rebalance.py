@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -151,11 +152,26 @@ def wiped(request: pytest.FixtureRequest) -> None:
     if "nodes" not in request.fixturenames:
         return
     for node in request.getfixturevalue("nodes").values():
-        for entry in node.agent.data_dir.iterdir():
-            if entry.is_dir():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+        wipe(node.agent.data_dir)
+
+
+def wipe(data_dir: Path, *, limit_seconds: float = 10.0) -> None:
+    """Empty ``data_dir``. A cache may still be writing an earlier test's last points (it
+    writes about once a second) while this deletes, and rmtree then meets a file it did not
+    list (ENOTEMPTY) or loses one it did: such a pass is repeated until one succeeds."""
+    deadline = time.monotonic() + limit_seconds
+    while True:
+        try:
+            for entry in data_dir.iterdir():
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def new_series(cache: Cache, before: set[str]) -> bool:
