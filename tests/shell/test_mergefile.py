@@ -128,11 +128,9 @@ def test_merge_waits_for_a_writer_holding_the_lock(
     assert read[0] in (DST, dst.read_bytes())  # read before or after the merge, never during
 
 
-def test_writer_waits_for_the_whole_merge(tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """Between the merge's read and its writes, a carbon flock(LOCK_EX) cannot get in."""
-    dst = tmp_path / "c.wsp"
-    dst.write_bytes(DST)
+def pause_planning(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Make merge_into stop between its read and its plan: the first event is set once it
+    is there (holding the lock), and it goes on when the second is set (or after 10 s)."""
     planned, go_on = threading.Event(), threading.Event()
     real_plan = mergefile.plan_merge
 
@@ -142,6 +140,15 @@ def test_writer_waits_for_the_whole_merge(tmp_path: Path,
         return real_plan(src, data, now=now)
 
     monkeypatch.setattr(mergefile, "plan_merge", slow_plan)
+    return planned, go_on
+
+
+def test_writer_waits_for_the_whole_merge(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between the merge's read and its writes, a carbon flock(LOCK_EX) cannot get in."""
+    dst = tmp_path / "c.wsp"
+    dst.write_bytes(DST)
+    planned, go_on = pause_planning(monkeypatch)
     merging, merged = in_thread(lambda: merge_into(dst, SRC, now=NOW))
     try:
         assert planned.wait(10)
@@ -172,15 +179,7 @@ def test_carbons_whisper_writer_waits_for_the_merge(tmp_path: Path,
     dst = tmp_path / "c.wsp"
     dst.write_bytes(DST)
     hole = points(DST)[10][-2][0]
-    planned, go_on = threading.Event(), threading.Event()
-    real_plan = mergefile.plan_merge
-
-    def slow_plan(src: bytes, data: bytes, *, now: int) -> Any:
-        planned.set()
-        go_on.wait(10)
-        return real_plan(src, data, now=now)
-
-    monkeypatch.setattr(mergefile, "plan_merge", slow_plan)
+    planned, go_on = pause_planning(monkeypatch)
     merging, merged = in_thread(lambda: merge_into(dst, SRC, now=NOW))
     writer = None
     try:
