@@ -9,6 +9,10 @@ SHELL (subprocesses).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
 import sys
 import threading
 import time
@@ -75,6 +79,19 @@ class AggregatorProcess(TallydProcess):
     """``python -m aggregator ...``."""
 
     name = "tallyd-aggregator"
+
+    def kill_group(self) -> None:
+        """SIGKILL the aggregator and its workers at once (its own session is their process
+        group), then remove the workers' runtime directory it logged: with every process
+        killed together none is left to remove it (a killed supervisor alone leaves that to
+        its workers, `kill`)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.kill()
+        for line in self.log_text(None).splitlines():
+            runtime_dir = parse_logfmt(line).get("runtime_dir")
+            if "event=started" in line and runtime_dir:
+                shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
 class ProxyProcess(TallydProcess):

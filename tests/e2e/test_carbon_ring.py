@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -126,10 +124,7 @@ def aggregators(closing: contextlib.ExitStack) -> Iterator[Launcher]:
 
     yield launch
     for proc in procs:
-        # The aggregator runs in its own session; its workers share its process group.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.kill()
+        proc.kill_group()
 
 
 def ring_of(specs: list[str]) -> Ring:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -183,9 +182,7 @@ def aggregators() -> Iterator[list[AggregatorProcess]]:
     procs: list[AggregatorProcess] = []
     yield procs
     for proc in procs:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.kill()
+        proc.kill_group()
 
 
 # -- helpers -------------------------------------------------------------------------------
