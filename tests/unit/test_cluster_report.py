@@ -1,0 +1,243 @@
+"""The cluster report's core (`ringtool.cluster`) on /status documents shaped per the
+contract (docs/admin.md): losses named with where and why, divergence, unreachable daemons,
+windows, and bad documents that are reported, never raised."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from ringtool.cluster import build_report, report_json
+from ringtool.clusterfetch import parse_render_json
+from ringtool.clustermodel import ClusterSample, StatusAnswer
+
+
+def member(kind: str, index: int, name: str, *, sent: int = 0, buffered: int = 0,
+           dropped: dict[str, int] | None = None, state: str = "up",
+           reason: str = "") -> dict[str, Any]:
+    return {"kind": kind, "index": index, "name": name, "address": name, "state": state,
+            "reason": reason, "sent_lines": sent, "buffered_lines": buffered,
+            "buffer_capacity_lines": None, "dropped_lines": dropped or {}}
+
+
+def status(role: str, identity: str, *, members: list[dict[str, Any]] | None = None,
+           membership: str = "m1", pid: int = 10, started: float = 1000.0,
+           **totals: Any) -> dict[str, Any]:
+    base = {"lines_in": 0, "lines_out": 0, "buffered_lines": 0, "dropped_lines": {}}
+    if role == "aggregator":
+        base.update(points_flushed=0, points_sent=0, points_buffered=0, points_dropped={})
+    base.update(totals)
+    return {"schema": 1, "version": "0.1.0", "role": role, "identity": identity, "pid": pid,
+            "now": 2000.0, "started": started, "uptime_seconds": 1000.0, "health": "up",
+            "ready": True, "not_ready": [], "flush_interval": 10.0,
+            "fingerprints": {"membership": membership, "config": "c"},
+            "members": members or [], "workers": 1, "totals": base,
+            "rates": {"interval_seconds": 10.0, "lines_in": 5.0, "lines_out": 5.0,
+                      "dropped_lines": {}},
+            "figures": {}, "a_key_from_the_future": [1, 2]}
+
+
+def answer(tier: str, position: int, document: Any = None,
+           error: str | None = None) -> StatusAnswer:
+    return StatusAnswer(url=f"http://{tier}{position}:1", tier=tier, position=position,
+                        document=document, error=error)
+
+
+def healthy_cluster() -> list[StatusAnswer]:
+    """2 proxies -> 2 aggregators -> 1 Carbon node; every line accounted for."""
+    proxies = [answer("proxy", i, status("proxy", f"p{i}", lines_in=100, lines_out=100,
+                                         members=[member("aggregator", 0, "a0:8125", sent=60),
+                                                  member("aggregator", 1, "a1:8125",
+                                                         sent=40)]))
+               for i in range(2)]
+    aggregators = [answer("aggregator", i, status(
+        "aggregator", f"a{i}", membership="ring", lines_in=n, lines_out=n,
+        points_flushed=7, points_sent=7, members=[member("carbon", 0, "c:2003", sent=7)]))
+        for i, n in enumerate((120, 80))]
+    return proxies + aggregators
+
+
+def report_of(answers: list[StatusAnswer], **kwargs: Any) -> Any:
+    return build_report(ClusterSample(taken_at=2000.0, answers=tuple(answers)), **kwargs)
+
+
+def test_clean_cluster_is_ok_and_accounts_each_tier() -> None:
+    report = report_of(healthy_cluster())
+    assert report.ok and report.exit_status == 0
+    assert [f for f in report.findings if f.kind != "note"] == []
+    assert report.tiers["proxy"].totals.lines_out == 200
+    assert report.tiers["aggregator"].totals.lines_in == 200
+    assert [(i.position, i.sent, i.received, i.difference) for i in report.intake] == [
+        (0, 120, 120, 0), (1, 80, 80, 0)]
+    assert [(n.name, n.points_sent) for n in report.carbon_nodes] == [("c:2003", 14)]
+    assert len(report.edges) == 6
+    data = report_json(report)
+    json.dumps(data)  # plain JSON
+    assert data["ok"] is True and data["summary"]["lines_lost"] == 0
+    assert data["fingerprints"]["aggregator"] == {
+        "ring": ["http://aggregator0:1", "http://aggregator1:1"]}
+
+
+def test_down_aggregator_names_each_proxys_drops_for_it() -> None:
+    answers = healthy_cluster()
+    answers[0] = answer("proxy", 0, status(
+        "proxy", "p0", lines_in=130, lines_out=100, buffered_lines=5,
+        dropped_lines={"destination_down": 25, "kernel_overflow": 0},
+        members=[member("aggregator", 0, "a0:8125", sent=60),
+                 member("aggregator", 1, "a1:8125", sent=40, buffered=5, state="down",
+                        reason="refused", dropped={"destination_down": 25})]))
+    answers[3] = answer("aggregator", 1, error="connect_failed: a1:1: refused")
+    report = report_of(answers)
+    assert report.exit_status == 1
+    lost = [(f.where, f.reason, f.count) for f in report.findings if f.kind == "lost"]
+    assert lost == [("proxy p0 (http://proxy0:1) -> aggregator [1] a1:8125",
+                     "destination_down", 25)]
+    kinds = {f.kind for f in report.findings}
+    assert {"unreachable", "buffered", "note"} <= kinds
+    [unreachable] = [f for f in report.findings if f.kind == "unreachable"]
+    assert unreachable.daemon == "http://aggregator1:1" and "refused" in unreachable.detail
+    intake = report.intake[1]
+    assert intake.received is None and intake.buffered_at_proxies == 5
+    assert intake.dropped_at_proxies == {"destination_down": 25}
+    assert report_json(report)["summary"] == {"lines_lost": 25, "points_lost": 0,
+                                              "unreachable": 1, "diverged": 0, "problems": 2}
+
+
+def test_lines_missing_between_the_tiers_are_lost_with_kernel_drops_named() -> None:
+    answers = healthy_cluster()
+    answers[3] = answer("aggregator", 1, status(
+        "aggregator", "a1", membership="ring", lines_in=70, lines_out=70,
+        dropped_lines={"kernel_overflow": 2}))
+    report = report_of(answers)
+    between = [f for f in report.findings if f.tier == "between"]
+    assert [(f.kind, f.reason, f.count) for f in between] == [("lost", "not_received", 10)]
+    assert "kernel dropped 2 datagrams" in between[0].detail
+    own = [f for f in report.findings if f.tier == "aggregator" and f.kind == "lost"]
+    assert [(f.reason, f.count, f.unit) for f in own] == [("kernel_overflow", 2, "datagrams")]
+
+
+def test_more_received_than_sent_is_no_loss() -> None:
+    answers = healthy_cluster()
+    answers[2] = answer("aggregator", 0, status("aggregator", "a0", membership="ring",
+                                                lines_in=500, lines_out=500))
+    report = report_of(answers)
+    assert report.ok and report.intake[0].difference == -380
+
+
+def test_proxy_drops_no_member_accounts_for_are_the_proxys_own() -> None:
+    answers = healthy_cluster()
+    answers[1] = answer("proxy", 1, status(
+        "proxy", "p1", lines_in=103, lines_out=100, dropped_lines={"bad_line": 3},
+        members=[member("aggregator", 0, "a0:8125", sent=60),
+                 member("aggregator", 1, "a1:8125", sent=40)]))
+    [lost] = [f for f in report_of(answers).findings if f.kind == "lost"]
+    assert (lost.where, lost.reason, lost.count) == ("proxy p1 (http://proxy1:1)",
+                                                     "bad_line", 3)
+
+
+def test_dropped_points_are_named_with_their_carbon_node() -> None:
+    answers = healthy_cluster()
+    answers[2] = answer("aggregator", 0, status(
+        "aggregator", "a0", membership="ring", lines_in=120, lines_out=120,
+        points_flushed=10, points_sent=4, points_buffered=2, points_dropped={"spool_full": 4},
+        members=[member("carbon", 0, "c:2003", sent=4, buffered=2, state="down",
+                        reason="not_connected", dropped={"spool_full": 4})]))
+    report = report_of(answers)
+    [lost] = [f for f in report.findings if f.kind == "lost"]
+    assert (lost.tier, lost.where, lost.reason, lost.count, lost.unit) == (
+        "carbon", "aggregator a0 (http://aggregator0:1) -> carbon node [0] c:2003",
+        "spool_full", 4, "points")
+    assert report.carbon_nodes[0].down_at == (("a0 (http://aggregator0:1)", "not_connected"),)
+    assert report_json(report)["summary"]["points_lost"] == 4
+
+
+def test_a_divergent_membership_is_named() -> None:
+    answers = healthy_cluster()
+    answers.append(answer("proxy", 2, status("proxy", "p2", membership="m2")))
+    report = report_of(answers)
+    [diverged] = [f for f in report.findings if f.kind == "diverged"]
+    assert diverged.daemon == "http://proxy2:1" and "m2" in diverged.detail
+    assert report.exit_status == 1
+
+
+def test_a_tie_of_fingerprints_names_every_daemon() -> None:
+    answers = healthy_cluster()
+    answers[1] = answer("proxy", 1, status("proxy", "p1", membership="m2"))
+    diverged = [f.daemon for f in report_of(answers).findings if f.kind == "diverged"]
+    assert diverged == ["http://proxy0:1", "http://proxy1:1"]
+
+
+def test_aggregators_are_checked_against_the_ring_files_fingerprint() -> None:
+    report = report_of(healthy_cluster(), ring_fingerprint="other")
+    assert [f.daemon for f in report.findings if f.kind == "diverged"] == [
+        "http://aggregator0:1", "http://aggregator1:1"]
+    assert report_of(healthy_cluster(), ring_fingerprint="ring").ok
+
+
+@pytest.mark.parametrize(("document", "expected"), [
+    ([1, 2], "not a JSON object"),
+    ({"schema": 2, "role": "proxy"}, "schema 2"),
+    ({**status("proxy", "x"), "totals": {"lines_in": "many"}}, "not a number"),
+    ({**status("proxy", "x"), "members": {"a": 1}}, "wrong type"),
+    (status("aggregator", "x"), "role is 'aggregator'"),
+])
+def test_a_bad_document_is_reported_not_raised(document: Any, expected: str) -> None:
+    report = report_of([answer("proxy", 0, document)])
+    [bad] = [f for f in report.findings if f.kind == "bad_status"]
+    assert expected in bad.detail and report.exit_status == 1
+
+
+def test_an_unbalanced_daemon_is_in_flight_not_lost() -> None:
+    answers = healthy_cluster()
+    answers[2] = answer("aggregator", 0, status("aggregator", "a0", membership="ring",
+                                                lines_in=120, lines_out=117))
+    report = report_of(answers)
+    assert report.ok
+    [gap] = [f for f in report.findings if f.kind == "in_flight"]
+    assert gap.count == 3 and gap.unit == "lines"
+
+
+def test_a_window_counts_the_differences_and_marks_restarts() -> None:
+    first = ClusterSample(taken_at=1990.0, answers=tuple(healthy_cluster()))
+    later = healthy_cluster()
+    later[0] = answer("proxy", 0, status(
+        "proxy", "p0", lines_in=150, lines_out=140, buffered_lines=4,
+        dropped_lines={"buffer_full": 6},
+        members=[member("aggregator", 0, "a0:8125", sent=80),
+                 member("aggregator", 1, "a1:8125", sent=60, buffered=4,
+                        dropped={"buffer_full": 6})]))
+    later[2] = answer("aggregator", 0, status("aggregator", "a0", membership="ring",
+                                              lines_in=140, lines_out=140))
+    later[3] = answer("aggregator", 1, status("aggregator", "a1", membership="ring", pid=99,
+                                              lines_in=20, lines_out=20))
+    report = build_report(ClusterSample(taken_at=2000.0, answers=tuple(later)),
+                          previous=first)
+    assert report.window_seconds == 10.0
+    p0 = report.daemons[0]
+    assert p0.windowed and p0.totals.lines_in == 50 and p0.totals.buffered_lines == 4
+    assert [(i.sent, i.received) for i in report.intake] == [(20, 20), (20, 20)]
+    assert report.daemons[3].restarted and report.daemons[3].totals.lines_in == 20
+    lost = [(f.reason, f.count) for f in report.findings if f.kind == "lost"]
+    assert lost == [("buffer_full", 6)]
+    assert not [f for f in report.findings if f.kind == "in_flight"]
+
+
+def test_carbon_accepted_is_reported_beside_the_points_sent() -> None:
+    sample = ClusterSample(taken_at=2000.0, answers=tuple(healthy_cluster()),
+                           carbon_accepted={"carbon.agents.h-a.metricsReceived": 14})
+    report = build_report(sample)
+    [note] = [f for f in report.findings if f.reason == "carbon_accepted"]
+    assert note.count == 14 and "sent 14" in note.detail
+    assert report_json(report)["carbon_accepted"]["total"] == 14
+
+
+def test_render_json_is_summed_per_series_and_bad_shapes_refused() -> None:
+    assert parse_render_json([{"target": "carbon.agents.a.metricsReceived",
+                               "datapoints": [[3.0, 60], [None, 120], [4, 180]]}]) == {
+        "carbon.agents.a.metricsReceived": 7}
+    with pytest.raises(ValueError, match="datapoints"):
+        parse_render_json([{"target": "x"}])
+    with pytest.raises(ValueError, match="list"):
+        parse_render_json({"error": "x"})
