@@ -11,6 +11,10 @@ Subcommands (one argparse sub-parser each; more will join ``lookup``):
     file (others are ignored); flags override the file, and ``--carbon`` replaces the
     file's whole list.
 
+``plan``, ``rebalance``, ``check`` (`ringtool.movecli`), ``agent`` (`ringtool.agentcli`) and
+``cluster`` (`ringtool.clustercli`: loss accounting from every daemon's /status) have their
+own modules.
+
 Nodes are listed as the aggregator lists them: ``--carbon`` takes one or more values and may
 be repeated (``--carbon a:2003 b:2003 --carbon c:2003``); it takes every value up to the next
 flag, so paths go before it or after ``--``. A ``--carbon`` value that is not a node, and a
@@ -44,6 +48,7 @@ from common.ringkey import RING_TAG_KEYS
 
 from . import movecli
 from .agentcli import add_agent_parser
+from .clustercli import add_cluster_parser
 from .ringspec import RING_KEYS, RingSpec, parse_ring_spec
 
 PROG = "tallyd-ring"
@@ -68,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.set_defaults(handler=run_lookup)
     add_agent_parser(commands)
     movecli.add_commands(commands)
+    add_cluster_parser(commands)
     return parser
 
 

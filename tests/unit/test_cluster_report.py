@@ -12,31 +12,7 @@ import pytest
 from ringtool.cluster import build_report, report_json
 from ringtool.clusterfetch import parse_render_json
 from ringtool.clustermodel import ClusterSample, StatusAnswer
-
-
-def member(kind: str, index: int, name: str, *, sent: int = 0, buffered: int = 0,
-           dropped: dict[str, int] | None = None, state: str = "up",
-           reason: str = "") -> dict[str, Any]:
-    return {"kind": kind, "index": index, "name": name, "address": name, "state": state,
-            "reason": reason, "sent_lines": sent, "buffered_lines": buffered,
-            "buffer_capacity_lines": None, "dropped_lines": dropped or {}}
-
-
-def status(role: str, identity: str, *, members: list[dict[str, Any]] | None = None,
-           membership: str = "m1", pid: int = 10, started: float = 1000.0,
-           **totals: Any) -> dict[str, Any]:
-    base = {"lines_in": 0, "lines_out": 0, "buffered_lines": 0, "dropped_lines": {}}
-    if role == "aggregator":
-        base.update(points_flushed=0, points_sent=0, points_buffered=0, points_dropped={})
-    base.update(totals)
-    return {"schema": 1, "version": "0.1.0", "role": role, "identity": identity, "pid": pid,
-            "now": 2000.0, "started": started, "uptime_seconds": 1000.0, "health": "up",
-            "ready": True, "not_ready": [], "flush_interval": 10.0,
-            "fingerprints": {"membership": membership, "config": "c"},
-            "members": members or [], "workers": 1, "totals": base,
-            "rates": {"interval_seconds": 10.0, "lines_in": 5.0, "lines_out": 5.0,
-                      "dropped_lines": {}},
-            "figures": {}, "a_key_from_the_future": [1, 2]}
+from support.statusdocs import member, status
 
 
 def answer(tier: str, position: int, document: Any = None,

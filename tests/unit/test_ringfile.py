@@ -9,7 +9,13 @@ import pytest
 
 from common.errors import ConfigError
 from common.ring import CarbonNode
-from ringtool.ringfile import parse_agent_url, parse_ring_file, union_agents
+from ringtool.ringfile import (
+    ClusterTable,
+    parse_agent_url,
+    parse_cluster_table,
+    parse_ring_file,
+    union_agents,
+)
 
 A = CarbonNode("10.0.0.1", 2003, "a")
 B = CarbonNode("10.0.0.2", 2003, "b")
@@ -101,3 +107,28 @@ def test_union_agents_lists_new_nodes_then_the_drained_ones() -> None:
                           source="n")
     assert union_agents(old, new) == ((a_moved, "http://h:9"), (c, "http://h:3"),
                                       (B, "http://h:2"))
+
+
+def test_the_cluster_table_lists_the_daemons_in_order() -> None:
+    doc = document(cluster={"proxies": ["http://p1:8137/", "http://p2:8137"],
+                            "aggregators": ["http://a2:8127", "http://a1:8127"],
+                            "carbon_query": "http://graphite:8080"})
+    table = parse_ring_file(doc, source="r.toml").cluster
+    assert table.proxies == ("http://p1:8137", "http://p2:8137")
+    assert table.aggregators == ("http://a2:8127", "http://a1:8127")
+    assert table.carbon_query == "http://graphite:8080"
+    assert parse_cluster_table({}) == ClusterTable()
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ([], "must be a table"),
+    ({"proxy": []}, "unknown key(s) proxy"),
+    ({"proxies": "http://p:1"}, "must be a list"),
+    ({"aggregators": ["http://a:1", "http://a:1/"]}, "lists http://a:1 twice"),
+    ({"aggregators": ["a:8127"]}, "bad aggregator URL"),
+    ({"carbon_query": "graphite:8080"}, "graphite-web URL"),
+])
+def test_a_bad_cluster_table_is_refused_naming_the_key(table: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as caught:
+        parse_cluster_table({"cluster": table})
+    assert str(caught.value.key).startswith("cluster")
