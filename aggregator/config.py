@@ -20,6 +20,7 @@ from attrs import validators as v
 from common.address import Endpoint, ListenURL, parse_listen_url, parse_listen_urls
 from common.auth import make_auth
 from common.config import (
+    AGGREGATOR_HTTP_PORT,
     AGGREGATOR_MGMT_PORT,
     AGGREGATOR_STATSD_PORT,
     auth_mode_setting,
@@ -27,6 +28,7 @@ from common.config import (
     auth_tokens_setting,
     carbon_setting,
     duration_converter,
+    http_setting,
     log_level_setting,
     max_line_bytes_setting,
     max_tcp_connections_setting,
@@ -302,6 +304,7 @@ class AggregatorConfig:
         DEFAULT_MGMT_PORT, kind="int", converter=int, validator=[v.ge(0), v.le(65535)],
         metavar="PORT", help="port of the management TCP interface (0: any free port)",
         etsy="mgmt_port")
+    http: str = http_setting(AGGREGATOR_HTTP_PORT)
     health_status: str = setting(
         "up", kind="str", validator=v.in_(("up", "down")),
         help="health reported at start (the management command 'health down' drains a node first)",

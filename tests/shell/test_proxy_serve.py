@@ -387,6 +387,8 @@ EVERY_SETTING: dict[str, Any] = {
     "auth_revoked_tokens": ["old"], "max_line_bytes": 1000, "max_tcp_connections": 7,
     "tcp_idle_timeout_seconds": 0.0, "reuse_port": True, "udp_receive_buffer_bytes": 4096,
     "mgmt_address": "::1", "mgmt_port": 0, "graceful_timeout": 2.5, "log_level": "debug",
+    "http": "127.0.0.1:0", "identity": "edge-1", "self_metrics": False,
+    "self_metrics_interval": 2.0,
 }
 
 
