@@ -336,12 +336,13 @@ class AggregatorConfig:
     identity: str | None = setting(
         None, kind="optional_str", converter=_optional_str, validator=_check_identity,
         metavar="NAME",
-        help="this aggregator's name in its own metrics (<prefix_stats>.tallyd.<identity>.*); "
+        help="this aggregator's name in its own metrics (<prefix_stats>.tallyd.aggregator."
+             "<identity>.*) and /status; "
              "default: the host name")
     self_metrics: bool = setting(
         True, kind="bool", reloadable=True,
         help="publish every tallyd figure (aggregator.<component>...) under "
-             "<prefix_stats>.tallyd.<identity>, beside Etsy's internal metrics")
+             "<prefix_stats>.tallyd.aggregator.<identity>, beside Etsy's internal metrics")
     carbon_connect_timeout: float = setting(
         5.0, kind="float", converter=float, validator=v.gt(0), metavar="SECONDS",
         help="seconds allowed for a TCP connect to a Carbon node")

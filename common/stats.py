@@ -64,6 +64,7 @@ COMPONENTS: Final[Mapping[str, frozenset[str]]] = {
     }),
     "ring": frozenset({
         "agent",       # the ring agent on a Carbon host
+        "http",        # its HTTP server (connections, answers by status)
     }),
 }
 

@@ -201,12 +201,12 @@ def test_a_killed_worker_s_loss_is_bounded_logged_and_counted() -> None:
             os.kill(int(line.split("pid=")[1].split()[0]), signal.SIGKILL)
             died = parse_logfmt(agg.wait_for_log(r"event=worker_died worker=1 ", 15))
             agg.wait_for_log(r"event=worker_started worker=1 pid=\d+ generation=1", 15)
-            deaths = "stats.statsd.tallyd.ktest-w0.aggregator.workers.deaths 1 "
+            deaths = "stats.statsd.tallyd.aggregator.ktest-w0.workers.deaths 1 "
             wait_until(lambda: any(r.line.startswith(deaths) for r in sink.records()), 15,
                        message="worker 0 publishes the death")
             bounds = [r.line for r in sink.records()
                       if r.line.startswith(
-                          "stats.statsd.tallyd.ktest-w0.aggregator.workers.lost_lines")]
+                          "stats.statsd.tallyd.aggregator.ktest-w0.workers.lost_lines")]
             assert agg.stop() == 0
     lost = sent - sum(_totals(sink, "kill.").values())
     assert died["exit_code"] == str(-signal.SIGKILL) and died["served"] == "True"

@@ -55,7 +55,8 @@ class UdpSink:
 
 def make_config(aggregators: list[str], **values: Any) -> ProxyConfig:
     mapping = {"listen": ["udp://127.0.0.1:0"], "aggregator": aggregators, "mgmt_port": 0,
-               "udp_receive_buffer_bytes": 0, "retry_base": 0.02, "retry_max": 0.1, **values}
+               "http": "127.0.0.1:0", "self_metrics": False, "udp_receive_buffer_bytes": 0,
+               "retry_base": 0.02, "retry_max": 0.1, **values}
     return config_from_mapping(ProxyConfig, mapping)
 
 
