@@ -16,7 +16,7 @@ import attrs
 
 from common.auth import TokenAuth, make_auth
 from common.listener import IntakeCounters
-from common.stats import Reading, read
+from common.stats import Reading, counter, read
 
 from .backends import Backend, EtsyStatus
 from .backends.carbon import CarbonOutput
@@ -25,6 +25,28 @@ from .config import AggregatorConfig
 from .ledger import Accumulator
 from .workers.context import WorkerContext
 from .workers.exchange import Exchange
+
+
+@attrs.frozen
+class FlushStatistics:
+    """What the flushes rendered, since start."""
+
+    flushed_lines: int = counter(
+        help="output lines rendered by the flushes (self-metrics included), every backend "
+             "offered each")
+
+
+@attrs.define
+class FlushCounts:
+    """The flusher's running count (`FlushStatistics`), kept by `aggregator.flusher`."""
+
+    flushed_lines: int = 0
+
+    def add(self, lines: int) -> None:
+        self.flushed_lines += lines
+
+    def statistics(self) -> FlushStatistics:
+        return FlushStatistics(self.flushed_lines)
 
 
 @attrs.frozen
@@ -46,6 +68,7 @@ class Components:
     carbon: CarbonOutput | None = None
     auth: TokenAuth | None = None
     exchange: Exchange | None = None
+    flushes: FlushCounts = attrs.Factory(FlushCounts)
 
     def readings(self) -> list[Reading]:
         """Every figure of every component, named ``aggregator.<component>...``."""
@@ -59,6 +82,7 @@ class Components:
             workers = self.exchange.workers_statistics()
             if workers is not None:
                 out += read("aggregator", "workers", workers)
+        out += read("aggregator", "flusher", self.flushes.statistics())
         for backend in self.backends:
             out += backend.readings()
         return out

@@ -20,6 +20,7 @@ from attrs import validators as v
 from common.address import Endpoint, ListenURL, parse_listen_url, parse_listen_urls
 from common.auth import make_auth
 from common.config import (
+    AGGREGATOR_HTTP_PORT,
     AGGREGATOR_MGMT_PORT,
     AGGREGATOR_STATSD_PORT,
     auth_mode_setting,
@@ -27,6 +28,7 @@ from common.config import (
     auth_tokens_setting,
     carbon_setting,
     duration_converter,
+    http_setting,
     log_level_setting,
     max_line_bytes_setting,
     max_tcp_connections_setting,
@@ -302,6 +304,7 @@ class AggregatorConfig:
         DEFAULT_MGMT_PORT, kind="int", converter=int, validator=[v.ge(0), v.le(65535)],
         metavar="PORT", help="port of the management TCP interface (0: any free port)",
         etsy="mgmt_port")
+    http: str = http_setting(AGGREGATOR_HTTP_PORT)
     health_status: str = setting(
         "up", kind="str", validator=v.in_(("up", "down")),
         help="health reported at start (the management command 'health down' drains a node first)",
@@ -333,12 +336,13 @@ class AggregatorConfig:
     identity: str | None = setting(
         None, kind="optional_str", converter=_optional_str, validator=_check_identity,
         metavar="NAME",
-        help="this aggregator's name in its own metrics (<prefix_stats>.tallyd.<identity>.*); "
+        help="this aggregator's name in its own metrics (<prefix_stats>.tallyd.aggregator."
+             "<identity>.*) and /status; "
              "default: the host name")
     self_metrics: bool = setting(
         True, kind="bool", reloadable=True,
         help="publish every tallyd figure (aggregator.<component>...) under "
-             "<prefix_stats>.tallyd.<identity>, beside Etsy's internal metrics")
+             "<prefix_stats>.tallyd.aggregator.<identity>, beside Etsy's internal metrics")
     carbon_connect_timeout: float = setting(
         5.0, kind="float", converter=float, validator=v.gt(0), metavar="SECONDS",
         help="seconds allowed for a TCP connect to a Carbon node")

@@ -74,9 +74,14 @@ def flush_timestamp(boundary: float) -> int:
 
 
 def format_self_metrics(identity: str, readings: Sequence[Reading]) -> dict[str, float]:
-    """tallyd's figures as flushed self-metrics: ``tallyd.<identity>.<name>`` for every
-    counter (a total since start) and level, under the renderer's internal namespace."""
-    return {f"tallyd.{identity}.{name}": value for name, value in numeric(readings).items()}
+    """tallyd's figures as flushed self-metrics: ``tallyd.<role>.<identity>.<rest>`` for
+    every counter (a total since start) and level named ``<role>.<rest>``, under the
+    renderer's internal namespace."""
+    out: dict[str, float] = {}
+    for name, value in numeric(readings).items():
+        role, _, rest = name.partition(".")
+        out[f"tallyd.{role}.{identity}.{rest}"] = value
+    return out
 
 
 def format_etsy_figures(statuses: Sequence[EtsyStatus]) -> dict[str, float]:
@@ -111,7 +116,8 @@ class Flusher:
                  self_metrics: bool = True,
                  readings: Callable[[], list[Reading]] = _no_readings,
                  etsy_statuses: Callable[[], list[EtsyStatus]] = _no_statuses,
-                 coordinator: Coordinator | None = None) -> None:
+                 coordinator: Coordinator | None = None,
+                 on_lines: Callable[[int], None] | None = None) -> None:
         self.accumulator = accumulator
         self.renderer = GraphiteRenderer(naming)
         self.backends = backends
@@ -121,6 +127,8 @@ class Flusher:
         self.readings = readings
         self.etsy_statuses = etsy_statuses
         self.coordinator = coordinator
+        #: Told how many output lines each flush rendered (the accounting's points_flushed).
+        self.on_lines = on_lines
         self.report_internal = accumulator.options.report_internal
         self._statistics = FlushStatistics(0, 0, 0.0, 0.0, 0, 0)
         self._lock = trio.Lock()
@@ -190,6 +198,8 @@ class Flusher:
                 internal.update(extra)
                 tail = self.renderer.render_internal(timestamp, internal)
                 self._ship(tail)
+                if self.on_lines is not None:
+                    self.on_lines(lines + tail.count(b"\n"))
                 stats = self._statistics = FlushStatistics(
                     flushes=self._statistics.flushes + 1, last_flush_timestamp=timestamp,
                     last_duration_ms=(time.perf_counter() - started) * 1000,

@@ -116,6 +116,9 @@ class LedgerStatistics:
         help="lines refused after parsing, by reason (overflow: an aggregate would not be "
              "finite; dogstatsd_event, dogstatsd_service_check: not metrics)")
     bad_lines: int = counter(help="lines refused as malformed (Etsy's bad_lines_seen)")
+    received_lines: int = counter(
+        help="lines received on this process's sockets (refused ones included, those "
+             "authentication refused aside; with several workers, forwarded ones too)")
 
 
 class Accumulator:
@@ -137,6 +140,8 @@ class Accumulator:
         self.known_sets: set[bytes] = set()
         self.recent_errors: list[ParseError] = []
         self.bad_lines_total = 0
+        #: Lines received on this process's own sockets, since start (`count_received`).
+        self.received_lines_total = 0
         #: Lines (or segments) refused for one of `DROP_REASONS`, since start.
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         #: Epoch seconds of the last message received (set by the shell; None: none yet).
@@ -169,6 +174,7 @@ class Accumulator:
         if intake:
             ledger.packets += packets
             ledger.lines += lines
+            self.received_lines_total += lines
 
     def ingest_sharded(self, packet: bytes, foreign: Mapping[bytes, list[bytes]],
                        route: Callable[[bytes], None], *, packets: int = 1) -> int:
@@ -188,7 +194,13 @@ class Accumulator:
         lines = ingest_packet(packet, ledger, self.gauges, self.parser, route, foreign)
         ledger.packets += packets
         ledger.lines += lines
+        self.received_lines_total += lines
         return lines
+
+    def count_received(self, lines: int) -> None:
+        """Count lines received on this process's sockets that reach the ledger by another
+        way than `ingest` (a worker's packet split while its barrier holds lines)."""
+        self.received_lines_total += lines
 
     def ingest_checked(self, line: bytes) -> None:
         """Aggregate one line by the general path (`ingest_line`), counting what it
@@ -221,7 +233,8 @@ class Accumulator:
         self.options = attrs.evolve(options, report_internal=self.options.report_internal)
 
     def statistics(self) -> LedgerStatistics:
-        return LedgerStatistics(dict(self.dropped), self.bad_lines_total)
+        return LedgerStatistics(dict(self.dropped), self.bad_lines_total,
+                                self.received_lines_total)
 
     def note_arrival(self, now: float) -> None:
         """Remember when the last message arrived (epoch seconds; Etsy's
@@ -233,6 +246,7 @@ class Accumulator:
         received, and they are bad."""
         self.add_intake(0, lines, lines)
         self.bad_lines_total += lines
+        self.received_lines_total += lines
 
     def add_intake(self, packets: int, lines: int, bad_lines: int) -> None:
         """Count intake that happened elsewhere (another worker's share) in this interval."""

@@ -116,6 +116,14 @@ class WorkerMgmtPeers:
         return [(index, await self._ask(index, address, command))
                 for index, address in self.addresses.items()]
 
+    async def ask_one(self, index: int, command: str) -> str:
+        """Worker ``index``'s answer to ``command``.
+
+        Raises:
+            PeerUnavailable: it cannot be reached or does not answer in time.
+        """
+        return await self._ask(index, self.addresses[index], command)
+
     async def _ask(self, index: int, address: str, command: str) -> str:
         with trio.move_on_after(self.timeout):
             try:

@@ -29,6 +29,12 @@ import attrs
 import trio
 
 from common.address import ListenURL, format_host_port
+from common.admin.server import (
+    adopt_admin_socket,
+    listener_address,
+    open_admin_listeners,
+    run_admin_server,
+)
 from common.errors import ConfigError
 from common.listener import (
     BoundAddresses,
@@ -41,6 +47,7 @@ from common.logging import log_event, set_level
 from common.mgmt_server import open_mgmt_listeners, run_mgmt_server
 from common.netstat import udp_socket_drops
 
+from .admin import AggregatorAdmin, run_accounting
 from .components import Components, build_components
 from .config import AggregatorConfig, identity_from_hostname
 from .flusher import Flusher, final_flush_plan, flush_sequence
@@ -73,11 +80,20 @@ class Sockets:
     peers: WorkerMgmtPeers | None = None
     endpoint: BoundSocket | None = None
     endpoint_ports: tuple[int, ...] = ()
+    #: The HTTP admin's listeners (none when ``http`` is off, and on workers but 0).
+    http: list[trio.SocketListener] = attrs.Factory(list)
 
     @property
     def served(self) -> list[BoundSocket]:
         """Every socket intake reads: the shared ones, then this worker's own."""
         return [*self.intake, *([self.endpoint] if self.endpoint is not None else [])]
+
+    def counted(self, worker: WorkerContext | None) -> list[BoundSocket]:
+        """The sockets whose kernel drops this process counts: all it reads, but with
+        several workers only worker 0 counts the shared ones."""
+        if worker is None or worker.index == 0:
+            return self.served
+        return [self.endpoint] if self.endpoint is not None else []
 
     def addresses(self) -> BoundAddresses:
         mgmt = ""
@@ -123,7 +139,11 @@ async def serve(
                           config.flush_interval, identity=self_identity(config, worker),
                           self_metrics=config.self_metrics, readings=components.readings,
                           etsy_statuses=components.etsy_statuses,
-                          coordinator=components.exchange)
+                          coordinator=components.exchange, on_lines=components.flushes.add)
+        admin = AggregatorAdmin(config, components, mgmt, flusher,
+                                identity=admin_identity(config),
+                                workers=worker.count if worker else 1, peers=sockets.peers,
+                                wall_clock=wall_clock)
         async with trio.open_nursery() as nursery:
             for backend in components.backends:
                 nursery.start_soon(backend.run)
@@ -132,6 +152,11 @@ async def serve(
                                             peers=sockets.peers))
             if components.exchange is not None:
                 nursery.start_soon(components.exchange.run)
+            if sockets.http:
+                await nursery.start(partial(run_admin_server, sockets.http, admin,
+                                            log_listening=False))
+            nursery.start_soon(partial(run_accounting, admin, sockets.counted(worker),
+                                       sample=bool(sockets.http)))
             intake_scope = await nursery.start(run_intake, config, sockets.served, path)
             flush_scope = await nursery.start(run_flushes, flusher, wall_clock)
             nursery.start_soon(partial(report_bad_lines, components.accumulator, path.arrivals,
@@ -140,6 +165,7 @@ async def serve(
                 nursery.start_soon(run_reloads, reload_trigger, config, flusher,
                                    components.accumulator)
             log_started(config, sockets, components, worker)
+            admin.serving = True
             task_status.started(sockets.addresses())
 
             if shutdown_trigger is None:
@@ -154,7 +180,7 @@ async def serve(
     finally:
         if components is not None and components.exchange is not None:
             components.exchange.close()
-        for listener in sockets.mgmt:  # run_mgmt_server closes them too, once it started
+        for listener in (*sockets.mgmt, *sockets.http):  # their servers close them too
             listener.socket.close()
         if worker is None:
             for b in sockets.served:
@@ -184,8 +210,17 @@ async def bind_sockets(config: AggregatorConfig, worker: WorkerContext | None) -
             for b in (*bound, *endpoints):
                 close_listener(b)
             raise
+        try:
+            http = await open_admin_listeners(config.http)
+        except ConfigError:
+            for b in (*bound, *endpoints):
+                close_listener(b)
+            for listener in mgmt:
+                listener.socket.close()
+            raise
         return Sockets(bound, mgmt, endpoint=endpoints[0] if endpoints else None,
-                       endpoint_ports=tuple(b.sock.getsockname()[1] for b in endpoints))
+                       endpoint_ports=tuple(b.sock.getsockname()[1] for b in endpoints),
+                       http=http)
     bound = [adopt_socket(url, sock)
              for url, sock in zip(config.listen, worker.sockets, strict=True)]
     endpoint = adopt_endpoint(worker)
@@ -196,7 +231,9 @@ async def bind_sockets(config: AggregatorConfig, worker: WorkerContext | None) -
         mgmt.append(await open_worker_mgmt(worker.mgmt_address(worker.index)))
     else:
         peers = WorkerMgmtPeers({i: worker.mgmt_address(i) for i in range(1, worker.count)})
-    return Sockets(bound, mgmt, peers, endpoint=endpoint, endpoint_ports=worker.endpoint_ports)
+    http = adopt_admin_socket(worker.http) if worker.http is not None else []
+    return Sockets(bound, mgmt, peers, endpoint=endpoint, endpoint_ports=worker.endpoint_ports,
+                   http=http)
 
 
 def adopt_endpoint(worker: WorkerContext) -> BoundSocket | None:
@@ -207,6 +244,11 @@ def adopt_endpoint(worker: WorkerContext) -> BoundSocket | None:
         return None
     host, port = worker.endpoint.getsockname()[:2]
     return adopt_socket(ListenURL("udp", host=host, port=port), worker.endpoint)
+
+
+def admin_identity(config: AggregatorConfig) -> str:
+    """The aggregator's identity in /status (its workers' together)."""
+    return config.identity or identity_from_hostname(socket.gethostname())
 
 
 def self_identity(config: AggregatorConfig, worker: WorkerContext | None) -> str:
@@ -310,7 +352,8 @@ def log_started(config: AggregatorConfig, sockets: Sockets, components: Componen
     """The start log lines (``event=listening`` ones only for a single process)."""
     if worker is None:
         log_listening(config, sockets.intake, sockets.addresses().mgmt,
-                      [sockets.endpoint] if sockets.endpoint is not None else [])
+                      [sockets.endpoint] if sockets.endpoint is not None else [],
+                      http=listener_address(sockets.http) if sockets.http else "")
     carbon = components.carbon
     log_event(LOGGER, "started" if worker is None else "worker_started",
               worker=worker.index if worker else 0, pid=os.getpid(),
@@ -321,13 +364,15 @@ def log_started(config: AggregatorConfig, sockets: Sockets, components: Componen
 
 
 def log_listening(config: AggregatorConfig, bound: Sequence[BoundSocket], mgmt: str,
-                  endpoints: Sequence[BoundSocket] = ()) -> None:
+                  endpoints: Sequence[BoundSocket] = (), *, http: str = "") -> None:
     """The ``event=listening`` lines scripts and tests read to find the bound ports: the
-    intake sockets, the admin port, then each worker's own socket (``kind=worker``, in
-    worker order)."""
+    intake sockets, the admin port, the HTTP admin (``kind=http``, when on), then each
+    worker's own socket (``kind=worker``, in worker order)."""
     for b in bound:
         log_event(LOGGER, "listening", kind=b.url.scheme, address=b.address)
     log_event(LOGGER, "listening", kind="mgmt", address=mgmt)
+    if http:
+        log_event(LOGGER, "listening", kind="http", address=http)
     for index, b in enumerate(endpoints):
         log_event(LOGGER, "listening", kind="worker", address=b.address, worker=index)
     for b in (*bound, *endpoints):

@@ -183,6 +183,8 @@ def launch_tallyd(sink_port: int, flush_interval: float, workers: int | None, *,
     argv = [sys.executable, "-m", "aggregator", "--listen", "udp://127.0.0.1:0",
             "--carbon", f"127.0.0.1:{sink_port}", "--flush-interval", f"{flush_interval:g}s",
             "--mgmt-address", "127.0.0.1", "--mgmt-port", "0"]
+    if "--http" in aggregator_help():  # trees before the HTTP admin have no such flag
+        argv += ["--http", "127.0.0.1:0"]
     if workers is not None:
         argv += ["--workers", str(workers)]
     if worker_listen:

@@ -28,6 +28,7 @@ from typing import Any, Final, TypeVar, cast
 import attrs
 from attrs import validators as v
 
+from .address import split_host_port
 from .auth import AUTH_MODES
 from .errors import ConfigError
 from .ring import DEFAULT_RING_HASH, RING_HASHES, parse_carbon_nodes
@@ -72,6 +73,10 @@ AGGREGATOR_MGMT_PORT: Final = 8126
 PROXY_STATSD_PORT: Final = 8135
 #: The proxy's management port; process i of ``--processes`` uses this + i.
 PROXY_MGMT_PORT: Final = 8136
+#: The aggregator's HTTP admin (/status, /metrics, ...): next to its management port.
+AGGREGATOR_HTTP_PORT: Final = 8127
+#: The proxy's HTTP admin; process i of ``--processes`` uses this + i.
+PROXY_HTTP_PORT: Final = 8137
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 
@@ -362,6 +367,22 @@ def mgmt_address_setting() -> Any:
     return setting(DEFAULT_MGMT_ADDRESS, kind="str", metavar="ADDRESS",
                    help="address of the Etsy-compatible admin TCP interface",
                    etsy="mgmt_address")
+
+
+def _check_http(_obj: object, _attr: object, value: str) -> None:
+    if value:
+        _host, _port, rest = split_host_port(value, what="http address")
+        if rest:
+            raise ConfigError(f"bad http address {value!r}: expected HOST:PORT", key="http")
+
+
+def http_setting(port: int, *, help: str = "") -> Any:
+    """The HTTP admin's address (``/healthz``, ``/readyz``, ``/status``, ``/metrics``,
+    ``/route/<name>``; docs/admin.md), on loopback by default."""
+    return setting(f"{DEFAULT_MGMT_ADDRESS}:{port}", kind="str", converter=str,
+                   validator=_check_http, metavar="HOST:PORT",
+                   help=help or "address of the HTTP admin (/healthz, /readyz, /status, "
+                                "/metrics, /route/NAME); empty: off; port 0: any free port")
 
 
 def log_level_setting() -> Any:

@@ -308,17 +308,20 @@ async def serve_http(
     port: int = 0,
     limits: HTTPLimits | None = None,
     counters: HTTPCounters | None = None,
+    listeners: list[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``routes`` on ``host:port`` until cancelled, counting in ``counters``;
     ``task_status.started((host, port))`` once listening (port 0 picks a free port).
+    ``listeners`` already bound (a socket a supervisor handed over) replace host and port.
 
     Raises:
         OSError: when the address cannot be bound.
     """
     server = _Server(routes, limits or HTTPLimits(),
                      counters if counters is not None else HTTPCounters())
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    if listeners is None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
     bound_host, bound_port = listeners[0].socket.getsockname()[:2]
     log_event(LOGGER, "http_listening", level=logging.DEBUG, host=bound_host, port=bound_port)
     async with trio.open_nursery() as nursery:

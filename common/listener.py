@@ -87,6 +87,9 @@ class IntakeCounters:
     stream_connections_idle_closed: int = 0
     overlong_stream_lines: int = 0
     truncated_datagrams: int = 0
+    #: The kernel's drop count of this process's UDP intake sockets (/proc/net/udp), as
+    #: last read (`common.netstat.udp_socket_drops`, every interval).
+    kernel_drops: int = 0
 
     def statistics(self) -> IntakeStatistics:
         return IntakeStatistics(**attrs.asdict(self))
@@ -105,6 +108,9 @@ class IntakeStatistics:
         help="stream connections closed after the idle timeout")
     overlong_stream_lines: int = counter(help="stream lines longer than max_line_bytes")
     truncated_datagrams: int = counter(help="datagrams longer than the receive buffer")
+    kernel_drops: int = counter(
+        help="datagrams the kernel dropped on the UDP intake sockets (receive buffer full; "
+             "the drops column of /proc/net/udp)")
 
 
 @attrs.frozen

@@ -51,6 +51,7 @@ COMPONENTS: Final[Mapping[str, frozenset[str]]] = {
         "worker",     # this worker (its generation)
         "carbon",     # one sender per Carbon node
         "console",    # the console output
+        "flusher",    # the output lines each flush rendered
     }),
     "proxy": frozenset({
         "intake",      # as for the aggregator
@@ -59,9 +60,11 @@ COMPONENTS: Final[Mapping[str, frozenset[str]]] = {
         "membership",  # the aggregator list in force
         "forwarders",  # every forwarder summed, and every drop (the process's totals)
         "forwarder",   # one per aggregator
+        "self",        # the proxy's own self-metric lines
     }),
     "ring": frozenset({
         "agent",       # the ring agent on a Carbon host
+        "http",        # its HTTP server (connections, answers by status)
     }),
 }
 
@@ -93,6 +96,13 @@ class Reading:
     value: int | float | str
     kind: str
     help: str = ""
+    #: Where the figure comes from, as `read` named it (empty when unknown): what
+    #: ``/metrics`` turns into a metric name and labels (`common.admin.prometheus`).
+    role: str = ""
+    component: str = ""
+    instance: str | None = None
+    measure: str = ""
+    key: str | None = None
 
 
 def path_component(text: str) -> str:
@@ -131,11 +141,14 @@ def read(role: str, component: str, snapshot: Any, *,
         value = getattr(snapshot, field.name)
         help_text = field.metadata.get("help", "")
         base = statistic_name(role, component, *head, field.name)
+        where = {"role": role, "component": component, "instance": instance,
+                 "measure": field.name}
         if isinstance(value, Mapping):
-            out.extend(Reading(f"{base}.{key}", _plain(value[key], kind), kind, help_text)
+            out.extend(Reading(f"{base}.{key}", _plain(value[key], kind), kind, help_text,
+                               key=str(key), **where)
                        for key in sorted(value))
         else:
-            out.append(Reading(base, _plain(value, kind), kind, help_text))
+            out.append(Reading(base, _plain(value, kind), kind, help_text, **where))
     return out
 
 

@@ -3,6 +3,9 @@
 Both are given port 0 everywhere. They log one logfmt line per bound socket
 (``event=listening kind=udp address=127.0.0.1:40123``) and then ``event=started``;
 `TallydProcess` parses those lines to learn the addresses, and its readiness is that line.
+`start_aggregator` and `start_proxy` add ``--http 127.0.0.1:0`` (the HTTP admin on a free
+port, ``kind=http``) unless the arguments name ``--http``; `TallydProcess.status` reads
+its /status document.
 
 SHELL (subprocesses).
 """
@@ -10,12 +13,15 @@ SHELL (subprocesses).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -74,6 +80,28 @@ class TallydProcess(DaemonProcess):
     def mgmt(self) -> tuple[str, int]:
         return split_host_port(self.address("mgmt"))
 
+    @property
+    def http(self) -> tuple[str, int]:
+        return split_host_port(self.address("http"))
+
+    def http_get(self, path: str, *, timeout: float = 10.0) -> tuple[int, bytes]:
+        """``GET path`` on the HTTP admin: (status code, body), error answers included."""
+        host, port = self.http
+        url = f"http://{host}:{port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def status(self, *, timeout: float = 10.0) -> dict[str, Any]:
+        """The daemon's /status document, parsed."""
+        code, body = self.http_get("/status", timeout=timeout)
+        if code != 200:
+            raise DaemonError(f"/status answered {code}: {body[:200]!r}\n" + self.describe())
+        document: dict[str, Any] = json.loads(body)
+        return document
+
 
 class AggregatorProcess(TallydProcess):
     """``python -m aggregator ...``."""
@@ -124,8 +152,17 @@ def started(proc: Started, timeout: float) -> Started:
     return proc
 
 
+def with_http(args: Iterable[str]) -> list[str]:
+    """``args`` plus ``--http 127.0.0.1:0`` unless they set ``--http`` already (two daemons
+    never fight over the default admin port)."""
+    listed = list(args)
+    if any(a == "--http" or a.startswith("--http=") for a in listed):
+        return listed
+    return [*listed, "--http", "127.0.0.1:0"]
+
+
 def aggregator_argv(args: Iterable[str], *, python: str | None = None) -> list[str]:
-    return [python or sys.executable, "-m", "aggregator", *args]
+    return [python or sys.executable, "-m", "aggregator", *with_http(args)]
 
 
 def start_aggregator(
@@ -146,5 +183,5 @@ def start_aggregator(
 
 
 def start_proxy(args: Iterable[str], *, timeout: float = 30.0) -> ProxyProcess:
-    """Start ``python -m proxy ARGS`` and wait for ``event=started``."""
-    return started(ProxyProcess([sys.executable, "-m", "proxy", *args]), timeout)
+    """Start ``python -m proxy ARGS`` (with `with_http`) and wait for ``event=started``."""
+    return started(ProxyProcess([sys.executable, "-m", "proxy", *with_http(args)]), timeout)

@@ -19,11 +19,13 @@ from attrs import validators as v
 from common.address import ListenURL, parse_listen_urls
 from common.auth import make_auth
 from common.config import (
+    PROXY_HTTP_PORT,
     PROXY_MGMT_PORT,
     PROXY_STATSD_PORT,
     auth_mode_setting,
     auth_revoked_tokens_setting,
     auth_tokens_setting,
+    http_setting,
     log_level_setting,
     max_line_bytes_setting,
     max_tcp_connections_setting,
@@ -33,6 +35,7 @@ from common.config import (
     tcp_idle_timeout_seconds_setting,
     udp_receive_buffer_bytes_setting,
 )
+from common.errors import ConfigError
 
 from .membership import AggregatorSpec, Membership, parse_aggregator
 
@@ -52,6 +55,9 @@ DEFAULT_SOURCE_SOCKETS: Final = 4
 #: minute of a busy aggregator's share, enough to ride out a restart.
 DEFAULT_BUFFER_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_RESOLVE_INTERVAL: Final = 30.0  # seconds between DNS look-ups of aggregator names
+#: How often the proxy sends its own figures (and samples its /status rates): the
+#: aggregators' default flush interval, so each of their flushes holds one value.
+DEFAULT_SELF_METRICS_INTERVAL_SECONDS: Final = 10.0
 DEFAULT_HEALTH_INTERVAL: Final = 2.0  # seconds between admin "health" probes (if configured)
 
 
@@ -59,6 +65,15 @@ DEFAULT_HEALTH_INTERVAL: Final = 2.0  # seconds between admin "health" probes (i
 def _aggregators(values: Sequence[Any]) -> tuple[AggregatorSpec, ...]:
     return tuple(parse_aggregator(x) for x in values)
 
+
+
+def _optional_identity(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _check_identity(_obj: object, _attr: object, value: str | None) -> None:
+    if value is not None and (not value or not all(c.isalnum() or c in "-_" for c in value)):
+        raise ConfigError(f"{value!r}: use letters, digits, _ and - only", key="identity")
 
 
 @attrs.frozen
@@ -134,6 +149,24 @@ class ProxyConfig:
         metavar="PORT",
         help="admin TCP port (process i of --processes uses PORT+i; 0: any free port)",
         etsy="mgmt_port")
+    http: str = http_setting(
+        PROXY_HTTP_PORT,
+        help="address of the HTTP admin (/healthz, /readyz, /status, /metrics, /route/NAME; "
+             "process i of --processes uses PORT+i); empty: off; port 0: any free port")
+    identity: str | None = setting(
+        None, kind="optional_str", converter=_optional_identity, validator=_check_identity,
+        metavar="NAME",
+        help="this proxy's name in its own metrics (tallyd.proxy.<identity>.*) and /status; "
+             "default: the host name (process i of --processes appends -p<i>)")
+    self_metrics: bool = setting(
+        True, kind="bool",
+        help="every self_metrics_interval, send the proxy's own figures as gauges "
+             "tallyd.proxy.<identity>.<component>.<measure> through its own routing")
+    self_metrics_interval: float = setting(
+        DEFAULT_SELF_METRICS_INTERVAL_SECONDS, kind="float", converter=float,
+        validator=v.gt(0), metavar="SECONDS",
+        help="seconds between the proxy's self-metrics (and its /status rates); best the "
+             "aggregators' flush_interval")
     graceful_timeout: float = setting(
         5.0, kind="float", converter=float, validator=v.gt(0), metavar="SECONDS",
         help="on SIGTERM: seconds allowed to deliver what is buffered")

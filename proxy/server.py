@@ -28,12 +28,20 @@ from functools import partial
 import attrs
 import trio
 
+from common.address import format_host_port
+from common.admin.server import (
+    listener_address,
+    open_admin_listeners,
+    parse_http_address,
+    run_admin_server,
+)
 from common.errors import ConfigError
 from common.listener import BoundAddresses, BoundSocket, bind_listeners, close_listener
 from common.logging import log_event
 from common.mgmt_server import open_mgmt_listeners, run_mgmt_server
 from common.streams import StreamConnections, run_listeners, run_stream_listener
 
+from .admin import ProxyAdmin, run_proxy_intervals
 from .config import ProxyConfig, check_config
 from .forwarders.base import SHUTDOWN
 from .mgmt import ProxyMgmt
@@ -46,11 +54,13 @@ LOGGER = logging.getLogger(__name__)
 
 @attrs.frozen
 class ProxySockets:
-    """What `bind` opened: the intake sockets, the admin listeners, and their addresses."""
+    """What `bind` opened: the intake sockets, the admin listeners, their addresses, and
+    the HTTP admin's listeners (none when ``http`` is off)."""
 
     intake: list[BoundSocket]
     mgmt: list[trio.SocketListener]
     addresses: BoundAddresses
+    http: list[trio.SocketListener] = attrs.Factory(list)
 
 
 async def serve(
@@ -75,12 +85,18 @@ async def serve(
     """
     check_config(config)
     pipeline, mgmt = build_components(config)
+    admin = ProxyAdmin(config, pipeline, mgmt, process_index=process_index)
     sockets = await bind(config, bound=bound, process_index=process_index)
     try:
         async with trio.open_nursery() as nursery:
             await start_components(nursery, config, pipeline, mgmt, sockets)
+            if sockets.http:
+                await nursery.start(partial(run_admin_server, sockets.http, admin,
+                                            log_listening=False))
+            nursery.start_soon(run_proxy_intervals, admin, sockets.intake)
             intake_scope = await nursery.start(run_intake, config, pipeline, sockets.intake)
-            log_started(config, pipeline, sockets.addresses, process_index)
+            log_started(config, pipeline, sockets, process_index)
+            admin.serving = True
             task_status.started(sockets.addresses)
             if shutdown_trigger is None:
                 await trio.sleep_forever()
@@ -90,6 +106,8 @@ async def serve(
     finally:
         for b in sockets.intake:
             close_listener(b)
+        for listener in sockets.http:
+            listener.socket.close()
         for forwarder in pipeline.forwarders:
             forwarder.close()
 
@@ -108,10 +126,27 @@ async def bind(config: ProxyConfig, *, bound: list[BoundSocket] | None,
         for b in bound:
             close_listener(b)
         raise
+    try:
+        http = await open_admin_listeners(http_address(config.http, process_index))
+    except ConfigError:
+        for b in bound:
+            close_listener(b)
+        for listener in mgmt_listeners:
+            listener.socket.close()
+        raise
     mgmt_host, mgmt_bound = mgmt_listeners[0].socket.getsockname()[:2]
     addresses = BoundAddresses(intake=tuple((b.url.scheme, b.address) for b in bound),
                                mgmt=f"{mgmt_host}:{mgmt_bound}")
-    return ProxySockets(intake=bound, mgmt=mgmt_listeners, addresses=addresses)
+    return ProxySockets(intake=bound, mgmt=mgmt_listeners, addresses=addresses, http=http)
+
+
+def http_address(address: str, process_index: int) -> str:
+    """Process i's HTTP admin address: PORT + i (port 0 stays 0: any free port)."""
+    parsed = parse_http_address(address)
+    if parsed is None or not parsed[1] or not process_index:
+        return address
+    host, port = parsed
+    return format_host_port(host, port + process_index)
 
 
 def build_components(config: ProxyConfig) -> tuple[Pipeline, ProxyMgmt]:
@@ -158,11 +193,14 @@ async def run_intake(config: ProxyConfig, pipeline: Pipeline, bound: list[BoundS
                              refused=pipeline.router.count_refused))
 
 
-def log_started(config: ProxyConfig, pipeline: Pipeline, addresses: BoundAddresses,
+def log_started(config: ProxyConfig, pipeline: Pipeline, sockets: ProxySockets,
                 process_index: int) -> None:
+    addresses = sockets.addresses
     for kind, address in addresses.intake:
         log_event(LOGGER, "listening", kind=kind, address=address)
     log_event(LOGGER, "listening", kind="mgmt", address=addresses.mgmt)
+    if sockets.http:
+        log_event(LOGGER, "listening", kind="http", address=listener_address(sockets.http))
     log_event(LOGGER, "started", process=process_index, forward=config.forward,
               fingerprint=pipeline.membership.fingerprint,
               hash=pipeline.membership.hash_mode,

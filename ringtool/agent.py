@@ -11,7 +11,10 @@ Routes (docs/operations.md, "The ring agent"); names are dotted and percent-enco
 * ``POST /files/<name>/verify``: the `Verification` of the body against the file;
 * ``POST /files/<name>/pull``: ``{"source": URL}``; the file fetched from that agent (with this
   agent's token: one per cluster) and merged here; answered as a merge;
-* ``DELETE /files/<name>``: ``{"deleted": true}``, or 404.
+* ``DELETE /files/<name>``: ``{"deleted": true}``, or 404;
+* ``GET /healthz``, ``/readyz``, ``/status``, ``/metrics``: the admin every tallyd daemon
+  serves (`common.admin`, docs/admin.md; role ``ring-agent``), without a token like
+  ``/version`` (figures only, no file data).
 
 No path leaves the data dir (`ringtool.agentfiles`: names, symlinks, the walk). Errors are
 ``{"error": reason, "detail": ...}`` with 400 (``bad_name``, ``symlink``, ``bad_whisper``,
@@ -29,6 +32,7 @@ import hmac
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -37,6 +41,9 @@ from typing import Final
 import attrs
 import trio
 
+from common.admin.prometheus import format_readings
+from common.admin.routes import admin_routes
+from common.admin.status import StatusFacts, build_status, config_fingerprint
 from common.cli import package_version
 from common.httpclient import HTTPClientError, split_url
 from common.httproutes import (
@@ -51,7 +58,7 @@ from common.httproutes import (
 )
 from common.httpserver import Request, serve_http
 from common.logging import RateLimiter, log_event
-from common.stats import counter
+from common.stats import Reading, counter, read
 
 from .agentfiles import (
     PathRefused,
@@ -127,6 +134,7 @@ class Agent:
         name = r"/files/(?P<name>[^/]+)"
         upload = self.config.max_upload_bytes
         return [
+            *admin_routes(AgentAdmin(self)),
             route("GET", "/version", self._wrap("version", self.version, public=True)),
             route("GET", "/files", self._wrap("list", self.list_files)),
             route(["GET", "HEAD"], name, self._wrap("fetch", self.fetch)),
@@ -296,3 +304,35 @@ async def serve_agent(agent: Agent, *,
     config = agent.config
     await serve_http(agent.routes(), host=config.host, port=config.port, limits=config.limits,
                      counters=agent.http, task_status=task_status)
+
+
+class AgentAdmin:
+    """The agent as `common.admin.routes.AdminSource`: its counts, no destinations."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.started = time.time()
+        self.config_fingerprint = config_fingerprint(
+            f"data_dir = {agent.root!r}\nmax_upload_bytes = {agent.config.max_upload_bytes}\n"
+            f"token = {agent.config.token is not None}\n")
+
+    def readings(self) -> list[Reading]:
+        return [*read("ring", "agent", self.agent.statistics()),
+                *read("ring", "http", self.agent.http.statistics())]
+
+    def not_ready(self) -> list[str]:
+        return [] if os.path.isdir(self.agent.root) else ["data_dir_missing"]
+
+    async def status(self) -> dict[str, object]:
+        facts = StatusFacts(
+            role="ring-agent", identity=socket.gethostname().split(".")[0],
+            version=package_version(), pid=os.getpid(), started=self.started, health="up",
+            not_ready=self.not_ready(), flush_interval=None, membership_fingerprint="",
+            config_fingerprint=self.config_fingerprint)
+        return build_status(facts, self.readings(), now=time.time())
+
+    async def metrics(self) -> bytes:
+        return format_readings(self.readings())
+
+    async def route(self, name: str) -> dict[str, object] | None:
+        return None

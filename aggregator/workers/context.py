@@ -81,6 +81,8 @@ class WorkerContext:
     #: in worker order (the management command ``workers``); None and () without it.
     endpoint: socket.socket | None = None
     endpoint_ports: tuple[int, ...] = ()
+    #: The HTTP admin's listening socket (worker 0 only; None when ``http`` is off).
+    http: socket.socket | None = None
 
     def address(self, index: int) -> str:
         """Where worker ``index`` receives lines and flush marks (`aggregator.workers.exchange`)."""
@@ -312,7 +314,8 @@ def worker_context_from_description(data: Mapping[str, Any],
     mgmt = socket.socket(fileno=data["mgmt_fd"]) if data.get("mgmt_fd") is not None else None
     endpoint = (socket.socket(fileno=data["endpoint_fd"])
                 if data.get("endpoint_fd") is not None else None)
-    for s in (*sockets, *(x for x in (mgmt, endpoint) if x is not None)):
+    http = socket.socket(fileno=data["http_fd"]) if data.get("http_fd") is not None else None
+    for s in (*sockets, *(x for x in (mgmt, endpoint, http) if x is not None)):
         os.set_blocking(s.fileno(), False)
     os.set_blocking(data["parent_pipe"], False)
     records = (WorkerRecords(data["records_fd"], data["count"])
@@ -324,4 +327,4 @@ def worker_context_from_description(data: Mapping[str, Any],
                          sockets=sockets, mgmt=mgmt, parent_pipe=data["parent_pipe"],
                          ready_pipe=data.get("ready_pipe"), records=records,
                          connections=connections, endpoint=endpoint,
-                         endpoint_ports=tuple(data.get("endpoint_ports", ())))
+                         endpoint_ports=tuple(data.get("endpoint_ports", ())), http=http)

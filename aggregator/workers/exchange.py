@@ -217,6 +217,7 @@ class Exchange:
         splitter = self.splitter
         if barrier.holding:
             own, foreign, count = splitter.split(packet)
+            self.accumulator.count_received(count)
             admit = barrier.read_own(own, packets, count)
             self._note_taken()  # the shared record first: a kill may come at any moment
             self._admit(admit)

@@ -49,6 +49,7 @@ import attrs
 import trio
 
 from common.address import format_host_port
+from common.admin.server import bind_admin_socket
 from common.backoff import backoff_delay
 from common.connections import clear_connection_slot, create_connection_table
 from common.errors import ConfigError
@@ -151,20 +152,24 @@ class WorkerPool:
     reports: ReadyReports
     #: Each worker's own UDP socket (``worker_listen``), in worker order; empty without it.
     endpoints: Sequence[BoundSocket] = ()
+    #: The HTTP admin's listening socket (worker 0 serves it), or None when ``http`` is off.
+    http: socket.socket | None = None
     _start_failures: dict[int, int] = attrs.field(factory=dict, init=False)
 
     def launch(self, index: int, generation: int) -> Launch:
         fds = [b.sock.fileno() for b in self.bound]
         mgmt_fd = self.mgmt.fileno() if index == 0 else None
+        http_fd = self.http.fileno() if index == 0 and self.http is not None else None
         endpoint_fd = self.endpoints[index].sock.fileno() if self.endpoints else None
         description = {"index": index, "count": self.workers, "runtime_dir": self.runtime_dir,
                        "records_fd": self.records.fd, "generation": generation, "fds": fds,
                        "parent_pipe": self.lifeline_read, "ready_pipe": self.ready_write,
                        "mgmt_fd": mgmt_fd, "connections_fd": self.connections_fd,
-                       "endpoint_fd": endpoint_fd,
+                       "endpoint_fd": endpoint_fd, "http_fd": http_fd,
                        "endpoint_ports": [b.sock.getsockname()[1] for b in self.endpoints]}
         pass_fds = [*fds, self.lifeline_read, self.ready_write, self.records.fd,
-                    self.connections_fd] + [fd for fd in (mgmt_fd, endpoint_fd) if fd is not None]
+                    self.connections_fd] + [fd for fd in (mgmt_fd, endpoint_fd, http_fd)
+                                            if fd is not None]
         return Launch(description=description, pass_fds=tuple(pass_fds))
 
     def judge(self, child: ChildExit) -> Verdict | GiveUp:
@@ -206,7 +211,9 @@ class WorkerPool:
         if stopping.is_set():
             return
         config = self.config
-        log_listening(config, self.bound, self.mgmt_address, self.endpoints)
+        log_listening(config, self.bound, self.mgmt_address, self.endpoints,
+                      http=(format_host_port(*self.http.getsockname()[:2])
+                            if self.http is not None else ""))
         log_event(LOGGER, "started", workers=self.workers, ready=ready,
                   runtime_dir=self.runtime_dir, flush_interval=config.flush_interval,
                   carbon=",".join(str(n) for n in config.carbon) or "none",
@@ -220,6 +227,9 @@ def open_pool(config: AggregatorConfig, workers: int, bound: Sequence[BoundSocke
     last the runtime dir, which the caller removes); each is undone by ``cleanup``."""
     mgmt = bind_mgmt_socket(config.mgmt_address, config.mgmt_port)
     cleanup.callback(mgmt.close)
+    http = bind_admin_socket(config.http)
+    if http is not None:
+        cleanup.callback(http.close)
     connections_fd = create_connection_table(workers)
     cleanup.callback(os.close, connections_fd)
     records = WorkerRecords.create(workers)
@@ -238,4 +248,4 @@ def open_pool(config: AggregatorConfig, workers: int, bound: Sequence[BoundSocke
                       mgmt_address=format_host_port(*mgmt.getsockname()[:2]),
                       connections_fd=connections_fd, runtime_dir=runtime_dir, records=records,
                       lifeline_read=lifeline_read, ready_write=ready_write,
-                      reports=ReadyReports(ready_read), endpoints=endpoints)
+                      reports=ReadyReports(ready_read), endpoints=endpoints, http=http)

@@ -104,8 +104,8 @@ _TIMING_DEPENDENT = re.compile(
 )
 MASK = "<masked>"
 #: tallyd's own metrics, on by default:
-#: <prefix_stats>.tallyd.<identity>.aggregator.<component>..., every figure of `common.stats`.
-_SELF_METRICS = re.compile(r"(^|\.)tallyd\.[^.;]+\.aggregator\.")
+#: <prefix_stats>.tallyd.aggregator.<identity>.<component>..., every figure of `common.stats`.
+_SELF_METRICS = re.compile(r"(^|\.)tallyd\.aggregator\.[^.;]+\.")
 
 
 class HarnessTimingError(Exception):
@@ -653,7 +653,8 @@ class ConformanceRunner:
                 cand_lines = list(result.lines[cand])
                 if case.tallyd_defaults and CANDIDATE == "tallyd":
                     # Defaults add tallyd's own metrics (docs/compatibility.md #22), all under
-                    # <prefix_stats>.tallyd.<identity>.: set them aside, insist they are there.
+                    # <prefix_stats>.tallyd.aggregator.<identity>.: set them aside, insist they
+                    # are there.
                     extra = [x for x in cand_lines if _SELF_METRICS.search(split_line(x)[0])]
                     if not extra:
                         problems.append("  tallyd with default flags published no self-metrics")

@@ -160,7 +160,7 @@ def read_series(cache: Cache, metrics: Iterable[str]) -> dict[str, Points | None
 
 
 def self_metric(identity: str, node: CarbonNode | str, measure: str) -> str:
-    return (f"stats.statsd.tallyd.{identity}.aggregator.carbon."
+    return (f"stats.statsd.tallyd.aggregator.{identity}.carbon."
             f"{path_component(str(node))}.{measure}")
 
 

@@ -538,7 +538,7 @@ def test_self_metrics_of_two_identities_in_separate_files_with_own_values(
     assert misplaced_series([a, b], ring) == []  # each file only where the ring says
 
     # What each aggregator writes per flush: the shared Etsy internal paths, its own
-    # tallyd.<identity> paths, and (alpha only) the data counters.
+    # tallyd.aggregator.<identity> paths, and (alpha only) the data counters.
     per_node: dict[CarbonNode, list[str]] = {node: by_node[node].series() for node in ring.nodes}
     data_paths = {p for n in data_names for p in counter_paths(n)}
 
@@ -546,7 +546,7 @@ def test_self_metrics_of_two_identities_in_separate_files_with_own_values(
         other = "beta" if ident == "alpha" else "alpha"
         count = 0
         for path in per_node[node]:
-            if f".tallyd.{other}." in path or (ident == "beta" and path in data_paths):
+            if f".tallyd.aggregator.{other}." in path or (ident == "beta" and path in data_paths):
                 continue
             count += 1
         return count

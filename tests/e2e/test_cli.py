@@ -122,7 +122,7 @@ def bind_cases(ports: dict[str, int]) -> dict[str, tuple[str, list[str], str]]:
 @pytest.mark.parametrize("case", sorted(bind_cases({"tcp": 2, "udp": 1})))
 def test_every_bind_failure_is_one_line_and_exit_2(taken: dict[str, int], case: str) -> None:
     module, args, message = bind_cases(taken)[case]
-    result = run(module, *args)
+    result = run(module, *args, "--http", "127.0.0.1:0")
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 2, result.stderr
     errors = error_lines(result.stderr)

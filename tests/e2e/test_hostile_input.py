@@ -65,8 +65,8 @@ MiB = 1024 * 1024
 # goes in NOT_LINE_DROPS, or its lines are counted twice.
 PER_INTERVAL = "per_interval"
 SINCE_START = "since_start"
-_LEDGER = "stats.statsd.tallyd.{worker}.aggregator.ledger."
-_EXCHANGE = "stats.statsd.tallyd.{worker}.aggregator.exchange."
+_LEDGER = "stats.statsd.tallyd.aggregator.{worker}.ledger."
+_EXCHANGE = "stats.statsd.tallyd.aggregator.{worker}.exchange."
 DROP_REASONS: tuple[tuple[str, str], ...] = (
     # Etsy's: bad segments; since items 5/6, also lines cut by truncation or too long.
     ("stats_counts.statsd.bad_lines_seen", PER_INTERVAL),
@@ -87,19 +87,19 @@ MUST_STAY_ZERO: tuple[tuple[str, str], ...] = (
     (_EXCHANGE + "dropped_messages.malformed", SINCE_START),
     (_EXCHANGE + "dropped_messages.truncated", SINCE_START),
     (_EXCHANGE + "dropped_messages.send_failed", SINCE_START),
-    ("stats.statsd.tallyd.{worker}.aggregator.workers.deaths", SINCE_START),
-    ("stats.statsd.tallyd.{worker}.aggregator.workers.lost_lines_at_most", SINCE_START),
+    ("stats.statsd.tallyd.aggregator.{worker}.workers.deaths", SINCE_START),
+    ("stats.statsd.tallyd.aggregator.{worker}.workers.lost_lines_at_most", SINCE_START),
 )
 #: Paths that look like drop counts but are not intake lines, or count lines another entry
 #: already counts: Carbon output (paths); the intake's figures (datagrams and connections;
 #: its overlong stream lines are in bad_lines_seen); the ledger's bad_lines (Etsy's
 #: bad_lines_seen as a total); the per-second rates of Etsy's counters.
 NOT_LINE_DROPS: tuple[str, ...] = (
-    r"^stats\.statsd\.tallyd\.[^.]+\.aggregator\.carbon\.",
-    r"^stats\.statsd\.tallyd\.[^.]+\.aggregator\.intake\.(stream_connections"
+    r"^stats\.statsd\.tallyd\.aggregator\.[^.]+\.carbon\.",
+    r"^stats\.statsd\.tallyd\.aggregator\.[^.]+\.intake\.(stream_connections"
     r"|stream_connections_refused|stream_connections_evicted|stream_connections_idle_closed"
-    r"|overlong_stream_lines|truncated_datagrams)$",
-    r"^stats\.statsd\.tallyd\.[^.]+\.aggregator\.ledger\.bad_lines$",
+    r"|overlong_stream_lines|truncated_datagrams|kernel_drops)$",
+    r"^stats\.statsd\.tallyd\.aggregator\.[^.]+\.ledger\.bad_lines$",
     r"^stats\.statsd\.(bad_lines_seen|metrics_received|packets_received)$",
 )
 #: A nonzero series whose name says "drop" that no list above names fails the test: a new
@@ -535,7 +535,7 @@ def check_output(series: Series, traffic: Traffic, failures: Failures) -> None:
     """No restart, exact totals, no stray names under the prefix, nothing non-finite."""
     for i in range(WORKERS):
         generation = series.last.get(
-            f"stats.statsd.tallyd.{IDENTITY}-w{i}.aggregator.worker.generation")
+            f"stats.statsd.tallyd.aggregator.{IDENTITY}-w{i}.worker.generation")
         failures.check(generation == 0,
                        f"worker {i}: generation {generation} at the end (0: never restarted)")
     failures.check(not series.malformed, f"{len(series.malformed)} lines at Carbon are not "

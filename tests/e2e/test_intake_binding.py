@@ -19,7 +19,7 @@ from harness.tallyd import start_aggregator
 
 pytestmark = [pytest.mark.e2e]
 
-BASE = ["--mgmt-port", "0", "--flush-interval", "1", "--no-self-metrics"]
+BASE = ["--mgmt-port", "0", "--http", "127.0.0.1:0", "--flush-interval", "1", "--no-self-metrics"]
 
 
 def run_second(*listen: str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:

@@ -66,7 +66,8 @@ def run_local(carbon_available: Path, tmp_path_factory: pytest.TempPathFactory
     ports = {"statsd": free_port_both(), "mgmt": free_port(), "carbon": free_port(),
              "graphite": free_port()}
     env = dict(os.environ, TALLYD_STATSD_PORT=str(ports["statsd"]),
-               TALLYD_MGMT_PORT=str(ports["mgmt"]), TALLYD_CARBON_PORT=str(ports["carbon"]),
+               TALLYD_MGMT_PORT=str(ports["mgmt"]), TALLYD_HTTP="127.0.0.1:0",
+               TALLYD_CARBON_PORT=str(ports["carbon"]),
                TALLYD_GRAPHITE_PORT=str(ports["graphite"]), TALLYD_FLUSH_INTERVAL="1",
                TALLYD_DATA_DIR=str(data))
     proc = RunLocal(["bash", str(RUN_LOCAL), "--workers", "1"], env=env)

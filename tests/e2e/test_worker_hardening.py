@@ -201,12 +201,12 @@ def test_a_killed_worker_s_loss_is_bounded_logged_and_counted() -> None:
             os.kill(int(line.split("pid=")[1].split()[0]), signal.SIGKILL)
             died = parse_logfmt(agg.wait_for_log(r"event=worker_died worker=1 ", 15))
             agg.wait_for_log(r"event=worker_started worker=1 pid=\d+ generation=1", 15)
-            deaths = "stats.statsd.tallyd.ktest-w0.aggregator.workers.deaths 1 "
+            deaths = "stats.statsd.tallyd.aggregator.ktest-w0.workers.deaths 1 "
             wait_until(lambda: any(r.line.startswith(deaths) for r in sink.records()), 15,
                        message="worker 0 publishes the death")
             bounds = [r.line for r in sink.records()
                       if r.line.startswith(
-                          "stats.statsd.tallyd.ktest-w0.aggregator.workers.lost_lines")]
+                          "stats.statsd.tallyd.aggregator.ktest-w0.workers.lost_lines")]
             assert agg.stop() == 0
     lost = sent - sum(_totals(sink, "kill.").values())
     assert died["exit_code"] == str(-signal.SIGKILL) and died["served"] == "True"
@@ -229,7 +229,8 @@ def test_a_ring_workers_would_refuse_is_refused_before_they_start(
     """Issue 8, item 14: ``--check-config`` said "configuration ok" for rings every worker
     then refused at start, and the supervisor restarted them forever. The same check now
     runs in ``--check-config`` and before any worker is started: exit 2 with the reason."""
-    args = ["--listen", "udp://127.0.0.1:0", "--mgmt-port", "0", *ring, mode]
+    args = ["--listen", "udp://127.0.0.1:0", "--mgmt-port", "0", "--http", "127.0.0.1:0", *ring,
+            mode]
     done = subprocess.run([sys.executable, "-m", "aggregator", *args], capture_output=True,
                           text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert (done.returncode, reason in done.stderr) == (2, True), done.stderr
@@ -241,8 +242,9 @@ def test_workers_that_cannot_start_end_the_daemon_with_the_reason(tmp_path: Path
     spool directory cannot be made: a file is in the way), ends the daemon with the
     reason instead of a restart loop behind an admin port that never answers."""
     (tmp_path / "file").write_text("not a directory")
-    args = ["--listen", "udp://127.0.0.1:0", "--mgmt-port", "0", "--workers", "2",
-            "--carbon", "127.0.0.1:2003", "--carbon-spool-dir", str(tmp_path / "file" / "spool")]
+    args = ["--listen", "udp://127.0.0.1:0", "--mgmt-port", "0", "--http", "127.0.0.1:0",
+            "--workers", "2", "--carbon", "127.0.0.1:2003",
+            "--carbon-spool-dir", str(tmp_path / "file" / "spool")]
     done = subprocess.run([sys.executable, "-m", "aggregator", *args], capture_output=True,
                           text=True, timeout=90, stdin=subprocess.DEVNULL)
     failed = [parse_logfmt(x) for x in done.stderr.splitlines()
@@ -313,7 +315,7 @@ def test_a_runtime_dir_that_cannot_be_made_is_a_config_error(tmp_path: Path,
     env = dict(os.environ, TMPDIR=str(tmp_path / tmpdir))
     done = subprocess.run(
         [sys.executable, "-m", "aggregator", "--listen", f"unix://{path}", "--mgmt-port", "0",
-         "--workers", "2"], capture_output=True, text=True, timeout=60,
+         "--http", "127.0.0.1:0", "--workers", "2"], capture_output=True, text=True, timeout=60,
         stdin=subprocess.DEVNULL, env=env)
     errors = [x for x in done.stderr.splitlines() if "event=config_error" in x]
     assert done.returncode == 2, done.stderr[-3000:]

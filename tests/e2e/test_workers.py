@@ -101,7 +101,7 @@ def test_killed_worker_is_restarted_and_counted() -> None:
             os.kill(pid, signal.SIGKILL)
             agg.wait_for_log(r"event=worker_died worker=1 .*restarts=1", 15)
             agg.wait_for_log(r"event=worker_started worker=1 pid=\d+ generation=1", 15)
-            generation = "stats.statsd.tallyd.wtest-w1.aggregator.worker.generation 1 "
+            generation = "stats.statsd.tallyd.aggregator.wtest-w1.worker.generation 1 "
             wait_until(lambda: any(r.line.startswith(generation) for r in sink.records()), 15)
             send_udp(agg.udp, [b"\n".join(f"after.c{i}:1|c".encode() for i in range(50))])
             wait_until(lambda: sum(1 for r in sink.records()

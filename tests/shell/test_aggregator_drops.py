@@ -22,7 +22,7 @@ from harness.triosink import TrioSink
 
 def make_config(**values: object) -> AggregatorConfig:
     base: dict[str, object] = {"listen": ["udp://127.0.0.1:0"], "mgmt_port": 0,
-                               "flush_interval": 1}
+                               "http": "127.0.0.1:0", "flush_interval": 1}
     base.update(values)
     return config_from_mapping(AggregatorConfig, base)
 

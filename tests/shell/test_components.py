@@ -56,10 +56,10 @@ def test_readings_name_every_component_figure(name: str, value: object) -> None:
 @pytest.mark.parametrize(("readings", "expected"), [
     ([], {}),
     ([Reading("aggregator.worker.generation", 2, "level")],
-     {"tallyd.w-0.aggregator.worker.generation": 2}),
+     {"tallyd.aggregator.w-0.worker.generation": 2}),
     ([Reading("aggregator.carbon.n.sent_lines", 5, "counter"),
       Reading("aggregator.carbon.n.last_flush", "3", "text")],
-     {"tallyd.w-0.aggregator.carbon.n.sent_lines": 5}),
+     {"tallyd.aggregator.w-0.carbon.n.sent_lines": 5}),
 ])
 def test_self_metrics_publish_counters_and_levels_never_text(
         readings: list[Reading], expected: dict[str, float]) -> None:

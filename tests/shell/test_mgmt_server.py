@@ -39,7 +39,8 @@ async def ask(stream: trio.SocketStream, command: bytes, end: bytes) -> str:
 
 async def test_admin_commands_on_live_aggregator(nursery, wall_clock, autojump_clock) -> None:
     config = config_from_mapping(AggregatorConfig, {"listen": ["udp://127.0.0.1:0"],
-                                                    "mgmt_port": 0, "health_status": "down"})
+                                                    "mgmt_port": 0, "http": "127.0.0.1:0",
+                                                    "health_status": "down"})
     addrs = await nursery.start(partial(serve, config, wall_clock=wall_clock))
     host, port = addrs.first("udp").rsplit(":", 1)
     with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as s:
@@ -403,7 +404,8 @@ async def test_stats_prints_etsys_plain_graphite_lines_over_the_nodes_and_the_pe
 
 async def test_a_live_proxys_help_lists_what_works_and_the_rest_answers_why(nursery) -> None:
     config = config_from_mapping(ProxyConfig, {"listen": ["udp://127.0.0.1:0"],
-                                               "aggregator": ["127.0.0.1:9"], "mgmt_port": 0})
+                                               "aggregator": ["127.0.0.1:9"], "mgmt_port": 0,
+                                               "http": "127.0.0.1:0"})
     addrs = await nursery.start(partial(proxy_serve, config))
     mhost, mport = addrs.mgmt.rsplit(":", 1)
     async with await trio.open_tcp_stream(mhost, int(mport)) as stream:

@@ -55,7 +55,8 @@ class UdpSink:
 
 def make_config(aggregators: list[str], **values: Any) -> ProxyConfig:
     mapping = {"listen": ["udp://127.0.0.1:0"], "aggregator": aggregators, "mgmt_port": 0,
-               "udp_receive_buffer_bytes": 0, "retry_base": 0.02, "retry_max": 0.1, **values}
+               "http": "127.0.0.1:0", "self_metrics": False, "udp_receive_buffer_bytes": 0,
+               "retry_base": 0.02, "retry_max": 0.1, **values}
     return config_from_mapping(ProxyConfig, mapping)
 
 
@@ -387,6 +388,8 @@ EVERY_SETTING: dict[str, Any] = {
     "auth_revoked_tokens": ["old"], "max_line_bytes": 1000, "max_tcp_connections": 7,
     "tcp_idle_timeout_seconds": 0.0, "reuse_port": True, "udp_receive_buffer_bytes": 4096,
     "mgmt_address": "::1", "mgmt_port": 0, "graceful_timeout": 2.5, "log_level": "debug",
+    "http": "127.0.0.1:0", "identity": "edge-1", "self_metrics": False,
+    "self_metrics_interval": 2.0,
 }
 
 

@@ -25,7 +25,8 @@ class FakeForwarder:
 
 def make_pipeline(offers: list[tuple[float, int, list[bytes]]], **values: object) -> Pipeline:
     mapping = {"listen": ["udp://127.0.0.1:0"], "aggregator": ["127.0.0.1:9"],
-               "mgmt_port": 0, "max_batch_delay_ms": 100, "max_datagram_bytes": 64, **values}
+               "mgmt_port": 0, "http": "127.0.0.1:0", "max_batch_delay_ms": 100,
+               "max_datagram_bytes": 64, **values}
     pipeline = Pipeline(config_from_mapping(ProxyConfig, mapping))
     pipeline.forwarders = [FakeForwarder(offers, 0)]  # type: ignore[list-item]
     return pipeline

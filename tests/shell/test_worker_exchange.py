@@ -498,7 +498,7 @@ async def test_a_worker_that_fails_to_start_leaves_no_exchange_socket(runtime_di
     cannot be bound: a directory is in the way) leaves no socket file behind."""
     os.makedirs(os.path.join(runtime_dir, "a1", "in-the-way"))
     config = config_from_mapping(AggregatorConfig, {"listen": ["udp://127.0.0.1:0"],
-                                                    "mgmt_port": 0})
+                                                    "mgmt_port": 0, "http": "127.0.0.1:0"})
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as intake:
         intake.bind(("127.0.0.1", 0))
         intake.setblocking(False)

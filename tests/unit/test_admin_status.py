@@ -1,0 +1,193 @@
+"""The /status document, the Prometheus rendering and the aggregator's accounting (pure)."""
+
+from __future__ import annotations
+
+import json
+
+import attrs
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from aggregator.accounting import aggregator_totals, carbon_members, parse_stats_text
+from common.admin.prometheus import format_metrics, format_readings, metric_name
+from common.admin.routes import parse_route_name, percent_decode
+from common.admin.status import (
+    SCHEMA,
+    Member,
+    RateTracker,
+    StatusFacts,
+    Totals,
+    add_totals,
+    build_status,
+    config_fingerprint,
+    totals_from_json,
+)
+from common.httproutes import HTTPError
+from common.stats import COUNTER, Reading, counter, level, read, text
+
+
+@attrs.frozen
+class IntakeFigures:
+    kernel_drops: int = counter(help="kernel drops")
+
+
+@attrs.frozen
+class ForwarderFigures:
+    state: str = text(help="up or down")
+    buffered_lines: int = level(help="waiting")
+    dropped_lines: dict[str, int] = counter(help="dropped, by reason")
+
+CONTRACT_KEYS = ["schema", "version", "role", "identity", "pid", "now", "started",
+                 "uptime_seconds", "health", "ready", "not_ready", "flush_interval",
+                 "fingerprints", "members", "workers", "totals", "rates", "figures"]
+
+
+def facts(**values: object) -> StatusFacts:
+    base: dict[str, object] = dict(
+        role="proxy", identity="edge", version="1.2", pid=7, started=100.0, health="up",
+        not_ready=[], flush_interval=10.0, membership_fingerprint="m1",
+        config_fingerprint="c1",
+        members=[Member("aggregator", 0, "a:1", "127.0.0.1:1", "down", "refused", 3, 2,
+                        None, {"buffer_full": 1})],
+        totals=Totals(10, 6, 2, {"bad_line": 2}, self_lines=1))
+    base.update(values)
+    return StatusFacts(**base)  # type: ignore[arg-type]
+
+
+def test_status_has_every_contract_key_and_is_json() -> None:
+    doc = build_status(facts(), [Reading("proxy.router.received_lines", 10, COUNTER)],
+                       now=112.5)
+    assert list(doc) == CONTRACT_KEYS
+    assert json.loads(json.dumps(doc)) == doc
+    assert (doc["schema"], doc["uptime_seconds"], doc["ready"]) == (SCHEMA, 12.5, True)
+    assert doc["fingerprints"] == {"membership": "m1", "config": "c1"}
+    assert doc["members"][0] == {
+        "kind": "aggregator", "index": 0, "name": "a:1", "address": "127.0.0.1:1",
+        "state": "down", "reason": "refused", "sent_lines": 3, "buffered_lines": 2,
+        "buffer_capacity_lines": None, "dropped_lines": {"buffer_full": 1}}
+    assert doc["totals"] == {"lines_in": 10, "lines_out": 6, "buffered_lines": 2,
+                             "dropped_lines": {"bad_line": 2}, "self_lines": 1}
+    assert doc["figures"] == {"proxy.router.received_lines": 10}
+
+
+def test_status_not_ready_reasons_make_ready_false() -> None:
+    doc = build_status(facts(not_ready=["health_down"]), [], now=100.0)
+    assert (doc["ready"], doc["not_ready"]) == (False, ["health_down"])
+
+
+def test_rates_come_from_the_last_two_samples() -> None:
+    tracker = RateTracker()
+    assert tracker.rates()["interval_seconds"] == 0.0
+    tracker.sample(0.0, Totals(0, 0, 0, {"x": 0}))
+    tracker.sample(10.0, Totals(100, 50, 0, {"x": 10}))
+    tracker.sample(20.0, Totals(300, 250, 0, {"x": 30}))
+    assert tracker.rates() == {"interval_seconds": 10.0, "lines_in": 20.0, "lines_out": 20.0,
+                               "dropped_lines": {"x": 2.0}}
+
+
+def test_totals_add_up_over_workers_and_round_trip() -> None:
+    a = Totals(5, 4, 0, {"bad_line": 1}, points_flushed=3, points_sent=3, points_buffered=0,
+               points_dropped={})
+    b = Totals(7, 5, 0, {"bad_line": 1, "overflow": 1}, points_flushed=2, points_sent=1,
+               points_buffered=1, points_dropped={"buffer_full": 0})
+    total = add_totals([a, b])
+    assert (total.lines_in, total.lines_out, dict(total.dropped_lines)) == (
+        12, 9, {"bad_line": 2, "overflow": 1})
+    assert (total.points_flushed, total.points_sent, total.points_buffered) == (5, 4, 1)
+    assert total.self_lines is None and "self_lines" not in total.as_json()
+    assert totals_from_json(total.as_json()) == total
+
+
+def test_config_fingerprint_ignores_secrets_only() -> None:
+    one = 'a = 1\nauth_tokens = ["x"]\n'
+    assert config_fingerprint(one, ["auth_tokens"]) == config_fingerprint(
+        'a = 1\nauth_tokens = ["y"]\n', ["auth_tokens"])
+    assert config_fingerprint(one, ["auth_tokens"]) != config_fingerprint(
+        'a = 2\nauth_tokens = ["x"]\n', ["auth_tokens"])
+    assert len(config_fingerprint(one)) == 16
+
+
+def families(body: bytes) -> dict[str, object]:
+    return {f.name: f for f in text_string_to_metric_families(body.decode())}
+
+
+def test_prometheus_names_kinds_and_labels() -> None:
+    readings = [*read("proxy", "intake", IntakeFigures(kernel_drops=4)),
+                *read("proxy", "forwarder", ForwarderFigures(
+                    "up", 2, {"buffer_full": 3, "shutdown": 0}), instance="0")]
+    parsed = families(format_readings(readings))
+    kernel = parsed["tallyd_proxy_intake_kernel_drops"]
+    assert kernel.type == "counter"  # type: ignore[attr-defined]
+    assert [(s.name, s.value) for s in kernel.samples] == [  # type: ignore[attr-defined]
+        ("tallyd_proxy_intake_kernel_drops_total", 4.0)]
+    dropped = parsed["tallyd_proxy_forwarder_dropped_lines"]
+    assert {(s.labels["forwarder"], s.labels["reason"], s.value)  # type: ignore[attr-defined]
+            for s in dropped.samples} == {("0", "buffer_full", 3.0), ("0", "shutdown", 0.0)}
+    buffered = parsed["tallyd_proxy_forwarder_buffered_lines"]
+    assert buffered.type == "gauge"  # type: ignore[attr-defined]
+    state = parsed["tallyd_proxy_forwarder_state_info"]
+    assert [s.labels["value"] for s in state.samples] == ["up"]  # type: ignore[attr-defined]
+
+
+def test_prometheus_extra_labels_and_uneven_labels_stay_valid() -> None:
+    reading = Reading("aggregator.ledger.bad_lines", 3, COUNTER, "bad", role="aggregator",
+                      component="ledger", measure="bad_lines")
+    body = format_metrics([({"worker": "0"}, reading), ({}, reading),
+                           ({}, Reading("unnamed", 1, COUNTER))])
+    (family,) = families(body).values()
+    assert metric_name(reading) == "tallyd_aggregator_ledger_bad_lines"
+    assert [s.labels for s in family.samples] == [  # type: ignore[attr-defined]
+        {"worker": "0"}, {"worker": ""}]
+
+
+@pytest.mark.parametrize(("raw", "name"), [
+    ("a.b", "a.b"), ("a%20b", "a b"), ("caf%C3%A9", "café"), ("x;tag=1", "x;tag=1")])
+def test_route_names_are_percent_decoded(raw: str, name: str) -> None:
+    assert parse_route_name(raw) == name
+
+
+@pytest.mark.parametrize("raw", ["", "%", "%zz", "%ff", "a%0Ab", "x" * 9000])
+def test_bad_route_names_are_400(raw: str) -> None:
+    with pytest.raises(HTTPError) as caught:
+        parse_route_name(raw)
+    assert caught.value.status == 400
+
+
+def test_percent_decode_keeps_plain_text() -> None:
+    assert percent_decode("plain.name-1_x") == "plain.name-1_x"
+
+
+def test_aggregator_totals_balance_with_the_exchange() -> None:
+    # Worker 0 read 10 lines: forwarded 4, 1 bad, 1 overflow; worker 1 read 6: forwarded 2,
+    # received 4 (from 0) and worker 0 received 1 of the 2 it was sent (1 exchange_full).
+    w0 = parse_stats_text(
+        "aggregator.ledger.received_lines: 10\naggregator.ledger.bad_lines: 1\n"
+        "aggregator.ledger.dropped_lines.overflow: 1\naggregator.exchange.forwarded_lines: 4\n"
+        "aggregator.exchange.received_lines: 1\naggregator.exchange.dropped_lines.exchange_full"
+        ": 0\naggregator.intake.kernel_drops: 2\naggregator.carbon.n.sent_lines: 5\n"
+        "aggregator.carbon.n.buffered_lines: 1\naggregator.carbon.n.spooled_lines: 1\n"
+        "aggregator.carbon.n.connected: 1\naggregator.flusher.flushed_lines: 7\nEND\n\n")
+    w1 = parse_stats_text(
+        "aggregator.ledger.received_lines: 6\naggregator.exchange.forwarded_lines: 2\n"
+        "aggregator.exchange.received_lines: 4\n"
+        "aggregator.exchange.dropped_lines.exchange_full: 1\n"
+        "aggregator.carbon.n.last_flush: 3\n")
+    assert w1["aggregator.carbon.n.last_flush"] == 3 and "END" not in w0
+    parts = [aggregator_totals(w, carbon_nodes=["n"]) for w in (w0, w1)]
+    total = add_totals(parts)
+    dropped = {k: v for k, v in total.dropped_lines.items() if k != "kernel_overflow"}
+    assert total.lines_in == 16
+    assert total.lines_in == total.lines_out + sum(dropped.values())
+    assert total.dropped_lines["kernel_overflow"] == 2
+    assert dict(dropped) == {"bad_line": 1, "overflow": 1, "exchange_full": 1}
+    assert (total.points_flushed, total.points_sent, total.points_buffered) == (7, 5, 2)
+    (member,) = carbon_members([("n:1", "n:1", "n")], [w0, w1])
+    assert (member.state, member.sent_lines, member.buffered_lines) == ("up", 5, 2)
+
+
+def test_aggregator_totals_count_auth_refusals_as_received() -> None:
+    values = {"aggregator.ledger.received_lines": 3,
+              "aggregator.auth.refused_lines.missing": 2}
+    totals = aggregator_totals(values)
+    assert (totals.lines_in, totals.lines_out, totals.dropped_lines["auth_missing"]) == (
+        5, 3, 2)
