@@ -12,8 +12,8 @@ Subcommands (one argparse sub-parser each; more will join ``lookup``):
     file's whole list.
 
 ``plan``, ``rebalance``, ``check`` (`ringtool.movecli`), ``agent`` (`ringtool.agentcli`) and
-``cluster`` (`ringtool.clustercli`: loss accounting from every daemon's /status) have their
-own modules.
+``cluster`` (`ringtool.clustercli`: loss accounting from every daemon's /status) and ``ui``
+(`ringtool.uicli`: the live cluster page) have their own modules.
 
 Nodes are listed as the aggregator lists them: ``--carbon`` takes one or more values and may
 be repeated (``--carbon a:2003 b:2003 --carbon c:2003``); it takes every value up to the next
@@ -50,6 +50,7 @@ from . import movecli
 from .agentcli import add_agent_parser
 from .clustercli import add_cluster_parser
 from .ringspec import RING_KEYS, RingSpec, parse_ring_spec
+from .uicli import add_ui_parser
 
 PROG = "tallyd-ring"
 EXIT_USAGE = 2  # bad input, the same status argparse uses for a bad command line
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_agent_parser(commands)
     movecli.add_commands(commands)
     add_cluster_parser(commands)
+    add_ui_parser(commands)
     return parser
 
 
