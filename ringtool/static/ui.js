@@ -17,12 +17,15 @@
   const TOP = 34;
   const GAP = 22;
 
-  const seen = {
-    previous: null,        // the last report drawn
-    identities: new Map(), // daemon URL -> the identity it last answered with
-    carbon: new Map(),     // Carbon node name -> address, every node ever reported
-    refreshes: 0,
-  };
+  // What the page remembers between readings.
+  function newMemory() {
+    return {
+      previous: null,        // the last report drawn
+      identities: new Map(), // daemon URL -> the identity it last answered with
+      carbon: new Map(),     // Carbon node name -> address, every node ever reported
+      refreshes: 0,
+    };
+  }
 
   // --- numbers -------------------------------------------------------------------------
 
@@ -76,7 +79,10 @@
     return "up, ready" + (d.workers > 1 ? ", " + d.workers + " workers" : "");
   }
 
-  function model(report, previous) {
+  // The picture's nodes and edges from a report and what `seen` remembers of the earlier
+  // ones (pure but for updating `seen.identities` and `seen.carbon`).
+  function model(report, seen) {
+    const previous = seen.previous;
     const before = { daemons: new Map(), edges: new Map(), taken_at: null };
     if (previous) {
       before.taken_at = previous.taken_at;
@@ -381,8 +387,8 @@
     }
   }
 
-  function draw(report) {
-    const m = model(report, seen.previous);
+  function draw(seen, report) {
+    const m = model(report, seen);
     drawPicture(m);
     drawSummary(report);
     drawFindings(report);
@@ -395,18 +401,24 @@
     setText("updated", `read at ${when}; refreshed every ${REFRESH_MS / 1000} s`, "updated");
   }
 
-  async function refresh() {
+  async function refresh(seen) {
     try {
       const answer = await fetch("cluster.json", { cache: "no-store" });
       if (!answer.ok) throw new Error("HTTP " + answer.status);
-      draw(await answer.json());
+      draw(seen, await answer.json());
     } catch (err) {
       setText("updated", "cannot read cluster.json (" + err.message +
         "): the picture is stale", "updated stale");
     } finally {
-      setTimeout(refresh, REFRESH_MS);
+      setTimeout(refresh, REFRESH_MS, seen);
     }
   }
 
-  refresh();
+  // Under Node (tests/unit/test_ui_model.py) the page's model is a module; in a browser the
+  // page starts reading.
+  if (typeof module === "object" && module.exports) {
+    module.exports = { fmt, rate, clip, daemonState, model, newMemory };
+    return;
+  }
+  refresh(newMemory());
 })();
