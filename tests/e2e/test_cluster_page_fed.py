@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import tomllib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,6 +27,7 @@ from page_helpers import (
 )
 from selenium.webdriver.common.by import By
 
+from ringtool.ringspec import parse_ring_spec
 from support.statusdocs import member, status
 
 pytestmark = pytest.mark.e2e
@@ -156,5 +158,38 @@ def test_page_draws_hand_made_documents_and_follows_their_changes(
             findings = driver.find_elements(By.CSS_SELECTOR, "#findings li.unreachable")
             assert any(daemons["a1"].url in f.text for f in findings)
             save_screenshot(driver, tmp_path, "cluster_page_fed")
+    finally:
+        ui.stop()
+
+
+def test_page_from_a_ring_file_marks_the_aggregator_with_another_ring(
+        daemons: dict[str, FakeDaemon], tmp_path: Path) -> None:
+    ring_toml = 'carbon = ["c0:2003", "c1:2003"]\n'
+    fingerprint = parse_ring_spec(tomllib.loads(ring_toml), source="ring").build_ring(
+        ).fingerprint()
+    for name in ("a0", "a1"):
+        daemons[name].document["fingerprints"]["membership"] = (
+            fingerprint if name == "a0" else "0123456789abcdef")
+    ring = tmp_path / "ring.toml"
+    proxies = ", ".join(f'"{daemons[p].url}"' for p in ("p0", "p1"))
+    aggregators = ", ".join(f'"{daemons[a].url}"' for a in ("a0", "a1"))
+    ring.write_text(f"{ring_toml}[cluster]\nproxies = [{proxies}]\n"
+                    f"aggregators = [{aggregators}]\n")
+    ui = start_ui([], [], extra=["--ring", str(ring)])
+    try:
+        with open_browser() as driver:
+            driver.get(ui.url)
+            wait_for("a first drawing", lambda: refreshes(driver) >= 1, 10, driver)
+            drawn = nodes(driver)
+            assert len([k for k in drawn if k.startswith(("proxy|", "aggregator|"))]) == 4
+            # Only a1's ring differs from the ring file's (with two aggregators there is no
+            # majority: the file decides).
+            assert {k for k, n in drawn.items() if n["diverged"]} == {
+                f"aggregator|{daemons['a1'].url}"}
+            assert "\u2260 membership 0123456789ab" in drawn[
+                f"aggregator|{daemons['a1'].url}"]["text"]
+            row = driver.find_element(By.CSS_SELECTOR,
+                                      f'#daemons tr[data-url="{daemons["a1"].url}"]')
+            assert "diverged" in str(row.get_attribute("class")).split()
     finally:
         ui.stop()
