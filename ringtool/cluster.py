@@ -67,8 +67,8 @@ from .clustermodel import (
     StatusAnswer,
     TierSummary,
     add_counts,
-    parse_answer,
 )
+from .clusterstatus import parse_answer
 
 __all__ = ["AGGREGATOR", "PROBLEMS", "PROXY", "AggregatorIntake", "CarbonNodeView",
            "ClusterReport", "ClusterSample", "DaemonView", "Edge", "Finding",
