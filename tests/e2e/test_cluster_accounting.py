@@ -7,6 +7,10 @@ SIGKILLed and more known traffic is sent: the tool exits 1 and names exactly the
 and where: per proxy, the lines it dropped for that aggregator (``destination_down``) plus
 the ones it still holds for it equal the lines sent through that proxy to names the stopped
 aggregator owns; nothing else is lost, and the stopped aggregator is named unreachable.
+
+And membership: a third proxy with another aggregator list is named diverged; read from a
+ring file's ``[cluster]`` table, the aggregators' Carbon ring matches the file's ``carbon``,
+and a file with another ring names both aggregators.
 """
 
 from __future__ import annotations
@@ -204,3 +208,33 @@ def test_cluster_names_exactly_the_lines_lost_to_a_stopped_aggregator(
     window = json.loads(out)
     assert code == 1 and window["window_seconds"] >= 1
     assert window["summary"]["lines_lost"] == 0 and window["summary"]["unreachable"] == 1
+
+
+def test_cluster_names_a_proxy_with_another_aggregator_list_and_checks_the_ring(
+        cluster: Cluster, tmp_path: Path) -> None:
+    first = cluster.aggregators[0]
+    odd = start_proxy(["--listen", "udp://127.0.0.1:0", "--mgmt-port", "0",
+                       "--aggregator", f"127.0.0.1:{first.udp[1]}:{first.mgmt[1]}",
+                       "--identity", "odd", "--no-self-metrics"])
+    cluster.proxies.append(odd)  # closed with the cluster
+    urls = cluster.urls()
+    proxies = [u for flag, u in zip(urls[::2], urls[1::2], strict=True) if flag == "--proxy"]
+    aggregators = [u for flag, u in zip(urls[::2], urls[1::2], strict=True)
+                   if flag == "--aggregator"]
+    ring = tmp_path / "ring.toml"
+    table = (f"[cluster]\nproxies = {json.dumps(proxies)}\n"
+             f"aggregators = {json.dumps(aggregators)}\n")
+    ring.write_text(f'carbon = ["127.0.0.1:{cluster.sink.port}"]\n' + table)
+    code, out = run_tool("--ring", str(ring), "--json")
+    report = json.loads(out)
+    diverged = [f for f in report["findings"] if f["kind"] == "diverged"]
+    assert code == 1 and [f["daemon"] for f in diverged] == [proxies[2]]
+    assert "odd" in diverged[0]["where"]
+    assert report["summary"]["unreachable"] == 0 and report["summary"]["lines_lost"] == 0
+
+    # The aggregators' ring is not the ring file's: both are named.
+    ring.write_text('carbon = ["127.0.0.1:2003:x", "127.0.0.1:2004:y"]\n' + table.replace(
+        f', "{proxies[2]}"', ""))
+    code, out = run_tool("--ring", str(ring), "--json")
+    diverged = [f["daemon"] for f in json.loads(out)["findings"] if f["kind"] == "diverged"]
+    assert code == 1 and diverged == aggregators
