@@ -1,6 +1,6 @@
 """End to end: ``tallyd-ring cluster`` (the console script) over a real cluster on
-127.0.0.1: 2 proxies -> 2 aggregators -> 1 Graphite sink, every daemon's HTTP admin on a free
-port.
+127.0.0.1: 2 proxies -> 2 aggregators (W=1, and W=2) -> 1 Graphite sink, every daemon's HTTP
+admin on a free port.
 
 Known traffic first: every line is accounted for and the tool exits 0. Then one aggregator is
 SIGKILLed and more known traffic is sent: the tool exits 1 and names exactly the lines lost
@@ -42,7 +42,8 @@ STOPPED = 1  # the aggregator killed in the second phase
 class Cluster:
     """The daemons, the sink, and the lines sent through each proxy per aggregator."""
 
-    def __init__(self) -> None:
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = workers
         self.sink = GraphiteSink().start()
         self.aggregators: list[AggregatorProcess] = []
         self.proxies: list[ProxyProcess] = []
@@ -53,7 +54,8 @@ class Cluster:
         for index in range(2):
             self.aggregators.append(start_aggregator(
                 ["--listen", "udp://127.0.0.1:0", "--carbon", f"127.0.0.1:{self.sink.port}",
-                 "--flush-interval", "0.5", "--mgmt-port", "0", "--identity", f"a{index}"]))
+                 "--flush-interval", "0.5", "--mgmt-port", "0", "--identity", f"a{index}",
+                 "--workers", str(self.workers)]))
         members = []
         for proc in self.aggregators:
             members += ["--aggregator", f"127.0.0.1:{proc.udp[1]}:{proc.mgmt[1]}"]
@@ -104,8 +106,8 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    c = Cluster()
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    c = Cluster(getattr(request, "param", 1))
     try:
         c.start()
         yield c
@@ -132,6 +134,7 @@ def lost(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [f for f in report["findings"] if f["kind"] == "lost"]
 
 
+@pytest.mark.parametrize("cluster", [1, 2], indirect=True, ids=["W=1", "W=2"])
 def test_cluster_names_exactly_the_lines_lost_to_a_stopped_aggregator(
         cluster: Cluster) -> None:
     cluster.send("p1", rounds=3)
