@@ -196,6 +196,7 @@ def test_cluster_names_exactly_the_lines_lost_to_a_stopped_aggregator(
     assert sum(f["count"] for f in buffered) == held
     [live, stopped] = report["intake"]
     assert live["difference"] == 0 and stopped["received"] is None
+    assert report["between"]["difference"] == 0 and report["between"]["unread"] == 1
     assert stopped["dropped_at_proxies"]["destination_down"] == report["summary"]["lines_lost"]
 
     code, text = run_tool(*cluster.urls())
