@@ -81,6 +81,12 @@ class AggregatorAdmin:
         self.config_fingerprint = config_fingerprint(
             format_toml(config, plain=plain_value), SECRET_KEYS)
 
+    def reconfigure(self, config: AggregatorConfig) -> None:
+        """A reload applied ``config``: /status shows its fingerprint and interval."""
+        self.config = config
+        self.config_fingerprint = config_fingerprint(
+            format_toml(config, plain=plain_value), SECRET_KEYS)
+
     # -- the parts --------------------------------------------------------------------------
 
     def carbon_nodes(self) -> list[tuple[str, str, str]]:

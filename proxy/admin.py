@@ -111,6 +111,12 @@ class ProxyAdmin:
         self.config_fingerprint = config_fingerprint(
             format_toml(config, plain=plain_value), SECRET_KEYS)
 
+    def reconfigure(self, config: ProxyConfig) -> None:
+        """A reload applied ``config``: /status shows its fingerprint."""
+        self.config = config
+        self.config_fingerprint = config_fingerprint(
+            format_toml(config, plain=plain_value), SECRET_KEYS)
+
     def readings(self) -> list[Reading]:
         return [*self.pipeline.readings(),
                 *read("proxy", "self", SelfMetricsStatistics(self.self_lines))]

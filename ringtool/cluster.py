@@ -22,6 +22,7 @@ What the report holds (its attributes, and the same keys in JSON):
 * ``edges``: one per (daemon, member): proxy -> aggregator and aggregator -> Carbon node,
   with the lines sent, buffered (and the buffer's capacity) and dropped by reason, and the
   member's state as that daemon sees it.
+* ``between`` (JSON; `between_tiers`): the proxy -> aggregator hop as a whole.
 * ``intake``: per aggregator (`AggregatorIntake`, by position: the i-th ``--aggregator`` is
   the proxies' member i, the order of their ``aggregator`` list) what the proxies sent it,
   what it received (``lines_in``), the difference (lost between the tiers: the aggregator
@@ -67,12 +68,12 @@ from .clustermodel import (
     StatusAnswer,
     TierSummary,
     add_counts,
-    parse_answer,
 )
+from .clusterstatus import parse_answer
 
 __all__ = ["AGGREGATOR", "PROBLEMS", "PROXY", "AggregatorIntake", "CarbonNodeView",
            "ClusterReport", "ClusterSample", "DaemonView", "Edge", "Finding",
-           "StatusAnswer", "TierSummary", "build_report", "report_json"]
+           "StatusAnswer", "TierSummary", "between_tiers", "build_report", "report_json"]
 
 #: The JSON report's shape (docs/cluster.md); readers ignore keys they do not know.
 REPORT_SCHEMA: Final = 1
@@ -239,6 +240,19 @@ def build_report(sample: ClusterSample, *, previous: ClusterSample | None = None
         findings=tuple(findings))
 
 
+def between_tiers(report: ClusterReport) -> dict[str, int]:
+    """The proxy -> aggregator hop as a whole: ``sent`` (by the proxies, to every
+    aggregator), ``sent_to_read`` (to the aggregators that could be read), ``received`` (by
+    those), ``difference`` (``sent_to_read - received``: positive is lost between the tiers,
+    negative came from elsewhere) and ``unread`` (aggregator positions not read)."""
+    read = [i for i in report.intake if i.received is not None]
+    sent_to_read = sum(i.sent for i in read)
+    received = sum(i.received or 0 for i in read)
+    return {"sent": sum(i.sent for i in report.intake), "sent_to_read": sent_to_read,
+            "received": received, "difference": sent_to_read - received,
+            "unread": len(report.intake) - len(read)}
+
+
 def report_json(report: ClusterReport) -> dict[str, Any]:
     """The report as one JSON object (docs/cluster.md, "The JSON report")."""
     lost_lines = sum(f.count or 0 for f in report.findings
@@ -258,6 +272,7 @@ def report_json(report: ClusterReport) -> dict[str, Any]:
             "diverged": sum(1 for f in report.findings if f.kind == "diverged"),
             "problems": sum(1 for f in report.findings if f.kind in PROBLEMS)},
         "tiers": {name: summary.as_json() for name, summary in report.tiers.items()},
+        "between": between_tiers(report),
         "daemons": [d.as_json() for d in report.daemons],
         "edges": [attrs.asdict(e) for e in report.edges],
         "intake": [i.as_json() for i in report.intake],

@@ -1,9 +1,6 @@
-"""The values of the cluster report (`ringtool.cluster`), and reading one /status document.
-
-A /status document (docs/admin.md, "GET /status") is read defensively: keys this reader does
-not know are ignored, a missing counter is 0, and a document that is not an object, has
-another ``schema`` or a key of the wrong type makes that daemon a ``bad_status`` (named in
-the report, never a crash).
+"""The values of the cluster report (`ringtool.cluster`): the answers as read, each daemon
+as the report sees it, and what the report found. `ringtool.clusterstatus` reads the
+/status documents into them.
 
 Pure: no I/O.
 """
@@ -18,8 +15,6 @@ import attrs
 PROXY: Final = "proxy"
 AGGREGATOR: Final = "aggregator"
 CARBON: Final = "carbon"
-#: The /status schema this reader understands.
-STATUS_SCHEMA: Final = 1
 #: The drop reason of datagrams the kernel dropped (a count of datagrams, not lines).
 KERNEL_OVERFLOW: Final = "kernel_overflow"
 #: The finding kinds that are problems (exit status 1).
@@ -90,24 +85,6 @@ def add_counts(parts: Iterable[Counts]) -> Counts:
     return Counts(**total)
 
 
-def _minus(now: Mapping[str, int], then: Mapping[str, int]) -> dict[str, int]:
-    return {key: value - then.get(key, 0) for key, value in now.items()}
-
-
-def subtract_counts(now: Counts, then: Counts) -> Counts:
-    """The counters' growth from ``then`` to ``now``; levels stay ``now``'s."""
-    changes: dict[str, Any] = {}
-    for field in attrs.fields(Counts):
-        a, b = getattr(now, field.name), getattr(then, field.name)
-        if field.name in LEVELS:
-            changes[field.name] = a
-        elif isinstance(a, Mapping):
-            changes[field.name] = _minus(a, b)
-        else:
-            changes[field.name] = a - b
-    return Counts(**changes)
-
-
 @attrs.frozen
 class MemberView:
     """One member of a daemon's /status: a proxy's aggregator, an aggregator's Carbon
@@ -128,13 +105,6 @@ class MemberView:
         out = attrs.asdict(self)
         out["dropped_lines"] = dict(self.dropped_lines)
         return out
-
-
-def subtract_member(now: MemberView, then: MemberView | None) -> MemberView:
-    if then is None:
-        return now
-    return attrs.evolve(now, sent_lines=now.sent_lines - then.sent_lines,
-                        dropped_lines=_minus(now.dropped_lines, then.dropped_lines))
 
 
 @attrs.frozen
@@ -184,131 +154,6 @@ class DaemonView:
         out["members"] = [m.as_json() for m in self.members]
         out["name"] = self.name
         return out
-
-
-class BadStatus(ValueError):
-    """A /status document this reader cannot use."""
-
-
-def _int(data: Mapping[str, Any], key: str) -> int:
-    value = data.get(key, 0)
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadStatus(f"{key} is {value!r}, not a number")
-    return int(value)
-
-
-def _by_reason(data: Mapping[str, Any], key: str) -> dict[str, int]:
-    value = data.get(key) or {}
-    if not isinstance(value, Mapping):
-        raise BadStatus(f"{key} is {value!r}, not an object")
-    return {str(reason): _int(value, reason) for reason in value}
-
-
-def _str(data: Mapping[str, Any], key: str) -> str:
-    value = data.get(key, "")
-    return "" if value is None else str(value)
-
-
-def _float(data: Mapping[str, Any], key: str) -> float | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadStatus(f"{key} is {value!r}, not a number")
-    return float(value)
-
-
-def parse_counts(data: Any) -> Counts:
-    if not isinstance(data, Mapping):
-        raise BadStatus("totals is not an object")
-    return Counts(lines_in=_int(data, "lines_in"), lines_out=_int(data, "lines_out"),
-                  buffered_lines=_int(data, "buffered_lines"),
-                  dropped_lines=_by_reason(data, "dropped_lines"),
-                  points_flushed=_int(data, "points_flushed"),
-                  points_sent=_int(data, "points_sent"),
-                  points_buffered=_int(data, "points_buffered"),
-                  points_dropped=_by_reason(data, "points_dropped"),
-                  self_lines=_int(data, "self_lines"))
-
-
-def parse_member(data: Any) -> MemberView:
-    if not isinstance(data, Mapping):
-        raise BadStatus("a member is not an object")
-    capacity = data.get("buffer_capacity_lines")
-    return MemberView(kind=_str(data, "kind"), index=_int(data, "index"),
-                      name=_str(data, "name"), address=_str(data, "address"),
-                      state=_str(data, "state") or "up", reason=_str(data, "reason"),
-                      sent_lines=_int(data, "sent_lines"),
-                      buffered_lines=_int(data, "buffered_lines"),
-                      buffer_capacity_lines=None if capacity is None
-                      else _int(data, "buffer_capacity_lines"),
-                      dropped_lines=_by_reason(data, "dropped_lines"))
-
-
-def parse_status(answer: StatusAnswer) -> DaemonView:
-    """The `DaemonView` of one document.
-
-    Raises:
-        BadStatus: for a document this reader cannot use (the module docstring).
-    """
-    doc = answer.document
-    if not isinstance(doc, Mapping):
-        raise BadStatus("the answer is not a JSON object")
-    if doc.get("schema") != STATUS_SCHEMA:
-        raise BadStatus(f"schema {doc.get('schema')!r}: this tool reads schema "
-                        f"{STATUS_SCHEMA}")
-    fingerprints = doc.get("fingerprints") or {}
-    members = doc.get("members") or []
-    rates = doc.get("rates") or {}
-    not_ready = doc.get("not_ready") or []
-    if not isinstance(fingerprints, Mapping) or not isinstance(members, list) \
-            or not isinstance(rates, Mapping) or not isinstance(not_ready, list):
-        raise BadStatus("fingerprints, members, rates or not_ready of the wrong type")
-    pid = doc.get("pid")
-    return DaemonView(
-        url=answer.url, tier=answer.tier, position=answer.position, reachable=True,
-        role=_str(doc, "role"), identity=_str(doc, "identity"), version=_str(doc, "version"),
-        pid=pid if isinstance(pid, int) else None, started=_float(doc, "started"),
-        uptime_seconds=_float(doc, "uptime_seconds"), health=_str(doc, "health"),
-        ready=doc.get("ready") is True, not_ready=tuple(str(r) for r in not_ready),
-        flush_interval=_float(doc, "flush_interval"),
-        membership=_str(fingerprints, "membership"), config=_str(fingerprints, "config"),
-        workers=_int(doc, "workers") or 1, totals=parse_counts(doc.get("totals") or {}),
-        rates=dict(rates), members=tuple(parse_member(m) for m in members))
-
-
-def parse_answer(answer: StatusAnswer, before: StatusAnswer | None) -> DaemonView:
-    """The `DaemonView` of ``answer``; with ``before`` (the window's first reading of the
-    same daemon), its counters over the window.
-
-    An error, a bad document or a daemon of another role than its tier is an unreachable
-    view whose ``error_kind`` is ``unreachable`` or ``bad_status``.
-    """
-    unreachable = DaemonView(url=answer.url, tier=answer.tier, position=answer.position,
-                             reachable=False)
-    if answer.error is not None:
-        return attrs.evolve(unreachable, error=answer.error, error_kind="unreachable")
-    try:
-        view = parse_status(answer)
-    except BadStatus as exc:
-        return attrs.evolve(unreachable, error=str(exc), error_kind="bad_status")
-    if view.role != answer.tier:
-        return attrs.evolve(unreachable, identity=view.identity, error_kind="bad_status",
-                            error=f"listed as a {answer.tier}, but its role is {view.role!r}")
-    if before is None:
-        return view
-    try:
-        first = parse_status(before) if before.error is None else None
-    except BadStatus:
-        first = None
-    if first is None or (first.pid, first.started) != (view.pid, view.started):
-        return attrs.evolve(view, restarted=first is not None)
-    old = {(m.kind, m.index, m.name): m for m in first.members}
-    return attrs.evolve(view, windowed=True, totals=subtract_counts(view.totals, first.totals),
-                        members=tuple(subtract_member(m, old.get((m.kind, m.index, m.name)))
-                                      for m in view.members))
 
 
 @attrs.frozen

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .cluster import report_json
+from .cluster import between_tiers, report_json
 from .clustermodel import AGGREGATOR, PROBLEMS, PROXY, ClusterReport, Finding
 
 
@@ -53,6 +53,11 @@ def format_report(report: ClusterReport) -> list[str]:
             lines.append(f"  points: flushed {t.points_flushed}, sent {t.points_sent}, "
                          f"buffered {t.points_buffered}, dropped {_reasons(t.points_dropped)}")
     if report.intake:
+        b = between_tiers(report)
+        unread = f" ({b['unread']} aggregator(s) not read: {b['sent'] - b['sent_to_read']} " \
+                 "lines sent to them unchecked)" if b["unread"] else ""
+        lines.append(f"between proxies and aggregators: sent {b['sent_to_read']}, received "
+                     f"{b['received']}, difference {b['difference']}{unread}")
         lines.append("aggregator intake (the proxies' member order):")
     for i in report.intake:
         received = ("unknown (not read)" if i.received is None else str(i.received))

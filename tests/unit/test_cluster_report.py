@@ -52,6 +52,8 @@ def test_clean_cluster_is_ok_and_accounts_each_tier() -> None:
     data = report_json(report)
     json.dumps(data)  # plain JSON
     assert data["ok"] is True and data["summary"]["lines_lost"] == 0
+    assert data["between"] == {"sent": 200, "sent_to_read": 200, "received": 200,
+                               "difference": 0, "unread": 0}
     assert data["fingerprints"]["aggregator"] == {
         "ring": ["http://aggregator0:1", "http://aggregator1:1"]}
 
@@ -77,6 +79,8 @@ def test_down_aggregator_names_each_proxys_drops_for_it() -> None:
     intake = report.intake[1]
     assert intake.received is None and intake.buffered_at_proxies == 5
     assert intake.dropped_at_proxies == {"destination_down": 25}
+    assert report_json(report)["between"] == {"sent": 200, "sent_to_read": 120,
+                                              "received": 120, "difference": 0, "unread": 1}
     assert report_json(report)["summary"] == {"lines_lost": 25, "points_lost": 0,
                                               "unreachable": 1, "diverged": 0, "problems": 2}
 
