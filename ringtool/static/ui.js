@@ -10,7 +10,7 @@
   const REFRESH_MS = 2000;
   const SVG = "http://www.w3.org/2000/svg";
   const NODE_W = 250;
-  const MIN_NODE_H = 86;
+  const MIN_NODE_H = 100;
   const LABEL_W = 150;
   const LABEL_H = 28;
   const COLUMN_X = [10, 480, 950];
@@ -136,6 +136,11 @@
       }
     }
     aggregators.sort((a, b) => a.position - b.position);
+    // What the proxies sent each aggregator and what it counted (the report's intake).
+    for (const i of report.intake || []) {
+      const a = byPosition.get(i.position);
+      if (a) a.intake = { sent: i.sent, received: i.received, difference: i.difference };
+    }
 
     for (const n of report.carbon_nodes || []) seen.carbon.set(n.name, n.address);
     const reported = new Map((report.carbon_nodes || []).map((n) => [n.name, n]));
@@ -243,9 +248,20 @@
       const live = n.inRate !== null ? fmt(n.inRate) : fmt(n.intervalIn);
       figures = "in " + live + "/s  total " + fmt(n.linesIn) + "  dropped " + fmt(n.dropped);
     }
-    text(g, x, n.y + 63, figures, "figures");
+    let y = n.y + 63;  // the optional lines follow one another
+    if (figures) {
+      text(g, x, y, figures, "figures");
+      y += 15;
+    }
+    if (n.intake) {
+      const i = n.intake;
+      const got = i.received === null ? "?" : fmt(i.received);
+      text(g, x, y, "proxies sent " + fmt(i.sent) + ", received " + got,
+        i.difference > 0 ? "intake missing" : "intake");
+      y += 15;
+    }
     if (n.membership) {
-      text(g, x, n.y + 78, (n.diverged ? "\u2260 " : "") + "membership " +
+      text(g, x, y, (n.diverged ? "\u2260 " : "") + "membership " +
         n.membership.slice(0, 12), "fingerprint");
     }
     const tip = el("title", {}, g);
@@ -338,6 +354,16 @@
     const a = tiers.aggregator || {};
     const counts = `${p.reachable ?? 0}/${p.daemons ?? 0} proxies, ` +
       `${a.reachable ?? 0}/${a.daemons ?? 0} aggregators up`;
+    const b = report.between;
+    if (b) {
+      const gap = b.difference === null || b.difference === undefined ? "unknown"
+        : fmt(b.difference);
+      setText("between", `proxies -> aggregators: sent ${fmt(b.sent)}, received ` +
+        `${fmt(b.received)} of the ${fmt(b.sent_to_read)} sent to those read, ` +
+        `not received ${gap}` + (b.unread && b.unread.length
+          ? `, ${b.unread.length} aggregator(s) not read` : ""),
+        b.difference > 0 ? "between missing" : "between");
+    }
     if (report.ok) setText("summary", "OK: nothing lost, all agree; " + counts, "summary ok");
     else setText("summary", "PROBLEMS: " + parts.join(", ") + "; " + counts, "summary bad");
   }

@@ -145,6 +145,8 @@ def test_page_draws_hand_made_documents_and_follows_their_changes(
             assert float(str(fill.get_attribute("width"))) == pytest.approx(75, abs=1)
             a0 = nodes(driver)[f"aggregator|{daemons['a0'].url}"]
             assert a0["lines_in"] == "450" and "total 450" in a0["text"]
+            assert "proxies sent 450, received 450" in a0["text"]
+            assert text_of(driver, "between").startswith("proxies -> aggregators: sent 840")
 
             # a1 stops answering: drawn down (red) within 6 s, its identity kept.
             daemons["a1"].stop()
