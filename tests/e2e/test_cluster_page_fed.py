@@ -160,6 +160,13 @@ def test_page_draws_hand_made_documents_and_follows_their_changes(
             findings = driver.find_elements(By.CSS_SELECTOR, "#findings li.unreachable")
             assert any(daemons["a1"].url in f.text for f in findings)
             save_screenshot(driver, tmp_path, "cluster_page_fed")
+            # The page server itself stops: the picture stays, marked stale.
+            assert ui.stop() == 0, ui.describe()
+            wait_for("the picture marked stale", lambda: "stale" in text_of(driver, "updated"),
+                     6, driver)
+            assert nodes(driver)[key]["state"] == "down"
+        stopped = [line for line in ui.log_text(None).splitlines() if "event=stopped" in line]
+        assert stopped and "readings=" in stopped[0], ui.describe()
     finally:
         ui.stop()
 
