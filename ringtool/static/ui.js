@@ -8,6 +8,7 @@
 
 (function () {
   const REFRESH_MS = 2000;
+  const FETCH_TIMEOUT_MS = 10000;  // the server bounds each daemon's answer well below this
   const SVG = "http://www.w3.org/2000/svg";
   const NODE_W = 250;
   const MIN_NODE_H = 100;
@@ -428,14 +429,22 @@
   }
 
   async function refresh(seen) {
+    // A page server that stops answering must not stop the refreshes: give up on a reading
+    // after FETCH_TIMEOUT_MS and try again.
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), FETCH_TIMEOUT_MS);
     try {
-      const answer = await fetch("cluster.json", { cache: "no-store" });
+      const answer = await fetch("cluster.json", { cache: "no-store",
+                                                   signal: controller.signal });
       if (!answer.ok) throw new Error("HTTP " + answer.status);
       draw(seen, await answer.json());
     } catch (err) {
-      setText("updated", "cannot read cluster.json (" + err.message +
-        "): the picture is stale", "updated stale");
+      const why = err.name === "AbortError" ? "no answer in " + FETCH_TIMEOUT_MS / 1000 + " s"
+        : err.message;
+      setText("updated", "cannot read cluster.json (" + why + "): the picture is stale",
+        "updated stale");
     } finally {
+      clearTimeout(timer);
       setTimeout(refresh, REFRESH_MS, seen);
     }
   }
