@@ -37,7 +37,7 @@ from common.config import format_toml
 from common.httproutes import HTTPError
 from common.listener import BoundSocket
 from common.mgmt_server import PeerUnavailable
-from common.netstat import udp_socket_drops
+from common.netstat import udp_drops_total
 from common.stats import Reading, path_component
 
 from .accounting import aggregator_totals, carbon_members, parse_stats_text
@@ -185,11 +185,8 @@ class AggregatorAdmin:
 
     def read_kernel_drops(self, sockets: Sequence[BoundSocket]) -> None:
         """The kernel's drop count of the UDP sockets this process reads."""
-        total = 0
-        for b in sockets:
-            if b.url.scheme == "udp":
-                total += udp_socket_drops(b.sock) or 0
-        self.components.intake.kernel_drops = total
+        self.components.intake.kernel_drops = udp_drops_total(
+            b.sock for b in sockets if b.url.scheme == "udp")
 
 
 def _like(shape: Reading, value: object) -> Reading:

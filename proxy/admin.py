@@ -47,7 +47,7 @@ from common.admin.status import (
 from common.cli import package_version
 from common.config import format_toml
 from common.listener import BoundSocket
-from common.netstat import udp_socket_drops
+from common.netstat import udp_drops_total
 from common.protocol import LineParser
 from common.shard import worker_index
 from common.stats import Reading, counter, numeric, read
@@ -192,8 +192,8 @@ class ProxyAdmin:
     # -- the interval tasks ---------------------------------------------------------------
 
     def read_kernel_drops(self, sockets: Sequence[BoundSocket]) -> None:
-        self.pipeline.intake.kernel_drops = sum(
-            udp_socket_drops(b.sock) or 0 for b in sockets if b.url.scheme == "udp")
+        self.pipeline.intake.kernel_drops = udp_drops_total(
+            b.sock for b in sockets if b.url.scheme == "udp")
 
     def send_self_metrics(self) -> None:
         block = format_self_lines(self.identity, self.readings())

@@ -115,7 +115,10 @@ def test_aggregator_serves_every_endpoint_and_accounts_every_line(
         assert (member["kind"], member["name"], member["state"]) == (
             "carbon", f"127.0.0.1:{sink.port}", "up")
         assert member["sent_lines"] == status["totals"]["points_sent"]
-        assert status["figures"]["aggregator.ledger.bad_lines"] >= 0
+        assert sum(v for k, v in status["figures"].items()  # worker.<i>. prefixes too
+                   if k.endswith("aggregator.ledger.bad_lines")) == BAD
+        assert status["totals"]["dropped_lines"]["kernel_overflow"] == \
+            status["figures"]["aggregator.intake.kernel_drops"]
         wait_until(lambda: proc.status()["rates"]["interval_seconds"] > 0, 10,
                    message="a completed interval")
 
