@@ -191,3 +191,9 @@ def test_aggregator_totals_count_auth_refusals_as_received() -> None:
     totals = aggregator_totals(values)
     assert (totals.lines_in, totals.lines_out, totals.dropped_lines["auth_missing"]) == (
         5, 3, 2)
+
+
+def test_prometheus_skips_a_number_that_is_not_one() -> None:
+    good = Reading("a.b.c", 1, COUNTER, role="proxy", component="router", measure="c")
+    bad = Reading("a.b.d", "never", COUNTER, role="proxy", component="router", measure="d")
+    assert set(families(format_metrics([({}, good), ({}, bad)]))) == {"tallyd_proxy_router_c"}
