@@ -143,7 +143,8 @@ async def serve(
         admin = AggregatorAdmin(config, components, mgmt, flusher,
                                 identity=admin_identity(config),
                                 workers=worker.count if worker else 1, peers=sockets.peers,
-                                wall_clock=wall_clock)
+                                index=worker.index if worker else 0, wall_clock=wall_clock)
+        mgmt.route_lookup = admin.local_route
         async with trio.open_nursery() as nursery:
             for backend in components.backends:
                 nursery.start_soon(backend.run)
