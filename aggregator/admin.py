@@ -5,7 +5,8 @@ With several workers, worker 0 serves the HTTP port (the supervisor bound it) an
 every other worker for its figures over the management peers (their ``stats`` answer,
 `aggregator.mgmt.WorkerMgmtPeers`); /status adds the workers' totals and Carbon figures
 up, /metrics labels each worker's figures with ``worker``. A worker that does not answer
-is named in ``not_ready`` (``worker_<i>_unreachable``) and left out.
+is named in ``not_ready`` (``worker_<i>_unreachable``) and left out. /route/<name> asks
+the worker that owns the name (``route NAME`` on its management socket) for its values.
 
 `run_accounting` reads the kernel's drop count of this process's UDP sockets every flush
 interval and, where the HTTP port is served, samples the totals for the rates.
@@ -15,6 +16,7 @@ SHELL.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -36,8 +38,9 @@ from common.cli import package_version
 from common.config import format_toml
 from common.httproutes import HTTPError
 from common.listener import BoundSocket
+from common.mgmt import END
 from common.mgmt_server import PeerUnavailable
-from common.netstat import udp_socket_drops
+from common.netstat import udp_drops_total
 from common.stats import Reading, path_component
 
 from .accounting import aggregator_totals, carbon_members, parse_stats_text
@@ -59,12 +62,13 @@ class AggregatorAdmin:
         identity: the aggregator's identity (its workers' self-metric names add ``-w<i>``).
         workers: W.
         peers: worker 0's way to the other workers (None: a single process, or not 0).
+        index: this process's worker index (0 for a single process).
         wall_clock: epoch seconds.
     """
 
     def __init__(self, config: AggregatorConfig, components: Components, mgmt: AggregatorMgmt,
                  flusher: Flusher, *, identity: str, workers: int = 1,
-                 peers: WorkerMgmtPeers | None = None,
+                 peers: WorkerMgmtPeers | None = None, index: int = 0,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.components = components
@@ -73,6 +77,7 @@ class AggregatorAdmin:
         self.identity = identity
         self.workers = workers
         self.peers = peers
+        self.index = index
         self.wall_clock = wall_clock
         self.started = wall_clock()
         self.serving = False
@@ -169,27 +174,37 @@ class AggregatorAdmin:
         return format_metrics(({"worker": str(index)} if several else {}, reading)
                               for index, readings, _ in parts for reading in readings)
 
-    async def route(self, name: str) -> dict[str, Any] | None:
+    def local_route(self, name: str) -> dict[str, Any] | None:
+        """Where ``name`` goes as this process sees it (its values only if it owns it)."""
         carbon = self.components.carbon
         now = self.wall_clock()
-        found = lookup_name(
+        return lookup_name(
             name, accumulator=self.components.accumulator, naming=self.flusher.renderer.naming,
             ring=carbon.placement.ring if carbon is not None else None, workers=self.workers,
             timestamp=int(next_boundary(now, self.config.flush_interval)),
-            interval=self.config.flush_interval)
+            interval=self.config.flush_interval, here=self.index)
+
+    async def route(self, name: str) -> dict[str, Any] | None:
+        found = self.local_route(name)
         if found is None:
             raise HTTPError(400, "bad_name", "no usable metric name")
-        return found
+        owner = found["worker"]
+        if self.peers is None or owner == self.index or owner not in self.peers.addresses:
+            return found
+        try:
+            reply = await self.peers.ask_one(owner, f"route {name}")
+            theirs = json.loads(reply.removesuffix(END).strip())
+        except (PeerUnavailable, ValueError):
+            found["values_note"] = f"worker {owner} did not answer"
+            return found
+        return theirs if isinstance(theirs, dict) and "paths" in theirs else found
 
     # -- the interval task --------------------------------------------------------------
 
     def read_kernel_drops(self, sockets: Sequence[BoundSocket]) -> None:
         """The kernel's drop count of the UDP sockets this process reads."""
-        total = 0
-        for b in sockets:
-            if b.url.scheme == "udp":
-                total += udp_socket_drops(b.sock) or 0
-        self.components.intake.kernel_drops = total
+        self.components.intake.kernel_drops = udp_drops_total(
+            b.sock for b in sockets if b.url.scheme == "udp")
 
 
 def _like(shape: Reading, value: object) -> Reading:

@@ -11,7 +11,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import attrs
@@ -61,6 +61,13 @@ class AggregatorMgmt:
         self.accumulator = components.accumulator
         self.health = config.health_status
         self.started = time.time()
+        #: Where a name goes, as this worker sees it (`aggregator.admin`; None: not set).
+        self.route_lookup: Callable[[str], dict[str, Any] | None] | None = None
+
+    def route_text(self, name: str) -> str:
+        """The answer to ``route NAME``: one JSON line."""
+        found = self.route_lookup(name) if self.route_lookup is not None else None
+        return json.dumps(found if found is not None else {"name": name, "error": "no route"})
 
     def stats_lines(self) -> Sequence[tuple[str, object]]:
         """Etsy's lines, then every tallyd figure by its full name."""

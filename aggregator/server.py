@@ -6,6 +6,8 @@ Wiring, all inside one nursery owned by `serve`:
         (the ledger, single-threaded; with several workers, through the exchange)
     Flusher (every interval) --swap--> render --> each Backend (Carbon senders, console)
     mgmt TCP (Etsy's management protocol), bad-line reporter, reloads (from the CLI)
+    HTTP admin (`aggregator.admin`: /status, /metrics, ...; worker 0 of several) and the
+        accounting task (kernel drops and the /status rates, every interval)
 
 `serve` reads top to bottom: bind the sockets, build the components, start the tasks,
 wait for the stop, stop gracefully. Graceful stop (SIGTERM, or ``shutdown_trigger``
@@ -143,7 +145,8 @@ async def serve(
         admin = AggregatorAdmin(config, components, mgmt, flusher,
                                 identity=admin_identity(config),
                                 workers=worker.count if worker else 1, peers=sockets.peers,
-                                wall_clock=wall_clock)
+                                index=worker.index if worker else 0, wall_clock=wall_clock)
+        mgmt.route_lookup = admin.local_route
         async with trio.open_nursery() as nursery:
             for backend in components.backends:
                 nursery.start_soon(backend.run)

@@ -75,8 +75,10 @@ PROXY_STATSD_PORT: Final = 8135
 PROXY_MGMT_PORT: Final = 8136
 #: The aggregator's HTTP admin (/status, /metrics, ...): next to its management port.
 AGGREGATOR_HTTP_PORT: Final = 8127
-#: The proxy's HTTP admin; process i of ``--processes`` uses this + i.
-PROXY_HTTP_PORT: Final = 8137
+#: The proxy's HTTP admin; process i of ``--processes`` uses this + i. Not 8137: process i's
+#: management port is 8136 + i, so 8137 + i would be process i + 1's; 8237 + i stays clear
+#: of them for up to 100 processes (the setting allows 256: give those an explicit port).
+PROXY_HTTP_PORT: Final = 8237
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 

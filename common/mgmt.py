@@ -77,6 +77,20 @@ class WorkersTarget(Protocol):
     endpoint_ports: Sequence[int]
 
 
+#: A command help does not list: ``route NAME`` answers one JSON line (where the name goes,
+#: and its values on the worker that owns it), then `END`; worker 0 asks the owner with it
+#: for the HTTP ``/route/<name>`` (docs/admin.md).
+ROUTE_COMMAND: Final = "route"
+
+
+@runtime_checkable
+class RouteTarget(Protocol):
+    """A daemon that answers ``route NAME`` (the aggregator)."""
+
+    def route_text(self, name: str) -> str:
+        """One JSON line for ``name``."""
+
+
 def format_workers(workers: int, ports: Sequence[int]) -> str:
     """The answer to ``workers``: ``workers: W HASH [PORT0 PORT1 ...]``, one line, HASH
     `common.shard.WORKER_HASH`; the W ports in worker order, or none."""
@@ -125,6 +139,10 @@ def handle_command(line: str, target: MgmtTarget) -> tuple[str, bool]:
     if not words:
         return "", False
     cmd, args = words[0], words[1:]
+    if cmd == ROUTE_COMMAND and isinstance(target, RouteTarget):
+        if len(args) != 1:
+            return "ERROR route takes one metric name\n", False
+        return target.route_text(args[0]) + "\n" + END, False
     if cmd not in target.commands:
         return unknown_command(cmd, target.commands), False
     if cmd == "quit":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 
 def udp_rows() -> Iterator[list[str]]:
@@ -42,6 +42,11 @@ def udp_socket_drops(sock: socket.socket) -> int | None:
         if cols[9] == inode:
             return int(cols[-1])
     return None
+
+
+def udp_drops_total(socks: Iterable[socket.socket]) -> int:
+    """The kernel's drop counts of ``socks`` (UDP sockets) summed; 0 where unavailable."""
+    return sum(udp_socket_drops(sock) or 0 for sock in socks)
 
 
 def read_sysctl(name: str, *, root: str = "/proc/sys") -> int | None:

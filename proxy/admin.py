@@ -47,7 +47,7 @@ from common.admin.status import (
 from common.cli import package_version
 from common.config import format_toml
 from common.listener import BoundSocket
-from common.netstat import udp_socket_drops
+from common.netstat import udp_drops_total
 from common.protocol import LineParser
 from common.shard import worker_index
 from common.stats import Reading, counter, numeric, read
@@ -69,8 +69,8 @@ def proxy_identity(config: ProxyConfig, process_index: int) -> str:
 
 
 def interval_of(config: ProxyConfig) -> float:
-    """The proxy's interval: the aggregators' ``flush_interval`` when the proxy has that
-    setting, else ``self_metrics_interval``."""
+    """The ``flush_interval`` /status shows: the proxy's setting of that name (the
+    aggregators' interval) when it has one, else ``self_metrics_interval``."""
     value = getattr(config, "flush_interval", None)
     return float(value) if value else float(config.self_metrics_interval)
 
@@ -192,8 +192,8 @@ class ProxyAdmin:
     # -- the interval tasks ---------------------------------------------------------------
 
     def read_kernel_drops(self, sockets: Sequence[BoundSocket]) -> None:
-        self.pipeline.intake.kernel_drops = sum(
-            udp_socket_drops(b.sock) or 0 for b in sockets if b.url.scheme == "udp")
+        self.pipeline.intake.kernel_drops = udp_drops_total(
+            b.sock for b in sockets if b.url.scheme == "udp")
 
     def send_self_metrics(self) -> None:
         block = format_self_lines(self.identity, self.readings())
@@ -203,13 +203,13 @@ class ProxyAdmin:
 
 
 async def run_proxy_intervals(admin: ProxyAdmin, sockets: Sequence[BoundSocket]) -> None:
-    """Every interval: read the kernel drops, sample the rates and, with ``self_metrics``,
-    send the self-metrics. Until cancelled.
+    """Every ``self_metrics_interval``: read the kernel drops, sample the rates and, with
+    ``self_metrics``, send the self-metrics. Until cancelled.
 
     The proxy keeps no wall-clock boundaries (its lines carry no timestamp), so the
     interval is trio's clock: an aggregator's flush holds one value of each gauge whatever
     the phase."""
-    interval = interval_of(admin.config)
+    interval = admin.config.self_metrics_interval
     admin.read_kernel_drops(sockets)
     admin.rates.sample(trio.current_time(), admin.totals())
     deadline = trio.current_time()

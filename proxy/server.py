@@ -9,7 +9,8 @@
 3. `start_components`: resolve every aggregator's address, ask the UDP ones with an admin
    port for their workers (`proxy.workers`), then run each forwarder, its
    health monitor, the resolver (DNS), the tail flusher, the drop reporter and the admin
-   server;
+   server; then the HTTP admin (`proxy.admin`) and its interval task (self-metrics, kernel
+   drops, rates);
 4. `run_intake`: every intake socket, in a cancel scope of its own;
 5. `stop` (``shutdown_trigger`` returned): health goes ``down``, the intake closes after
    reading what the kernel already queued, every pending line is sent, and the forwarders

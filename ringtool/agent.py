@@ -32,7 +32,6 @@ import hmac
 import json
 import logging
 import os
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -41,9 +40,7 @@ from typing import Final
 import attrs
 import trio
 
-from common.admin.prometheus import format_readings
 from common.admin.routes import admin_routes
-from common.admin.status import StatusFacts, build_status, config_fingerprint
 from common.cli import package_version
 from common.httpclient import HTTPClientError, split_url
 from common.httproutes import (
@@ -60,6 +57,7 @@ from common.httpserver import Request, serve_http
 from common.logging import RateLimiter, log_event
 from common.stats import Reading, counter, read
 
+from .agentadmin import AgentAdmin
 from .agentfiles import (
     PathRefused,
     delete_locked,
@@ -130,11 +128,19 @@ class Agent:
     def statistics(self) -> AgentStatistics:
         return AgentStatistics(dict(self._requests), dict(self._refused), **self._merge_totals)
 
+    def readings(self) -> list[Reading]:
+        """The agent's figures and its HTTP server's, named (``ring.agent.*``, ``ring.http.*``)."""
+        return [*read("ring", "agent", self.statistics()),
+                *read("ring", "http", self.http.statistics())]
+
     def routes(self) -> list[Route]:
         name = r"/files/(?P<name>[^/]+)"
         upload = self.config.max_upload_bytes
         return [
-            *admin_routes(AgentAdmin(self)),
+            *admin_routes(AgentAdmin(
+                readings=self.readings, data_dir=self.root, version=package_version(),
+                settings=f"data_dir = {self.root!r}\nmax_upload_bytes = "
+                         f"{self.config.max_upload_bytes}\ntoken = {self._token is not None}\n")),
             route("GET", "/version", self._wrap("version", self.version, public=True)),
             route("GET", "/files", self._wrap("list", self.list_files)),
             route(["GET", "HEAD"], name, self._wrap("fetch", self.fetch)),
@@ -305,34 +311,3 @@ async def serve_agent(agent: Agent, *,
     await serve_http(agent.routes(), host=config.host, port=config.port, limits=config.limits,
                      counters=agent.http, task_status=task_status)
 
-
-class AgentAdmin:
-    """The agent as `common.admin.routes.AdminSource`: its counts, no destinations."""
-
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-        self.started = time.time()
-        self.config_fingerprint = config_fingerprint(
-            f"data_dir = {agent.root!r}\nmax_upload_bytes = {agent.config.max_upload_bytes}\n"
-            f"token = {agent.config.token is not None}\n")
-
-    def readings(self) -> list[Reading]:
-        return [*read("ring", "agent", self.agent.statistics()),
-                *read("ring", "http", self.agent.http.statistics())]
-
-    def not_ready(self) -> list[str]:
-        return [] if os.path.isdir(self.agent.root) else ["data_dir_missing"]
-
-    async def status(self) -> dict[str, object]:
-        facts = StatusFacts(
-            role="ring-agent", identity=socket.gethostname().split(".")[0],
-            version=package_version(), pid=os.getpid(), started=self.started, health="up",
-            not_ready=self.not_ready(), flush_interval=None, membership_fingerprint="",
-            config_fingerprint=self.config_fingerprint)
-        return build_status(facts, self.readings(), now=time.time())
-
-    async def metrics(self) -> bytes:
-        return format_readings(self.readings())
-
-    async def route(self, name: str) -> dict[str, object] | None:
-        return None

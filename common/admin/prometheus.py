@@ -77,10 +77,13 @@ def build_families(labelled: Iterable[tuple[Mapping[str, str], Reading]]) -> lis
             continue
         name = metric_name(reading)
         labels = {**extra, **reading_labels(reading)}
-        if reading.kind == COUNTER:
-            kind, sample, value = "counter", f"{name}_total", float(reading.value)
-        elif reading.kind == LEVEL:
-            kind, sample, value = "gauge", name, float(reading.value)
+        if reading.kind in (COUNTER, LEVEL):
+            try:
+                value = float(reading.value)
+            except ValueError:
+                continue  # a number that is not one (another worker's garbled answer)
+            kind, sample = ("counter", f"{name}_total") if reading.kind == COUNTER \
+                else ("gauge", name)
         else:
             kind, sample, value = "info", f"{name}_info", 1.0
             labels["value"] = str(reading.value)

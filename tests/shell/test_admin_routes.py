@@ -8,6 +8,7 @@ real sockets.
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from common.admin.prometheus import CONTENT_TYPE, format_readings
 from common.admin.server import open_admin_listeners, parse_http_address, run_admin_server
 from common.errors import ConfigError
 from common.httpclient import request
+from common.netstat import udp_drops_total
 from common.stats import COUNTER, Reading
 from ringtool.agent import Agent, AgentConfig, serve_agent
 
@@ -128,3 +130,18 @@ async def test_the_ring_agent_serves_the_admin_without_a_token(nursery: trio.Nur
     names = {f.name for f in text_string_to_metric_families(body.decode())}
     assert {"tallyd_ring_agent_refused", "tallyd_ring_http_responses"} <= names
     assert (await request("GET", url + "/route/x"))[0] == 404
+
+
+def test_kernel_drops_of_an_unread_socket_are_counted() -> None:
+    """A socket nobody reads, with a small receive buffer: the kernel drops datagrams past
+    it, and the drops column of /proc/net/udp says how many."""
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    receiver.bind(("127.0.0.1", 0))
+    with receiver, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        assert udp_drops_total([receiver]) == 0
+        for _ in range(500):
+            sender.sendto(b"x" * 512, receiver.getsockname())
+        drops = udp_drops_total([receiver])
+        assert drops > 0
+        assert udp_drops_total([receiver, receiver]) == 2 * drops

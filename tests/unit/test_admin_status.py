@@ -23,6 +23,7 @@ from common.admin.status import (
     totals_from_json,
 )
 from common.httproutes import HTTPError
+from common.mgmt import END, handle_command
 from common.stats import COUNTER, Reading, counter, level, read, text
 
 
@@ -191,3 +192,41 @@ def test_aggregator_totals_count_auth_refusals_as_received() -> None:
     totals = aggregator_totals(values)
     assert (totals.lines_in, totals.lines_out, totals.dropped_lines["auth_missing"]) == (
         5, 3, 2)
+
+
+def test_prometheus_skips_a_number_that_is_not_one() -> None:
+    good = Reading("a.b.c", 1, COUNTER, role="proxy", component="router", measure="c")
+    bad = Reading("a.b.d", "never", COUNTER, role="proxy", component="router", measure="d")
+    assert set(families(format_metrics([({}, good), ({}, bad)]))) == {"tallyd_proxy_router_c"}
+
+
+class RoutingTarget:
+    health = "up"
+    commands = ("stats", "health", "help", "quit")
+
+    def stats_lines(self) -> list[tuple[str, object]]:
+        return []
+
+    def config_lines(self) -> list[tuple[str, object]]:
+        return []
+
+    def dump(self, kind: str) -> str | None:
+        return None
+
+    def delete(self, kind: str, names: object) -> list[str] | None:
+        return None
+
+    def route_text(self, name: str) -> str:
+        return json.dumps({"name": name})
+
+
+class PlainTarget(RoutingTarget):
+    route_text = None  # type: ignore[assignment]
+
+
+def test_route_command_answers_json_then_end_and_stays_out_of_help() -> None:
+    target = RoutingTarget()
+    assert handle_command("route a.b", target) == ('{"name": "a.b"}\n' + END, False)
+    assert handle_command("route", target)[0].startswith("ERROR")
+    assert "route" not in handle_command("help", target)[0]
+    assert handle_command("route a.b", PlainTarget())[0].startswith("ERROR unknown command")

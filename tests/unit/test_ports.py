@@ -20,12 +20,19 @@ def bound_ports(listen: tuple[ListenURL, ...], mgmt: list[int]) -> set[tuple[str
     return ports | {("tcp", port) for port in mgmt}
 
 
+def http_port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
 def test_the_roles_default_ports_do_not_collide() -> None:
     aggregator, proxy = AggregatorConfig(), ProxyConfig()
-    mine = bound_ports(aggregator.listen, [aggregator.mgmt_port])
+    mine = bound_ports(aggregator.listen, [aggregator.mgmt_port, http_port(aggregator.http)])
     theirs = bound_ports(proxy.listen,
-                         [proxy.mgmt_port + i for i in range(PROXY_PROCESSES)])
-    assert mine == {("udp", 8125), ("tcp", 8126)}  # Etsy statsd's, for a drop-in replacement
+                         [port + i for i in range(PROXY_PROCESSES)
+                          for port in (proxy.mgmt_port, http_port(proxy.http))])
+    assert len(theirs) == 1 + 2 * PROXY_PROCESSES  # no process's port is another's
+    # Etsy statsd's, for a drop-in replacement, and the HTTP admin beside them.
+    assert mine == {("udp", 8125), ("tcp", 8126), ("tcp", 8127)}
     assert not mine & theirs
     assert not {port for _, port in mine} & {port for _, port in theirs}  # not even by number
 
@@ -40,3 +47,4 @@ def test_the_ports_table_in_operations_md_is_the_defaults() -> None:
         row = rows[f"`{role}`"]
         assert f"`{config.listen[0]}`" in row, row
         assert f"`{config.mgmt_address}:{config.mgmt_port}`" in row, row
+        assert f"`{config.http}`" in row, row
