@@ -41,7 +41,7 @@ from common.logging import log_event
 LOGGER = logging.getLogger(__name__)
 
 #: The page server's default address: loopback, like every tallyd admin surface; the port is
-#: the next free one after the daemons' admin ports (8127 aggregator, 8137 proxy).
+#: clear of the daemons' admin ports (8127 aggregator, 8237 + i proxy process i).
 DEFAULT_LISTEN: Final = ("127.0.0.1", 8180)
 #: How long one reading of the cluster answers ``/cluster.json``: the page asks every 2 s, so
 #: one browser gets a fresh reading each time, and many browsers share one.
