@@ -94,10 +94,15 @@ def artifact_dir(tmp_path: Path) -> Path:
     return path
 
 
-def save_screenshot(driver: WebDriver, tmp_path: Path, name: str) -> Path:
+def save_screenshot(driver: WebDriver, tmp_path: Path, name: str,
+                    capsys: pytest.CaptureFixture[str]) -> Path:
+    """The page as a PNG in `artifact_dir`; its path is printed past pytest's capture, so
+    that a passing run shows it too."""
     path = artifact_dir(tmp_path) / f"{name}.png"
     assert driver.save_screenshot(str(path)), f"no screenshot written to {path}"
-    print(f"screenshot: {path}")
+    assert path.stat().st_size > 1000, f"{path}: an empty picture"
+    with capsys.disabled():
+        print(f"\nscreenshot: {path}")
     return path
 
 

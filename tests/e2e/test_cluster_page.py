@@ -112,7 +112,7 @@ class Sender(threading.Thread):
 
 
 def test_page_shows_a_real_cluster_live_and_a_killed_aggregator_down(
-        cluster: Cluster, tmp_path: Path) -> None:
+        cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cluster.proxy is not None
     proxy_url = cluster.url(cluster.proxy)
     aggregator_urls = [cluster.url(a) for a in cluster.aggregators]
@@ -165,7 +165,7 @@ def test_page_shows_a_real_cluster_live_and_a_killed_aggregator_down(
             assert "agg1" in nodes(driver)[dead]["text"]  # the identity it last had
             assert "unreachable" in text_of(driver, "summary")
             assert nodes(driver)[f"aggregator|{aggregator_urls[0]}"]["state"] == "up"
-            save_screenshot(driver, tmp_path, "cluster_page")
+            save_screenshot(driver, tmp_path, "cluster_page", capsys)
     finally:
         sender.stop()
         ui.stop()

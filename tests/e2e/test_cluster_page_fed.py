@@ -101,7 +101,8 @@ def daemons() -> Iterator[dict[str, FakeDaemon]]:
 
 
 def test_page_draws_hand_made_documents_and_follows_their_changes(
-        daemons: dict[str, FakeDaemon], tmp_path: Path) -> None:
+        daemons: dict[str, FakeDaemon], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     ui = start_ui([daemons[p].url for p in ("p0", "p1", "p2")],
                   [daemons[a].url for a in ("a0", "a1")])
     try:
@@ -159,7 +160,7 @@ def test_page_draws_hand_made_documents_and_follows_their_changes(
             assert "1 unreachable" in text_of(driver, "summary")
             findings = driver.find_elements(By.CSS_SELECTOR, "#findings li.unreachable")
             assert any(daemons["a1"].url in f.text for f in findings)
-            save_screenshot(driver, tmp_path, "cluster_page_fed")
+            save_screenshot(driver, tmp_path, "cluster_page_fed", capsys)
             # The page server itself stops: the picture stays, marked stale.
             assert ui.stop() == 0, ui.describe()
             wait_for("the picture marked stale", lambda: "stale" in text_of(driver, "updated"),
