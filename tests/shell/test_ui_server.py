@@ -171,3 +171,16 @@ def test_bad_input_is_one_error_line_and_exit_2(argv: list[str], message: str,
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("tallyd-ring: error:") and message in err
+
+
+def test_an_address_in_use_is_one_error_line_and_exit_2(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main(["ui", "--proxy", "http://127.0.0.1:1", "--listen", f"127.0.0.1:{port}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tallyd-ring: error:") and err.count("\n") == 1
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in err
