@@ -9,13 +9,16 @@ import math
 import socket as stdsocket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
 from common.config import config_from_mapping
+from common.errors import ConfigError
 from common.shard import shard_index
+from proxy.cli import ProcessSet, config_from_description, read_reload_file
 from proxy.config import ProxyConfig
 from proxy.membership import membership_fingerprint, parse_aggregator
 from proxy.server import serve
@@ -262,3 +265,50 @@ async def test_a_passed_instant_is_refused_and_a_reload_back_cancels_a_switch(
         "refused", "scheduled", "cancelled"]
     assert len(events(caplog, "membership_schedule_cancelled")) == 1
     assert not events(caplog, "membership_changed")
+
+
+def test_a_supervisor_fixes_one_instant_for_every_child_and_starts_late_ones_pending(
+        tmp_path: Path) -> None:
+    now = [EPOCH + 4.5]
+    a, b = "127.0.0.1:9", "127.0.0.1:10"
+    path = tmp_path / "reload.json"
+    processes = ProcessSet(config=make_config([a]), groups=[[], []], reload_file=str(path),
+                           wall_clock=lambda: now[0])
+    assert processes.reload(lambda: make_config([a, b]))
+    handed = read_reload_file(str(path))
+    assert handed == processes.config
+    assert handed.aggregators_from == EPOCH + 5.0  # the margin (0.3 s) from 4.5: one for all
+    assert path.stat().st_mode & 0o777 == 0o600
+    launch = processes.launch(1, generation=1)  # restarted before the instant
+    assert launch.description["reload_file"] == str(path)
+    assert config_from_description(launch.description["config"]).aggregator == \
+        make_config([a]).aggregator
+    assert config_from_description(launch.description["reload"]) == handed
+    now[0] = EPOCH + 5.0
+    late = processes.launch(1, generation=2)
+    assert "reload" not in late.description
+    assert config_from_description(late.description["config"]) == handed
+
+
+def test_a_supervisor_passes_on_no_reload_that_fails_and_a_reload_back_cancels(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    now = [EPOCH + 1.0]
+    a, b = "127.0.0.1:9", "127.0.0.1:10"
+    path = tmp_path / "reload.json"
+    processes = ProcessSet(config=make_config([a]), groups=[[]], reload_file=str(path),
+                           wall_clock=lambda: now[0])
+
+    def broken() -> ProxyConfig:
+        raise ConfigError("bad file")
+
+    assert not processes.reload(broken)
+    assert not path.exists() and events(caplog, "reload_failed")[0]["error"] == "bad file"
+    assert processes.reload(lambda: make_config([a, b], aggregators_from=EPOCH + 7.2,
+                                                max_datagram_bytes=512))
+    assert processes.config.aggregators_from == EPOCH + 8.0
+    assert processes.config.max_datagram_bytes == make_config([a]).max_datagram_bytes
+    assert "reload" in processes.launch(0, generation=1).description
+    assert processes.reload(lambda: make_config([a]))
+    assert "reload" not in processes.launch(0, generation=2).description
+    assert read_reload_file(str(path)).aggregator == make_config([a]).aggregator
