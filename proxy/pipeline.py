@@ -43,7 +43,7 @@ from .forwarders.tcp import TcpForwarder
 from .forwarders.udp import UdpForwarder
 from .membership import Membership
 from .routing import MAIN, Router
-from .schedule import HeldPackets, MembershipChange
+from .schedule import HeldPackets, MembershipChange, SwitchSchedule, SwitchStatistics
 
 LOGGER = logging.getLogger(__name__)
 
@@ -86,6 +86,9 @@ class Pipeline:
         self.held: HeldPackets | None = None
         #: Forwarders of aggregators a list change removed (their counters stay in totals).
         self.retired: list[Forwarder] = []
+        #: The list change a reload scheduled (set by proxy.switch), and those applied.
+        self.scheduled: SwitchSchedule | None = None
+        self.switches = 0
         self.keep_tails = config.max_batch_delay_ms > 0
         #: When the oldest line of each destination's kept-back tail arrived, by
         #: (aggregator, worker): the tail flusher sends a tail once it is that old
@@ -249,6 +252,8 @@ class Pipeline:
             if isinstance(forwarder, UdpForwarder):
                 forwarder.worker_of = lambda chunk: MAIN  # any worker re-checks
         self.retired += removed
+        self.scheduled = None
+        self.switches += 1
         return removed
 
     def release_some(self) -> bool:
@@ -276,6 +281,7 @@ class Pipeline:
     def readings(self) -> list[Reading]:
         """Every component's figures, named (module docstring)."""
         out = [*read("proxy", "membership", self.membership.statistics()),
+               *read("proxy", "membership", self.switch_statistics()),
                *read("proxy", "router", self.router.statistics()),
                *read("proxy", "intake", self.intake.statistics())]
         if self.auth is not None:
@@ -285,6 +291,13 @@ class Pipeline:
             out += read("proxy", "forwarder", forwarder.statistics(),
                         instance=str(forwarder.index))
         return out
+
+    def switch_statistics(self) -> SwitchStatistics:
+        scheduled = self.scheduled
+        return SwitchStatistics(
+            scheduled=scheduled.new_fingerprint if scheduled else "none",
+            scheduled_at=scheduled.at if scheduled else 0.0, switches=self.switches,
+            held_packets=len(self.held) if self.held is not None else 0)
 
     def statistics(self) -> ForwardersStatistics:
         """The totals of this process so far (`ForwardersStatistics`)."""

@@ -35,6 +35,7 @@ from typing import Final
 import attrs
 
 from common.errors import ConfigError
+from common.stats import counter, level, text
 
 from .membership import AggregatorSpec
 
@@ -104,6 +105,18 @@ class SwitchSchedule:
         if now < self.release_at:
             return SWITCHED
         return RELEASED
+
+
+@attrs.frozen
+class SwitchStatistics:
+    """A proxy's list changes: the one pending, and how many were applied."""
+
+    scheduled: str = text(help="the fingerprint of the list a reload scheduled (none: no "
+                               "change pending; compare it across proxies too)")
+    scheduled_at: float = level(help="when that list takes effect (unix time; 0: none)")
+    switches: int = counter(help="list changes applied since start")
+    held_packets: int = level(help="datagrams and stream blocks held around a change, "
+                                   "waiting to be routed by the new list")
 
 
 @attrs.frozen

@@ -72,6 +72,7 @@ class PendingSwitch:
     change: MembershipChange
     added: dict[int, Forwarder]
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    staging: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     holding: bool = False
     done: trio.Event = attrs.field(factory=trio.Event)
 
@@ -102,7 +103,6 @@ class Reloader:
         self.wall_clock = wall_clock
         self.on_change = on_change
         self.pending: PendingSwitch | None = None
-        self.switches = 0
 
     async def run(self, reload_trigger: Callable[[], Awaitable[ProxyConfig]]) -> None:
         """Apply every configuration ``reload_trigger`` returns, until cancelled."""
@@ -171,6 +171,7 @@ class Reloader:
         added = {i: self.pipeline.build_forwarder(i, membership) for i in change.added}
         self.pending = PendingSwitch(config=config, schedule=schedule, membership=membership,
                                      change=change, added=added)
+        self.pipeline.scheduled = schedule
         self.nursery.start_soon(self.run_switch, self.pending)
         log_event(LOGGER, "membership_scheduled", at=f"{at:.3f}", old=old.fingerprint,
                   new=membership.fingerprint,
@@ -181,22 +182,30 @@ class Reloader:
     def cancel(self, pending: PendingSwitch) -> None:
         """Call off a switch that is not holding yet: its new forwarders stop."""
         pending.scope.cancel()
+        pending.staging.cancel()
         for forwarder in pending.added.values():
             scope = self.scopes.pop(id(forwarder), None)
             if scope is not None:
                 scope.cancel()
             forwarder.close()
         self.pending = None
+        self.pipeline.scheduled = None
         pending.done.set()
         log_event(LOGGER, "membership_schedule_cancelled", at=f"{pending.schedule.at:.3f}",
                   new=pending.schedule.new_fingerprint)
 
+    async def stage(self, pending: PendingSwitch) -> None:
+        """Step 1: the new forwarders. A switch does not wait for it: a forwarder still
+        resolving or probing at the instant queues its lines and sends them when ready."""
+        with pending.staging:
+            await self.start_forwarders([pending.added[i] for i in sorted(pending.added)],
+                                        self.scopes)
+
     async def run_switch(self, pending: PendingSwitch) -> None:
-        """Steps 1-5 of the module docstring."""
+        """Steps 2-5 of the module docstring (step 1 runs beside it: `stage`)."""
         schedule, pipeline = pending.schedule, self.pipeline
+        self.nursery.start_soon(self.stage, pending)
         with pending.scope:
-            added = [pending.added[i] for i in sorted(pending.added)]
-            await self.start_forwarders(added, self.scopes)
             await sleep_until_wall(self.wall_clock, schedule.hold_from)
             pending.holding = True
         if not pending.holding:
@@ -204,7 +213,6 @@ class Reloader:
         pipeline.hold()
         await sleep_until_wall(self.wall_clock, schedule.at)
         removed = pipeline.switch_to(pending.membership, pending.added, pending.change)
-        self.switches += 1
         self.config = pending.config
         self.pending = None
         self.on_change(self.config, pending.membership.fingerprint)

@@ -9,6 +9,7 @@ import math
 import socket as stdsocket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,7 @@ class Sender:
                 await trio.sleep(self.period)
 
 
-async def admin_fingerprint(address: str) -> str:
+async def admin_stats(address: str) -> dict[str, str]:
     host, _, port = address.rpartition(":")
     stream = await trio.open_tcp_stream(host, int(port))
     async with stream:
@@ -116,8 +117,7 @@ async def admin_fingerprint(address: str) -> str:
         reply = b""
         while not reply.endswith(b"END\n\n"):
             reply += await stream.receive_some(65_536)
-    stats = dict(line.split(": ", 1) for line in reply.decode().splitlines() if ": " in line)
-    return stats["proxy.membership.fingerprint"]
+    return dict(line.split(": ", 1) for line in reply.decode().splitlines() if ": " in line)
 
 
 async def wait_for(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
@@ -148,12 +148,16 @@ async def test_lines_before_the_instant_go_by_the_old_list_and_after_by_the_new(
             await trio.sleep(0.1)
             await reloads.send(make_config([a.spec, b.spec], aggregators_from=at))
             await trio.sleep(at - GUARD - 0.05 - wall())
-            before = await admin_fingerprint(mgmt)
+            pending = await admin_stats(mgmt)
             await trio.sleep(at + 0.05 - wall())
-            after = await admin_fingerprint(mgmt)
+            done = await admin_stats(mgmt)
         await wait_for(lambda: len(a.lines) + len(b.lines) >= len(sender.sent))
         await trio.sleep(0.05)
     new_list = [a, b]
+    before, after = (s["proxy.membership.fingerprint"] for s in (pending, done))
+    assert (pending["proxy.membership.scheduled"], float(pending["proxy.membership.scheduled_at"]),
+            pending["proxy.membership.switches"]) == (after, at, "0")
+    assert (done["proxy.membership.scheduled"], done["proxy.membership.switches"]) == ("none", "1")
     assert sorted(a.lines + b.lines) == sorted(line for _, line in sender.sent)  # once each
     assert before == membership_fingerprint([parse_aggregator(a.spec)])
     assert after == membership_fingerprint([parse_aggregator(a.spec), parse_aggregator(b.spec)])
@@ -312,3 +316,37 @@ def test_a_supervisor_passes_on_no_reload_that_fails_and_a_reload_back_cancels(
     assert processes.reload(lambda: make_config([a]))
     assert "reload" not in processes.launch(0, generation=2).description
     assert read_reload_file(str(path)).aggregator == make_config([a]).aggregator
+
+
+async def test_the_switch_does_not_wait_for_a_slow_first_probe_of_a_new_aggregator(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    a, b = await TimedSink().bind(), await TimedSink().bind()
+
+    async def slow_admin(stream: trio.SocketStream) -> None:
+        await stream.receive_some(100)
+        await trio.sleep(0.6)  # longer than the time left before the instant
+        await stream.send_all(b"health: up\n")
+        await stream.receive_some(100)
+        await stream.send_all(b"ERROR unknown command\n")
+
+    config = make_config([a.spec], connect_timeout=2.0)
+    async with trio.open_nursery() as admin:
+        listeners = await admin.start(partial(trio.serve_tcp, slow_admin, 0, host="127.0.0.1"))
+        admin_port = listeners[0].socket.getsockname()[1]
+        async with reloadable_proxy(config, [a, b]) as (address, _, reloads):
+            sender = Sender(address)
+            at = math.ceil(wall() + 0.45)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sender.run_until, at + 0.8)
+                await trio.sleep(max(at - 0.4 - wall(), 0))
+                await reloads.send(make_config([a.spec, f"{b.spec}:{admin_port}"],
+                                               aggregators_from=at))
+            await wait_for(lambda: len(a.lines) + len(b.lines) == len(sender.sent))
+        admin.cancel_scope.cancel()
+    changed, = events(caplog, "membership_changed")
+    assert changed["late_ms"] < 50  # on time, though b's first probe took 0.6 s
+    sent_at = {line: t for t, line in sender.sent}
+    assert sorted(a.lines + b.lines) == sorted(sent_at)
+    assert all(sent_at[line] >= at - GUARD and arrived >= at + GUARD
+               for arrived, line in b.arrivals)
