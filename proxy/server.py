@@ -225,10 +225,10 @@ async def stop(config: ProxyConfig, pipeline: Pipeline, mgmt: ProxyMgmt,
                 pipeline.drain_datagrams(b)
         pipeline.release_all()  # lines held by a list change, by the list in force
         pipeline.dispatch(final=True)
-        for forwarder in pipeline.forwarders:
+        for forwarder in [*pipeline.forwarders, *pipeline.retired]:
             if forwarder.up:
                 await forwarder.wait_empty()
-    undelivered = sum(f.drop_all(SHUTDOWN) for f in pipeline.forwarders)
+    undelivered = sum(f.drop_all(SHUTDOWN) for f in [*pipeline.forwarders, *pipeline.retired])
     log_event(LOGGER, "stopped", deadline_hit=deadline.cancelled_caught,
               undelivered_lines=undelivered,
               level=logging.WARNING if undelivered else logging.INFO)

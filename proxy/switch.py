@@ -73,6 +73,8 @@ class PendingSwitch:
     added: dict[int, Forwarder]
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     staging: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    #: From the hold on: cancelled only by a graceful stop (which routes what is held).
+    holding_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     holding: bool = False
     done: trio.Event = attrs.field(factory=trio.Event)
 
@@ -102,7 +104,10 @@ class Reloader:
         self.scopes = scopes
         self.wall_clock = wall_clock
         self.on_change = on_change
+        #: The switch scheduled and not yet in its hold (a reload may still call it off).
         self.pending: PendingSwitch | None = None
+        #: The switch running, until its held lines are routed.
+        self.active: PendingSwitch | None = None
 
     async def run(self, reload_trigger: Callable[[], Awaitable[ProxyConfig]]) -> None:
         """Apply every configuration ``reload_trigger`` returns, until cancelled."""
@@ -203,13 +208,27 @@ class Reloader:
 
     async def run_switch(self, pending: PendingSwitch) -> None:
         """Steps 2-5 of the module docstring (step 1 runs beside it: `stage`)."""
-        schedule, pipeline = pending.schedule, self.pipeline
+        schedule = pending.schedule
         self.nursery.start_soon(self.stage, pending)
         with pending.scope:
             await sleep_until_wall(self.wall_clock, schedule.hold_from)
             pending.holding = True
         if not pending.holding:
             return
+        self.active = pending
+        removed: list[Forwarder] = []
+        try:
+            with pending.holding_scope:
+                removed = await self.hold_and_switch(pending)
+        finally:
+            self.active = None
+            pending.done.set()
+        for forwarder in removed:
+            self.nursery.start_soon(self.retire, forwarder)
+
+    async def hold_and_switch(self, pending: PendingSwitch) -> list[Forwarder]:
+        """Steps 2-4; return the removed aggregators' forwarders."""
+        schedule, pipeline = pending.schedule, self.pipeline
         pipeline.hold()
         await sleep_until_wall(self.wall_clock, schedule.at)
         removed = pipeline.switch_to(pending.membership, pending.added, pending.change)
@@ -226,9 +245,7 @@ class Reloader:
         while pipeline.release_some():
             await trio.lowlevel.checkpoint()
         log_event(LOGGER, "membership_released", held_packets=packets)
-        pending.done.set()
-        for forwarder in removed:
-            self.nursery.start_soon(self.retire, forwarder)
+        return removed
 
     async def retire(self, forwarder: Forwarder) -> None:
         """Let a removed aggregator's forwarder deliver its queue, then stop it."""
@@ -245,8 +262,11 @@ class Reloader:
                   level=logging.WARNING if left else logging.INFO)
 
     def stop(self) -> None:
-        """A graceful stop: a switch not holding yet is called off; held lines are the
-        pipeline's to route (`Pipeline.release_all`)."""
+        """A graceful stop: a switch not holding yet is called off, one holding stops
+        where it is (the stop routes the held lines by the list then in force:
+        `Pipeline.release_all`)."""
         if self.pending is not None and not self.pending.holding:
             self.cancel(self.pending)
+        if self.active is not None:
+            self.active.holding_scope.cancel()
 

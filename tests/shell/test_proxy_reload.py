@@ -350,3 +350,21 @@ async def test_the_switch_does_not_wait_for_a_slow_first_probe_of_a_new_aggregat
     assert sorted(a.lines + b.lines) == sorted(sent_at)
     assert all(sent_at[line] >= at - GUARD and arrived >= at + GUARD
                for arrived, line in b.arrivals)
+
+
+async def test_a_graceful_stop_during_the_hold_delivers_what_was_held(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    a, b = await TimedSink().bind(), await TimedSink().bind()
+    config = make_config([a.spec])
+    async with reloadable_proxy(config, [a, b]) as (address, _, reloads):
+        sender = Sender(address)
+        at = math.ceil(wall() + 0.6)
+        await reloads.send(make_config([a.spec, b.spec], aggregators_from=at))
+        await sender.run_until(at - GUARD / 2)
+        await trio.sleep(0.01)
+        assert len(a.lines) < len(sender.sent)  # some are held
+    assert sorted(a.lines) == sorted(line for _, line in sender.sent)  # the old list's
+    assert b.lines == [] and not events(caplog, "membership_changed")
+    stopped, = events(caplog, "stopped")
+    assert stopped["undelivered_lines"] == 0
