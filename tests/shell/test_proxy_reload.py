@@ -61,6 +61,25 @@ class TimedSink:
         return [line for _, line in self.arrivals]
 
 
+class TimedTcpSink(TimedSink):
+    """The same over TCP (``forward = "tcp"``): newline-framed connections."""
+
+    async def bind(self) -> TimedTcpSink:
+        self.listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = self.listeners[0].socket.getsockname()[1]
+        return self
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        buffer = b""
+        async for chunk in stream:
+            now = wall()
+            *complete, buffer = (buffer + chunk).split(b"\n")
+            self.arrivals += [(now, line) for line in complete if line]
+
+    async def run(self) -> None:
+        await trio.serve_listeners(self.handle, self.listeners)
+
+
 def make_config(aggregators: list[str], **values: Any) -> ProxyConfig:
     mapping = {"listen": ["udp://127.0.0.1:0"], "aggregator": aggregators, "mgmt_port": 0,
                "udp_receive_buffer_bytes": 0, "retry_base": 0.02, "retry_max": 0.1,
@@ -85,6 +104,8 @@ async def reloadable_proxy(config: ProxyConfig, sinks: list[TimedSink]
         nursery.cancel_scope.cancel()
     for sink in sinks:
         sink.sock.close()
+        for listener in getattr(sink, "listeners", []):
+            await listener.aclose()
 
 
 class Sender:
@@ -135,18 +156,21 @@ def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
             if r.getMessage() == name]
 
 
+@pytest.mark.parametrize("forward", ["udp", "tcp"])
 async def test_lines_before_the_instant_go_by_the_old_list_and_after_by_the_new(
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, forward: str) -> None:
     caplog.set_level(logging.INFO)
-    a, b = await TimedSink().bind(), await TimedSink().bind()
-    config = make_config([a.spec])
+    kind = TimedSink if forward == "udp" else TimedTcpSink
+    a, b = await kind().bind(), await kind().bind()
+    config = make_config([a.spec], forward=forward)
     async with reloadable_proxy(config, [a, b]) as (address, mgmt, reloads):
         sender = Sender(address)
         at = math.ceil(wall() + 0.6)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sender.run_until, at + 0.5)
             await trio.sleep(0.1)
-            await reloads.send(make_config([a.spec, b.spec], aggregators_from=at))
+            await reloads.send(make_config([a.spec, b.spec], aggregators_from=at,
+                                           forward=forward))
             await trio.sleep(at - GUARD - 0.05 - wall())
             pending = await admin_stats(mgmt)
             await trio.sleep(at + 0.05 - wall())
