@@ -209,3 +209,39 @@ def test_a_supervisor_gives_its_processes_one_instant_of_its_own(
     assert [(e["setting"], e["reason"]) for e in refused] == [
         ("max_datagram_bytes", "restart_required")]
     assert sum(e.get("event") == "membership_scheduled" for e in events) == 2
+
+
+def test_a_process_restarted_before_the_instant_switches_with_the_others(
+    proxy_launcher: Callable[..., ProxyProcess], tmp_path: Path,
+) -> None:
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    a, b = f"127.0.0.1:{sink.getsockname()[1]}", "127.0.0.1:9"
+    path = tmp_path / "proxy.toml"
+    path.write_text(proxy_toml([a], processes=2))
+    proc = proxy_launcher(["--config", str(path)])
+    try:
+        wait_until(lambda: proc.log_text(None).count("event=started") == 2, 20,
+                   message="both processes started")
+        pids = parse_logfmt(proc.wait_for_log("event=supervising", 5))["pids"].split(",")
+        at = math.ceil(time.time() + 6.0)
+        path.write_text(proxy_toml([a, b], processes=2, aggregators_from=float(at)))
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_until(lambda: proc.log_text(None).count("event=membership_scheduled") == 2, 10,
+                   message="both processes scheduled the change")
+        os.kill(int(pids[0]), signal.SIGKILL)
+        wait_until(lambda: proc.log_text(None).count("event=started") == 3, 20,
+                   message="the killed process started again")
+        assert time.time() < at - 0.5, "restarted too late for this test to mean anything"
+        wait_until(lambda: proc.log_text(None).count("event=membership_changed") == 2, 15,
+                   message="both processes switched")
+        assert proc.stop() == 0
+    finally:
+        proc.kill()
+        sink.close()
+    events = [parse_logfmt(line) for line in proc.log_text(None).splitlines()]
+    started = [e for e in events if e.get("event") == "started"]
+    assert started[-1]["aggregators"] == a  # the list in force, the change pending
+    scheduled = [float(e["at"]) for e in events if e.get("event") == "membership_scheduled"]
+    changed = [float(e["at"]) for e in events if e.get("event") == "membership_changed"]
+    assert scheduled == [at] * 3 and changed == [at] * 2
