@@ -305,7 +305,9 @@ class ProcessSet:
                 at = switch_instant(now, interval=config.flush_interval,
                                     requested=config.aggregators_from,
                                     margin=config.switch_margin, guard=config.switch_guard)
-            except ConfigError:  # each child refuses it (and logs why)
+            except ConfigError as e:  # the children are handed the list they have
+                log_event(LOGGER, "reload_refused", level=logging.ERROR, setting="aggregator",
+                          reason="aggregators_from_passed", error=e.message)
                 config = attrs.evolve(config, aggregator=self.config.aggregator)
             else:
                 config = attrs.evolve(config, aggregators_from=at)

@@ -332,6 +332,10 @@ def test_a_supervisor_passes_on_no_reload_that_fails_and_a_reload_back_cancels(
 
     assert not processes.reload(broken)
     assert not path.exists() and events(caplog, "reload_failed")[0]["error"] == "bad file"
+    assert processes.reload(lambda: make_config([a, b], aggregators_from=EPOCH))  # passed
+    refused, = events(caplog, "reload_refused")
+    assert (refused["setting"], refused["reason"]) == ("aggregator", "aggregators_from_passed")
+    assert read_reload_file(str(path)).aggregator == make_config([a]).aggregator
     assert processes.reload(lambda: make_config([a, b], aggregators_from=EPOCH + 7.2,
                                                 max_datagram_bytes=512))
     assert processes.config.aggregators_from == EPOCH + 8.0
