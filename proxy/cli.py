@@ -15,10 +15,19 @@ exit 2, and the parent exits when they have all stopped. Child i's management po
 
 Every child, restarted ones too, serves the parent's configuration as it was resolved at
 start: the parent hands it over in the child's description (`config_description`), and the
-child never reads ``--config`` or its flags again, so editing or removing the file changes
-nothing until the proxy itself is restarted. The description, auth tokens included, is in
+child never reads ``--config`` or its flags. The description, auth tokens included, is in
 the child's environment (``TALLYD_WORKER``): /proc/<pid>/environ is readable only by the
 same user (and root), like the config file should be.
+
+SIGHUP (`proxy.switch.Reloader` applies what it reads): a single process reads ``--config``
+and its flags again. A supervisor reads them, and when the aggregator list changed without
+``aggregators_from`` it fixes the instant once (`proxy.schedule.switch_instant`) for every
+child; it writes the configuration to a file only its user can read (``reload.json`` in a
+private directory it removes at exit, named in each child's description), then passes the
+SIGHUP on: each child reads that file. A file that does not parse or validate is
+``event=reload_failed`` and changes nothing. A child restarted before the instant is started
+with the list in force and the pending change (``reload`` in its description), so it switches
+at the same instant as the others.
 
 Exit codes: 0 after a clean stop or a passed check; 2 for a bad configuration or command
 line; 1 when the process fails while running.
@@ -29,11 +38,18 @@ ENTRY.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import shutil
+import signal
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any, Final
 
 import attrs
@@ -64,7 +80,9 @@ from common.supervisor import (
     read_worker_description,
 )
 
-from .config import ProxyConfig, check_config, plain_value
+from .config import ProxyConfig, check_config, classify_reload, plain_value
+from .membership import AggregatorSpec
+from .schedule import switch_instant
 from .server import serve
 
 LOGGER = logging.getLogger("proxy")
@@ -115,23 +133,53 @@ def config_from_description(values: Mapping[str, Any]) -> ProxyConfig:
     return config
 
 
-def ignore_reload() -> None:
-    log_event(LOGGER, "reload_ignored", detail="restart the proxy to change its settings")
+#: A configuration source for a reload (raises `ConfigError`).
+Loader = Callable[[], ProxyConfig]
 
 
-async def run(config: ProxyConfig, bound: list[BoundSocket] | None, index: int) -> None:
-    """`serve` until a stop signal."""
+def read_reload_file(path: str) -> ProxyConfig:
+    """The configuration a supervisor wrote for its children's reload. Raises
+    `ConfigError`."""
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read the supervisor's reload file {path}: {e}") from e
+    return config_from_description(values["config"])
+
+
+def queue_reload(load: Loader, reloads: trio.MemorySendChannel[ProxyConfig]) -> None:
+    """SIGHUP: read the configuration again and hand it to `serve`."""
+    try:
+        new = load()
+    except ConfigError as e:
+        log_event(LOGGER, "reload_failed", level=logging.ERROR, error=str(e))
+        return
+    try:
+        reloads.send_nowait(new)
+    except trio.WouldBlock:
+        log_event(LOGGER, "reload_skipped", level=logging.WARNING, reason="reload_in_progress")
+
+
+async def run(config: ProxyConfig, bound: list[BoundSocket] | None, index: int,
+              load: Loader, pending: ProxyConfig | None = None) -> None:
+    """`serve` until a stop signal, applying a reload on every SIGHUP (and ``pending``,
+    a change its supervisor scheduled before this process started, at once)."""
     stop = trio.Event()
+    reload_send, reload_receive = trio.open_memory_channel[ProxyConfig](4)
+    if pending is not None:
+        reload_send.send_nowait(pending)
     async with trio.open_nursery() as nursery:
         await nursery.start(partial(run_signal_handler, on_stop=stop.set, on_force=force_exit,
-                                    on_reload=ignore_reload))
-        await serve(config, shutdown_trigger=stop.wait, bound=bound, process_index=index)
+                                    on_reload=partial(queue_reload, load, reload_send)))
+        await serve(config, shutdown_trigger=stop.wait, bound=bound, process_index=index,
+                    reload_trigger=reload_receive.receive)
         nursery.cancel_scope.cancel()
 
 
-def run_one(config: ProxyConfig, bound: list[BoundSocket] | None, index: int) -> int:
+def run_one(config: ProxyConfig, bound: list[BoundSocket] | None, index: int,
+            load: Loader, pending: ProxyConfig | None = None) -> int:
     try:
-        trio.run(run, config, bound, index)
+        trio.run(run, config, bound, index, load, pending)
         ignore_stop_signal()
     except (Exception, KeyboardInterrupt) as e:
         error = find_config_error(e)
@@ -160,10 +208,18 @@ def run_child(config: ProxyConfig, description: Mapping[str, Any]) -> int:
     """Serve the socket set and the configuration a supervisor passed (`ProcessSet`)."""
     try:
         bound = adopt_sockets(config, description)
+        pending = description.get("reload")
+        scheduled = config_from_description(pending) if pending is not None else None
     except ConfigError as e:
         log_event(LOGGER, "config_error", level=logging.ERROR, error=str(e))
         return CONFIG_ERROR_EXIT
-    return run_one(config, bound, description["index"])
+    path = description.get("reload_file")
+    load: Loader = partial(read_reload_file, path) if path else no_reload_file
+    return run_one(config, bound, description["index"], load, scheduled)
+
+
+def no_reload_file() -> ProxyConfig:
+    raise ConfigError("this process's supervisor named no reload file")
 
 
 def bind_groups(config: ProxyConfig) -> list[list[BoundSocket]]:
@@ -191,13 +247,23 @@ def bind_groups(config: ProxyConfig) -> list[list[BoundSocket]]:
     return groups
 
 
-@attrs.frozen
+@attrs.define
 class ProcessSet:
     """The proxy's `common.supervisor.ChildPolicy`: child i serves socket set i with the
-    parent's configuration."""
+    parent's configuration (the reloaded one, after a SIGHUP: `reload`).
+
+    Attributes:
+        reload_file: where `reload` writes the configuration the children read on SIGHUP.
+        previous: the aggregator list in force until ``switch_at``, while a change is
+            scheduled (a child started meanwhile serves it, and the change as pending).
+    """
 
     config: ProxyConfig
     groups: list[list[BoundSocket]]
+    reload_file: str | None = None
+    previous: tuple[AggregatorSpec, ...] | None = None
+    switch_at: float = 0.0
+    wall_clock: Callable[[], float] = time.time
 
     @property
     def processes(self) -> int:
@@ -205,9 +271,59 @@ class ProcessSet:
 
     def launch(self, index: int, generation: int) -> Launch:
         fds = [b.sock.fileno() for b in self.groups[index]]
-        return Launch(description={"index": index, "fds": fds,
-                                   "config": config_description(self.config)},
-                      pass_fds=tuple(dict.fromkeys(fds)))
+        description: dict[str, Any] = {"index": index, "fds": fds,
+                                       "config": config_description(self.config)}
+        if self.reload_file is not None:
+            description["reload_file"] = self.reload_file
+        if self.previous is not None and \
+                self.wall_clock() < self.switch_at - self.config.switch_guard:
+            description["config"] = config_description(
+                attrs.evolve(self.config, aggregator=self.previous))
+            description["reload"] = config_description(self.config)
+        return Launch(description=description, pass_fds=tuple(dict.fromkeys(fds)))
+
+    def reload(self, load: Loader) -> bool:
+        """SIGHUP: load the configuration, fix a list change's instant for every child,
+        and write it to `reload_file`; False (nothing to pass on) when it fails."""
+        try:
+            new = load()
+        except ConfigError as e:
+            log_event(LOGGER, "reload_failed", level=logging.ERROR, error=str(e))
+            return False
+        now = self.wall_clock()
+        switching = self.previous is not None and now < self.switch_at
+        in_force = self.previous if switching and self.previous else self.config.aggregator
+        changes = classify_reload(self.config, new)
+        for name in changes.refused:  # the children are handed the old value
+            log_event(LOGGER, "reload_refused", level=logging.WARNING, setting=name,
+                      reason="restart_required")
+        config = changes.config
+        if config.aggregator == in_force:
+            self.previous = None
+        elif changes.aggregator_changed:
+            try:
+                at = switch_instant(now, interval=config.flush_interval,
+                                    requested=config.aggregators_from,
+                                    margin=config.switch_margin, guard=config.switch_guard)
+            except ConfigError as e:  # the children are handed the list they have
+                log_event(LOGGER, "reload_refused", level=logging.ERROR, setting="aggregator",
+                          reason="aggregators_from_passed", error=e.message)
+                config = attrs.evolve(config, aggregator=self.config.aggregator)
+            else:
+                config = attrs.evolve(config, aggregators_from=at)
+                self.previous, self.switch_at = in_force, at
+        self.config = config
+        if self.reload_file is None:
+            return True
+        text = json.dumps({"config": config_description(config)})
+        fresh = f"{self.reload_file}.new"
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(fresh, self.reload_file)
+        log_event(LOGGER, "reload_passed_on", processes=self.processes,
+                  aggregators_from=f"{config.aggregators_from:.3f}")
+        return True
 
     def judge(self, child: ChildExit) -> Verdict | GiveUp:
         if child.exit_code == CONFIG_ERROR_EXIT:
@@ -228,18 +344,36 @@ class ProcessSet:
                   pids=",".join(str(p) for p in pids))
 
 
-def supervise(config: ProxyConfig, argv: Sequence[str]) -> int:
+@attrs.define
+class ProxySupervisor(Supervisor):
+    """The common supervisor, with SIGHUP passed on only once `ProcessSet.reload` wrote
+    what the children are to read."""
+
+    on_hangup: Callable[[], bool] = lambda: True
+
+    def forward(self, signum: int) -> None:
+        if signum == signal.SIGHUP and not self.on_hangup():
+            return
+        super().forward(signum)
+
+
+def supervise(config: ProxyConfig, argv: Sequence[str], load: Loader) -> int:
     """Run ``config.processes`` children and supervise them (module docstring)."""
     groups = bind_groups(config)
-    supervisor = Supervisor(ProcessSet(config=config, groups=groups),
-                            module="proxy", argv=argv, count=config.processes,
-                            graceful_timeout=config.graceful_timeout)
+    private = tempfile.mkdtemp(prefix="tallyd-proxy-")  # mode 0700
+    processes = ProcessSet(config=config, groups=groups,
+                           reload_file=os.path.join(private, "reload.json"))
+    supervisor = ProxySupervisor(processes, module="proxy", argv=argv,
+                                 count=config.processes,
+                                 graceful_timeout=config.graceful_timeout,
+                                 on_hangup=partial(processes.reload, load))
     try:
         outcome = trio.run(supervisor.run)
         ignore_stop_signal()
     finally:
         for sock in {id(s): s for g in groups for s in g}.values():
             close_listener(sock)  # a unix socket's file goes with the parent, which bound it
+        shutil.rmtree(private, ignore_errors=True)
     return outcome.exit_status()
 
 
@@ -264,10 +398,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if description is not None:
         return run_child(config, description)
+    load = partial(load_config, args)
     if config.processes == 1:
-        return run_one(config, None, 0)
+        return run_one(config, None, 0, load)
     try:
-        return supervise(config, argv)
+        return supervise(config, argv, load)
     except ConfigError as e:
         log_event(LOGGER, "config_error", level=logging.ERROR, error=str(e))
         return 2

@@ -25,6 +25,7 @@ from common.config import (
     auth_mode_setting,
     auth_revoked_tokens_setting,
     auth_tokens_setting,
+    duration_converter,
     http_setting,
     log_level_setting,
     max_line_bytes_setting,
@@ -59,7 +60,31 @@ DEFAULT_RESOLVE_INTERVAL: Final = 30.0  # seconds between DNS look-ups of aggreg
 #: aggregators' default flush interval, so each of their flushes holds one value.
 DEFAULT_SELF_METRICS_INTERVAL_SECONDS: Final = 10.0
 DEFAULT_HEALTH_INTERVAL: Final = 2.0  # seconds between admin "health" probes (if configured)
+#: The aggregators' flush interval (Etsy's flushInterval, 10000 ms): a changed list takes
+#: effect at one of its multiples, so no interval is split between two lists.
+DEFAULT_FLUSH_INTERVAL_SECONDS: Final = 10.0
+#: The aggregators' bounds on flush_interval (100 ms to a day); a bare number above 3600 is
+#: most likely milliseconds.
+MIN_FLUSH_INTERVAL_SECONDS: Final = 0.1
+MAX_FLUSH_INTERVAL_SECONDS: Final = 86_400.0
+MAX_BARE_FLUSH_INTERVAL_SECONDS: Final = 3600.0
+#: Time from a reload to the earliest instant it may switch at (with aggregators_from = 0):
+#: more than connect_timeout (2 s), so the new aggregators are resolved and probed first.
+DEFAULT_SWITCH_MARGIN_SECONDS: Final = 3.0
+#: Lines are held this long before and after the instant: far more than a loopback or LAN
+#: transit plus a busy aggregator's lateness at its flush, far less than an interval.
+DEFAULT_SWITCH_GUARD_SECONDS: Final = 0.2
+#: The settings a reload applies at once, besides the aggregator list (at its instant).
+APPLIED_AT_ONCE: Final = ("auth_tokens", "auth_revoked_tokens", "log_level", "flush_interval",
+                          "aggregators_from", "switch_margin", "switch_guard")
 
+
+
+def _check_flush_interval(_obj: object, _attr: object, value: float) -> None:
+    if not MIN_FLUSH_INTERVAL_SECONDS <= value <= MAX_FLUSH_INTERVAL_SECONDS:
+        raise ConfigError(
+            f"{value:g} s is out of range: from {MIN_FLUSH_INTERVAL_SECONDS:g} s (100ms) to "
+            f"{MAX_FLUSH_INTERVAL_SECONDS:g} s (a day)", key="flush_interval")
 
 
 def _aggregators(values: Sequence[Any]) -> tuple[AggregatorSpec, ...]:
@@ -87,8 +112,34 @@ class ProxyConfig:
              "unixgram:///PATH (repeatable)", etsy="port, host, server")
     aggregator: tuple[AggregatorSpec, ...] = setting(
         [], kind="list", converter=_aggregators, metavar="HOST:PORT[:ADMIN_PORT]",
+        reloadable=True,
         help="the aggregators, in shard order, identical on every proxy (repeatable); "
-             "ADMIN_PORT enables health probes", etsy="nodes")
+             "ADMIN_PORT enables health probes; a reload applies a change at the instant "
+             "of aggregators_from", etsy="nodes")
+    flush_interval: float = setting(
+        DEFAULT_FLUSH_INTERVAL_SECONDS, kind="duration",
+        converter=duration_converter(key="flush_interval",
+                                     bare_max=MAX_BARE_FLUSH_INTERVAL_SECONDS),
+        validator=_check_flush_interval, metavar="SECONDS|10s|10000ms", reloadable=True,
+        help="the aggregators' flush interval: a changed aggregator list takes effect at a "
+             "wall-clock multiple of it", etsy="flushInterval (ms)")
+    aggregators_from: float = setting(
+        0.0, kind="float", converter=float, validator=v.ge(0), metavar="EPOCH",
+        reloadable=True,
+        help="unix time at which a reloaded aggregator list takes effect (rounded up to a "
+             "multiple of flush_interval; give every proxy the same); 0: the first multiple "
+             "at least switch_margin after the reload")
+    switch_margin: float = setting(
+        DEFAULT_SWITCH_MARGIN_SECONDS, kind="float", converter=float, validator=v.ge(0),
+        metavar="SECONDS", reloadable=True,
+        help="with aggregators_from = 0: seconds from a reload to the earliest instant its "
+             "list may take effect (the new aggregators are resolved and probed first)")
+    switch_guard: float = setting(
+        DEFAULT_SWITCH_GUARD_SECONDS, kind="float", converter=float, validator=v.ge(0),
+        metavar="SECONDS", reloadable=True,
+        help="seconds before and after a list change during which lines are held, then "
+             "routed by the new list (so none reaches an aggregator on the wrong side of "
+             "its flush)")
     forward: str = setting(
         "udp", kind="str", validator=v.in_(("udp", "tcp")), metavar="udp|tcp",
         help="how lines reach the aggregators: packed UDP datagrams, or one persistent "
@@ -188,6 +239,33 @@ def check_config(config: ProxyConfig) -> None:
     """
     Membership(config.aggregator)
     make_auth(config.auth, config.auth_tokens, config.auth_revoked_tokens)
+    if 2 * config.switch_guard >= config.flush_interval:
+        raise ConfigError(f"switch_guard ({config.switch_guard:g} s) must be less than half "
+                          f"of flush_interval ({config.flush_interval:g} s)",
+                          key="switch_guard")
+
+
+@attrs.frozen
+class ReloadChanges:
+    """What a reload changes: the effective config (the old one with every reloadable
+    change in, the aggregator list included), the settings applied at once, whether the
+    list changed, and the settings refused (a restart is required)."""
+
+    config: ProxyConfig
+    applied: tuple[str, ...]
+    aggregator_changed: bool
+    refused: tuple[str, ...]
+
+
+def classify_reload(current: ProxyConfig, new: ProxyConfig) -> ReloadChanges:
+    """Compare two configs setting by setting (`APPLIED_AT_ONCE`; the list; the rest)."""
+    changed = [f.name for f in attrs.fields(ProxyConfig)
+               if getattr(new, f.name) != getattr(current, f.name)]
+    applied = tuple(n for n in changed if n in APPLIED_AT_ONCE)
+    refused = tuple(n for n in changed if n not in APPLIED_AT_ONCE and n != "aggregator")
+    taken = {n: getattr(new, n) for n in (*applied, "aggregator")}
+    return ReloadChanges(config=attrs.evolve(current, **taken), applied=applied,
+                         aggregator_changed="aggregator" in changed, refused=refused)
 
 
 def plain_value(name: str, value: Any) -> Any:

@@ -42,7 +42,8 @@ from .forwarders.base import Forwarder
 from .forwarders.tcp import TcpForwarder
 from .forwarders.udp import UdpForwarder
 from .membership import Membership
-from .routing import Router
+from .routing import MAIN, Router
+from .schedule import HeldPackets, MembershipChange, SwitchSchedule, SwitchStatistics
 
 LOGGER = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ DATAGRAMS_PER_BATCH: Final = 256
 DATAGRAMS_PER_DRAIN: Final = 10_000
 #: How often drops are summarised in the log (only when there are new ones).
 DROP_LOG_PERIOD_SECONDS: Final = 10.0
+#: Held packets routed per pass when a list change releases them.
+HELD_PER_PASS: Final = 256
 
 
 @attrs.frozen
@@ -75,11 +78,17 @@ class Pipeline:
         self.router = Router(len(self.membership), max_chunk_bytes=config.max_chunk_bytes,
                              sanitize=config.key_name_sanitize, auth=self.auth)
         self.intake = IntakeCounters()
-        self.forwarders = [self._build_forwarder(i) for i in range(len(self.membership))]
+        self.forwarders = [self.build_forwarder(i, self.membership)
+                           for i in range(len(self.membership))]
         for forwarder in self.forwarders:
-            forwarder.on_workers = self.apply_workers
-            if isinstance(forwarder, UdpForwarder):
-                forwarder.worker_of = partial(self.router.worker_of_chunk, forwarder.index)
+            self._attach(forwarder)
+        #: While a list change holds intake (proxy.schedule): what arrived, not yet routed.
+        self.held: HeldPackets | None = None
+        #: Forwarders of aggregators a list change removed (their counters stay in totals).
+        self.retired: list[Forwarder] = []
+        #: The list change a reload scheduled (set by proxy.switch), and those applied.
+        self.scheduled: SwitchSchedule | None = None
+        self.switches = 0
         self.keep_tails = config.max_batch_delay_ms > 0
         #: When the oldest line of each destination's kept-back tail arrived, by
         #: (aggregator, worker): the tail flusher sends a tail once it is that old
@@ -87,17 +96,24 @@ class Pipeline:
         self.tail_since: dict[tuple[int, int], float] = {}
         self.tails_waiting = trio.Event()
 
-    def _build_forwarder(self, index: int) -> Forwarder:
+    def build_forwarder(self, index: int, membership: Membership) -> Forwarder:
+        """A forwarder for ``membership``'s aggregator ``index`` (not yet routed to)."""
         config = self.config
         if config.forward == "udp":
-            return UdpForwarder(index, self.membership, source_sockets=config.source_sockets,
+            return UdpForwarder(index, membership, source_sockets=config.source_sockets,
                                 buffer_bytes=config.aggregator_buffer_bytes,
                                 retry_base=config.retry_base, retry_max=config.retry_max,
                                 connect_timeout=config.connect_timeout)
-        return TcpForwarder(index, self.membership, write_timeout=config.write_timeout,
+        return TcpForwarder(index, membership, write_timeout=config.write_timeout,
                             buffer_bytes=config.aggregator_buffer_bytes,
                             retry_base=config.retry_base, retry_max=config.retry_max,
                             connect_timeout=config.connect_timeout)
+
+    def _attach(self, forwarder: Forwarder) -> None:
+        """Route to ``forwarder`` at its index: workers changes go through the router."""
+        forwarder.on_workers = self.apply_workers
+        if isinstance(forwarder, UdpForwarder):
+            forwarder.worker_of = partial(self.router.worker_of_chunk, forwarder.index)
 
     def apply_workers(self, index: int, ports: tuple[int, ...]) -> None:
         """Aggregator ``index``'s workers' ports changed (() = its main port): lines
@@ -151,7 +167,11 @@ class Pipeline:
             del tails[destination]  # a destination gone with a change of workers
 
     def handle_block(self, block: bytes) -> None:
-        """A stream's block of whole lines: route it and hand it over at once."""
+        """A stream's block of whole lines: route it and hand it over at once (or hold it,
+        during a list change)."""
+        if self.held is not None:
+            self.held.append(block)
+            return
         self.router.route(block)
         self.dispatch()
 
@@ -166,7 +186,9 @@ class Pipeline:
             await trio.lowlevel.wait_readable(sock)
             while True:
                 batch = reader.receive(DATAGRAMS_PER_BATCH)
-                if batch:
+                if batch and self.held is not None:
+                    self.held.extend(batch)
+                elif batch:
                     route(batch)
                     self.dispatch()
                 if len(batch) < DATAGRAMS_PER_BATCH:
@@ -178,7 +200,10 @@ class Pipeline:
         reader = self.make_datagram_reader(bound)
         while True:  # until a read finds less than a full batch queued
             batch = reader.receive(DATAGRAMS_PER_DRAIN)
-            self.router.route_many(batch)
+            if self.held is not None:
+                self.held.extend(batch)
+            else:
+                self.router.route_many(batch)
             if len(batch) < DATAGRAMS_PER_DRAIN:
                 break
 
@@ -194,11 +219,69 @@ class Pipeline:
                 await trio.sleep_until(min(self.tail_since.values()) + delay)
                 self.flush_tails(trio.current_time(), delay)
 
+    # -- changing the list (proxy.switch runs the steps at their times) -------------------
+
+    def hold(self) -> None:
+        """From now on hold what intake receives; send what the old list has packed."""
+        self.dispatch(final=True)
+        self.held = HeldPackets()
+
+    def switch_to(self, membership: Membership, added: dict[int, Forwarder],
+                  change: MembershipChange) -> list[Forwarder]:
+        """Route by ``membership`` from now on (while holding): kept forwarders move to
+        their new positions, with their aggregators' states; ``added`` (by new index) join;
+        the removed ones are returned, detached (they drain what they queued)."""
+        old, kept = self.membership, self.forwarders
+        placed = {new_index: added[new_index] for new_index in change.added}
+        for old_index, new_index in change.kept:
+            forwarder = kept[old_index]
+            membership.states[new_index] = old.states[old_index]
+            forwarder.index, forwarder.membership = new_index, membership
+            placed[new_index] = forwarder
+        forwarders = [placed[i] for i in range(len(membership))]
+        removed = [kept[i] for i in change.removed]
+        self.router.reshard(len(membership))
+        self.membership, self.forwarders = membership, forwarders
+        self.tail_since.clear()
+        for forwarder in forwarders:
+            self._attach(forwarder)
+            if forwarder.worker_ports:
+                self.router.set_workers(forwarder.index, len(forwarder.worker_ports))
+        for forwarder in removed:
+            forwarder.on_workers = forwarder._apply_ports
+            if isinstance(forwarder, UdpForwarder):
+                forwarder.worker_of = lambda chunk: MAIN  # any worker re-checks
+        self.retired += removed
+        self.scheduled = None
+        self.switches += 1
+        return removed
+
+    def release_some(self) -> bool:
+        """Route up to `HELD_PER_PASS` held packets by the list in force; once none is left,
+        intake is routed again as it comes. True while some are still held."""
+        held = self.held
+        if held is None:
+            return False
+        batch = held.take(HELD_PER_PASS)
+        if batch:
+            self.router.route_many(batch)
+            self.dispatch()
+        if len(held):
+            return True
+        self.held = None
+        return False
+
+    def release_all(self) -> None:
+        """Route everything held at once (a graceful stop during a list change)."""
+        while self.release_some():
+            pass
+
     # -- what it reports ------------------------------------------------------------------
 
     def readings(self) -> list[Reading]:
         """Every component's figures, named (module docstring)."""
         out = [*read("proxy", "membership", self.membership.statistics()),
+               *read("proxy", "membership", self.switch_statistics()),
                *read("proxy", "router", self.router.statistics()),
                *read("proxy", "intake", self.intake.statistics())]
         if self.auth is not None:
@@ -209,10 +292,18 @@ class Pipeline:
                         instance=str(forwarder.index))
         return out
 
+    def switch_statistics(self) -> SwitchStatistics:
+        scheduled = self.scheduled
+        return SwitchStatistics(
+            scheduled=scheduled.new_fingerprint if scheduled else "none",
+            scheduled_at=scheduled.at if scheduled else 0.0, switches=self.switches,
+            held_packets=len(self.held) if self.held is not None else 0)
+
     def statistics(self) -> ForwardersStatistics:
         """The totals of this process so far (`ForwardersStatistics`)."""
         return ForwardersStatistics(
-            sent_lines=sum(forwarder.sent_lines for forwarder in self.forwarders),
+            sent_lines=sum(forwarder.sent_lines
+                           for forwarder in [*self.forwarders, *self.retired]),
             dropped_lines=self.tally_drops()[0])
 
     def tally_drops(self) -> tuple[dict[str, int], dict[str, int]]:
@@ -220,12 +311,13 @@ class Pipeline:
         and per aggregator (``aggregator_<index>``, only those that dropped any)."""
         totals = dict(self.router.statistics().dropped_lines)
         per: dict[str, int] = {}
-        for forwarder in self.forwarders:
+        for forwarder in [*self.forwarders, *self.retired]:
             dropped = forwarder.dropped
             for reason, lines in dropped.items():
                 totals[reason] = totals.get(reason, 0) + lines
             if sum(dropped.values()):
-                per[f"aggregator_{forwarder.index}"] = sum(dropped.values())
+                key = "retired" if forwarder in self.retired else f"aggregator_{forwarder.index}"
+                per[key] = per.get(key, 0) + sum(dropped.values())
         return totals, per
 
     async def run_drop_reporter(self) -> None:

@@ -162,6 +162,21 @@ class Router:
         self._cache.clear()
         return [(worker, chunks) for worker, chunks in old if chunks]
 
+    def reshard(self, n: int) -> None:
+        """Route to ``n`` aggregators from now on (the list changed), each on its main port
+        until `set_workers` says otherwise. Every pending line must have been taken
+        (a switch dispatches them first); the counters carry on."""
+        if n < 1:
+            raise ValueError("a router needs at least one aggregator")
+        if self.has_pending():
+            raise ValueError("reshard with lines pending: take them first")
+        self.n = n
+        self.workers = [0] * n
+        self.destinations = [(a, MAIN) for a in range(n)]
+        self.pending = [[] for _ in range(n)]
+        self._first = list(range(n))
+        self._cache.clear()
+
     def _destinations_of(self, aggregator: int) -> list[tuple[int, int]]:
         return [d for d in self.destinations if d[0] == aggregator]
 

@@ -7,12 +7,14 @@
 2. `bind`: the intake sockets (or the ones ``--processes`` bound already) and the admin
    port;
 3. `start_components`: resolve every aggregator's address, ask the UDP ones with an admin
-   port for their workers (`proxy.workers`), then run each forwarder, its
-   health monitor, the resolver (DNS), the tail flusher, the drop reporter and the admin
-   server; then the HTTP admin (`proxy.admin`) and its interval task (self-metrics, kernel
-   drops, rates);
+   port for their workers (`proxy.workers`), then run each forwarder with its health
+   monitor and its resolver (DNS) in a cancel scope of its own, the tail flusher, the drop
+   reporter and the admin server; then the HTTP admin (`proxy.admin`) and its interval task
+   (self-metrics, kernel drops, rates);
 4. `run_intake`: every intake socket, in a cancel scope of its own;
-5. `stop` (``shutdown_trigger`` returned): health goes ``down``, the intake closes after
+5. with ``reload_trigger``, `proxy.switch.Reloader` applies each reloaded configuration
+   (a changed aggregator list at its instant);
+6. `stop` (``shutdown_trigger`` returned): health goes ``down``, the intake closes after
    reading what the kernel already queued, every pending line is sent, and the forwarders
    deliver their queues, all bounded by ``graceful_timeout``; what is left is counted as
    dropped (``shutdown``).
@@ -23,7 +25,8 @@ SHELL.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 import attrs
@@ -44,11 +47,12 @@ from common.streams import StreamConnections, run_listeners, run_stream_listener
 
 from .admin import ProxyAdmin, run_proxy_intervals
 from .config import ProxyConfig, check_config
-from .forwarders.base import SHUTDOWN
+from .forwarders.base import SHUTDOWN, Forwarder
 from .mgmt import ProxyMgmt
 from .pipeline import Pipeline
 from .probe import probe_forwarder, run_health_monitor
 from .resolver import resolve_one, run_resolver
+from .switch import Reloader
 
 LOGGER = logging.getLogger(__name__)
 
@@ -71,6 +75,8 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     bound: list[BoundSocket] | None = None,
     process_index: int = 0,
+    reload_trigger: Callable[[], Awaitable[ProxyConfig]] | None = None,
+    wall_clock: Callable[[], float] = time.time,
 ) -> None:
     """Run a proxy until ``shutdown_trigger`` returns (or forever), then stop gracefully.
 
@@ -80,6 +86,9 @@ async def serve(
         shutdown_trigger: awaited; when it returns, the graceful stop begins.
         bound: intake sockets already bound (``--processes``: one set per process).
         process_index: this process's number among ``config.processes`` (management port offset).
+        reload_trigger: awaited repeatedly; each config it returns is applied
+            (`proxy.switch.Reloader`).
+        wall_clock: epoch seconds (the instant of a list change; tests inject their own).
 
     Raises:
         ConfigError: for an invalid configuration or a socket that cannot be bound.
@@ -88,28 +97,38 @@ async def serve(
     pipeline, mgmt = build_components(config)
     admin = ProxyAdmin(config, pipeline, mgmt, process_index=process_index)
     sockets = await bind(config, bound=bound, process_index=process_index)
+    reloader: Reloader | None = None
     try:
         async with trio.open_nursery() as nursery:
-            await start_components(nursery, config, pipeline, mgmt, sockets)
+            scopes: dict[int, trio.CancelScope] = {}
+            await start_components(nursery, config, pipeline, mgmt, sockets, scopes)
             if sockets.http:
                 await nursery.start(partial(run_admin_server, sockets.http, admin,
                                             log_listening=False))
             nursery.start_soon(run_proxy_intervals, admin, sockets.intake)
+            reloader = Reloader(config, pipeline, nursery=nursery, scopes=scopes,
+                                start_forwarders=partial(start_forwarders, nursery, config),
+                                wall_clock=wall_clock,
+                                on_change=partial(show_config, mgmt, admin))
             intake_scope = await nursery.start(run_intake, config, pipeline, sockets.intake)
+            if reload_trigger is not None:
+                nursery.start_soon(reloader.run, reload_trigger)
             log_started(config, pipeline, sockets, process_index)
             admin.serving = True
             task_status.started(sockets.addresses)
             if shutdown_trigger is None:
                 await trio.sleep_forever()
             await shutdown_trigger()
-            await stop(config, pipeline, mgmt, sockets.intake, intake_scope)
+            reloader.stop()
+            await stop(reloader.config, pipeline, mgmt, sockets.intake, intake_scope)
             nursery.cancel_scope.cancel()
     finally:
         for b in sockets.intake:
             close_listener(b)
         for listener in sockets.http:
             listener.socket.close()
-        for forwarder in pipeline.forwarders:
+        staged = reloader.pending.added.values() if reloader and reloader.pending else ()
+        for forwarder in [*pipeline.forwarders, *pipeline.retired, *staged]:
             forwarder.close()
 
 
@@ -157,27 +176,56 @@ def build_components(config: ProxyConfig) -> tuple[Pipeline, ProxyMgmt]:
     return pipeline, mgmt
 
 
+def show_config(mgmt: ProxyMgmt, admin: ProxyAdmin, config: ProxyConfig,
+                fingerprint: str) -> None:
+    """What the management console's ``config`` and /status show, after a reload or a
+    switch."""
+    mgmt.config, mgmt.fingerprint = config, fingerprint
+    admin.reconfigure(config)
+
+
 async def start_components(nursery: trio.Nursery, config: ProxyConfig, pipeline: Pipeline,
-                           mgmt: ProxyMgmt, sockets: ProxySockets) -> None:
+                           mgmt: ProxyMgmt, sockets: ProxySockets,
+                           scopes: dict[int, trio.CancelScope]) -> None:
     """Resolve the aggregators, then start every task but the intake."""
-    for forwarder in pipeline.forwarders:
-        await resolve_one(forwarder)
-    async with trio.open_nursery() as first_probes:  # learn the workers before intake
-        for forwarder in pipeline.forwarders:
-            if forwarder.spec.admin_port is not None and forwarder.wants_workers:
-                first_probes.start_soon(partial(probe_forwarder, forwarder,
-                                                wait_seconds=config.connect_timeout))
-    for forwarder in pipeline.forwarders:
-        nursery.start_soon(forwarder.run)
-        nursery.start_soon(partial(run_health_monitor, forwarder,
-                                   interval=config.health_interval,
-                                   wait_seconds=config.connect_timeout))
-    nursery.start_soon(partial(run_resolver, pipeline.forwarders,
-                               interval=config.resolve_interval))
+    await start_forwarders(nursery, config, pipeline.forwarders, scopes)
     if pipeline.keep_tails:
         nursery.start_soon(pipeline.run_tail_flusher)
     nursery.start_soon(pipeline.run_drop_reporter)
     await nursery.start(run_mgmt_server, sockets.mgmt, mgmt)
+
+
+async def start_forwarders(nursery: trio.Nursery, config: ProxyConfig,
+                           forwarders: Sequence[Forwarder],
+                           scopes: dict[int, trio.CancelScope]) -> None:
+    """Resolve each forwarder's aggregator, ask those with an admin port for their workers
+    (before any line is routed to them), then run each forwarder's tasks (`run_forwarder`),
+    its cancel scope put in ``scopes`` by ``id(forwarder)``."""
+    for forwarder in forwarders:
+        await resolve_one(forwarder)
+    async with trio.open_nursery() as first_probes:
+        for forwarder in forwarders:
+            if forwarder.spec.admin_port is not None and forwarder.wants_workers:
+                first_probes.start_soon(partial(probe_forwarder, forwarder,
+                                                wait_seconds=config.connect_timeout))
+    for forwarder in forwarders:
+        scopes[id(forwarder)] = await nursery.start(run_forwarder, config, forwarder)
+
+
+async def run_forwarder(config: ProxyConfig, forwarder: Forwarder, *,
+                        task_status: trio.TaskStatus[trio.CancelScope]
+                        = trio.TASK_STATUS_IGNORED) -> None:
+    """One forwarder's delivery, health monitor and DNS resolver, until the scope it
+    reports is cancelled."""
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as tasks:
+            tasks.start_soon(forwarder.run)
+            tasks.start_soon(partial(run_health_monitor, forwarder,
+                                     interval=config.health_interval,
+                                     wait_seconds=config.connect_timeout))
+            tasks.start_soon(partial(run_resolver, [forwarder],
+                                     interval=config.resolve_interval))
+            task_status.started(scope)
 
 
 async def run_intake(config: ProxyConfig, pipeline: Pipeline, bound: list[BoundSocket], *,
@@ -218,11 +266,12 @@ async def stop(config: ProxyConfig, pipeline: Pipeline, mgmt: ProxyMgmt,
         for b in bound:
             if not b.url.is_stream:
                 pipeline.drain_datagrams(b)
+        pipeline.release_all()  # lines held by a list change, by the list in force
         pipeline.dispatch(final=True)
-        for forwarder in pipeline.forwarders:
+        for forwarder in [*pipeline.forwarders, *pipeline.retired]:
             if forwarder.up:
                 await forwarder.wait_empty()
-    undelivered = sum(f.drop_all(SHUTDOWN) for f in pipeline.forwarders)
+    undelivered = sum(f.drop_all(SHUTDOWN) for f in [*pipeline.forwarders, *pipeline.retired])
     log_event(LOGGER, "stopped", deadline_hit=deadline.cancelled_caught,
               undelivered_lines=undelivered,
               level=logging.WARNING if undelivered else logging.INFO)

@@ -45,6 +45,8 @@ LOGGER = logging.getLogger(__name__)
 BUFFER_FULL: Final = "buffer_full"
 DESTINATION_DOWN: Final = "destination_down"
 SHUTDOWN: Final = "shutdown"
+#: Still queued when an aggregator removed from the list had its drain time (a reload).
+RETIRED: Final = "retired"
 #: Every reason a forwarder drops lines for (each is reported, zero or not).
 DROP_REASONS: Final = (BUFFER_FULL, DESTINATION_DOWN, SHUTDOWN)
 
@@ -189,7 +191,7 @@ class Forwarder:
     def drop(self, chunk: bytes, reason: str) -> int:
         """Count a chunk (already out of the queue) as dropped; return its lines."""
         lines = count_lines(chunk)
-        self.dropped[reason] += lines
+        self.dropped[reason] = self.dropped.get(reason, 0) + lines
         return lines
 
     def drop_all(self, reason: str) -> int:

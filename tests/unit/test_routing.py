@@ -161,7 +161,8 @@ def test_take_chunks_keep_tail_holds_back_last_partial_datagram() -> None:
 
 
 @pytest.mark.parametrize("module", ["common/shard.py", "common/auth.py", "proxy/routing.py",
-                                    "proxy/membership.py", "proxy/config.py"])
+                                    "proxy/membership.py", "proxy/config.py",
+                                    "proxy/schedule.py"])
 def test_core_module_imports_no_io(module: str) -> None:
     import ast
     from pathlib import Path
@@ -268,3 +269,30 @@ def test_route_many_counts_like_route_for_each_packet(packets: list[bytes]) -> N
     many.route_many(packets)
     assert one.statistics() == many.statistics()
     assert one.pending == many.pending
+
+
+def test_reshard_routes_by_the_new_count_and_keeps_the_counters() -> None:
+    router = Router(1, max_chunk_bytes=1432)
+    router.set_workers(0, 2)
+    names = [b"m%d" % i for i in range(40)]
+    router.route(b"\n".join(name + b":1|c" for name in names) + b"\nbad")
+    for index in range(len(router.destinations)):
+        router.take_chunks(index, keep_tail=False)
+    router.reshard(3)
+    assert router.destinations == [(0, MAIN), (1, MAIN), (2, MAIN)]
+    assert router.workers == [0, 0, 0]
+    router.route(b"\n".join(name + b":2|c" for name in names))
+    for index, lines in enumerate(router.pending):  # no cached route of the old count
+        assert lines == [name + b":2|c" for name in names if shard_index(name, 3) == index]
+    stats = router.statistics()
+    assert (stats.received_packets, stats.received_lines) == (2, 81)
+    assert stats.dropped_lines["bad_line"] == 1
+
+
+def test_reshard_refuses_while_lines_are_pending() -> None:
+    router = Router(2, max_chunk_bytes=1432)
+    router.route(b"a:1|c")
+    with pytest.raises(ValueError):
+        router.reshard(3)
+    with pytest.raises(ValueError):
+        Router(1, max_chunk_bytes=1432).reshard(0)

@@ -1,0 +1,398 @@
+"""proxy.server.serve with a reload trigger (proxy.switch.Reloader): a changed aggregator
+list takes effect at its instant, with lines held around it; real UDP sinks on 127.0.0.1,
+a wall clock that follows trio's (real) clock."""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket as stdsocket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from common.config import config_from_mapping
+from common.errors import ConfigError
+from common.shard import shard_index
+from proxy.cli import ProcessSet, config_from_description, read_reload_file
+from proxy.config import ProxyConfig
+from proxy.membership import membership_fingerprint, parse_aggregator
+from proxy.server import serve
+
+#: Epoch seconds at trio time 0: the wall clock of these tests (a multiple of 10).
+EPOCH = 1_700_000_000.0
+GUARD = 0.1
+
+
+def wall() -> float:
+    return EPOCH + trio.current_time()
+
+
+class TimedSink:
+    """A fake aggregator that records each line with the wall time it arrived."""
+
+    def __init__(self) -> None:
+        self.sock = trio.socket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+        self.arrivals: list[tuple[float, bytes]] = []
+        self.port = 0
+
+    async def bind(self) -> TimedSink:
+        await self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        return self
+
+    async def run(self) -> None:
+        while True:
+            data = await self.sock.recv(65_535)
+            now = wall()
+            self.arrivals += [(now, line) for line in data.split(b"\n") if line]
+
+    @property
+    def spec(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def lines(self) -> list[bytes]:
+        return [line for _, line in self.arrivals]
+
+
+class TimedTcpSink(TimedSink):
+    """The same over TCP (``forward = "tcp"``): newline-framed connections."""
+
+    async def bind(self) -> TimedTcpSink:
+        self.listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = self.listeners[0].socket.getsockname()[1]
+        return self
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        buffer = b""
+        async for chunk in stream:
+            now = wall()
+            *complete, buffer = (buffer + chunk).split(b"\n")
+            self.arrivals += [(now, line) for line in complete if line]
+
+    async def run(self) -> None:
+        await trio.serve_listeners(self.handle, self.listeners)
+
+
+def make_config(aggregators: list[str], **values: Any) -> ProxyConfig:
+    mapping = {"listen": ["udp://127.0.0.1:0"], "aggregator": aggregators, "mgmt_port": 0,
+               "udp_receive_buffer_bytes": 0, "retry_base": 0.02, "retry_max": 0.1,
+               "flush_interval": 1.0, "switch_guard": GUARD, "switch_margin": 0.3, **values}
+    return config_from_mapping(ProxyConfig, mapping)
+
+
+@asynccontextmanager
+async def reloadable_proxy(config: ProxyConfig, sinks: list[TimedSink]
+                           ) -> AsyncIterator[tuple[str, str, trio.MemorySendChannel[ProxyConfig]]]:
+    stop = trio.Event()
+    send, receive = trio.open_memory_channel[ProxyConfig](4)
+    async with trio.open_nursery() as nursery:
+        for sink in sinks:
+            nursery.start_soon(sink.run)
+        addresses = await nursery.start(lambda task_status: serve(
+            config, task_status=task_status, shutdown_trigger=stop.wait,
+            reload_trigger=receive.receive, wall_clock=wall))
+        yield addresses.first("udp"), addresses.mgmt, send
+        stop.set()
+        await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    for sink in sinks:
+        sink.sock.close()
+        for listener in getattr(sink, "listeners", []):
+            await listener.aclose()
+
+
+class Sender:
+    """Sends ``svc.m<i % 37>:<i>|c``, one line per datagram every ``period`` seconds,
+    recording when each left."""
+
+    def __init__(self, address: str, period: float = 0.002) -> None:
+        host, _, port = address.rpartition(":")
+        self.target = (host, int(port))
+        self.period = period
+        self.sent: list[tuple[float, bytes]] = []
+
+    async def run_until(self, t: float) -> None:
+        sock = trio.socket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+        with sock:
+            i = len(self.sent)
+            while wall() < t:
+                line = b"svc.m%d:%d|c" % (i % 37, i)
+                self.sent.append((wall(), line))
+                await sock.sendto(line, self.target)
+                i += 1
+                await trio.sleep(self.period)
+
+
+async def admin_stats(address: str) -> dict[str, str]:
+    host, _, port = address.rpartition(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(b"stats\n")
+        reply = b""
+        while not reply.endswith(b"END\n\n"):
+            reply += await stream.receive_some(65_536)
+    return dict(line.split(": ", 1) for line in reply.decode().splitlines() if ": " in line)
+
+
+async def wait_for(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
+    with trio.fail_after(seconds):
+        while not predicate():  # noqa: ASYNC110
+            await trio.sleep(0.01)
+
+
+def name_of(line: bytes) -> bytes:
+    return line.split(b":")[0]
+
+
+def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
+    return [r.fields for r in caplog.records  # type: ignore[attr-defined]
+            if r.getMessage() == name]
+
+
+@pytest.mark.parametrize("forward", ["udp", "tcp"])
+async def test_lines_before_the_instant_go_by_the_old_list_and_after_by_the_new(
+        caplog: pytest.LogCaptureFixture, forward: str) -> None:
+    caplog.set_level(logging.INFO)
+    kind = TimedSink if forward == "udp" else TimedTcpSink
+    a, b = await kind().bind(), await kind().bind()
+    config = make_config([a.spec], forward=forward)
+    async with reloadable_proxy(config, [a, b]) as (address, mgmt, reloads):
+        sender = Sender(address)
+        at = math.ceil(wall() + 0.6)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.run_until, at + 0.5)
+            await trio.sleep(0.1)
+            await reloads.send(make_config([a.spec, b.spec], aggregators_from=at,
+                                           forward=forward))
+            await trio.sleep(at - GUARD - 0.05 - wall())
+            pending = await admin_stats(mgmt)
+            await trio.sleep(at + 0.05 - wall())
+            done = await admin_stats(mgmt)
+        await wait_for(lambda: len(a.lines) + len(b.lines) >= len(sender.sent))
+        await trio.sleep(0.05)
+    new_list = [a, b]
+    before, after = (s["proxy.membership.fingerprint"] for s in (pending, done))
+    assert (pending["proxy.membership.scheduled"], float(pending["proxy.membership.scheduled_at"]),
+            pending["proxy.membership.switches"]) == (after, at, "0")
+    assert (done["proxy.membership.scheduled"], done["proxy.membership.switches"]) == ("none", "1")
+    assert sorted(a.lines + b.lines) == sorted(line for _, line in sender.sent)  # once each
+    assert before == membership_fingerprint([parse_aggregator(a.spec)])
+    assert after == membership_fingerprint([parse_aggregator(a.spec), parse_aggregator(b.spec)])
+    sent_at = {line: t for t, line in sender.sent}
+    for index, sink in enumerate(new_list):
+        for arrived, line in sink.arrivals:
+            assert not at <= arrived < at + GUARD, (line, arrived - at)
+            if sent_at[line] < at - GUARD - 0.01:  # sent well before the hold: the old list
+                assert sink is a and arrived < at
+            elif sent_at[line] >= at - GUARD:  # held or after: the new list, after the guard
+                assert shard_index(name_of(line), 2) == index
+                assert arrived >= at + GUARD
+    assert b.lines and any(sent_at[line] < at for line in b.lines)  # held lines moved to b
+    scheduled, = events(caplog, "membership_scheduled")
+    assert float(scheduled["at"]) == at and scheduled["new"] == after
+    changed, = events(caplog, "membership_changed")
+    assert changed["fingerprint"] == after and changed["old"] == before
+
+
+async def test_a_removed_aggregator_drains_a_kept_one_moves_and_totals_stay_exact(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    a, b, c = await TimedSink().bind(), await TimedSink().bind(), await TimedSink().bind()
+    config = make_config([a.spec, b.spec])
+    async with reloadable_proxy(config, [a, b, c]) as (address, mgmt, reloads):
+        sender = Sender(address)
+        at = math.ceil(wall() + 0.6)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.run_until, at + 0.4)
+            await trio.sleep(0.1)
+            await reloads.send(make_config([b.spec, c.spec], aggregators_from=at))
+        await wait_for(lambda: len(events(caplog, "aggregator_retired")) == 1)
+        host, _, port = mgmt.rpartition(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(b"stats\n")
+            reply = b""
+            while not reply.endswith(b"END\n\n"):
+                reply += await stream.receive_some(65_536)
+    stats = dict(line.split(": ", 1) for line in reply.decode().splitlines() if ": " in line)
+    sent_at = {line: t for t, line in sender.sent}
+    assert sorted(a.lines + b.lines + c.lines) == sorted(sent_at)
+    old, new = [a, b], [b, c]
+    for line in a.lines:
+        assert sent_at[line] < at - GUARD + 0.01 and shard_index(name_of(line), 2) == 0
+    for arrived, line in c.arrivals:
+        assert sent_at[line] >= at - GUARD - 0.01 and arrived >= at + GUARD
+        assert new[shard_index(name_of(line), 2)] is c
+    for arrived, line in b.arrivals:  # kept: position 1, then 0
+        owner = (old if arrived < at else new)[shard_index(name_of(line), 2)]
+        assert owner is b
+    assert int(stats["proxy.forwarders.sent_lines"]) == len(sender.sent)
+    assert int(stats["proxy.router.received_lines"]) == len(sender.sent)
+    assert stats["proxy.forwarder.0.aggregator"] == b.spec
+    assert stats["proxy.forwarder.1.aggregator"] == c.spec
+    retired, = events(caplog, "aggregator_retired")
+    assert retired["aggregator"] == a.spec and retired["dropped_lines"] == 0
+    assert retired["sent_lines"] == len(a.lines)
+
+
+async def test_reload_applies_tokens_and_log_level_at_once_and_refuses_the_rest(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    a = await TimedSink().bind()
+    config = make_config([a.spec], auth="token", auth_tokens=["old"])
+    async with reloadable_proxy(config, [a]) as (address, _, reloads):
+        host, _, port = address.rpartition(":")
+        sock = trio.socket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+        with sock:
+            await sock.sendto(b"old.x:1|c", (host, int(port)))
+            await wait_for(lambda: a.lines == [b"x:1|c"])
+            await reloads.send(make_config([a.spec], auth="token", auth_tokens=["new"],
+                                           max_datagram_bytes=512, forward="tcp",
+                                           log_level="warning"))
+            await wait_for(lambda: bool(events(caplog, "reloaded")))
+            assert logging.getLogger().level == logging.WARNING
+            caplog.set_level(logging.INFO)
+            await sock.sendto(b"old.y:1|c\nnew.z:1|c", (host, int(port)))
+            await wait_for(lambda: len(a.lines) == 2)
+            await trio.sleep(0.05)
+    assert a.lines == [b"x:1|c", b"z:1|c"]  # the old token is refused now, over UDP still
+    refused = sorted(f["setting"] for f in events(caplog, "reload_refused"))
+    assert refused == ["forward", "max_datagram_bytes"]
+    assert all(f["reason"] == "restart_required" for f in events(caplog, "reload_refused"))
+    reloaded, = events(caplog, "reloaded")
+    assert reloaded["applied"] == "auth_tokens,log_level"
+    assert reloaded["aggregator"] == "unchanged"
+
+
+async def test_a_passed_instant_is_refused_and_a_reload_back_cancels_a_switch(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    a, b = await TimedSink().bind(), await TimedSink().bind()
+    config = make_config([a.spec])
+    async with reloadable_proxy(config, [a, b]) as (address, _, reloads):
+        sender = Sender(address, period=0.005)
+        at = math.ceil(wall() + 0.6)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.run_until, at + 0.3)
+            await reloads.send(make_config([a.spec, b.spec], aggregators_from=wall() - 5))
+            await reloads.send(make_config([a.spec, b.spec], aggregators_from=at))
+            await trio.sleep(0.1)
+            await reloads.send(make_config([a.spec]))
+        await wait_for(lambda: len(a.lines) == len(sender.sent))
+    assert b.lines == []
+    passed, = events(caplog, "reload_refused")
+    assert (passed["setting"], passed["reason"]) == ("aggregator", "aggregators_from_passed")
+    assert [f["aggregator"] for f in events(caplog, "reloaded")] == [
+        "refused", "scheduled", "cancelled"]
+    assert len(events(caplog, "membership_schedule_cancelled")) == 1
+    assert not events(caplog, "membership_changed")
+
+
+def test_a_supervisor_fixes_one_instant_for_every_child_and_starts_late_ones_pending(
+        tmp_path: Path) -> None:
+    now = [EPOCH + 4.5]
+    a, b = "127.0.0.1:9", "127.0.0.1:10"
+    path = tmp_path / "reload.json"
+    processes = ProcessSet(config=make_config([a]), groups=[[], []], reload_file=str(path),
+                           wall_clock=lambda: now[0])
+    assert processes.reload(lambda: make_config([a, b]))
+    handed = read_reload_file(str(path))
+    assert handed == processes.config
+    assert handed.aggregators_from == EPOCH + 5.0  # the margin (0.3 s) from 4.5: one for all
+    assert path.stat().st_mode & 0o777 == 0o600
+    launch = processes.launch(1, generation=1)  # restarted before the instant
+    assert launch.description["reload_file"] == str(path)
+    assert config_from_description(launch.description["config"]).aggregator == \
+        make_config([a]).aggregator
+    assert config_from_description(launch.description["reload"]) == handed
+    now[0] = EPOCH + 5.0
+    late = processes.launch(1, generation=2)
+    assert "reload" not in late.description
+    assert config_from_description(late.description["config"]) == handed
+
+
+def test_a_supervisor_passes_on_no_reload_that_fails_and_a_reload_back_cancels(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    now = [EPOCH + 1.0]
+    a, b = "127.0.0.1:9", "127.0.0.1:10"
+    path = tmp_path / "reload.json"
+    processes = ProcessSet(config=make_config([a]), groups=[[]], reload_file=str(path),
+                           wall_clock=lambda: now[0])
+
+    def broken() -> ProxyConfig:
+        raise ConfigError("bad file")
+
+    assert not processes.reload(broken)
+    assert not path.exists() and events(caplog, "reload_failed")[0]["error"] == "bad file"
+    assert processes.reload(lambda: make_config([a, b], aggregators_from=EPOCH))  # passed
+    refused, = events(caplog, "reload_refused")
+    assert (refused["setting"], refused["reason"]) == ("aggregator", "aggregators_from_passed")
+    assert read_reload_file(str(path)).aggregator == make_config([a]).aggregator
+    assert processes.reload(lambda: make_config([a, b], aggregators_from=EPOCH + 7.2,
+                                                max_datagram_bytes=512))
+    assert processes.config.aggregators_from == EPOCH + 8.0
+    assert processes.config.max_datagram_bytes == make_config([a]).max_datagram_bytes
+    assert "reload" in processes.launch(0, generation=1).description
+    assert processes.reload(lambda: make_config([a]))
+    assert "reload" not in processes.launch(0, generation=2).description
+    assert read_reload_file(str(path)).aggregator == make_config([a]).aggregator
+
+
+async def test_the_switch_does_not_wait_for_a_slow_first_probe_of_a_new_aggregator(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    a, b = await TimedSink().bind(), await TimedSink().bind()
+
+    async def slow_admin(stream: trio.SocketStream) -> None:
+        await stream.receive_some(100)
+        await trio.sleep(0.6)  # longer than the time left before the instant
+        await stream.send_all(b"health: up\n")
+        await stream.receive_some(100)
+        await stream.send_all(b"ERROR unknown command\n")
+
+    config = make_config([a.spec], connect_timeout=2.0)
+    async with trio.open_nursery() as admin:
+        listeners = await admin.start(partial(trio.serve_tcp, slow_admin, 0, host="127.0.0.1"))
+        admin_port = listeners[0].socket.getsockname()[1]
+        async with reloadable_proxy(config, [a, b]) as (address, _, reloads):
+            sender = Sender(address)
+            at = math.ceil(wall() + 0.45)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sender.run_until, at + 0.8)
+                await trio.sleep(max(at - 0.4 - wall(), 0))
+                await reloads.send(make_config([a.spec, f"{b.spec}:{admin_port}"],
+                                               aggregators_from=at))
+            await wait_for(lambda: len(a.lines) + len(b.lines) == len(sender.sent))
+        admin.cancel_scope.cancel()
+    changed, = events(caplog, "membership_changed")
+    assert changed["late_ms"] < 50  # on time, though b's first probe took 0.6 s
+    sent_at = {line: t for t, line in sender.sent}
+    assert sorted(a.lines + b.lines) == sorted(sent_at)
+    assert all(sent_at[line] >= at - GUARD and arrived >= at + GUARD
+               for arrived, line in b.arrivals)
+
+
+async def test_a_graceful_stop_during_the_hold_delivers_what_was_held(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    a, b = await TimedSink().bind(), await TimedSink().bind()
+    config = make_config([a.spec])
+    async with reloadable_proxy(config, [a, b]) as (address, _, reloads):
+        sender = Sender(address)
+        at = math.ceil(wall() + 0.6)
+        await reloads.send(make_config([a.spec, b.spec], aggregators_from=at))
+        await sender.run_until(at - GUARD / 2)
+        await trio.sleep(0.01)
+        assert len(a.lines) < len(sender.sent)  # some are held
+    assert sorted(a.lines) == sorted(line for _, line in sender.sent)  # the old list's
+    assert b.lines == [] and not events(caplog, "membership_changed")
+    stopped, = events(caplog, "stopped")
+    assert stopped["undelivered_lines"] == 0
