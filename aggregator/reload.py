@@ -27,7 +27,9 @@ from typing import Final
 
 import attrs
 
+from common.auth import TokenAuth
 from common.config import RELOAD_AT_FLUSH
+from common.errors import ConfigError
 from common.ring import Ring
 
 from .config import AggregatorConfig, carbon_ring
@@ -114,3 +116,17 @@ def _ring_refusal(old: AggregatorConfig, new: AggregatorConfig) -> str | None:
     if old.carbon and not new.carbon:
         return "the Carbon output cannot be removed (carbon would be empty)"
     return None
+
+
+def tokens_for(config: AggregatorConfig) -> tuple[frozenset[bytes], frozenset[bytes]]:
+    """The valid and revoked token sets of ``config``, as `common.auth.TokenAuth` holds
+    them (a reload of an aggregator with ``auth = "token"`` puts them in place).
+
+    Raises:
+        ConfigError: a malformed token, one both valid and revoked, or no valid one.
+    """
+    auth = TokenAuth(config.auth_tokens, config.auth_revoked_tokens)
+    if not auth.valid:
+        raise ConfigError('auth = "token" needs at least one token in auth_tokens',
+                          key="auth_tokens")
+    return auth.valid, auth.revoked
