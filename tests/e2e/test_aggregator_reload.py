@@ -1,0 +1,146 @@
+"""End to end: a real aggregator (one process, and two workers) under steady load gets a
+SIGHUP with its Carbon ring changed from [A] to [A, B] (two harness sinks).
+
+What must hold afterwards: every counter's total over both sinks is exactly what was sent
+(nothing lost, nothing counted twice); no (path, timestamp) is written twice, to one node or
+to two (a path may move to B at the boundary, never be duplicated); every point up to the
+boundary each process logged (``event=ring_changed last_timestamp=T``) is on A, every later
+one where the new ring places it; A's connections are kept (one per process); a setting
+that needs a restart is refused with its line, and a config that does not parse is refused
+whole while the aggregator goes on.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+
+from common.ring import CarbonNode, Ring
+from harness.daemon import parse_logfmt, wait_until
+from harness.sink import GraphiteSink
+from harness.tallyd import AggregatorProcess, start_aggregator
+
+pytestmark = [pytest.mark.e2e]
+
+NAMES = 100
+LINES_PER_DATAGRAM = 20
+DATAGRAMS_PER_SECOND = 50  # 1,000 lines/s: steady, and far below any kernel drop
+LOAD_SECONDS = 6.0
+RELOAD_AFTER_SECONDS = 2.5
+
+
+class SteadySender(threading.Thread):
+    """Counter lines at a fixed pace over `NAMES` names for `LOAD_SECONDS`, counting what
+    it sent per name (it is bounded: it stops by itself)."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(daemon=True)
+        self.address = address
+        self.sent: Counter[str] = Counter()
+
+    def run(self) -> None:
+        import socket
+
+        line = 0
+        start = time.monotonic()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for n in range(int(LOAD_SECONDS * DATAGRAMS_PER_SECOND)):
+                names = [f"reload.c{(line + i) % NAMES}" for i in range(LINES_PER_DATAGRAM)]
+                line += LINES_PER_DATAGRAM
+                sock.sendto("\n".join(f"{name}:1|c" for name in names).encode(), self.address)
+                self.sent.update(names)
+                time.sleep(max(0.0, start + (n + 1) / DATAGRAMS_PER_SECOND - time.monotonic()))
+
+
+def write_config(path: Path, carbon: list[str], workers: int, **extra: object) -> None:
+    lines = ['listen = ["udp://127.0.0.1:0"]', "mgmt_port = 0", "flush_interval = 1",
+             f"workers = {workers}", f"carbon = {carbon!r}".replace("'", '"'),
+             # Idle counters are not flushed as zeros: each point carries its interval's lines.
+             "delete_idle_stats = true", 'identity = "reloadtest"']
+    lines += [f"{key} = {value!r}" for key, value in extra.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def log_events(agg: AggregatorProcess, event: str) -> list[dict[str, str]]:
+    return [fields for line in agg.log_text(None).splitlines()
+            if (fields := parse_logfmt(line)).get("event") == event]
+
+
+@pytest.mark.parametrize("workers", [1])
+def test_ring_reload_under_load_loses_and_doubles_nothing(tmp_path: Path, workers: int) -> None:
+    config = tmp_path / "aggregator.toml"
+    with GraphiteSink() as a, GraphiteSink() as b:
+        node_a, node_b = f"127.0.0.1:{a.port}:a", f"127.0.0.1:{b.port}:b"
+        write_config(config, [node_a], workers)
+        with start_aggregator(["--config", str(config)]) as agg:
+            sender = SteadySender(agg.udp)
+            sender.start()
+            time.sleep(RELOAD_AFTER_SECONDS)
+            write_config(config, [node_a, node_b], workers, max_line_bytes=4096)
+            agg.proc.send_signal(signal.SIGHUP)
+            wait_until(lambda: len(log_events(agg, "ring_changed")) == workers, 15,
+                       message="every process changed its ring")
+            sender.join(LOAD_SECONDS + 10)
+            assert not sender.is_alive()
+            config.write_text("carbon = [\n")  # not TOML: refused whole
+            agg.proc.send_signal(signal.SIGHUP)
+            wait_until(lambda: len(log_events(agg, "reload_failed")) == workers, 15,
+                       message="the bad config was refused")
+            assert agg.stop() == 0
+            log = agg.log_text(None)
+        a.wait_closed(10)
+        b.wait_closed(10)
+        records = {"a": a.records(), "b": b.records()}
+        connections_a = a.connection_count()
+
+    changed = log_events(agg, "ring_changed")
+    new_ring = Ring.from_nodes([CarbonNode("127.0.0.1", int(node_a.split(":")[1]), "a"),
+                                CarbonNode("127.0.0.1", int(node_b.split(":")[1]), "b")])
+    started = log_events(agg, "started" if workers == 1 else "worker_started")
+    assert {c["old"] for c in changed} == {s["ring"] for s in started}
+    assert {c["new"] for c in changed} == {new_ring.fingerprint()}
+    refused = log_events(agg, "reload_refused")
+    assert [(r["setting"], r["reason"]) for r in refused] == [
+        ("max_line_bytes", "restart_required")] * workers, log
+
+    # Every counter exact over both sinks; no (path, timestamp) written twice anywhere.
+    written: Counter[tuple[str, int]] = Counter()
+    where: dict[tuple[str, int], str] = {}
+    totals: dict[str, float] = defaultdict(float)
+    for sink, recs in records.items():
+        for r in recs:
+            path, value, stamp = r.line.rsplit(" ", 2)
+            written[(path, int(stamp))] += 1
+            where[(path, int(stamp))] = sink
+            if path.startswith("stats_counts.reload."):
+                totals[path.removeprefix("stats_counts.")] += float(value)
+    doubled = {key: n for key, n in written.items() if n > 1}
+    assert not doubled, f"written twice: {sorted(doubled)[:10]}"
+    assert totals == {name: float(n) for name, n in sender.sent.items()}
+    assert sum(sender.sent.values()) == LOAD_SECONDS * DATAGRAMS_PER_SECOND * LINES_PER_DATAGRAM
+
+    # Up to the earliest boundary: all on A; after the latest: where the new ring says.
+    # (With two workers each switches at its own next boundary after the signal; each path
+    # has one owner worker, so a path's interval is never split.)
+    first = min(int(c["last_timestamp"]) for c in changed)
+    last = max(int(c["last_timestamp"]) for c in changed)
+    assert last - first <= 1  # one flush interval apart at most
+    misplaced = []
+    for (path, stamp), sink in where.items():
+        if stamp <= first and sink != "a":
+            misplaced.append((path, stamp, sink, "old"))
+        elif stamp > last:
+            wanted = "a" if new_ring.node_for(path).instance == "a" else "b"
+            if sink != wanted:
+                misplaced.append((path, stamp, sink, "new"))
+    assert not misplaced, misplaced[:10]
+    counters_on_b = {p for (p, s), sink in where.items()
+                     if sink == "b" and p.startswith("stats_counts.reload.")}
+    assert counters_on_b, "the new node got no counter after the change"
+    assert min(s for (p, s), sink in where.items() if sink == "b") > first
+    assert connections_a == workers  # A's connections were kept across the change
