@@ -267,17 +267,18 @@ async def run_reloads(
     every other change refused (logged; the old value stays). A config that cannot be
     applied is refused whole (``reload_failed``) and the one in force stays."""
     current = config
+    worker = components.exchange.context.index if components.exchange is not None else 0
     while True:
         new = await reload_trigger()
         try:
             plan = plan_reload(current, new)
             tokens = tokens_for(plan.config) if components.auth is not None else None
         except ConfigError as e:
-            log_event(LOGGER, "reload_failed", level=logging.ERROR, error=str(e))
+            log_event(LOGGER, "reload_failed", level=logging.ERROR, worker=worker, error=str(e))
             continue
         for refusal in plan.refused:
             log_event(LOGGER, "reload_refused", level=logging.WARNING, setting=refusal.setting,
-                      reason=RESTART_REQUIRED, detail=refusal.detail)
+                      reason=RESTART_REQUIRED, worker=worker, detail=refusal.detail)
         current = plan.config
         flusher.reconfigure(current.naming, self_metrics=current.self_metrics)
         components.accumulator.reconfigure(current.ledger_options)
@@ -289,10 +290,10 @@ async def run_reloads(
         if carbon is not None and plan.ring is not None:
             # The latest reload wins: a ring still waiting for its boundary is replaced.
             log_event(LOGGER, "ring_scheduled", old=carbon.placement.ring.fingerprint(),
-                      new=plan.ring.fingerprint())
+                      new=plan.ring.fingerprint(), worker=worker)
             flusher.at_next_boundary("ring", partial(carbon.change_ring_at_boundary,
-                                                     plan.ring))
-        log_event(LOGGER, "reloaded", applied=",".join(plan.at_once) or "none",
+                                                     plan.ring, worker=worker))
+        log_event(LOGGER, "reloaded", worker=worker, applied=",".join(plan.at_once) or "none",
                   at_next_flush=",".join(plan.at_flush) or "none",
                   refused=",".join(r.setting for r in plan.refused) or "none",
                   level=logging.WARNING if plan.refused else logging.INFO)

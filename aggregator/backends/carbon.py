@@ -136,17 +136,18 @@ class CarbonOutput:
         self.placement = Placement(ring)
         return change
 
-    def change_ring_at_boundary(self, ring: Ring, sequence: int, timestamp: int) -> None:
-        """`change_ring`, as the flusher's boundary action (`aggregator.flusher`): flush
-        ``sequence``, stamped ``timestamp``, was the last placed on the old ring. Logs
-        ``event=ring_changed`` (the old and new fingerprints) when the placement changes."""
+    def change_ring_at_boundary(self, ring: Ring, sequence: int, timestamp: int, *,
+                                worker: int = 0) -> None:
+        """`change_ring` as the flusher's boundary action for a reloaded ring
+        (`aggregator.flusher.Flusher.at_next_boundary`): flush ``sequence``, stamped
+        ``timestamp``, was the last placed on the old ring. Logs ``event=ring_changed``
+        with both fingerprints (``worker``: this process's index, for the log)."""
         old = self.placement.ring.fingerprint()
         if ring.fingerprint() == old:
-            self.placement = Placement(ring)  # the same placement, spelt another way
-            return
+            return  # a later reload brought the ring in force back before the boundary
         change = self.change_ring(ring)
         log_event(LOGGER, "ring_changed", old=old, new=ring.fingerprint(), sequence=sequence,
-                  last_timestamp=timestamp, kept=len(change.kept),
+                  last_timestamp=timestamp, worker=worker, kept=len(change.kept),
                   added=",".join(str(n) for n in change.added) or "none",
                   retired=",".join(str(n) for n in change.retired) or "none")
 

@@ -71,7 +71,7 @@ def log_events(agg: AggregatorProcess, event: str) -> list[dict[str, str]]:
             if (fields := parse_logfmt(line)).get("event") == event]
 
 
-@pytest.mark.parametrize("workers", [1])
+@pytest.mark.parametrize("workers", [1, 2])
 def test_ring_reload_under_load_loses_and_doubles_nothing(tmp_path: Path, workers: int) -> None:
     config = tmp_path / "aggregator.toml"
     with GraphiteSink() as a, GraphiteSink() as b:
@@ -99,6 +99,11 @@ def test_ring_reload_under_load_loses_and_doubles_nothing(tmp_path: Path, worker
         connections_a = a.connection_count()
 
     changed = log_events(agg, "ring_changed")
+    # The supervisor passed the signal on: each worker changed its ring once, and each
+    # refused the unparsable file.
+    assert sorted(int(c["worker"]) for c in changed) == list(range(workers))
+    assert sorted(int(f["worker"]) for f in log_events(agg, "reload_failed")) == list(
+        range(workers))
     new_ring = Ring.from_nodes([CarbonNode("127.0.0.1", int(node_a.split(":")[1]), "a"),
                                 CarbonNode("127.0.0.1", int(node_b.split(":")[1]), "b")])
     started = log_events(agg, "started" if workers == 1 else "worker_started")
