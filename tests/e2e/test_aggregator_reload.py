@@ -1,13 +1,14 @@
 """End to end: a real aggregator (one process, and two workers) under steady load gets a
-SIGHUP with its Carbon ring changed from [A] to [A, B] (two harness sinks).
+SIGHUP with its Carbon ring changed from [A] to [A, B] (two harness sinks), and one process
+from [A, B] to [B] (A retired: it drains, then closes, while the load goes on).
 
 What must hold afterwards: every counter's total over both sinks is exactly what was sent
 (nothing lost, nothing counted twice); no (path, timestamp) is written twice, to one node or
 to two (a path may move to B at the boundary, never be duplicated); every point up to the
 boundary each process logged (``event=ring_changed last_timestamp=T``) is on A, every later
-one where the new ring places it; A's connections are kept (one per process); a setting
-that needs a restart is refused with its line, and a config that does not parse is refused
-whole while the aggregator goes on.
+one where the new ring places it; the node in both rings keeps its connections (one per
+process); the log level applies at once, a setting that needs a restart is refused with its
+line, and a config that does not parse is refused whole while the aggregator goes on.
 """
 
 from __future__ import annotations
@@ -71,20 +72,35 @@ def log_events(agg: AggregatorProcess, event: str) -> list[dict[str, str]]:
             if (fields := parse_logfmt(line)).get("event") == event]
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_ring_reload_under_load_loses_and_doubles_nothing(tmp_path: Path, workers: int) -> None:
+def ring_of(nodes: list[str]) -> Ring:
+    return Ring.from_nodes([CarbonNode("127.0.0.1", int(port), instance)
+                            for _, port, instance in (n.split(":") for n in nodes)])
+
+
+@pytest.mark.parametrize(("workers", "change"), [(1, "add"), (2, "add"), (1, "retire")])
+def test_ring_reload_under_load_loses_and_doubles_nothing(tmp_path: Path, workers: int,
+                                                          change: str) -> None:
+    """``add``: [A] -> [A, B] (the brief's case); ``retire``: [A, B] -> [B], A drains and
+    closes its connection while the load goes on."""
     config = tmp_path / "aggregator.toml"
     with GraphiteSink() as a, GraphiteSink() as b:
+        sinks = {"a": a, "b": b}
         node_a, node_b = f"127.0.0.1:{a.port}:a", f"127.0.0.1:{b.port}:b"
-        write_config(config, [node_a], workers)
+        before, after = ([node_a], [node_a, node_b]) if change == "add" else (
+            [node_a, node_b], [node_b])
+        write_config(config, before, workers)
         with start_aggregator(["--config", str(config)]) as agg:
             sender = SteadySender(agg.udp)
             sender.start()
             time.sleep(RELOAD_AFTER_SECONDS)
-            write_config(config, [node_a, node_b], workers, max_line_bytes=4096)
+            write_config(config, after, workers, max_line_bytes=4096, log_level="debug")
             agg.proc.send_signal(signal.SIGHUP)
             wait_until(lambda: len(log_events(agg, "ring_changed")) == workers, 15,
                        message="every process changed its ring")
+            if change == "retire":
+                wait_until(lambda: len(log_events(agg, "carbon_retired")) == workers, 15,
+                           message="every process retired A")
+                a.wait_closed(10)  # while the aggregator still runs
             sender.join(LOAD_SECONDS + 10)
             assert not sender.is_alive()
             config.write_text("carbon = [\n")  # not TOML: refused whole
@@ -95,8 +111,8 @@ def test_ring_reload_under_load_loses_and_doubles_nothing(tmp_path: Path, worker
             log = agg.log_text(None)
         a.wait_closed(10)
         b.wait_closed(10)
-        records = {"a": a.records(), "b": b.records()}
-        connections_a = a.connection_count()
+        records = {name: sink.records() for name, sink in sinks.items()}
+        connections = {name: sink.connection_count() for name, sink in sinks.items()}
 
     changed = log_events(agg, "ring_changed")
     # The supervisor passed the signal on: each worker changed its ring once, and each
@@ -104,14 +120,19 @@ def test_ring_reload_under_load_loses_and_doubles_nothing(tmp_path: Path, worker
     assert sorted(int(c["worker"]) for c in changed) == list(range(workers))
     assert sorted(int(f["worker"]) for f in log_events(agg, "reload_failed")) == list(
         range(workers))
-    new_ring = Ring.from_nodes([CarbonNode("127.0.0.1", int(node_a.split(":")[1]), "a"),
-                                CarbonNode("127.0.0.1", int(node_b.split(":")[1]), "b")])
+    old_ring, new_ring = ring_of(before), ring_of(after)
     started = log_events(agg, "started" if workers == 1 else "worker_started")
-    assert {c["old"] for c in changed} == {s["ring"] for s in started}
+    assert {c["old"] for c in changed} == {s["ring"] for s in started} == {
+        old_ring.fingerprint()}
     assert {c["new"] for c in changed} == {new_ring.fingerprint()}
     refused = log_events(agg, "reload_refused")
     assert [(r["setting"], r["reason"]) for r in refused] == [
         ("max_line_bytes", "restart_required")] * workers, log
+    assert "level=debug" in log.split("event=reloaded", 1)[1]  # log_level: at once
+    if change == "retire":
+        retired = log_events(agg, "carbon_retired")
+        assert {r["drained"] for r in retired} == {"True"}
+        assert {r["node"] for r in retired} == {node_a}
 
     # Every counter exact over both sinks; no (path, timestamp) written twice anywhere.
     written: Counter[tuple[str, int]] = Counter()
@@ -129,23 +150,26 @@ def test_ring_reload_under_load_loses_and_doubles_nothing(tmp_path: Path, worker
     assert totals == {name: float(n) for name, n in sender.sent.items()}
     assert sum(sender.sent.values()) == LOAD_SECONDS * DATAGRAMS_PER_SECOND * LINES_PER_DATAGRAM
 
-    # Up to the earliest boundary: all on A; after the latest: where the new ring says.
-    # (With two workers each switches at its own next boundary after the signal; each path
-    # has one owner worker, so a path's interval is never split.)
+    # Up to the earliest boundary: where the old ring places it; after the latest: where
+    # the new ring does. (With two workers each switches at its own next boundary after
+    # the signal; each path has one owner worker, so a path's interval is never split.)
     first = min(int(c["last_timestamp"]) for c in changed)
     last = max(int(c["last_timestamp"]) for c in changed)
     assert last - first <= 1  # one flush interval apart at most
     misplaced = []
     for (path, stamp), sink in where.items():
-        if stamp <= first and sink != "a":
-            misplaced.append((path, stamp, sink, "old"))
-        elif stamp > last:
-            wanted = "a" if new_ring.node_for(path).instance == "a" else "b"
-            if sink != wanted:
-                misplaced.append((path, stamp, sink, "new"))
+        ring = old_ring if stamp <= first else new_ring if stamp > last else None
+        if ring is not None and ring.node_for(path).instance != sink:
+            misplaced.append((path, stamp, sink))
     assert not misplaced, misplaced[:10]
-    counters_on_b = {p for (p, s), sink in where.items()
-                     if sink == "b" and p.startswith("stats_counts.reload.")}
-    assert counters_on_b, "the new node got no counter after the change"
-    assert min(s for (p, s), sink in where.items() if sink == "b") > first
-    assert connections_a == workers  # A's connections were kept across the change
+    moved = {p for (p, s), sink in where.items() if p.startswith("stats_counts.reload.")
+             and s > last and old_ring.node_for(p) != new_ring.node_for(p)}
+    assert moved, "no counter moved at the change"
+    # The node in both rings kept its connections (one per process); the retired one's
+    # were closed, and it got nothing after the boundary.
+    kept = "a" if change == "add" else "b"
+    assert connections[kept] == workers
+    if change == "retire":
+        assert max(s for (p, s), sink in where.items() if sink == "a") <= last
+    else:
+        assert min(s for (p, s), sink in where.items() if sink == "b") > first
