@@ -4,11 +4,12 @@ from [A, B] to [B] (A retired: it drains, then closes, while the load goes on).
 
 What must hold afterwards: every counter's total over both sinks is exactly what was sent
 (nothing lost, nothing counted twice); no (path, timestamp) is written twice, to one node or
-to two (a path may move to B at the boundary, never be duplicated); every point up to the
-boundary each process logged (``event=ring_changed last_timestamp=T``) is on A, every later
-one where the new ring places it; the node in both rings keeps its connections (one per
-process); the log level applies at once, a setting that needs a restart is refused with its
-line, and a config that does not parse is refused whole while the aggregator goes on.
+to two (a path may move at the boundary, never be duplicated); every point up to the
+boundary each process logged (``event=ring_changed last_timestamp=T``) is where the old
+ring places it, every later one where the new ring does; the node in both rings keeps its
+connections (one per process); the log level applies at once, a setting that needs a
+restart is refused with its line, and a config that does not parse is refused whole while
+the aggregator goes on.
 """
 
 from __future__ import annotations
