@@ -233,3 +233,32 @@ async def test_serve_reload_applies_tokens_at_once_refuses_the_rest_and_survives
     assert "reload_failed" in messages
     stamps = sorted({int(x.split()[2]) for x in a.lines})
     assert all(s % 10 == 0 for s in stamps)  # the interval stayed (a restart is needed)
+
+
+async def test_a_later_reload_before_the_boundary_wins(
+        nursery, wall_clock: Callable[[], float], autojump_clock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    a, b, c = await open_sink(nursery), await open_sink(nursery), await open_sink(nursery)
+    config = make_config(node(a.port, "a"))
+    reloads = trio.open_memory_channel[AggregatorConfig](1)
+    addrs = await nursery.start(partial(serve, config, wall_clock=wall_clock,
+                                        reload_trigger=reloads[1].receive))
+    await trio.sleep(10 - wall_clock() % 10 + 2)
+    # [A] -> [A, B] then, in the same interval, back to [A]: no change at the boundary.
+    await reloads[0].send(make_config(node(a.port, "a"), node(b.port, "b")))
+    await reloads[0].send(config)
+    await send_udp(addrs.first("udp"), b"\n".join(f"c{i}:1|c".encode() for i in range(50)))
+    await trio.sleep(10)
+    assert not any(r.getMessage() == "ring_changed" for r in caplog.records)
+    # [A] -> [A, B] then -> [A, C]: the boundary applies [A, C].
+    await reloads[0].send(make_config(node(a.port, "a"), node(b.port, "b")))
+    await reloads[0].send(make_config(node(a.port, "a"), node(c.port, "c")))
+    await trio.sleep(10)
+    await send_udp(addrs.first("udp"), b"\n".join(f"c{i}:1|c".encode() for i in range(50)))
+    with trio.fail_after(60):
+        await c.wait_for(lambda lines: any(x.startswith(b"stats_counts.c") for x in lines))
+    changed = [r.fields for r in caplog.records  # type: ignore[attr-defined]
+               if r.getMessage() == "ring_changed"]
+    assert len(changed) == 1 and changed[0]["added"] == node(c.port, "c")
+    assert b.connections == 0 and b.lines == []

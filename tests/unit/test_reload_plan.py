@@ -110,3 +110,21 @@ def test_reference_table_says_when_each_setting_reloads() -> None:
     assert rows["auth_tokens"] == rows["log_level"] == "yes"
     assert rows["listen"] == "restart"
     assert RESTART_REQUIRED == "restart_required" and RELOAD_AT_FLUSH == "flush"
+
+
+def test_ring_change_lists_kept_added_and_retired_nodes_in_ring_order() -> None:
+    from aggregator.backends.placement import plan_ring_change
+    from aggregator.config import carbon_ring
+
+    old = carbon_ring(make(carbon=["10.0.0.1:2003:a", "10.0.0.2:2003:b", "10.0.0.3:2003:c"]))
+    new = carbon_ring(make(carbon=["10.0.0.4:2003:d", "10.0.0.3:2003:c", "10.0.0.1:2003:a",
+                                   "10.0.0.1:2004:e"]))
+    change = plan_ring_change(old, new)
+    assert [str(n) for n in change.kept] == ["10.0.0.3:2003:c", "10.0.0.1:2003:a"]
+    assert [str(n) for n in change.added] == ["10.0.0.4:2003:d", "10.0.0.1:2004:e"]
+    assert [str(n) for n in change.retired] == ["10.0.0.2:2003:b"]
+    # A node is its host, port and instance: a new port is a new node.
+    moved = carbon_ring(make(carbon=["10.0.0.1:2013:a"]))
+    change = plan_ring_change(carbon_ring(make(carbon=["10.0.0.1:2003:a"])), moved)
+    assert [str(n) for n in change.added] == ["10.0.0.1:2013:a"]
+    assert [str(n) for n in change.retired] == ["10.0.0.1:2003:a"]
