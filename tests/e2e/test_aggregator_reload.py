@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from common.ring import CarbonNode, Ring
+from harness.client import send_udp
 from harness.daemon import parse_logfmt, wait_until
 from harness.sink import GraphiteSink
 from harness.tallyd import AggregatorProcess, start_aggregator
@@ -174,3 +175,41 @@ def test_ring_reload_under_load_loses_and_doubles_nothing(tmp_path: Path, worker
         assert max(s for (p, s), sink in where.items() if sink == "a") <= last
     else:
         assert min(s for (p, s), sink in where.items() if sink == "b") > first
+
+
+def test_token_reload_applies_at_once_in_every_worker(tmp_path: Path) -> None:
+    """Two workers, token authentication: after SIGHUP the new token is accepted and the
+    revoked one refused by each worker (lines sent to each worker's own socket,
+    ``worker_listen``, are authenticated by that worker)."""
+    config = tmp_path / "aggregator.toml"
+    with GraphiteSink() as sink:
+        node = f"127.0.0.1:{sink.port}:a"
+        settings = {"auth": "token", "worker_listen": "udp://127.0.0.1:0"}
+        write_config(config, [node], 2, auth_tokens=["old"], **settings)
+        with start_aggregator(["--config", str(config)]) as agg:
+            write_config(config, [node], 2, auth_tokens=["new"], auth_revoked_tokens=["old"],
+                         **settings)
+            agg.proc.send_signal(signal.SIGHUP)
+            wait_until(lambda: len(log_events(agg, "reloaded")) == 2, 15,
+                       message="both workers reloaded")
+            endpoints = [agg.address("worker", i) for i in range(2)]
+            for endpoint in endpoints:
+                host, port = endpoint.rsplit(":", 1)
+                send_udp((host, int(port)), [b"new.tok.ok:1|c\nold.tok.no:1|c"] * 100)
+            wait_until(lambda: sum(float(r.line.split()[1]) for r in sink.records()
+                                   if r.line.startswith("stats_counts.tok.ok ")) >= 200, 15,
+                       message="the new token's lines arrived")
+            assert agg.stop() == 0
+        sink.wait_closed(10)
+    assert {f["applied"] for f in log_events(agg, "reloaded")} == {
+        "auth_tokens,auth_revoked_tokens"}
+    assert not [r for r in sink.records() if r.line.startswith("stats_counts.tok.no ")]
+    assert sum(float(r.line.split()[1]) for r in sink.records()
+               if r.line.startswith("stats_counts.tok.ok ")) == 200
+    revoked: dict[str, float] = defaultdict(float)
+    for r in sink.records():
+        path, value, _ = r.line.rsplit(" ", 2)
+        if path.endswith(".auth.refused_lines.revoked"):
+            worker = path.split("reloadtest-")[1].split(".")[0]
+            revoked[worker] = max(revoked[worker], float(value))  # a total since start
+    assert revoked == {"w0": 100.0, "w1": 100.0}
