@@ -58,6 +58,8 @@ class ReloadPlan:
         refused: the changed settings that need a restart.
         ring: the new Carbon ring when it places paths differently from the old one (by
             fingerprint); None when the ring stays (also when only its spelling changed).
+        target: the Carbon ring of ``config`` (None without Carbon nodes): what the output
+            must be on once the next flush boundary is passed.
     """
 
     config: AggregatorConfig
@@ -65,6 +67,7 @@ class ReloadPlan:
     at_flush: tuple[str, ...] = ()
     refused: tuple[Refusal, ...] = ()
     ring: Ring | None = None
+    target: Ring | None = None
 
     @property
     def changed(self) -> bool:
@@ -100,13 +103,12 @@ def plan_reload(old: AggregatorConfig, new: AggregatorConfig) -> ReloadPlan:
         else:
             refused.append(Refusal(name, "not reloadable"))
     config = attrs.evolve(old, **{name: getattr(new, name) for name in (*at_once, *at_flush)})
+    target = carbon_ring(config) if config.carbon else None
     ring = None
-    if at_flush:
-        before, after = carbon_ring(old), carbon_ring(config)
-        if after.fingerprint() != before.fingerprint():
-            ring = after
+    if at_flush and target is not None and target.fingerprint() != carbon_ring(old).fingerprint():
+        ring = target
     return ReloadPlan(config=config, at_once=tuple(at_once), at_flush=tuple(at_flush),
-                      refused=tuple(refused), ring=ring)
+                      refused=tuple(refused), ring=ring, target=target)
 
 
 def _ring_refusal(old: AggregatorConfig, new: AggregatorConfig) -> str | None:

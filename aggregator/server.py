@@ -286,13 +286,19 @@ async def run_reloads(
         if components.auth is not None and tokens is not None:
             # The intake reads these sets on every packet: the next one meets the new tokens.
             components.auth.valid, components.auth.revoked = tokens
-        carbon = components.carbon
-        if carbon is not None and plan.ring is not None:
-            # The latest reload wins: a ring still waiting for its boundary is replaced.
-            log_event(LOGGER, "ring_scheduled", old=carbon.placement.ring.fingerprint(),
-                      new=plan.ring.fingerprint(), worker=worker)
-            flusher.at_next_boundary("ring", partial(carbon.change_ring_at_boundary,
-                                                     plan.ring, worker=worker))
+        carbon, target = components.carbon, plan.target
+        if carbon is not None and target is not None:
+            # The output moves to the config's ring at the next boundary: when the ring
+            # changed (the latest reload replaces a ring still waiting, even to go back to
+            # the one in force), or when it is not the one in force yet (a change that failed
+            # at its boundary is tried again).
+            live = carbon.placement.ring.fingerprint()
+            if target.fingerprint() != live:
+                log_event(LOGGER, "ring_scheduled", old=live, new=target.fingerprint(),
+                          worker=worker)
+            if plan.ring is not None or target.fingerprint() != live:
+                flusher.at_next_boundary("ring", partial(carbon.change_ring_at_boundary,
+                                                         target, worker=worker))
         log_event(LOGGER, "reloaded", worker=worker, applied=",".join(plan.at_once) or "none",
                   at_next_flush=",".join(plan.at_flush) or "none",
                   refused=",".join(r.setting for r in plan.refused) or "none",

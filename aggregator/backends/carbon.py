@@ -119,14 +119,19 @@ class CarbonOutput:
 
         Returns:
             which nodes stayed, were added and retired.
+
+        Raises:
+            OSError: an added node's spool directory cannot be made; the ring in force
+                stays, unchanged.
         """
         change = plan_ring_change(self.placement.ring, ring)
+        # Every new sender first (a spool directory may fail): then nothing has changed yet.
+        self._every.update({node: self._make_sender(node) for node in change.added
+                            if node not in self._every})
         for node in change.added:
             retirement = self._retiring.pop(node, None)
             if retirement is not None:
                 retirement.recall()  # it rejoins while still delivering: it just goes on
-            elif node not in self._every:
-                self._every[node] = self._make_sender(node)
             self._start(node)  # a new sender, or one that had closed when it retired
         for node in change.retired:
             retirement = self._retiring[node] = Retirement()
@@ -145,7 +150,12 @@ class CarbonOutput:
         old = self.placement.ring.fingerprint()
         if ring.fingerprint() == old:
             return  # a later reload brought the ring in force back before the boundary
-        change = self.change_ring(ring)
+        try:
+            change = self.change_ring(ring)
+        except OSError as e:
+            log_event(LOGGER, "ring_change_failed", level=logging.ERROR, old=old,
+                      new=ring.fingerprint(), worker=worker, error=str(e))
+            return
         log_event(LOGGER, "ring_changed", old=old, new=ring.fingerprint(), sequence=sequence,
                   last_timestamp=timestamp, worker=worker, kept=len(change.kept),
                   added=",".join(str(n) for n in change.added) or "none",

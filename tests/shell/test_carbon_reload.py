@@ -18,6 +18,7 @@ from aggregator.config import AggregatorConfig, carbon_ring
 from aggregator.server import serve
 from common.config import config_from_mapping
 from common.ring import CarbonNode
+from common.stats import path_component
 from harness.port import free_port
 from harness.triosink import TrioSink
 
@@ -262,3 +263,46 @@ async def test_a_later_reload_before_the_boundary_wins(
                if r.getMessage() == "ring_changed"]
     assert len(changed) == 1 and changed[0]["added"] == node(c.port, "c")
     assert b.connections == 0 and b.lines == []
+
+
+async def test_a_ring_whose_spool_cannot_be_made_is_refused_and_the_old_one_stays(
+        nursery, tmp_path, autojump_clock, caplog: pytest.LogCaptureFixture) -> None:
+    a = await open_sink(nursery)
+    spool = tmp_path / "spool"
+    output = CarbonOutput(make_config(node(a.port, "a"), carbon_spool_dir=str(spool)))
+    nursery.start_soon(output.run)
+    (spool / path_component(node(9, "b"))).write_text("not a directory")
+    before = output.placement.ring
+    output.change_ring_at_boundary(carbon_ring(make_config(node(a.port, "a"), node(9, "b"))),
+                                   7, 70)
+    assert output.placement.ring is before
+    assert list(output.senders) == [CarbonNode("127.0.0.1", a.port, "a")]
+    assert [r.getMessage() for r in caplog.records].count("ring_change_failed") == 1
+    output.offer(flush_block(80))
+    with trio.fail_after(30):
+        await output.wait_delivered()
+    assert len(paths_at(a, 80)) == 200
+
+
+async def test_a_failed_ring_change_is_tried_again_by_the_next_reload(
+        nursery, tmp_path, wall_clock: Callable[[], float], autojump_clock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    a, b = await open_sink(nursery), await open_sink(nursery)
+    spool = tmp_path / "spool"
+    config = make_config(node(a.port, "a"), carbon_spool_dir=str(spool))
+    reloads = trio.open_memory_channel[AggregatorConfig](1)
+    await nursery.start(partial(serve, config, wall_clock=wall_clock,
+                                reload_trigger=reloads[1].receive))
+    obstacle = spool / path_component(node(b.port, "b"))
+    obstacle.write_text("not a directory")
+    both = make_config(node(a.port, "a"), node(b.port, "b"), carbon_spool_dir=str(spool))
+    await reloads[0].send(both)
+    await trio.sleep(11)  # past a boundary
+    messages = [r.getMessage() for r in caplog.records]
+    assert "ring_change_failed" in messages and "ring_changed" not in messages
+    obstacle.unlink()
+    await reloads[0].send(both)  # the same file again: the ring is still to be changed
+    with trio.fail_after(60):
+        await b.wait_for(lambda lines: len(lines) > 0)
+    assert [r.getMessage() for r in caplog.records].count("ring_changed") == 1
