@@ -84,17 +84,23 @@ def load_config(args: argparse.Namespace) -> tuple[AggregatorConfig, list[str]]:
 
 
 def queue_reload(args: argparse.Namespace,
-                 reloads: trio.MemorySendChannel[AggregatorConfig]) -> None:
-    """SIGHUP: read the files and flags again and hand the result to `serve`."""
+                 reloads: trio.MemorySendChannel[AggregatorConfig], *, worker: int = 0) -> None:
+    """SIGHUP: read the files and flags again and hand the result to `serve`
+    (`aggregator.server.run_reloads`, which applies it as `aggregator.reload` plans). A
+    file that cannot be read or checked changes nothing: the config in force stays.
+
+    With several workers the supervisor passes the signal on to each worker, and each
+    reads the files itself (``worker``: its index, for the log)."""
     try:
         new, _ = load_config(args)
     except ConfigError as e:
-        log_event(LOGGER, "reload_failed", level=logging.ERROR, error=str(e))
+        log_event(LOGGER, "reload_failed", level=logging.ERROR, worker=worker, error=str(e))
         return
     try:
         reloads.send_nowait(new)
     except trio.WouldBlock:
-        log_event(LOGGER, "reload_skipped", level=logging.WARNING, reason="reload_in_progress")
+        log_event(LOGGER, "reload_skipped", level=logging.WARNING, worker=worker,
+                  reason="reload_in_progress")
 
 
 async def run(config: AggregatorConfig, args: argparse.Namespace,
@@ -104,7 +110,8 @@ async def run(config: AggregatorConfig, args: argparse.Namespace,
     reload_send, reload_receive = trio.open_memory_channel[AggregatorConfig](4)
     async with trio.open_nursery() as nursery:
         await nursery.start(partial(run_signal_handler, on_stop=stop.set, on_force=force_exit,
-                                    on_reload=partial(queue_reload, args, reload_send)))
+                                    on_reload=partial(queue_reload, args, reload_send,
+                                                      worker=worker.index if worker else 0)))
         if worker is not None and worker.parent_pipe is not None:
             nursery.start_soon(watch_parent, worker.parent_pipe, stop.set)
         async with trio.open_nursery() as serving:

@@ -23,6 +23,7 @@ from common.config import (
     AGGREGATOR_HTTP_PORT,
     AGGREGATOR_MGMT_PORT,
     AGGREGATOR_STATSD_PORT,
+    RELOAD_AT_FLUSH,
     auth_mode_setting,
     auth_revoked_tokens_setting,
     auth_tokens_setting,
@@ -207,10 +208,10 @@ class AggregatorConfig:
              "unixgram:///PATH (repeatable)", etsy="servers, port, address")
     carbon: tuple[CarbonNode, ...] = carbon_setting(
         help="Carbon plaintext receivers, in ring order (repeatable); none: no Graphite output",
-        etsy="graphiteHost, graphitePort")
-    ring_hash: str = ring_hash_setting()
-    ring_tag_key: str | None = ring_tag_key_setting()
-    replication_factor: int = replication_factor_setting()
+        etsy="graphiteHost, graphitePort", reloadable=RELOAD_AT_FLUSH)
+    ring_hash: str = ring_hash_setting(reloadable=RELOAD_AT_FLUSH)
+    ring_tag_key: str | None = ring_tag_key_setting(reloadable=RELOAD_AT_FLUSH)
+    replication_factor: int = replication_factor_setting(reloadable=RELOAD_AT_FLUSH)
     workers: int | None = setting(
         None, kind="int", converter=lambda x: None if x is None else int(x),
         validator=v.optional(v.ge(1)), metavar="N",
@@ -310,8 +311,8 @@ class AggregatorConfig:
         help="health reported at start (the management command 'health down' drains a node first)",
         etsy="healthStatus")
     auth: str = auth_mode_setting()
-    auth_tokens: tuple[str, ...] = auth_tokens_setting()
-    auth_revoked_tokens: tuple[str, ...] = auth_revoked_tokens_setting()
+    auth_tokens: tuple[str, ...] = auth_tokens_setting(reloadable=True)
+    auth_revoked_tokens: tuple[str, ...] = auth_revoked_tokens_setting(reloadable=True)
     max_line_bytes: int = max_line_bytes_setting()
     max_tcp_connections: int = max_tcp_connections_setting()
     tcp_idle_timeout_seconds: float = tcp_idle_timeout_seconds_setting()
@@ -415,9 +416,19 @@ def check_config(config: AggregatorConfig, workers: int | None = None) -> None:
     check_worker_listen(config.worker_listen, workers or config.workers or 1)
     make_auth(config.auth, config.auth_tokens, config.auth_revoked_tokens)
     if config.carbon:
-        Ring.from_nodes(config.carbon, hash_type=config.ring_hash,
-                        replication_factor=config.replication_factor,
-                        tag_key=config.ring_tag_key)
+        carbon_ring(config)
+
+
+def carbon_ring(config: AggregatorConfig) -> Ring:
+    """The Carbon ring the settings describe (``carbon``, ``ring_hash``,
+    ``replication_factor``, ``ring_tag_key``).
+
+    Raises:
+        ConfigError: a ring that cannot be built (see `check_config`).
+    """
+    return Ring.from_nodes(config.carbon, hash_type=config.ring_hash,
+                           replication_factor=config.replication_factor,
+                           tag_key=config.ring_tag_key)
 
 
 def plain_value(name: str, value: Any) -> Any:

@@ -5,6 +5,10 @@ after the previous one, and every line of it carries that instant as its timesta
 aggregators (or workers) with the same interval therefore stamp one interval's points with
 one timestamp, whatever moment they started.
 
+Changes that must not split an interval (a new Carbon ring) wait for a flush boundary:
+`Flusher.at_next_boundary` runs them right after a flush's output is handed to the
+backends, inside the flush's lock.
+
 Intake is never paused for long: `Accumulator.swap` is a few dict operations, and rendering
 runs in chunks with a checkpoint between them, so the receive loops get the CPU every few
 milliseconds while a large flush is being computed.
@@ -31,6 +35,10 @@ from .backends.render import GraphiteRenderer, Naming
 from .ledger import Accumulator
 
 LOGGER = logging.getLogger(__name__)
+
+
+#: Called at a flush boundary with the flush's sequence number and timestamp.
+BoundaryAction = Callable[[int, int], None]
 
 
 class Coordinator(Protocol):
@@ -132,6 +140,7 @@ class Flusher:
         self.report_internal = accumulator.options.report_internal
         self._statistics = FlushStatistics(0, 0, 0.0, 0.0, 0, 0)
         self._lock = trio.Lock()
+        self._at_boundary: dict[str, BoundaryAction] = {}
 
     def statistics(self) -> FlushStatistics:
         return self._statistics
@@ -140,6 +149,14 @@ class Flusher:
         """Apply reloaded settings from the next flush on."""
         self.renderer = GraphiteRenderer(naming)
         self.self_metrics = self_metrics
+
+    def at_next_boundary(self, key: str, action: BoundaryAction) -> None:
+        """Run ``action(sequence, timestamp)`` once, right after the next flush (or the one
+        in progress) has handed all its output to the backends, before any later flush
+        starts: what that flush carried was shipped under the old state, the next flush
+        ships under the new one. A second action under the same ``key`` before then
+        replaces the first (the latest reload wins)."""
+        self._at_boundary[key] = action
 
     def _internal_values(self) -> dict[str, float]:
         values = format_etsy_figures(self.etsy_statuses()) if self.report_internal else {}
@@ -208,6 +225,10 @@ class Flusher:
                 log_event(LOGGER, "flush_completed", level=logging.DEBUG, timestamp=timestamp,
                           names=snapshot.key_count, lines=stats.last_lines,
                           duration_ms=f"{stats.last_duration_ms:.1f}")
+                # The boundary: this flush is with the backends, the next has not begun.
+                actions, self._at_boundary = self._at_boundary, {}
+                for action in actions.values():
+                    action(sequence, timestamp)
 
     async def run(self, *, wall_clock: Callable[[], float] = time.time) -> None:
         """Flush at every interval boundary until cancelled."""

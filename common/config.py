@@ -80,6 +80,9 @@ AGGREGATOR_HTTP_PORT: Final = 8127
 #: of them for up to 100 processes (the setting allows 256: give those an explicit port).
 PROXY_HTTP_PORT: Final = 8237
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+#: A setting's ``reloadable`` value for a change a reload applies at the next flush boundary
+#: (the aggregator's Carbon ring), neither at once (True) nor after a restart (False).
+RELOAD_AT_FLUSH: Final = "flush"
 
 
 class Seconds(float):
@@ -122,7 +125,7 @@ def setting(
     converter: Callable[[Any], Any] | None = None,
     validator: Any = None,
     metavar: str | None = None,
-    reloadable: bool = False,
+    reloadable: bool | str = False,
     etsy: str | None = None,
 ) -> Any:
     """Declare one setting.
@@ -134,7 +137,8 @@ def setting(
         converter: turns a TOML or command-line value into the field's value.
         validator: an attrs validator.
         metavar: the placeholder shown in ``--help``.
-        reloadable: whether SIGHUP applies a changed value without a restart.
+        reloadable: whether SIGHUP applies a changed value without a restart: True (at
+            once), `RELOAD_AT_FLUSH` (at the next flush boundary) or False (restart).
         etsy: the Etsy statsd option this setting corresponds to, for the docs.
     """
     if kind not in KINDS:
@@ -281,6 +285,10 @@ def format_toml(config: Any, *, plain: Callable[[str, Any], Any] | None = None) 
     return "\n".join(lines) + "\n"
 
 
+#: How the settings table shows each ``reloadable`` value.
+_RELOAD_SHOWN: Final[dict[bool | str, str]] = {True: "yes", RELOAD_AT_FLUSH: "next flush"}
+
+
 def format_reference(cls: type[Any]) -> str:
     """A Markdown table of every setting of ``cls``: key, flag, default, meaning."""
     rows = ["| key / flag | default | Etsy option | reload | meaning |", "|---|---|---|---|---|"]
@@ -290,25 +298,26 @@ def format_reference(cls: type[Any]) -> str:
         shown = "(unset)" if default is None else _toml_value(default)
         rows.append(
             f"| `{f.name}` `{flag_name(f.name)}` | `{shown}` | {meta['etsy'] or ''} | "
-            f"{'yes' if meta['reloadable'] else 'restart'} | {meta['help']} |"
+            f"{_RELOAD_SHOWN.get(meta['reloadable'], 'restart')} | {meta['help']} |"
         )
     return "\n".join(rows) + "\n"
 
 
 # The settings every role has, declared once (each role's config class calls them).
-def carbon_setting(*, help: str, etsy: str | None = None) -> Any:
+def carbon_setting(*, help: str, etsy: str | None = None,
+                   reloadable: bool | str = False) -> Any:
     """The Carbon ring's nodes (the aggregator's output; the ring tool's ring)."""
     return setting([], kind="list", converter=parse_carbon_nodes, metavar="HOST:PORT[:INSTANCE]",
-                   help=help, etsy=etsy)
+                   help=help, etsy=etsy, reloadable=reloadable)
 
 
 def ring_hash_setting(
         *, help: str = "how output paths are placed on the Carbon nodes: carbon_ch or fnv1a_ch "
                        "as carbon-relay 1.1.10, ketama (uhashring), crelay_carbon_ch, "
                        "crelay_fnv1a_ch or jump_fnv1a_ch as carbon-c-relay 3.7.3 "
-                       "(docs/ring.md)") -> Any:
+                       "(docs/ring.md)", reloadable: bool | str = False) -> Any:
     return setting(DEFAULT_RING_HASH, kind="str", validator=v.in_(RING_HASHES),
-                   metavar="|".join(RING_HASHES), help=help)
+                   metavar="|".join(RING_HASHES), help=help, reloadable=reloadable)
 
 
 def _optional_text(value: Any) -> str | None:
@@ -321,16 +330,18 @@ def ring_tag_key_setting(
                        "as a live carbon-c-relay does) or normalized (tags sorted, carbon's "
                        "TAG_RELAY_NORMALIZED); unset: what the ring_hash mode's relay does, "
                        "name_only for crelay_carbon_ch, crelay_fnv1a_ch and jump_fnv1a_ch, "
-                       "as_received for the others") -> Any:
+                       "as_received for the others", reloadable: bool | str = False) -> Any:
     return setting(None, kind="optional_str", converter=_optional_text,
                    validator=v.optional(v.in_(RING_TAG_KEYS)), metavar="|".join(RING_TAG_KEYS),
-                   help=help)
+                   help=help, reloadable=reloadable)
 
 
 def replication_factor_setting(
         *, help: str = "Carbon nodes each path is written to (on distinct hosts; in the "
-                       "c-relay modes distinct members, as carbon-c-relay)") -> Any:
-    return setting(1, kind="int", converter=int, validator=v.ge(1), metavar="R", help=help)
+                       "c-relay modes distinct members, as carbon-c-relay)",
+        reloadable: bool | str = False) -> Any:
+    return setting(1, kind="int", converter=int, validator=v.ge(1), metavar="R", help=help,
+                   reloadable=reloadable)
 
 
 def max_line_bytes_setting() -> Any:
@@ -398,11 +409,12 @@ def auth_mode_setting() -> Any:
         help="token: every line must start with a valid TOKEN. (statsgod-compatible)")
 
 
-def auth_tokens_setting() -> Any:
+def auth_tokens_setting(*, reloadable: bool = False) -> Any:
     return setting([], kind="list", converter=to_strings, metavar="TOKEN",
-                   help="tokens that authenticate (with auth = token)")
+                   help="tokens that authenticate (with auth = token)", reloadable=reloadable)
 
 
-def auth_revoked_tokens_setting() -> Any:
+def auth_revoked_tokens_setting(*, reloadable: bool = False) -> Any:
     return setting([], kind="list", converter=to_strings, metavar="TOKEN",
-                   help="tokens that no longer authenticate (refused and counted)")
+                   help="tokens that no longer authenticate (refused and counted)",
+                   reloadable=reloadable)

@@ -4,12 +4,17 @@ Each line ``path value timestamp`` is placed on its own, by its path, as carbon-
 Paths repeat from flush to flush, so the node tuple of every path is cached: after the
 first flush a line costs one split and one dict lookup instead of a hash and a bisect.
 
+A changed ring (a reload) gets a new `Placement`; `plan_ring_change` says which nodes
+stay, which are new and which leave.
+
 Pure: no I/O.
 """
 
 from __future__ import annotations
 
 from typing import Final
+
+import attrs
 
 from common.ring import CarbonNode, Ring
 
@@ -54,3 +59,26 @@ class Placement:
                 else:
                     group.append(line)
         return {node: b"".join(lines) for node, lines in groups.items()}
+
+
+@attrs.frozen
+class RingChange:
+    """How the nodes of one ring become another's, each list in its ring's order.
+
+    Args:
+        kept: in both rings (their senders and connections stay).
+        added: only in the new ring (new senders).
+        retired: only in the old ring (their senders drain what they hold, then close).
+    """
+
+    kept: tuple[CarbonNode, ...]
+    added: tuple[CarbonNode, ...]
+    retired: tuple[CarbonNode, ...]
+
+
+def plan_ring_change(old: Ring, new: Ring) -> RingChange:
+    """Compare two rings' nodes (a node is its host, port and instance)."""
+    before, after = set(old.nodes), set(new.nodes)
+    return RingChange(kept=tuple(n for n in new.nodes if n in before),
+                      added=tuple(n for n in new.nodes if n not in before),
+                      retired=tuple(n for n in old.nodes if n not in after))

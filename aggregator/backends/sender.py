@@ -73,7 +73,8 @@ class SenderStatistics:
     spooled_bytes: int = level(help="bytes waiting in the disk spool")
     dropped_lines: dict[str, int] = counter(
         help="lines given up, by reason (buffer_full: memory full and no spool; spool_full: "
-             "the spool made room or could not take a chunk; shutdown: left at exit, no spool)")
+             "the spool made room or could not take a chunk; shutdown: left at exit, or when "
+             "the node left the ring and did not drain in time, no spool)")
     reconnects: int = counter(help="connections opened after the first")
     connect_failures: int = counter(help="connection attempts that failed")
     last_flush: str = text(help="seconds since the last chunk was written")
@@ -205,8 +206,10 @@ class CarbonSender:
                 self.connects += 1
                 log_event(LOGGER, "carbon_connected", node=str(self.node),
                           backlog_lines=self.pending_lines)
-                reason = await self._serve_connection(stream)
-                self.connected = False
+                try:
+                    reason = await self._serve_connection(stream)
+                finally:
+                    self.connected = False  # also when cancelled (a retired node's sender)
                 self.last_exception = time.time()
                 log_event(LOGGER, "carbon_disconnected", level=logging.WARNING,
                           node=str(self.node), reason=reason)
