@@ -124,7 +124,8 @@ class ProxyAdmin:
     def buffered_lines(self) -> int:
         router = self.pipeline.router
         waiting = sum(count_lines(item) for lines in router.pending for item in lines)
-        return waiting + sum(f.queued_lines for f in self.pipeline.forwarders)
+        return waiting + sum(f.queued_lines
+                             for f in [*self.pipeline.forwarders, *self.pipeline.retired])
 
     def totals(self) -> Totals:
         router = self.pipeline.router.statistics()

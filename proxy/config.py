@@ -187,8 +187,8 @@ class ProxyConfig:
         help="hash names as the aggregators store them; must match their key_name_sanitize",
         etsy="keyNameSanitize")
     auth: str = auth_mode_setting()
-    auth_tokens: tuple[str, ...] = auth_tokens_setting()
-    auth_revoked_tokens: tuple[str, ...] = auth_revoked_tokens_setting()
+    auth_tokens: tuple[str, ...] = auth_tokens_setting(reloadable=True)
+    auth_revoked_tokens: tuple[str, ...] = auth_revoked_tokens_setting(reloadable=True)
     max_line_bytes: int = max_line_bytes_setting()
     max_tcp_connections: int = max_tcp_connections_setting()
     tcp_idle_timeout_seconds: float = tcp_idle_timeout_seconds_setting()
