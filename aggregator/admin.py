@@ -222,11 +222,12 @@ def _renamed(reading: Reading, name: str) -> Reading:
 async def run_accounting(admin: AggregatorAdmin, sockets: Sequence[BoundSocket], *,
                          sample: bool) -> None:
     """Every flush interval (at its boundary): read the kernel drops of ``sockets``; with
-    ``sample``, sample the totals for the /status rates. Until cancelled."""
+    ``sample``, sample the totals for the /status rates. Until cancelled.
+
+    The first sample waits for the first boundary: the other workers may still be starting
+    now (asking them would mark them unreachable in /readyz until the next sample)."""
     interval = admin.config.flush_interval
     admin.read_kernel_drops(sockets)
-    if sample:
-        admin.rates.sample(admin.wall_clock(), admin.totals_of(await admin.parts()))
     while True:
         boundary = next_boundary(admin.wall_clock(), interval)
         while (left := boundary - admin.wall_clock()) > 0:  # noqa: ASYNC110 (a deadline)

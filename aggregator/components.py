@@ -28,7 +28,7 @@ from .workers.exchange import Exchange
 
 
 @attrs.frozen
-class FlushStatistics:
+class FlusherStatistics:
     """What the flushes rendered, since start."""
 
     flushed_lines: int = counter(
@@ -38,15 +38,15 @@ class FlushStatistics:
 
 @attrs.define
 class FlushCounts:
-    """The flusher's running count (`FlushStatistics`), kept by `aggregator.flusher`."""
+    """The flusher's running count (`FlusherStatistics`), kept by `aggregator.flusher`."""
 
     flushed_lines: int = 0
 
     def add(self, lines: int) -> None:
         self.flushed_lines += lines
 
-    def statistics(self) -> FlushStatistics:
-        return FlushStatistics(self.flushed_lines)
+    def statistics(self) -> FlusherStatistics:
+        return FlusherStatistics(self.flushed_lines)
 
 
 @attrs.frozen

@@ -221,6 +221,7 @@ def start_chain(sink_port: int, interval: float, workers: int, *,
         _, mgmt_port = aggregator.mgmt
         proxy = start_proxy(["--listen", "udp://127.0.0.1:0", "--mgmt-address", "127.0.0.1",
                              "--mgmt-port", "0", "--processes", "1", "--forward", "udp",
+                             "--no-self-metrics",
                              "--aggregator", f"127.0.0.1:{aggregator.udp[1]}:{mgmt_port}"],
                             timeout=START_SECONDS)
     except BaseException:

@@ -64,8 +64,8 @@ def start_tallyd(sinks: AggregatorStandIns, tree: Path | None = None,
     for port, _ in sinks.ports():
         args += ["--aggregator", f"127.0.0.1:{port}"]
     try:
-        if tree is None:
-            proc = start_proxy(args)
+        if tree is None:  # its own figures would add lines to what the stand-ins count
+            proc = start_proxy([*args, "--no-self-metrics"])
         else:  # `python -m proxy` from that tree: its directory comes first on sys.path
             proc = started(ProxyProcess([sys.executable, "-m", "proxy", *args], cwd=tree), 30)
     except DaemonError as exc:

@@ -75,13 +75,15 @@ def interval_of(config: ProxyConfig) -> float:
     return float(value) if value else float(config.self_metrics_interval)
 
 
-def format_self_lines(identity: str, readings: Sequence[Reading]) -> bytes:
-    """The self-metric gauge lines of ``readings`` (module docstring)."""
+def format_self_lines(identity: str, readings: Sequence[Reading], *, token: str = "") -> bytes:
+    """The self-metric gauge lines of ``readings`` (module docstring); with ``token`` (auth
+    on), each starts ``<token>.`` as a client's would, and the proxy strips it."""
+    head = f"{token}." if token else ""
     lines = []
     for name, value in numeric(readings).items():
         role, _, rest = name.partition(".")
         number = int(value) if float(value).is_integer() else value
-        lines.append(f"tallyd.{role}.{identity}.{rest}:{number}|g")
+        lines.append(f"{head}tallyd.{role}.{identity}.{rest}:{number}|g")
     return "\n".join(lines).encode()
 
 
@@ -197,7 +199,8 @@ class ProxyAdmin:
             b.sock for b in sockets if b.url.scheme == "udp")
 
     def send_self_metrics(self) -> None:
-        block = format_self_lines(self.identity, self.readings())
+        token = self.config.auth_tokens[0] if self.config.auth == "token" else ""
+        block = format_self_lines(self.identity, self.readings(), token=token)
         if block:
             self.self_lines += block.count(b"\n") + 1
             self.pipeline.handle_block(block)

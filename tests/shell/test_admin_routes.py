@@ -21,6 +21,7 @@ from common.errors import ConfigError
 from common.httpclient import request
 from common.netstat import udp_drops_total
 from common.stats import COUNTER, Reading
+from proxy.admin import format_self_lines
 from ringtool.agent import Agent, AgentConfig, serve_agent
 
 
@@ -145,3 +146,14 @@ def test_kernel_drops_of_an_unread_socket_are_counted() -> None:
         drops = udp_drops_total([receiver])
         assert drops > 0
         assert udp_drops_total([receiver, receiver]) == 2 * drops
+
+
+def test_proxy_self_lines_are_gauges_named_by_role_and_identity() -> None:
+    readings = [Reading("proxy.router.received_lines", 12, COUNTER),
+                Reading("proxy.forwarder.0.buffered_lines", 1.5, "level"),
+                Reading("proxy.membership.fingerprint", "abc", "text")]
+    assert format_self_lines("edge", readings) == (
+        b"tallyd.proxy.edge.router.received_lines:12|g\n"
+        b"tallyd.proxy.edge.forwarder.0.buffered_lines:1.5|g")
+    assert format_self_lines("edge", readings[:1], token="tok") == (
+        b"tok.tallyd.proxy.edge.router.received_lines:12|g")

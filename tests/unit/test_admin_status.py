@@ -230,3 +230,4 @@ def test_route_command_answers_json_then_end_and_stays_out_of_help() -> None:
     assert handle_command("route", target)[0].startswith("ERROR")
     assert "route" not in handle_command("help", target)[0]
     assert handle_command("route a.b", PlainTarget())[0].startswith("ERROR unknown command")
+
