@@ -48,12 +48,22 @@ def _by_key(values: Mapping[str, object], prefix: str) -> dict[str, int]:
             if name.startswith(prefix) and "." not in name[len(prefix):]}
 
 
+def carbon_instances(values: Mapping[str, object]) -> list[str]:
+    """Every Carbon node (as a path component) with figures in ``values``: the ring's, and
+    the ones a reload retired (their sent lines stay part of what was flushed)."""
+    tail = ".sent_lines"
+    return sorted({name[len(CARBON):-len(tail)] for name in values
+                   if name.startswith(CARBON) and name.endswith(tail)
+                   and "." not in name[len(CARBON):-len(tail)]})
+
+
 def aggregator_totals(values: Mapping[str, object], *, carbon_nodes: Sequence[str] = (),
                       kernel_drops: bool = True) -> Totals:
     """One process's totals from its figures by full name.
 
     Args:
-        carbon_nodes: the instances (path components) of the Carbon nodes in the ring.
+        carbon_nodes: the instances (path components) of the Carbon nodes whose figures are
+            summed (`carbon_instances`: every node that has any).
         kernel_drops: whether this process reads the shared sockets' kernel drops (with
             several workers, worker 0 reads them, each worker its own socket's).
     """

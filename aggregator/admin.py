@@ -43,7 +43,7 @@ from common.mgmt_server import PeerUnavailable
 from common.netstat import udp_drops_total
 from common.stats import Reading, path_component
 
-from .accounting import aggregator_totals, carbon_members, parse_stats_text
+from .accounting import aggregator_totals, carbon_instances, carbon_members, parse_stats_text
 from .components import Components
 from .config import AggregatorConfig, plain_value
 from .flusher import Flusher, next_boundary
@@ -129,8 +129,7 @@ class AggregatorAdmin:
 
     def totals_of(self, parts: Sequence[tuple[int, list[Reading], dict[str, object]]]
                   ) -> Totals:
-        instances = [instance for _, _, instance in self.carbon_nodes()]
-        return add_totals(aggregator_totals(values, carbon_nodes=instances)
+        return add_totals(aggregator_totals(values, carbon_nodes=carbon_instances(values))
                           for _, _, values in parts)
 
     # -- AdminSource --------------------------------------------------------------------

@@ -86,7 +86,7 @@ def load_config(args: argparse.Namespace) -> tuple[AggregatorConfig, list[str]]:
 def queue_reload(args: argparse.Namespace,
                  reloads: trio.MemorySendChannel[AggregatorConfig], *, worker: int = 0) -> None:
     """SIGHUP: read the files and flags again and hand the result to `serve`
-    (`aggregator.server.run_reloads`, which applies it as `aggregator.reload` plans). A
+    (`aggregator.reloading.run_reloads`, which applies it as `aggregator.reload` plans). A
     file that cannot be read or checked changes nothing: the config in force stays.
 
     With several workers the supervisor passes the signal on to each worker, and each

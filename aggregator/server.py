@@ -45,7 +45,7 @@ from common.listener import (
     bind_listeners,
     close_listener,
 )
-from common.logging import log_event, set_level
+from common.logging import log_event
 from common.mgmt_server import open_mgmt_listeners, run_mgmt_server
 from common.netstat import udp_socket_drops
 
@@ -63,7 +63,7 @@ from .intake import (
 )
 from .ledger import Accumulator
 from .mgmt import AggregatorMgmt, WorkerMgmtPeers, open_worker_mgmt
-from .reload import RESTART_REQUIRED, plan_reload, tokens_for
+from .reloading import run_reloads, show_config
 from .workers.context import WorkerContext
 
 LOGGER = logging.getLogger(__name__)
@@ -166,8 +166,9 @@ async def serve(
             nursery.start_soon(partial(report_bad_lines, components.accumulator, path.arrivals,
                                        quiet_seconds=config.flush_interval))
             if reload_trigger is not None:
-                nursery.start_soon(run_reloads, reload_trigger, config, flusher,
-                                   components)
+                nursery.start_soon(partial(run_reloads, reload_trigger, config, flusher,
+                                           components, on_applied=partial(show_config, mgmt,
+                                                                          admin)))
             log_started(config, sockets, components, worker)
             admin.serving = True
             task_status.started(sockets.addresses())
@@ -299,55 +300,6 @@ async def stop_gracefully(config: AggregatorConfig, components: Components, flus
     log_event(LOGGER, "stopped", deadline_hit=deadline.cancelled_caught,
               spooled_lines=sum(left.spooled_lines for left in leftovers), lost_lines=lost,
               level=logging.WARNING if lost else logging.INFO)
-
-
-async def run_reloads(
-    reload_trigger: Callable[[], Awaitable[AggregatorConfig]],
-    config: AggregatorConfig,
-    flusher: Flusher,
-    components: Components,
-) -> None:
-    """Apply each reloaded config as `aggregator.reload.plan_reload` classifies it: the
-    settings applied at once now, a changed Carbon ring at the next flush boundary, and
-    every other change refused (logged; the old value stays). A config that cannot be
-    applied is refused whole (``reload_failed``) and the one in force stays."""
-    current = config
-    worker = components.exchange.context.index if components.exchange is not None else 0
-    while True:
-        new = await reload_trigger()
-        try:
-            plan = plan_reload(current, new)
-            tokens = tokens_for(plan.config) if components.auth is not None else None
-        except ConfigError as e:
-            log_event(LOGGER, "reload_failed", level=logging.ERROR, worker=worker, error=str(e))
-            continue
-        for refusal in plan.refused:
-            log_event(LOGGER, "reload_refused", level=logging.WARNING, setting=refusal.setting,
-                      reason=RESTART_REQUIRED, worker=worker, detail=refusal.detail)
-        current = plan.config
-        flusher.reconfigure(current.naming, self_metrics=current.self_metrics)
-        components.accumulator.reconfigure(current.ledger_options)
-        set_level(current.log_level)
-        if components.auth is not None and tokens is not None:
-            # The intake reads these sets on every packet: the next one meets the new tokens.
-            components.auth.valid, components.auth.revoked = tokens
-        carbon, target = components.carbon, plan.target
-        if carbon is not None and target is not None:
-            # The output moves to the config's ring at the next boundary: when the ring
-            # changed (the latest reload replaces a ring still waiting, even to go back to
-            # the one in force), or when it is not the one in force yet (a change that failed
-            # at its boundary is tried again).
-            live = carbon.placement.ring.fingerprint()
-            if target.fingerprint() != live:
-                log_event(LOGGER, "ring_scheduled", old=live, new=target.fingerprint(),
-                          worker=worker)
-            if plan.ring is not None or target.fingerprint() != live:
-                flusher.at_next_boundary("ring", partial(carbon.change_ring_at_boundary,
-                                                         target, worker=worker))
-        log_event(LOGGER, "reloaded", worker=worker, applied=",".join(plan.at_once) or "none",
-                  at_next_flush=",".join(plan.at_flush) or "none",
-                  refused=",".join(r.setting for r in plan.refused) or "none",
-                  level=logging.WARNING if plan.refused else logging.INFO)
 
 
 async def report_bad_lines(accumulator: Accumulator, arrivals: Arrivals, *,

@@ -70,9 +70,8 @@ def proxy_identity(config: ProxyConfig, process_index: int) -> str:
 
 def interval_of(config: ProxyConfig) -> float:
     """The ``flush_interval`` /status shows: the proxy's setting of that name (the
-    aggregators' interval) when it has one, else ``self_metrics_interval``."""
-    value = getattr(config, "flush_interval", None)
-    return float(value) if value else float(config.self_metrics_interval)
+    aggregators' interval, the period of its self-metrics and rates)."""
+    return float(config.flush_interval)
 
 
 def format_self_lines(identity: str, readings: Sequence[Reading], *, token: str = "") -> bytes:
@@ -207,18 +206,18 @@ class ProxyAdmin:
 
 
 async def run_proxy_intervals(admin: ProxyAdmin, sockets: Sequence[BoundSocket]) -> None:
-    """Every ``self_metrics_interval``: read the kernel drops, sample the rates and, with
-    ``self_metrics``, send the self-metrics. Until cancelled.
+    """Every ``flush_interval`` (read again each time: a reload may change it): read the
+    kernel drops, sample the rates and, with ``self_metrics``, send the self-metrics. Until
+    cancelled.
 
     The proxy keeps no wall-clock boundaries (its lines carry no timestamp), so the
     interval is trio's clock: an aggregator's flush holds one value of each gauge whatever
     the phase."""
-    interval = admin.config.self_metrics_interval
     admin.read_kernel_drops(sockets)
     admin.rates.sample(trio.current_time(), admin.totals())
     deadline = trio.current_time()
     while True:
-        deadline += interval
+        deadline += interval_of(admin.config)
         await trio.sleep_until(deadline)
         admin.read_kernel_drops(sockets)
         if admin.config.self_metrics:

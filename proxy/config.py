@@ -56,9 +56,6 @@ DEFAULT_SOURCE_SOCKETS: Final = 4
 #: minute of a busy aggregator's share, enough to ride out a restart.
 DEFAULT_BUFFER_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_RESOLVE_INTERVAL: Final = 30.0  # seconds between DNS look-ups of aggregator names
-#: How often the proxy sends its own figures (and samples its /status rates): the
-#: aggregators' default flush interval, so each of their flushes holds one value.
-DEFAULT_SELF_METRICS_INTERVAL_SECONDS: Final = 10.0
 DEFAULT_HEALTH_INTERVAL: Final = 2.0  # seconds between admin "health" probes (if configured)
 #: The aggregators' flush interval (Etsy's flushInterval, 10000 ms): a changed list takes
 #: effect at one of its multiples, so no interval is split between two lists.
@@ -211,13 +208,8 @@ class ProxyConfig:
              "default: the host name (process i of --processes appends -p<i>)")
     self_metrics: bool = setting(
         True, kind="bool",
-        help="every self_metrics_interval, send the proxy's own figures as gauges "
+        help="every flush_interval, send the proxy's own figures as gauges "
              "tallyd.proxy.<identity>.<component>.<measure> through its own routing")
-    self_metrics_interval: float = setting(
-        DEFAULT_SELF_METRICS_INTERVAL_SECONDS, kind="float", converter=float,
-        validator=v.gt(0), metavar="SECONDS",
-        help="seconds between the proxy's self-metrics (and its /status rates); best the "
-             "aggregators' flush_interval")
     graceful_timeout: float = setting(
         5.0, kind="float", converter=float, validator=v.gt(0), metavar="SECONDS",
         help="on SIGTERM: seconds allowed to deliver what is buffered")

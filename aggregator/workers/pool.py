@@ -28,7 +28,7 @@ checked before any worker starts: `aggregator.config.check_config`.)
 Signals (`common.supervisor`): SIGTERM/SIGINT stop the workers gracefully (final flush);
 they get ``graceful_timeout`` plus a margin, then SIGKILL, whose loss is
 bounded and logged as a death's (``worker_died stopping=True lost_at_most=...``). SIGHUP
-is passed on, and each worker reloads its configuration (`aggregator.server.run_reloads`):
+is passed on, and each worker reloads its configuration (`aggregator.reloading.run_reloads`):
 a changed Carbon ring is applied by each worker at its own next flush boundary. The
 workers may switch one boundary apart, and that splits no interval of any path: each path
 has one owner worker, whose flush of an interval goes wholly to one ring. A worker

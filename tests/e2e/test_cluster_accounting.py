@@ -67,7 +67,7 @@ class Cluster:
                  # The proxies' own gauges travel like client lines, to whichever aggregator
                  # owns their names: off, so that the lines for the stopped aggregator are
                  # exactly the test's. Their interval also paces the /status rates.
-                 "--no-self-metrics", "--self-metrics-interval", "1"]))
+                 "--no-self-metrics", "--flush-interval", "1"]))
 
     def urls(self) -> list[str]:
         args = []

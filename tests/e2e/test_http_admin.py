@@ -160,7 +160,7 @@ def test_proxy_accounts_lines_in_as_out_plus_dropped_plus_buffered(
     try:
         proxy = proxy_launcher(["--listen", "udp://127.0.0.1:0", "--mgmt-port", "0",
                                 "--aggregator", f"127.0.0.1:{aggregator.udp[1]}",
-                                "--identity", "edge", "--self-metrics-interval", "1"])
+                                "--identity", "edge", "--flush-interval", "1"])
         assert proxy is not None
         wait_until(lambda: proxy.http_get("/readyz")[0] == 200, 20, message="proxy ready")
         send_udp(proxy.udp, traffic())

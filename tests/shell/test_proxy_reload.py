@@ -83,7 +83,8 @@ class TimedTcpSink(TimedSink):
 def make_config(aggregators: list[str], **values: Any) -> ProxyConfig:
     mapping = {"listen": ["udp://127.0.0.1:0"], "aggregator": aggregators, "mgmt_port": 0,
                "udp_receive_buffer_bytes": 0, "retry_base": 0.02, "retry_max": 0.1,
-               "flush_interval": 1.0, "switch_guard": GUARD, "switch_margin": 0.3, **values}
+               "flush_interval": 1.0, "switch_guard": GUARD, "switch_margin": 0.3,
+               "http": "127.0.0.1:0", "self_metrics": False, **values}
     return config_from_mapping(ProxyConfig, mapping)
 
 

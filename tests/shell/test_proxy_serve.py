@@ -390,7 +390,6 @@ EVERY_SETTING: dict[str, Any] = {
     "tcp_idle_timeout_seconds": 0.0, "reuse_port": True, "udp_receive_buffer_bytes": 4096,
     "mgmt_address": "::1", "mgmt_port": 0, "graceful_timeout": 2.5, "log_level": "debug",
     "http": "127.0.0.1:0", "identity": "edge-1", "self_metrics": False,
-    "self_metrics_interval": 2.0,
 }
 
 
