@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from common.ring import CarbonNode, Ring
 from common.shard import shard_index
 from harness.daemon import parse_logfmt, wait_until
 from harness.port import split_host_port
@@ -162,8 +163,12 @@ def test_two_proxies_switch_at_one_instant_totals_exact_no_interval_written_twic
         assert len(changed) == 3 and len({c["fingerprint"] for c in changed}) == 1
         stats = proxies[0].stats()
         assert stats["proxy.membership.fingerprint"] == changed[0]["fingerprint"]
-        assert int(stats["proxy.forwarders.sent_lines"]) == load.per_target[0]
-        assert int(stats["proxy.router.received_lines"]) == load.per_target[0]
+        # The proxies' own gauges (self-metrics) go out too: /status counts them apart.
+        status = proxies[0].status()
+        totals_p0 = status["totals"]
+        assert totals_p0["lines_out"] == totals_p0["lines_in"] == load.per_target[0]
+        assert status["figures"]["proxy.forwarders.sent_lines"] == \
+            load.per_target[0] + totals_p0["self_lines"]
     finally:
         for proxy in proxies:
             proxy.kill()
@@ -245,3 +250,73 @@ def test_a_process_restarted_before_the_instant_switches_with_the_others(
     scheduled = [float(e["at"]) for e in events if e.get("event") == "membership_scheduled"]
     changed = [float(e["at"]) for e in events if e.get("event") == "membership_changed"]
     assert scheduled == [at] * 3 and changed == [at] * 2
+
+
+def aggregator_toml(path: Path, carbon: list[str]) -> None:
+    path.write_text("\n".join([
+        'listen = ["udp://127.0.0.1:0"]', "mgmt_port = 0", f"flush_interval = {FLUSH_INTERVAL}",
+        f"carbon = {carbon!r}".replace("'", '"'), "delete_idle_stats = true"]) + "\n")
+
+
+def test_ring_and_list_change_together_under_load(
+    proxy_launcher: Callable[..., ProxyProcess], tmp_path: Path,
+) -> None:
+    """The cluster-wide change an operator makes when growing both tiers: the proxies go
+    from [A] to [A, B] at one instant while each aggregator's Carbon ring goes from one
+    node to two (its own pair of sinks, so every point says which aggregator wrote it), all
+    under steady load. Every counter's total is exact over the four sinks; no (path,
+    interval) is written by both aggregators, or to both nodes of one aggregator; after its
+    logged boundary every point of an aggregator is where its new ring places it."""
+    sinks = {name: GraphiteSink().start() for name in ("a1", "a2", "b1", "b2")}
+    ports = {name: sink.port for name, sink in sinks.items()}
+    nodes = {name: f"127.0.0.1:{port}:{name}" for name, port in ports.items()}
+    configs = {agg: tmp_path / f"{agg}.toml" for agg in ("a", "b")}
+    aggs: dict[str, AggregatorProcess] = {}
+    proxies: list[ProxyProcess] = []
+    try:
+        for agg, path in configs.items():
+            aggregator_toml(path, [nodes[f"{agg}1"]])
+            aggs[agg] = start_aggregator(["--config", str(path)])
+        a, b = (f"127.0.0.1:{proc.udp[1]}:{proc.mgmt[1]}" for proc in aggs.values())
+        files = [tmp_path / "p1.toml", tmp_path / "p2.toml"]
+        for path in files:
+            path.write_text(proxy_toml([a], processes=1))
+        proxies = [proxy_launcher(["--config", str(path)]) for path in files]
+        targets = [split_host_port(p.addresses["udp"][0]) for p in proxies]
+        with Load(targets) as load:
+            time.sleep(1.5)
+            at = math.ceil(time.time() + 3.0)
+            for agg, path in configs.items():
+                aggregator_toml(path, [nodes[f"{agg}1"], nodes[f"{agg}2"]])
+                os.kill(aggs[agg].pid, signal.SIGHUP)
+            for path in files:
+                path.write_text(proxy_toml([a, b], processes=1, aggregators_from=float(at)))
+            for proxy in proxies:
+                os.kill(proxy.pid, signal.SIGHUP)
+            wait_until(lambda: time.time() > at + 2.5, 10, message="after the switch")
+        per_sink = lambda: {name: writes(sink) for name, sink in sinks.items()}  # noqa: E731
+        wait_until(lambda: totals(*sinks.values()) == {n: float(v) for n, v in load.sent.items()},
+                   20, message="every counter's total at the sinks")
+        boundaries = {agg: int(parse_logfmt(proc.wait_for_log("event=ring_changed", 5))[
+            "last_timestamp"]) for agg, proc in aggs.items()}
+        written = per_sink()
+    finally:
+        for proc in [*proxies, *aggs.values()]:
+            proc.kill()
+        for sink in sinks.values():
+            sink.close()
+    by_agg = {agg: set(written[f"{agg}1"]) | set(written[f"{agg}2"]) for agg in ("a", "b")}
+    assert not by_agg["a"] & by_agg["b"], "a (path, interval) written by both aggregators"
+    for agg in ("a", "b"):
+        assert not set(written[f"{agg}1"]) & set(written[f"{agg}2"]), f"{agg}: on both nodes"
+        ring = Ring.from_nodes([CarbonNode("127.0.0.1", ports[f"{agg}{i}"], f"{agg}{i}")
+                                for i in (1, 2)])
+        for i in (1, 2):
+            for name, stamp in written[f"{agg}{i}"]:
+                if stamp > boundaries[agg]:
+                    owner = ring.node_for(f"stats_counts.{name}")
+                    assert owner.instance == f"{agg}{i}", (name, stamp)
+                else:
+                    assert i == 1, (agg, name, stamp)  # the old ring had only node 1
+        assert written[f"{agg}2"], f"{agg}'s new node received nothing"
+    assert all(stamp > at for _, stamp in by_agg["b"])
