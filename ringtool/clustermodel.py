@@ -12,6 +12,12 @@ from typing import Any, Final
 
 import attrs
 
+from common.admin.status import Member
+
+#: One member of a daemon's /status (a proxy's aggregator, an aggregator's Carbon node),
+#: read back into the class that wrote it.
+MemberView = Member
+
 PROXY: Final = "proxy"
 AGGREGATOR: Final = "aggregator"
 CARBON: Final = "carbon"
@@ -83,28 +89,6 @@ def add_counts(parts: Iterable[Counts]) -> Counts:
             else:
                 total[field.name] = total.get(field.name, 0) + value
     return Counts(**total)
-
-
-@attrs.frozen
-class MemberView:
-    """One member of a daemon's /status: a proxy's aggregator, an aggregator's Carbon
-    node."""
-
-    kind: str
-    index: int
-    name: str
-    address: str = ""
-    state: str = "up"
-    reason: str = ""
-    sent_lines: int = 0
-    buffered_lines: int = 0
-    buffer_capacity_lines: int | None = None
-    dropped_lines: Mapping[str, int] = attrs.Factory(dict)
-
-    def as_json(self) -> dict[str, Any]:
-        out = attrs.asdict(self)
-        out["dropped_lines"] = dict(self.dropped_lines)
-        return out
 
 
 @attrs.frozen

@@ -1,5 +1,6 @@
 """End to end: two proxies under steady load change their aggregator list from [A] to
-[A, B] on SIGHUP, at one agreed instant; real processes on 127.0.0.1.
+[A, B] on SIGHUP, at one agreed instant; real processes on 127.0.0.1 (the shell suite's
+test_proxy_reload.py drives the same switch in one process).
 
 Each aggregator flushes to a Carbon sink of its own, so a (path, timestamp) written by both
 shows up in both sinks. The aggregators run with ``delete_idle_stats = true``: a name that
