@@ -16,12 +16,14 @@ SHELL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
+from urllib.parse import quote
 
 import trio
 
@@ -51,6 +53,11 @@ from .lookup import lookup_name
 from .mgmt import AggregatorMgmt, WorkerMgmtPeers
 
 LOGGER = logging.getLogger(__name__)
+
+#: How long /status and /metrics wait for the other workers' figures, all asked at once:
+#: well under a client's timeout (the cluster report's is 5 s), so one stalled worker is
+#: named in not_ready instead of making the whole aggregator look unreachable.
+PEER_STATUS_TIMEOUT: Final = 1.0
 
 SECRET_KEYS = ("auth_tokens", "auth_revoked_tokens")
 
@@ -111,20 +118,31 @@ class AggregatorAdmin:
         own = self.components.readings()
         out: list[tuple[int, list[Reading], dict[str, object]]] = [
             (0, own, {r.name: r.value for r in own})]
-        unreachable: list[int] = []
-        if self.peers is not None:
-            shape = {r.name: r for r in own}
-            for index in self.peers.addresses:
-                try:
-                    reply = await self.peers.ask_one(index, "stats")
-                except PeerUnavailable:
-                    unreachable.append(index)
-                    continue
-                values = parse_stats_text(reply)
-                readings = [_like(shape[name], value) for name, value in values.items()
-                            if name in shape]
-                out.append((index, readings, dict(values)))
-        self.unreachable = unreachable
+        if self.peers is None:
+            self.unreachable = []
+            return out
+        shape = {r.name: r for r in own}
+        replies: dict[int, str] = {}
+        peers = self.peers
+
+        async def ask(index: int) -> None:
+            with contextlib.suppress(PeerUnavailable):
+                replies[index] = await peers.ask_one(index, "stats")
+
+        # Every worker at once, under one deadline: a stalled worker costs the answer
+        # PEER_STATUS_TIMEOUT at most, and is named (not_ready) instead of failing it.
+        with trio.move_on_after(PEER_STATUS_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                for index in peers.addresses:
+                    nursery.start_soon(ask, index)
+        for index in peers.addresses:
+            if index not in replies:
+                continue
+            values = parse_stats_text(replies[index])
+            readings = [_like(shape[name], value) for name, value in values.items()
+                        if name in shape]
+            out.append((index, readings, dict(values)))
+        self.unreachable = [index for index in peers.addresses if index not in replies]
         return out
 
     def totals_of(self, parts: Sequence[tuple[int, list[Reading], dict[str, object]]]
@@ -188,10 +206,13 @@ class AggregatorAdmin:
         if found is None:
             raise HTTPError(400, "bad_name", "no usable metric name")
         owner = found["worker"]
-        if self.peers is None or owner == self.index or owner not in self.peers.addresses:
+        if self.peers is None or owner == self.index:
+            return found
+        if owner not in self.peers.addresses:
+            found["values_note"] = f"worker {owner} is not known to worker {self.index}"
             return found
         try:
-            reply = await self.peers.ask_one(owner, f"route {name}")
+            reply = await self.peers.ask_one(owner, f"route {quote(name, safe='')}")
             theirs = json.loads(reply.removesuffix(END).strip())
         except (PeerUnavailable, ValueError):
             found["values_note"] = f"worker {owner} did not answer"

@@ -17,6 +17,7 @@ from typing import Any, Final
 import attrs
 import trio
 
+from common.admin.routes import percent_decode
 from common.mgmt import COMMANDS, END
 from common.mgmt_server import PeerUnavailable
 from common.stats import stats_lines
@@ -65,7 +66,12 @@ class AggregatorMgmt:
         self.route_lookup: Callable[[str], dict[str, Any] | None] | None = None
 
     def route_text(self, name: str) -> str:
-        """The answer to ``route NAME``: one JSON line."""
+        """The answer to ``route NAME``: one JSON line. ``NAME`` is percent-encoded (worker
+        0 sends it so: spaces and any other byte stay inside the one argument)."""
+        try:
+            name = percent_decode(name)
+        except ValueError:
+            return json.dumps({"name": name, "error": "not percent-encoded UTF-8"})
         found = self.route_lookup(name) if self.route_lookup is not None else None
         return json.dumps(found if found is not None else {"name": name, "error": "no route"})
 

@@ -241,9 +241,12 @@ def join_replies(line: str, own: str, peers: Sequence[tuple[int, str]]) -> str:
 
 
 def split_commands(chunk: bytes) -> list[str]:
-    """The commands in one received chunk: one per line; a chunk without a newline is one."""
+    """The commands in one received chunk: one per line (``\n``, a ``\r`` before it
+    dropped); a chunk without a newline is one. Only ``\n`` ends a command: a carriage
+    return, form feed or Unicode line separator inside a line is part of it (a metric name
+    handed on in ``route NAME`` can never become a second command)."""
     text = chunk.decode("utf-8", "replace")
-    return [line for line in text.splitlines() if line.strip()]
+    return [line.removesuffix("\r") for line in text.split("\n") if line.strip()]
 
 
 def take_commands(pending: bytes, chunk: bytes) -> tuple[list[str], bytes]:

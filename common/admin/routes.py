@@ -84,9 +84,12 @@ def parse_route_name(raw: str) -> str:
         name = percent_decode(raw)
     except ValueError:
         raise HTTPError(400, "bad_name", "not percent-encoded UTF-8") from None
-    if not name or len(name.encode()) > MAX_ROUTE_NAME_BYTES or "\n" in name:
+    if not name or len(name.encode()) > MAX_ROUTE_NAME_BYTES:
         raise HTTPError(400, "bad_name", "a metric name, percent-encoded, at most "
                                          f"{MAX_ROUTE_NAME_BYTES} bytes")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name) or len(name.splitlines()) != 1:
+        raise HTTPError(400, "bad_name", "a metric name holds no control characters or "
+                                         "line separators")
     return name
 
 

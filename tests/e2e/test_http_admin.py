@@ -139,6 +139,11 @@ def test_aggregator_serves_every_endpoint_and_accounts_every_line(
         assert {"stats.admin.c2", "stats_counts.admin.c2"} <= {p["path"] for p in found["paths"]}
         assert all(p["carbon"] == [f"127.0.0.1:{sink.port}"] for p in found["paths"])
         assert (found["workers"], found["worker"]) == (workers, 1 if workers == 2 else 0)
+        # A name smuggling a second command to the owning worker's console is refused, and
+        # the name's values are still there afterwards.
+        code, _ = get_json(proc, "/route/admin.c2%0Ddelcounters%20admin.c2")
+        assert code == 400
+        assert get_json(proc, "/route/admin.c2")[1]["values"] == found["values"]
         code, unknown = get_json(proc, "/route/never.seen")
         assert code == 200 and unknown["types"] == ["counter", "timer", "gauge", "set"]
         assert proc.http_get("/nothing")[0] == 404
@@ -200,3 +205,34 @@ def test_proxy_accounts_lines_in_as_out_plus_dropped_plus_buffered(
         if proxy is not None:
             assert proxy.stop() == 0
         assert aggregator.stop() == 0
+
+
+def test_a_stalled_worker_is_named_not_waited_for(sink: GraphiteSink) -> None:
+    """W=2 with worker 1 stopped (SIGSTOP): /status answers within about a second (worker 0
+    asks every worker at once, under one deadline), names the worker in not_ready, and the
+    answer is whole again once the worker runs."""
+    import os
+    import signal
+    import time
+
+    from harness.daemon import parse_logfmt
+
+    proc = start(sink, 2)
+    with proc:
+        wait_until(lambda: proc.log_text(None).count("event=worker_started") == 2, 20,
+                   message="both workers started")
+        pid = next(int(f["pid"]) for line in proc.log_text(None).splitlines()
+                   if (f := parse_logfmt(line)).get("event") == "worker_started"
+                   and f.get("worker") == "1")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            status = proc.status(timeout=10)
+            took = time.monotonic() - began
+            assert took < 3.0, took
+            assert "worker_1_unreachable" in status["not_ready"]
+            assert get_json(proc, "/readyz")[0] == 503
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_until(lambda: "worker_1_unreachable" not in proc.status()["not_ready"], 10,
+                   message="worker 1 answers again")

@@ -147,7 +147,11 @@ def test_route_names_are_percent_decoded(raw: str, name: str) -> None:
     assert parse_route_name(raw) == name
 
 
-@pytest.mark.parametrize("raw", ["", "%", "%zz", "%ff", "a%0Ab", "x" * 9000])
+@pytest.mark.parametrize("raw", ["", "%", "%zz", "%ff", "a%0Ab", "x" * 9000,
+                                 # every separator str.splitlines knows, and control bytes:
+                                 # none may reach a worker's console as a second command
+                                 "a%0Ddelcounters%20a", "a%0Bb", "a%0Cb", "a%1Cb", "a%00b",
+                                 "a%7Fb", "a%C2%85b", "a%E2%80%A8b", "a%E2%80%A9b"])
 def test_bad_route_names_are_400(raw: str) -> None:
     with pytest.raises(HTTPError) as caught:
         parse_route_name(raw)

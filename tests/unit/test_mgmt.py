@@ -134,6 +134,11 @@ def test_split_commands_accepts_lines_and_bare_chunks() -> None:
     assert split_commands(b"health") == ["health"]
     assert split_commands(b"health\r\nstats\n\n") == ["health", "stats"]
     assert split_commands(b"\xff\n") == ["\ufffd"]
+    # Only a newline ends a command: a carriage return, form feed or Unicode line
+    # separator inside a line stays in it (never a second command).
+    assert split_commands(b"route a\rdelcounters a\n") == ["route a\rdelcounters a"]
+    assert split_commands("route a\u2028health down\n".encode()) == [
+        "route a\u2028health down"]
 
 
 def test_help_lists_only_the_commands_the_daemon_answers() -> None:
