@@ -22,12 +22,13 @@ same user (and root), like the config file should be.
 SIGHUP (`proxy.switch.Reloader` applies what it reads): a single process reads ``--config``
 and its flags again. A supervisor reads them, and when the aggregator list changed without
 ``aggregators_from`` it fixes the instant once (`proxy.schedule.switch_instant`) for every
-child; it writes the configuration to a file only its user can read (``reload.json`` in a
-private directory it removes at exit, named in each child's description), then passes the
-SIGHUP on: each child reads that file. A file that does not parse or validate is
-``event=reload_failed`` and changes nothing. A child restarted before the instant is started
-with the list in force and the pending change (``reload`` in its description), so it switches
-at the same instant as the others.
+child (a later SIGHUP that leaves the pending list as it is keeps that instant); it writes
+the configuration to a file only its user can read (``reload.json`` in a private directory
+it removes at exit, named in each child's description), then passes the SIGHUP on: each
+child reads that file. A file that does not parse or validate is ``event=reload_failed``
+and changes nothing. A child restarted before the instant is started with the list in force
+and the pending change (``reload`` in its description), so it switches at the same instant
+as the others.
 
 Exit codes: 0 after a clean stop or a passed check; 2 for a bad configuration or command
 line; 1 when the process fails while running.
@@ -312,6 +313,8 @@ class ProcessSet:
             else:
                 config = attrs.evolve(config, aggregators_from=at)
                 self.previous, self.switch_at = in_force, at
+        elif switching:  # the same change, still pending: keep the instant fixed for it
+            config = attrs.evolve(config, aggregators_from=self.switch_at)
         self.config = config
         if self.reload_file is None:
             return True

@@ -397,3 +397,20 @@ async def test_a_graceful_stop_during_the_hold_delivers_what_was_held(
     assert b.lines == [] and not events(caplog, "membership_changed")
     stopped, = events(caplog, "stopped")
     assert stopped["undelivered_lines"] == 0
+
+
+def test_a_second_reload_while_a_switch_is_pending_keeps_its_instant(tmp_path: Path) -> None:
+    now = [EPOCH + 4.5]
+    a, b = "127.0.0.1:9", "127.0.0.1:10"
+    path = tmp_path / "reload.json"
+    processes = ProcessSet(config=make_config([a]), groups=[[], []], reload_file=str(path),
+                           wall_clock=lambda: now[0])
+    assert processes.reload(lambda: make_config([a, b]))
+    assert processes.config.aggregators_from == EPOCH + 5.0
+    now[0] = EPOCH + 4.6  # the same file again (aggregators_from = 0), the switch pending
+    assert processes.reload(lambda: make_config([a, b], log_level="warning"))
+    assert processes.config.aggregators_from == EPOCH + 5.0
+    assert read_reload_file(str(path)).aggregators_from == EPOCH + 5.0
+    launch = processes.launch(1, generation=1)  # restarted later: the same instant
+    assert config_from_description(launch.description["reload"]).aggregators_from == \
+        EPOCH + 5.0
