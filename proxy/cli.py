@@ -28,7 +28,8 @@ it removes at exit, named in each child's description), then passes the SIGHUP o
 child reads that file. A file that does not parse or validate is ``event=reload_failed``
 and changes nothing. A child restarted before the instant is started with the list in force
 and the pending change (``reload`` in its description), so it switches at the same instant
-as the others.
+as the others: it applies the change before its intake runs and never refuses it (started
+inside the guard it holds until the instant; after it, it switches at once).
 
 Exit codes: 0 after a clean stop or a passed check; 2 for a bad configuration or command
 line; 1 when the process fails while running.
@@ -167,13 +168,11 @@ async def run(config: ProxyConfig, bound: list[BoundSocket] | None, index: int,
     a change its supervisor scheduled before this process started, at once)."""
     stop = trio.Event()
     reload_send, reload_receive = trio.open_memory_channel[ProxyConfig](4)
-    if pending is not None:
-        reload_send.send_nowait(pending)
     async with trio.open_nursery() as nursery:
         await nursery.start(partial(run_signal_handler, on_stop=stop.set, on_force=force_exit,
                                     on_reload=partial(queue_reload, load, reload_send)))
         await serve(config, shutdown_trigger=stop.wait, bound=bound, process_index=index,
-                    reload_trigger=reload_receive.receive)
+                    reload_trigger=reload_receive.receive, pending=pending)
         nursery.cancel_scope.cancel()
 
 
@@ -276,8 +275,8 @@ class ProcessSet:
                                        "config": config_description(self.config)}
         if self.reload_file is not None:
             description["reload_file"] = self.reload_file
-        if self.previous is not None and \
-                self.wall_clock() < self.switch_at - self.config.switch_guard:
+        if self.previous is not None and self.wall_clock() < self.switch_at:
+            # Inside the guard too: the child holds, then switches at the others' instant.
             description["config"] = config_description(
                 attrs.evolve(self.config, aggregator=self.previous))
             description["reload"] = config_description(self.config)

@@ -222,9 +222,11 @@ class Pipeline:
     # -- changing the list (proxy.switch runs the steps at their times) -------------------
 
     def hold(self) -> None:
-        """From now on hold what intake receives; send what the old list has packed."""
-        self.dispatch(final=True)
-        self.held = HeldPackets()
+        """From now on hold what intake receives; send what the old list has packed
+        (once: a hold already begun goes on)."""
+        if self.held is None:
+            self.dispatch(final=True)
+            self.held = HeldPackets()
 
     def switch_to(self, membership: Membership, added: dict[int, Forwarder],
                   change: MembershipChange) -> list[Forwarder]:

@@ -53,7 +53,7 @@ def first_boundary_at_or_after(t: float, interval: float) -> float:
 
 
 def switch_instant(now: float, *, interval: float, requested: float, margin: float,
-                   guard: float) -> float:
+                   guard: float, refuse_passed: bool = True) -> float:
     """The wall-clock instant a changed list takes effect (module docstring).
 
     Args:
@@ -62,6 +62,9 @@ def switch_instant(now: float, *, interval: float, requested: float, margin: flo
         requested: ``aggregators_from`` (0: not given).
         margin: ``switch_margin`` (used only when ``requested`` is 0).
         guard: ``switch_guard``: the hold must begin after ``now``.
+        refuse_passed: False for a change a starting process was handed (its siblings
+            switch at that instant, whatever the time it took to start): it is never
+            refused, and holds or switches at once when its time has come.
 
     Raises:
         ConfigError: (key ``aggregators_from``) the requested instant's hold would have
@@ -69,7 +72,7 @@ def switch_instant(now: float, *, interval: float, requested: float, margin: flo
     """
     if requested:
         at = first_boundary_at_or_after(requested, interval)
-        if at - guard <= now:
+        if refuse_passed and at - guard <= now:
             raise ConfigError(
                 f"{requested:g} (switch at {at:g}) has passed or is closer than switch_guard "
                 f"({guard:g} s) at {now:.3f}: give a later time, or 0 for the next boundary",

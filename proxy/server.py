@@ -77,6 +77,7 @@ async def serve(
     process_index: int = 0,
     reload_trigger: Callable[[], Awaitable[ProxyConfig]] | None = None,
     wall_clock: Callable[[], float] = time.time,
+    pending: ProxyConfig | None = None,
 ) -> None:
     """Run a proxy until ``shutdown_trigger`` returns (or forever), then stop gracefully.
 
@@ -89,6 +90,9 @@ async def serve(
         reload_trigger: awaited repeatedly; each config it returns is applied
             (`proxy.switch.Reloader`).
         wall_clock: epoch seconds (the instant of a list change; tests inject their own).
+        pending: a list change a supervisor scheduled before this process started (its
+            instant in ``aggregators_from``), applied before the intake runs and never
+            refused: a process started late holds, or switches at once.
 
     Raises:
         ConfigError: for an invalid configuration or a socket that cannot be bound.
@@ -110,6 +114,8 @@ async def serve(
                                 start_forwarders=partial(start_forwarders, nursery, config),
                                 wall_clock=wall_clock,
                                 on_change=partial(show_config, mgmt, admin))
+            if pending is not None:
+                await reloader.apply(pending, handed=True)
             intake_scope = await nursery.start(run_intake, config, pipeline, sockets.intake)
             if reload_trigger is not None:
                 nursery.start_soon(reloader.run, reload_trigger)

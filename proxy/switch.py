@@ -18,6 +18,9 @@ The switch (`Reloader.run_switch`), one at a time:
    most ``graceful_timeout``; what is left is dropped as ``retired``), then closes
    (``event=aggregator_retired``).
 
+A change handed to a starting process (``serve(pending=...)``) is never refused: started
+inside the guard it holds at once, after the instant it switches at once.
+
 A reload that changes the list again before step 2 cancels the scheduled switch (its new
 forwarders close; ``event=membership_schedule_cancelled``); from step 2 on, the switch
 completes first.
@@ -114,8 +117,10 @@ class Reloader:
         while True:
             await self.apply(await reload_trigger())
 
-    async def apply(self, new: ProxyConfig) -> None:
-        """Apply one reloaded configuration (module docstring)."""
+    async def apply(self, new: ProxyConfig, *, handed: bool = False) -> None:
+        """Apply one reloaded configuration (module docstring); ``handed``: the change a
+        supervisor scheduled before this process started, applied before intake runs (never
+        refused: `switch_instant`; from its hold on, intake is held at once)."""
         pending = self.pending
         if pending is not None and pending.holding:
             await pending.done.wait()
@@ -129,7 +134,7 @@ class Reloader:
         self.apply_at_once(effective)
         outcome = "unchanged"
         if changes.aggregator_changed:
-            outcome = self.reschedule(effective)
+            outcome = self.reschedule(effective, handed=handed)
             if outcome == "refused":
                 effective = attrs.evolve(effective, aggregator=target.aggregator)
         if self.pending is not None:
@@ -149,7 +154,7 @@ class Reloader:
             auth.valid, auth.revoked = fresh.valid, fresh.revoked  # its counters carry on
         set_level(config.log_level)
 
-    def reschedule(self, config: ProxyConfig) -> str:
+    def reschedule(self, config: ProxyConfig, *, handed: bool = False) -> str:
         """Schedule ``config``'s list (cancelling a switch not yet holding); return
         ``scheduled``, ``cancelled`` (back to the list in force) or ``refused``."""
         if config.aggregator == self.config.aggregator:
@@ -159,7 +164,8 @@ class Reloader:
         try:
             at = switch_instant(self.wall_clock(), interval=config.flush_interval,
                                 requested=config.aggregators_from,
-                                margin=config.switch_margin, guard=config.switch_guard)
+                                margin=config.switch_margin, guard=config.switch_guard,
+                                refuse_passed=not handed)
         except ConfigError as e:
             log_event(LOGGER, "reload_refused", level=logging.ERROR, setting="aggregator",
                       reason="aggregators_from_passed", error=e.message)
@@ -177,6 +183,8 @@ class Reloader:
         self.pending = PendingSwitch(config=config, schedule=schedule, membership=membership,
                                      change=change, added=added)
         self.pipeline.scheduled = schedule
+        if handed and self.wall_clock() >= schedule.hold_from:
+            self.pipeline.hold()  # before the intake's first line (run_switch holds too)
         self.nursery.start_soon(self.run_switch, self.pending)
         log_event(LOGGER, "membership_scheduled", at=f"{at:.3f}", old=old.fingerprint,
                   new=membership.fingerprint,

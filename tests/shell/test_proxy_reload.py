@@ -89,7 +89,8 @@ def make_config(aggregators: list[str], **values: Any) -> ProxyConfig:
 
 
 @asynccontextmanager
-async def reloadable_proxy(config: ProxyConfig, sinks: list[TimedSink]
+async def reloadable_proxy(config: ProxyConfig, sinks: list[TimedSink], *,
+                           pending: ProxyConfig | None = None,
                            ) -> AsyncIterator[tuple[str, str, trio.MemorySendChannel[ProxyConfig]]]:
     stop = trio.Event()
     send, receive = trio.open_memory_channel[ProxyConfig](4)
@@ -98,7 +99,7 @@ async def reloadable_proxy(config: ProxyConfig, sinks: list[TimedSink]
             nursery.start_soon(sink.run)
         addresses = await nursery.start(lambda task_status: serve(
             config, task_status=task_status, shutdown_trigger=stop.wait,
-            reload_trigger=receive.receive, wall_clock=wall))
+            reload_trigger=receive.receive, wall_clock=wall, pending=pending))
         yield addresses.first("udp"), addresses.mgmt, send
         stop.set()
         await trio.sleep(0.05)
@@ -412,5 +413,44 @@ def test_a_second_reload_while_a_switch_is_pending_keeps_its_instant(tmp_path: P
     assert processes.config.aggregators_from == EPOCH + 5.0
     assert read_reload_file(str(path)).aggregators_from == EPOCH + 5.0
     launch = processes.launch(1, generation=1)  # restarted later: the same instant
+    assert config_from_description(launch.description["reload"]).aggregators_from == \
+        EPOCH + 5.0
+
+
+@pytest.mark.parametrize("started", ["inside_the_guard", "after_the_instant"])
+async def test_a_process_started_late_with_a_pending_change_holds_or_switches_never_refuses(
+        caplog: pytest.LogCaptureFixture, started: str) -> None:
+    caplog.set_level(logging.INFO)
+    a, b = await TimedSink().bind(), await TimedSink().bind()
+    at = math.ceil(wall() + 0.5)
+    await trio.sleep(at - (GUARD / 2 if started == "inside_the_guard" else -0.05) - wall())
+    pending = make_config([a.spec, b.spec], aggregators_from=at)
+    async with reloadable_proxy(make_config([a.spec]), [a, b], pending=pending) as (
+            address, _, _):
+        sender = Sender(address)
+        await sender.run_until(at + 0.3)
+        await wait_for(lambda: len(a.lines) + len(b.lines) == len(sender.sent))
+    assert not events(caplog, "reload_refused")
+    changed, = events(caplog, "membership_changed")
+    assert float(changed["at"]) == at
+    assert sorted(a.lines + b.lines) == sorted(line for _, line in sender.sent)
+    new_list = [a, b]
+    for index, sink in enumerate(new_list):  # every line by the new list, after the guard
+        for arrived, line in sink.arrivals:
+            assert shard_index(name_of(line), 2) == index and arrived >= at + GUARD
+    assert b.lines
+
+
+def test_a_child_started_inside_the_guard_is_handed_the_change_pending(
+        tmp_path: Path) -> None:
+    now = [EPOCH + 4.5]
+    a, b = "127.0.0.1:9", "127.0.0.1:10"
+    processes = ProcessSet(config=make_config([a]), groups=[[]],
+                           reload_file=str(tmp_path / "reload.json"), wall_clock=lambda: now[0])
+    assert processes.reload(lambda: make_config([a, b]))
+    now[0] = EPOCH + 5.0 - GUARD / 2
+    launch = processes.launch(0, generation=1)
+    assert config_from_description(launch.description["config"]).aggregator == \
+        make_config([a]).aggregator
     assert config_from_description(launch.description["reload"]).aggregators_from == \
         EPOCH + 5.0
