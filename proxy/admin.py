@@ -6,8 +6,8 @@ Totals (`common.admin.status`), since start, of this process:
 * ``lines_in``: lines received (the router's ``received_lines``, refused ones included),
   less the proxy's own self-metric lines (``self_lines``);
 * ``lines_out``: lines handed to the kernel for the aggregators, less ``self_lines``;
-* ``buffered_lines``: lines waiting, in the router (not yet packed, or a kept-back tail) and
-  in every forwarder's queue;
+* ``buffered_lines``: lines waiting, held by a list change (counted in ``lines_in`` too),
+  in the router (not yet packed, or a kept-back tail) and in every forwarder's queue;
 * ``dropped_lines``: every drop by reason (the router's and the forwarders'), and
   ``kernel_overflow`` (datagrams the kernel dropped on the intake sockets).
 
@@ -125,15 +125,16 @@ class ProxyAdmin:
     def buffered_lines(self) -> int:
         router = self.pipeline.router
         waiting = sum(count_lines(item) for lines in router.pending for item in lines)
-        return waiting + sum(f.queued_lines
-                             for f in [*self.pipeline.forwarders, *self.pipeline.retired])
+        return waiting + self.pipeline.held_lines + sum(
+            f.queued_lines for f in [*self.pipeline.forwarders, *self.pipeline.retired])
 
     def totals(self) -> Totals:
         router = self.pipeline.router.statistics()
         forwarders = self.pipeline.statistics()
         dropped = dict(forwarders.dropped_lines)
         dropped[KERNEL_OVERFLOW] = self.pipeline.intake.kernel_drops
-        return Totals(lines_in=router.received_lines - self.self_lines,
+        held = self.pipeline.held_lines  # not routed yet: in lines_in and buffered_lines
+        return Totals(lines_in=router.received_lines + held - self.self_lines,
                       lines_out=forwarders.sent_lines - self.self_lines,
                       buffered_lines=self.buffered_lines(), dropped_lines=dropped,
                       self_lines=self.self_lines)

@@ -53,8 +53,6 @@ DATAGRAMS_PER_BATCH: Final = 256
 DATAGRAMS_PER_DRAIN: Final = 10_000
 #: How often drops are summarised in the log (only when there are new ones).
 DROP_LOG_PERIOD_SECONDS: Final = 10.0
-#: Held packets routed per pass when a list change releases them.
-HELD_PER_PASS: Final = 256
 
 
 @attrs.frozen
@@ -84,6 +82,8 @@ class Pipeline:
             self._attach(forwarder)
         #: While a list change holds intake (proxy.schedule): what arrived, not yet routed.
         self.held: HeldPackets | None = None
+        #: Holds cut short because what they held reached its cap (`hold`).
+        self.hold_cuts = 0
         #: Forwarders of aggregators a list change removed (their counters stay in totals).
         self.retired: list[Forwarder] = []
         #: The list change a reload scheduled (set by proxy.switch), and those applied.
@@ -171,6 +171,8 @@ class Pipeline:
         during a list change)."""
         if self.held is not None:
             self.held.append(block)
+            if self.held.full:
+                self.cut_hold()
             return
         self.router.route(block)
         self.dispatch()
@@ -188,6 +190,8 @@ class Pipeline:
                 batch = reader.receive(DATAGRAMS_PER_BATCH)
                 if batch and self.held is not None:
                     self.held.extend(batch)
+                    if self.held.full:
+                        self.cut_hold()
                 elif batch:
                     route(batch)
                     self.dispatch()
@@ -223,10 +227,28 @@ class Pipeline:
 
     def hold(self) -> None:
         """From now on hold what intake receives; send what the old list has packed
-        (once: a hold already begun goes on)."""
+        (once: a hold already begun goes on).
+
+        What is held is bounded by ``aggregator_buffer_bytes`` per aggregator of the list
+        in force: past that the hold ends early (`cut_hold`), so a burst or a hold
+        lengthened by a slow host costs at most what the forwarders' queues may hold.
+        """
         if self.held is None:
             self.dispatch(final=True)
-            self.held = HeldPackets()
+            self.held = HeldPackets(self.config.aggregator_buffer_bytes * len(self.membership))
+
+    def cut_hold(self) -> None:
+        """End a hold whose packets reached their cap: route them, and what follows, by
+        the list in force now (an interval may then be split between two lists: logged
+        and counted, never a drop)."""
+        held = self.held
+        if held is None:
+            return
+        self.hold_cuts += 1
+        log_event(LOGGER, "switch_hold_cut", level=logging.WARNING, reason="held_bytes",
+                  held_bytes=held.bytes, held_lines=held.lines, limit_bytes=held.limit_bytes,
+                  fingerprint=self.membership.fingerprint)
+        self.release_all()
 
     def switch_to(self, membership: Membership, added: dict[int, Forwarder],
                   change: MembershipChange) -> list[Forwarder]:
@@ -258,25 +280,17 @@ class Pipeline:
         self.switches += 1
         return removed
 
-    def release_some(self) -> bool:
-        """Route up to `HELD_PER_PASS` held packets by the list in force; once none is left,
-        intake is routed again as it comes. True while some are still held."""
+    def release_all(self) -> None:
+        """Route everything held by the list in force, in one pass (bounded by the hold's
+        cap, so intake cannot keep it from emptying), then route intake as it comes."""
         held = self.held
         if held is None:
-            return False
-        batch = held.take(HELD_PER_PASS)
+            return
+        self.held = None
+        batch = held.take_all()
         if batch:
             self.router.route_many(batch)
             self.dispatch()
-        if len(held):
-            return True
-        self.held = None
-        return False
-
-    def release_all(self) -> None:
-        """Route everything held at once (a graceful stop during a list change)."""
-        while self.release_some():
-            pass
 
     # -- what it reports ------------------------------------------------------------------
 
@@ -299,7 +313,13 @@ class Pipeline:
         return SwitchStatistics(
             scheduled=scheduled.new_fingerprint if scheduled else "none",
             scheduled_at=scheduled.at if scheduled else 0.0, switches=self.switches,
-            held_packets=len(self.held) if self.held is not None else 0)
+            held_packets=len(self.held) if self.held is not None else 0,
+            held_lines=self.held_lines, hold_cuts=self.hold_cuts)
+
+    @property
+    def held_lines(self) -> int:
+        """Lines received during a list change's hold, not yet routed."""
+        return self.held.lines if self.held is not None else 0
 
     def statistics(self) -> ForwardersStatistics:
         """The totals of this process so far (`ForwardersStatistics`)."""

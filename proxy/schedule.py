@@ -120,6 +120,10 @@ class SwitchStatistics:
     switches: int = counter(help="list changes applied since start")
     held_packets: int = level(help="datagrams and stream blocks held around a change, "
                                    "waiting to be routed by the new list")
+    held_lines: int = level(help="the lines of those (in /status: in lines_in and "
+                                 "buffered_lines)")
+    hold_cuts: int = counter(help="holds ended early because the held bytes reached the cap "
+                                  "(event=switch_hold_cut; then routed by the list in force)")
 
 
 @attrs.frozen
@@ -143,27 +147,47 @@ def plan_change(old: Sequence[AggregatorSpec], new: Sequence[AggregatorSpec]
     return MembershipChange(kept=kept, added=added, removed=removed)
 
 
+def count_held_lines(blob: bytes) -> int:
+    """The lines of a datagram or stream block as the router counts them (empty ones are
+    no lines)."""
+    parts = blob.split(b"\n")
+    return len(parts) - parts.count(b"")
+
+
 class HeldPackets:
     """What intake received during a switch's hold: datagrams and stream blocks, in order,
-    routed only when the hold ends (then by the new list)."""
+    routed only when the hold ends (then by the new list).
 
-    def __init__(self) -> None:
+    Bounded: ``full`` once ``limit_bytes`` are held (the pipeline then ends the hold early
+    rather than drop a line: ``event=switch_hold_cut``).
+    """
+
+    def __init__(self, limit_bytes: int = 2**62) -> None:
         self._packets: deque[bytes] = deque()
+        self.limit_bytes = limit_bytes
         self.bytes = 0
+        #: The lines of the packets that still wait (`count_held_lines`).
+        self.lines = 0
         #: Every packet held so far (a counter; `len` is what still waits).
         self.total = 0
 
     def __len__(self) -> int:
         return len(self._packets)
 
+    @property
+    def full(self) -> bool:
+        return self.bytes >= self.limit_bytes
+
     def extend(self, packets: Sequence[bytes]) -> None:
         self._packets.extend(packets)
         self.bytes += sum(map(len, packets))
+        self.lines += count_held_lines(b"\n".join(packets))
         self.total += len(packets)
 
     def append(self, packet: bytes) -> None:
         self._packets.append(packet)
         self.bytes += len(packet)
+        self.lines += count_held_lines(packet)
         self.total += 1
 
     def take(self, limit: int) -> list[bytes]:
@@ -171,4 +195,9 @@ class HeldPackets:
         packets = self._packets
         out = [packets.popleft() for _ in range(min(limit, len(packets)))]
         self.bytes -= sum(map(len, out))
+        self.lines -= count_held_lines(b"\n".join(out))
         return out
+
+    def take_all(self) -> list[bytes]:
+        """Every packet that waits, removed."""
+        return self.take(len(self._packets))

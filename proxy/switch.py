@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 import attrs
 import trio
@@ -48,6 +48,10 @@ from .pipeline import Pipeline
 from .schedule import MembershipChange, SwitchSchedule, plan_change, switch_instant
 
 LOGGER = logging.getLogger(__name__)
+
+#: How much longer than its ``2 * switch_guard`` a hold may last on trio's (monotonic)
+#: clock: a wall clock stepped back would lengthen it otherwise.
+HOLD_SLACK_SECONDS: Final = 0.05
 
 
 class StartForwarders(Protocol):
@@ -238,7 +242,10 @@ class Reloader:
         """Steps 2-4; return the removed aggregators' forwarders."""
         schedule, pipeline = pending.schedule, self.pipeline
         pipeline.hold()
-        await sleep_until_wall(self.wall_clock, schedule.at)
+        # The wall clock may step back: trio's clock bounds the hold as well.
+        began = trio.current_time()
+        with trio.move_on_at(began + schedule.guard + HOLD_SLACK_SECONDS):
+            await sleep_until_wall(self.wall_clock, schedule.at)
         removed = pipeline.switch_to(pending.membership, pending.added, pending.change)
         self.config = pending.config
         self.pending = None
@@ -247,11 +254,11 @@ class Reloader:
                   old=schedule.old_fingerprint, at=f"{schedule.at:.3f}",
                   late_ms=round((self.wall_clock() - schedule.at) * 1000, 1),
                   aggregators=",".join(a.spec for a in pending.membership.aggregators))
-        await sleep_until_wall(self.wall_clock, schedule.release_at)
+        with trio.move_on_at(began + 2 * schedule.guard + HOLD_SLACK_SECONDS):
+            await sleep_until_wall(self.wall_clock, schedule.release_at)
         held = pipeline.held
         packets = held.total if held is not None else 0
-        while pipeline.release_some():
-            await trio.lowlevel.checkpoint()
+        pipeline.release_all()
         log_event(LOGGER, "membership_released", held_packets=packets)
         return removed
 

@@ -94,6 +94,16 @@ def test_held_packets_keep_order_and_count_bytes() -> None:
     assert (len(held), held.bytes, held.total) == (0, 0, 3)
 
 
+def test_held_packets_count_lines_as_the_router_does_and_fill_at_their_cap() -> None:
+    held = HeldPackets(limit_bytes=20)
+    held.extend([b"a:1|c", b"b:1|c\n\nc:1|c\n"])
+    assert (held.lines, held.full) == (3, False)
+    held.append(b"d:1|c\ne:1|c")
+    assert (held.lines, held.bytes, held.full) == (5, 5 + 13 + 11, True)
+    assert held.take_all() == [b"a:1|c", b"b:1|c\n\nc:1|c\n", b"d:1|c\ne:1|c"]
+    assert (held.lines, held.bytes, len(held)) == (0, 0, 0)
+
+
 def test_classify_reload_applies_tokens_and_schedules_the_list_and_refuses_the_rest() -> None:
     old = config(auth="token", auth_tokens=["a"])
     new = config(auth="token", auth_tokens=["b"], aggregator=["10.0.0.2:8125"],
