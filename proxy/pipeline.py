@@ -84,6 +84,8 @@ class Pipeline:
         self.held: HeldPackets | None = None
         #: Holds cut short because what they held reached its cap (`hold`).
         self.hold_cuts = 0
+        #: Old-list lines still queued at the instants of the list changes (`switch_to`).
+        self.late_lines = 0
         #: Forwarders of aggregators a list change removed (their counters stay in totals).
         self.retired: list[Forwarder] = []
         #: The list change a reload scheduled (set by proxy.switch), and those applied.
@@ -254,8 +256,11 @@ class Pipeline:
                   change: MembershipChange) -> list[Forwarder]:
         """Route by ``membership`` from now on (while holding): kept forwarders move to
         their new positions, with their aggregators' states; ``added`` (by new index) join;
-        the removed ones are returned, detached (they drain what they queued)."""
+        the removed ones are returned, detached (they drain what they queued). The lines
+        still queued for the old list are counted in `late_lines`: they reach their
+        aggregators after the boundary (docs/proxy.md, "Changing the aggregator list")."""
         old, kept = self.membership, self.forwarders
+        self.late_lines += sum(forwarder.queued_lines for forwarder in kept)
         placed = {new_index: added[new_index] for new_index in change.added}
         for old_index, new_index in change.kept:
             forwarder = kept[old_index]
@@ -314,7 +319,7 @@ class Pipeline:
             scheduled=scheduled.new_fingerprint if scheduled else "none",
             scheduled_at=scheduled.at if scheduled else 0.0, switches=self.switches,
             held_packets=len(self.held) if self.held is not None else 0,
-            held_lines=self.held_lines, hold_cuts=self.hold_cuts)
+            held_lines=self.held_lines, hold_cuts=self.hold_cuts, late_lines=self.late_lines)
 
     @property
     def held_lines(self) -> int:

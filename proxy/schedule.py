@@ -122,6 +122,9 @@ class SwitchStatistics:
                                    "waiting to be routed by the new list")
     held_lines: int = level(help="the lines of those (in /status: in lines_in and "
                                  "buffered_lines)")
+    late_lines: int = counter(help="lines routed by an old list still queued for its "
+                                   "aggregators at the instant (a backlog: they reach them "
+                                   "after their flush, into the next interval)")
     hold_cuts: int = counter(help="holds ended early because the held bytes reached the cap "
                                   "(event=switch_hold_cut; then routed by the list in force)")
 

@@ -246,13 +246,16 @@ class Reloader:
         began = trio.current_time()
         with trio.move_on_at(began + schedule.guard + HOLD_SLACK_SECONDS):
             await sleep_until_wall(self.wall_clock, schedule.at)
+        late = pipeline.late_lines
         removed = pipeline.switch_to(pending.membership, pending.added, pending.change)
+        late = pipeline.late_lines - late
         self.config = pending.config
         self.pending = None
         self.on_change(self.config, pending.membership.fingerprint)
         log_event(LOGGER, "membership_changed", fingerprint=schedule.new_fingerprint,
                   old=schedule.old_fingerprint, at=f"{schedule.at:.3f}",
-                  late_ms=round((self.wall_clock() - schedule.at) * 1000, 1),
+                  late_ms=round((self.wall_clock() - schedule.at) * 1000, 1), late_lines=late,
+                  level=logging.WARNING if late else logging.INFO,
                   aggregators=",".join(a.spec for a in pending.membership.aggregators))
         with trio.move_on_at(began + 2 * schedule.guard + HOLD_SLACK_SECONDS):
             await sleep_until_wall(self.wall_clock, schedule.release_at)

@@ -514,3 +514,28 @@ async def test_a_wall_clock_stepped_back_during_the_hold_does_not_lengthen_it(
         await wait_for(lambda: len(a.lines) + len(b.lines) == len(sender.sent))
     assert sorted(a.lines + b.lines) == sorted(line for _, line in sender.sent)
     assert b.lines
+
+
+async def test_old_list_lines_still_queued_at_the_instant_are_counted_late(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    closed = stdsocket.socket()
+    closed.bind(("127.0.0.1", 0))
+    dead = f"127.0.0.1:{closed.getsockname()[1]}"  # nothing listens: the queue stays
+    closed.close()
+    a = await TimedTcpSink().bind()
+    config = make_config([dead], forward="tcp", graceful_timeout=0.2)
+    async with reloadable_proxy(config, [a]) as (address, mgmt, reloads):
+        sender = Sender(address)
+        at = math.ceil(wall() + 0.6)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.run_until, at + 0.3)
+            await reloads.send(make_config([a.spec], forward="tcp", aggregators_from=at,
+                                           graceful_timeout=0.2))
+        await wait_for(lambda: bool(events(caplog, "aggregator_retired")))
+        stats = await admin_stats(mgmt)
+    changed, = events(caplog, "membership_changed")
+    retired, = events(caplog, "aggregator_retired")
+    assert changed["late_lines"] > 0
+    assert changed["late_lines"] == retired["dropped_lines"]  # never delivered, then retired
+    assert int(stats["proxy.membership.late_lines"]) == changed["late_lines"]
