@@ -11,6 +11,9 @@ Totals (`common.admin.status`), since start, of this process:
 * ``dropped_lines``: every drop by reason (the router's and the forwarders'), and
   ``kernel_overflow`` (datagrams the kernel dropped on the intake sockets).
 
+``members`` lists the aggregators of the list in force, then those a list change removed
+(state ``retired``), so every line of the totals is attributed to a member.
+
 So ``lines_in == lines_out + sum(dropped_lines) + buffered_lines`` (``kernel_overflow``
 aside: those datagrams' lines were never read). Self-metric lines travel like any line; a
 dropped one is counted with the client lines' drops.
@@ -29,7 +32,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import trio
@@ -58,6 +61,10 @@ from .pipeline import Pipeline
 from .routing import BAD, count_lines
 
 SECRET_KEYS = ("auth_tokens", "auth_revoked_tokens")
+#: A member removed by a list change: its state in /status, and its index (no position in
+#: the list in force, so a report by position never sums it with a live aggregator's).
+RETIRED_STATE: Final = "retired"
+RETIRED_INDEX: Final = -1
 
 
 def proxy_identity(config: ProxyConfig, process_index: int) -> str:
@@ -140,6 +147,9 @@ class ProxyAdmin:
                       self_lines=self.self_lines)
 
     def members(self) -> list[Member]:
+        """The aggregators of the list in force (``index``: their position), then those a
+        list change removed (state ``retired``, index ``RETIRED_INDEX``: no position),
+        whose lines the totals count too."""
         out = []
         for forwarder in self.pipeline.forwarders:
             stats = forwarder.statistics()
@@ -149,6 +159,14 @@ class ProxyAdmin:
                 state=stats.state, reason="" if stats.reason == "none" else stats.reason,
                 sent_lines=stats.sent_lines, buffered_lines=stats.buffered_lines,
                 buffer_capacity_lines=None, dropped_lines=dict(stats.dropped_lines)))
+        for forwarder in self.pipeline.retired:
+            stats = forwarder.statistics()
+            out.append(Member(
+                kind="aggregator", index=RETIRED_INDEX, name=stats.aggregator,
+                address="" if stats.address == "unresolved" else stats.address,
+                state=RETIRED_STATE, reason="draining", sent_lines=stats.sent_lines,
+                buffered_lines=stats.buffered_lines, buffer_capacity_lines=None,
+                dropped_lines=dict(stats.dropped_lines)))
         return out
 
     # -- AdminSource --------------------------------------------------------------------

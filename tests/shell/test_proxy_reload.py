@@ -22,7 +22,9 @@ from common.shard import shard_index
 from proxy.admin import ProxyAdmin
 from proxy.cli import ProcessSet, config_from_description, read_reload_file
 from proxy.config import ProxyConfig
-from proxy.membership import membership_fingerprint, parse_aggregator
+from proxy.forwarders.base import RETIRED
+from proxy.membership import Membership, membership_fingerprint, parse_aggregator
+from proxy.schedule import plan_change
 from proxy.server import build_components, serve
 
 #: Epoch seconds at trio time 0: the wall clock of these tests (a multiple of 10).
@@ -539,3 +541,28 @@ async def test_old_list_lines_still_queued_at_the_instant_are_counted_late(
     assert changed["late_lines"] > 0
     assert changed["late_lines"] == retired["dropped_lines"]  # never delivered, then retired
     assert int(stats["proxy.membership.late_lines"]) == changed["late_lines"]
+
+
+def switch_directly(pipeline: Any, aggregators: list[str]) -> None:
+    """Apply a list change at once, as the switch does at its instant."""
+    new = Membership(make_config(aggregators).aggregator, now=trio.current_time())
+    change = plan_change(pipeline.membership.aggregators, new.aggregators)
+    added = {i: pipeline.build_forwarder(i, new) for i in change.added}
+    pipeline.switch_to(new, added, change)
+
+
+async def test_status_lists_a_removed_aggregator_as_retired_with_its_drops() -> None:
+    config = make_config(["127.0.0.1:9", "127.0.0.1:10"])
+    pipeline, mgmt = build_components(config)
+    admin = ProxyAdmin(config, pipeline, mgmt)
+    pipeline.router.route(b"\n".join(b"m%d:1|c" % i for i in range(40)))
+    pipeline.dispatch(final=True)
+    switch_directly(pipeline, ["127.0.0.1:10"])
+    gone, = pipeline.retired
+    dropped = gone.drop_all(RETIRED)
+    assert dropped > 0
+    members = admin.members()
+    assert [(m.name, m.index, m.state) for m in members] == [
+        ("127.0.0.1:10", 0, "up"), ("127.0.0.1:9", -1, "retired")]
+    assert members[1].dropped_lines[RETIRED] == dropped
+    assert admin.totals().dropped_lines[RETIRED] == dropped
