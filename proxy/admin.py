@@ -148,8 +148,9 @@ class ProxyAdmin:
 
     def members(self) -> list[Member]:
         """The aggregators of the list in force (``index``: their position), then those a
-        list change removed (state ``retired``, index ``RETIRED_INDEX``: no position),
-        whose lines the totals count too."""
+        list change removed (state ``retired``, index ``RETIRED_INDEX``: no position;
+        reason ``draining``, then ``closed``: one member per aggregator, every removal
+        summed), whose lines the totals count too."""
         out = []
         for forwarder in self.pipeline.forwarders:
             stats = forwarder.statistics()
@@ -167,6 +168,12 @@ class ProxyAdmin:
                 state=RETIRED_STATE, reason="draining", sent_lines=stats.sent_lines,
                 buffered_lines=stats.buffered_lines, buffer_capacity_lines=None,
                 dropped_lines=dict(stats.dropped_lines)))
+        for closed in self.pipeline.closed.values():
+            out.append(Member(
+                kind="aggregator", index=RETIRED_INDEX, name=closed.name,
+                address="" if closed.address == "unresolved" else closed.address,
+                state=RETIRED_STATE, reason="closed", sent_lines=closed.sent_lines,
+                buffer_capacity_lines=None, dropped_lines=dict(closed.dropped_lines)))
         return out
 
     # -- AdminSource --------------------------------------------------------------------

@@ -55,6 +55,17 @@ DATAGRAMS_PER_DRAIN: Final = 10_000
 DROP_LOG_PERIOD_SECONDS: Final = 10.0
 
 
+@attrs.define
+class ClosedForwarder:
+    """What the retired forwarders of one aggregator sent and dropped, once closed (summed
+    over every change that removed it: the process's counters never go down)."""
+
+    name: str
+    address: str
+    sent_lines: int = 0
+    dropped_lines: dict[str, int] = attrs.Factory(dict)
+
+
 @attrs.frozen
 class ForwardersStatistics:
     """The whole process's output: every forwarder summed, and every drop."""
@@ -86,8 +97,11 @@ class Pipeline:
         self.hold_cuts = 0
         #: Old-list lines still queued at the instants of the list changes (`switch_to`).
         self.late_lines = 0
-        #: Forwarders of aggregators a list change removed (their counters stay in totals).
+        #: Forwarders of aggregators a list change removed, until drained and closed
+        #: (`forget_retired`; their counters stay in the totals: `closed`).
         self.retired: list[Forwarder] = []
+        #: The counts of retired forwarders closed since, by aggregator spec.
+        self.closed: dict[str, ClosedForwarder] = {}
         #: The list change a reload scheduled (set by proxy.switch), and those applied.
         self.scheduled: SwitchSchedule | None = None
         self.switches = 0
@@ -285,6 +299,19 @@ class Pipeline:
         self.switches += 1
         return removed
 
+    def forget_retired(self, forwarder: Forwarder) -> None:
+        """A retired forwarder drained and closed: keep only its counts (in `closed`), so
+        `retired` does not grow with every change."""
+        if forwarder not in self.retired:
+            return
+        self.retired.remove(forwarder)
+        stats = forwarder.statistics()
+        closed = self.closed.setdefault(stats.aggregator, ClosedForwarder(
+            name=stats.aggregator, address=stats.address))
+        closed.sent_lines += forwarder.sent_lines
+        for reason, lines in forwarder.dropped.items():
+            closed.dropped_lines[reason] = closed.dropped_lines.get(reason, 0) + lines
+
     def release_all(self) -> None:
         """Route everything held by the list in force, in one pass (bounded by the hold's
         cap, so intake cannot keep it from emptying), then route intake as it comes."""
@@ -330,7 +357,8 @@ class Pipeline:
         """The totals of this process so far (`ForwardersStatistics`)."""
         return ForwardersStatistics(
             sent_lines=sum(forwarder.sent_lines
-                           for forwarder in [*self.forwarders, *self.retired]),
+                           for forwarder in [*self.forwarders, *self.retired])
+            + sum(closed.sent_lines for closed in self.closed.values()),
             dropped_lines=self.tally_drops()[0])
 
     def tally_drops(self) -> tuple[dict[str, int], dict[str, int]]:
@@ -345,6 +373,11 @@ class Pipeline:
             if sum(dropped.values()):
                 key = "retired" if forwarder in self.retired else f"aggregator_{forwarder.index}"
                 per[key] = per.get(key, 0) + sum(dropped.values())
+        for closed in self.closed.values():
+            for reason, lines in closed.dropped_lines.items():
+                totals[reason] = totals.get(reason, 0) + lines
+            if sum(closed.dropped_lines.values()):
+                per["retired"] = per.get("retired", 0) + sum(closed.dropped_lines.values())
         return totals, per
 
     async def run_drop_reporter(self) -> None:

@@ -16,7 +16,8 @@ The switch (`Reloader.run_switch`), one at a time:
 4. ``at + switch_guard``: the held lines are routed by the new list, then intake flows;
 5. every removed aggregator's forwarder delivers its queue to the old address (for at
    most ``graceful_timeout``; what is left is dropped as ``retired``), then closes
-   (``event=aggregator_retired``).
+   (``event=aggregator_retired``; a graceful stop after the instant ends it the same way),
+   leaving only its counts (`proxy.pipeline.Pipeline.forget_retired`).
 
 A change handed to a starting process (``serve(pending=...)``) is never refused: started
 inside the guard it holds at once, after the instant it switches at once.
@@ -84,6 +85,9 @@ class PendingSwitch:
     holding_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     holding: bool = False
     done: trio.Event = attrs.field(factory=trio.Event)
+    #: The removed aggregators' forwarders, from the instant on (retired even when a
+    #: graceful stop cut the switch short after the instant).
+    removed: list[Forwarder] = attrs.Factory(list)
 
 
 class Reloader:
@@ -228,18 +232,17 @@ class Reloader:
         if not pending.holding:
             return
         self.active = pending
-        removed: list[Forwarder] = []
         try:
             with pending.holding_scope:
-                removed = await self.hold_and_switch(pending)
-        finally:
+                await self.hold_and_switch(pending)
+        finally:  # cancelled too (a graceful stop): every removed forwarder is retired
             self.active = None
             pending.done.set()
-        for forwarder in removed:
-            self.nursery.start_soon(self.retire, forwarder)
+            for forwarder in pending.removed:
+                self.nursery.start_soon(self.retire, forwarder)
 
-    async def hold_and_switch(self, pending: PendingSwitch) -> list[Forwarder]:
-        """Steps 2-4; return the removed aggregators' forwarders."""
+    async def hold_and_switch(self, pending: PendingSwitch) -> None:
+        """Steps 2-4 (the removed aggregators' forwarders in ``pending.removed``)."""
         schedule, pipeline = pending.schedule, self.pipeline
         pipeline.hold()
         # The wall clock may step back: trio's clock bounds the hold as well.
@@ -247,7 +250,8 @@ class Reloader:
         with trio.move_on_at(began + schedule.guard + HOLD_SLACK_SECONDS):
             await sleep_until_wall(self.wall_clock, schedule.at)
         late = pipeline.late_lines
-        removed = pipeline.switch_to(pending.membership, pending.added, pending.change)
+        pending.removed = pipeline.switch_to(pending.membership, pending.added,
+                                             pending.change)
         late = pipeline.late_lines - late
         self.config = pending.config
         self.pending = None
@@ -263,18 +267,25 @@ class Reloader:
         packets = held.total if held is not None else 0
         pipeline.release_all()
         log_event(LOGGER, "membership_released", held_packets=packets)
-        return removed
 
     async def retire(self, forwarder: Forwarder) -> None:
-        """Let a removed aggregator's forwarder deliver its queue, then stop it."""
-        with trio.move_on_after(self.config.graceful_timeout):
-            while forwarder.queue or forwarder.busy:  # noqa: ASYNC110 (bounded drain)
-                await trio.sleep(0.01)
+        """Let a removed aggregator's forwarder deliver its queue, then stop it: its tasks
+        cancelled, its sockets closed, only its counts kept (`Pipeline.forget_retired`).
+        Cancelled (the end of a graceful stop, which drained it already), it stops too."""
+        try:
+            with trio.move_on_after(self.config.graceful_timeout):
+                while forwarder.queue or forwarder.busy:  # noqa: ASYNC110 (bounded drain)
+                    await trio.sleep(0.01)
+        finally:
+            self.close_retired(forwarder)
+
+    def close_retired(self, forwarder: Forwarder) -> None:
         left = forwarder.drop_all(RETIRED)
         scope = self.scopes.pop(id(forwarder), None)
         if scope is not None:
             scope.cancel()
         forwarder.close()
+        self.pipeline.forget_retired(forwarder)
         log_event(LOGGER, "aggregator_retired", aggregator=forwarder.spec.spec,
                   sent_lines=forwarder.sent_lines, dropped_lines=left,
                   level=logging.WARNING if left else logging.INFO)

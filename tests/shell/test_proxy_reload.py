@@ -26,6 +26,7 @@ from proxy.forwarders.base import RETIRED
 from proxy.membership import Membership, membership_fingerprint, parse_aggregator
 from proxy.schedule import plan_change
 from proxy.server import build_components, serve
+from proxy.switch import Reloader
 
 #: Epoch seconds at trio time 0: the wall clock of these tests (a multiple of 10).
 EPOCH = 1_700_000_000.0
@@ -566,3 +567,51 @@ async def test_status_lists_a_removed_aggregator_as_retired_with_its_drops() -> 
         ("127.0.0.1:10", 0, "up"), ("127.0.0.1:9", -1, "retired")]
     assert members[1].dropped_lines[RETIRED] == dropped
     assert admin.totals().dropped_lines[RETIRED] == dropped
+
+
+async def test_a_graceful_stop_after_the_instant_still_retires_the_removed_aggregator(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    a, b = await TimedSink().bind(), await TimedSink().bind()
+    async with reloadable_proxy(make_config([a.spec]), [a, b]) as (address, _, reloads):
+        sender = Sender(address)
+        at = math.ceil(wall() + 0.6)
+        await reloads.send(make_config([b.spec], aggregators_from=at))
+        await sender.run_until(at + GUARD / 2)  # stopped in the switched phase
+    assert events(caplog, "membership_changed")
+    assert not events(caplog, "membership_released")
+    retired, = events(caplog, "aggregator_retired")
+    assert retired["aggregator"] == a.spec and retired["dropped_lines"] == 0
+    assert sorted(a.lines + b.lines) == sorted(line for _, line in sender.sent)
+
+
+async def test_a_retired_forwarder_once_closed_leaves_only_its_counts() -> None:
+    config = make_config(["127.0.0.1:9", "127.0.0.1:10"], graceful_timeout=0.05)
+    pipeline, mgmt = build_components(config)
+    admin = ProxyAdmin(config, pipeline, mgmt)
+
+    async def start_nothing(forwarders: Any, scopes: Any) -> None:
+        pass
+
+    dropped = 0
+    async with trio.open_nursery() as nursery:
+        reloader = Reloader(config, pipeline, nursery=nursery, start_forwarders=start_nothing,
+                            scopes={}, wall_clock=wall)
+        for _ in range(3):
+            pipeline.router.route(b"\n".join(b"m%d:1|c" % i for i in range(40)))
+            pipeline.dispatch(final=True)
+            switch_directly(pipeline, ["127.0.0.1:10"])
+            gone, = pipeline.retired
+            queued = gone.queued_lines
+            await reloader.retire(gone)  # never started: its queue is dropped as retired
+            dropped += queued
+            assert pipeline.retired == []
+            switch_directly(pipeline, ["127.0.0.1:9", "127.0.0.1:10"])
+    assert dropped > 0 and list(pipeline.closed) == ["127.0.0.1:9"]
+    totals = admin.totals()
+    assert totals.dropped_lines[RETIRED] == dropped
+    assert totals.lines_in == 120 == \
+        totals.lines_out + sum(totals.dropped_lines.values()) + totals.buffered_lines
+    retired = [m for m in admin.members() if m.state == "retired"]
+    assert [(m.name, m.reason, m.dropped_lines[RETIRED]) for m in retired] == [
+        ("127.0.0.1:9", "closed", dropped)]
