@@ -8,9 +8,12 @@ Per process (a worker), with ``received`` its ledger's ``received_lines`` (lines
 its own sockets, authentication's refusals aside):
 
 * ``lines_in = received + auth refusals``;
-* ``lines_out = received - forwarded - too_large + received from the other workers - bad
-  lines - the ledger's drops``: the lines aggregated into its own ledger;
-* ``dropped_lines``: ``bad_line``, the ledger's reasons, ``auth_<reason>``,
+* ``lines_out = received - forwarded - too_large + received from the other workers - the
+  ledger's refused lines``: the lines aggregated into its own ledger, a line counting as
+  aggregated when any of its segments reached the ledger (``x:1|c:zz`` is out, its bad
+  segment counted only in Etsy's ``bad_lines_seen``);
+* ``dropped_lines``: the ledger's refused lines by reason (``bad_line``, ``overflow``,
+  ``dogstatsd_event``, ``dogstatsd_service_check``: whole lines, not segments), ``auth_<reason>``,
   ``exchange_<reason>`` and ``kernel_overflow`` (datagrams, not lines: left out of the
   equation, see `common.admin.status`).
 
@@ -68,15 +71,14 @@ def aggregator_totals(values: Mapping[str, object], *, carbon_nodes: Sequence[st
             several workers, worker 0 reads them, each worker its own socket's).
     """
     received = _int(values, LEDGER + "received_lines")
-    bad = _int(values, LEDGER + "bad_lines")
-    ledger_drops = _by_key(values, LEDGER + "dropped_lines.")
+    ledger_drops = _by_key(values, LEDGER + "refused_lines.")
     auth = _by_key(values, AUTH_REFUSED)
     exchange = _by_key(values, EXCHANGE + "dropped_lines.")
     forwarded = _int(values, EXCHANGE + "forwarded_lines")
     from_peers = _int(values, EXCHANGE + "received_lines")
-    lines_out = (received - forwarded - exchange.get("too_large", 0) + from_peers - bad
+    lines_out = (received - forwarded - exchange.get("too_large", 0) + from_peers
                  - sum(ledger_drops.values()))
-    dropped: dict[str, int] = {"bad_line": bad, **ledger_drops}
+    dropped: dict[str, int] = {"bad_line": 0, **ledger_drops}
     dropped.update({f"auth_{reason}": n for reason, n in auth.items()})
     dropped.update({reason if reason.startswith("exchange_") else f"exchange_{reason}": n
                     for reason, n in exchange.items()})
