@@ -11,6 +11,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -51,13 +52,21 @@ class BadStatus(ValueError):
     """A /status document this reader cannot use."""
 
 
-def _int(data: Mapping[str, Any], key: str) -> int:
-    value = data.get(key, 0)
+def _number(data: Mapping[str, Any], key: str) -> int | float | None:
+    """``data[key]`` as a finite number (None when absent or null)."""
+    value = data.get(key)
     if value is None:
-        return 0
+        return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadStatus(f"{key} is {value!r}, not a number")
-    return int(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadStatus(f"{key} is {value!r}, not a finite number")
+    return value
+
+
+def _int(data: Mapping[str, Any], key: str) -> int:
+    value = _number(data, key)
+    return 0 if value is None else int(value)
 
 
 def _by_reason(data: Mapping[str, Any], key: str) -> dict[str, int]:
@@ -73,12 +82,22 @@ def _str(data: Mapping[str, Any], key: str) -> str:
 
 
 def _float(data: Mapping[str, Any], key: str) -> float | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadStatus(f"{key} is {value!r}, not a number")
-    return float(value)
+    value = _number(data, key)
+    return None if value is None else float(value)
+
+
+def parse_rates(data: Any) -> dict[str, Any]:
+    """The ``rates`` object: ``interval_seconds``, ``lines_in``, ``lines_out`` (finite
+    numbers, 0 when absent) and ``dropped_lines`` by reason; other keys are left out."""
+    if not isinstance(data, Mapping):
+        raise BadStatus("rates is not an object")
+    dropped = data.get("dropped_lines") or {}
+    if not isinstance(dropped, Mapping):
+        raise BadStatus(f"rates.dropped_lines is {dropped!r}, not an object")
+    out: dict[str, Any] = {key: _float(data, key) or 0.0
+                           for key in ("interval_seconds", "lines_in", "lines_out")}
+    out["dropped_lines"] = {str(reason): _float(dropped, reason) or 0.0 for reason in dropped}
+    return out
 
 
 def parse_counts(data: Any) -> Counts:
@@ -137,7 +156,7 @@ def parse_status(answer: StatusAnswer) -> DaemonView:
         flush_interval=_float(doc, "flush_interval"),
         membership=_str(fingerprints, "membership"), config=_str(fingerprints, "config"),
         workers=_int(doc, "workers") or 1, totals=parse_counts(doc.get("totals") or {}),
-        rates=dict(rates), members=tuple(parse_member(m) for m in members))
+        rates=parse_rates(rates), members=tuple(parse_member(m) for m in members))
 
 
 def parse_answer(answer: StatusAnswer, before: StatusAnswer | None) -> DaemonView:

@@ -169,6 +169,30 @@ def test_a_bad_document_is_reported_not_raised(document: Any, expected: str) -> 
     assert expected in bad.detail and report.exit_status == 1
 
 
+@pytest.mark.parametrize("bad", [
+    {"totals": {"lines_in": 1e999}},
+    {"totals": {"lines_in": float("nan")}},
+    {"totals": {"dropped_lines": {"buffer_full": 1e999}}},
+    {"members": [member("aggregator", 0, "a0:8125", sent=float("inf"))]},
+    {"started": float("nan")},
+    {"rates": {"lines_in": "x"}},
+    {"rates": {"lines_out": 1e999}},
+    {"rates": {"dropped_lines": [1, 2]}},
+    {"rates": {"dropped_lines": {"buffer_full": "x"}}},
+    {"rates": [1]},
+])
+def test_one_bad_daemon_is_bad_status_and_the_others_still_render(bad: dict[str, Any]
+                                                                   ) -> None:
+    answers = healthy_cluster()
+    answers[1] = answer("proxy", 1, {**status("proxy", "p1"), **bad})
+    report = report_of(answers)
+    [found] = [f for f in report.findings if f.kind == "bad_status"]
+    assert found.daemon == "http://proxy1:1" and report.exit_status == 1
+    assert [d.reachable for d in report.daemons] == [True, False, True, True]
+    json.dumps(report_json(report), allow_nan=False)
+    assert report.tiers["proxy"].lines_in_per_second == 5.0
+
+
 def test_an_unbalanced_daemon_is_in_flight_not_lost() -> None:
     answers = healthy_cluster()
     answers[2] = answer("aggregator", 0, status("aggregator", "a0", membership="ring",
