@@ -12,6 +12,7 @@ import pytest
 from ringtool.cluster import build_report, report_json
 from ringtool.clusterfetch import parse_render_json
 from ringtool.clustermodel import ClusterSample, StatusAnswer
+from ringtool.clustertext import format_report
 from support.statusdocs import member, status
 
 
@@ -191,6 +192,25 @@ def test_one_bad_daemon_is_bad_status_and_the_others_still_render(bad: dict[str,
     assert [d.reachable for d in report.daemons] == [True, False, True, True]
     json.dumps(report_json(report), allow_nan=False)
     assert report.tiers["proxy"].lines_in_per_second == 5.0
+
+
+def test_text_report_escapes_what_the_daemons_say() -> None:
+    answers = healthy_cluster()
+    hostile = "p1\x1b]0;pwned\x07\ncluster: ok\u2028\x9b2J"
+    answers[1] = answer("proxy", 1, {
+        **status("proxy", hostile, lines_in=100, lines_out=90,
+                 dropped_lines={"\x1b[31mred": 10},
+                 members=[member("aggregator", 0, "a0:8125", sent=60),
+                          member("aggregator", 1, "a1\r:8125", sent=30)]),
+        "ready": False, "not_ready": ["\x1b[2Jgone"]})
+    report = report_of(answers)
+    lines = format_report(report)
+    assert all(line.isprintable() for line in lines)
+    assert lines.count("cluster: ok") == 0 and lines[-1].startswith("cluster: PROBLEMS")
+    assert any("p1\\x1b]0;pwned\\x07\\ncluster: ok\\u2028\\x9b2J" in line for line in lines)
+    assert any("\\x1b[2Jgone" in line for line in lines)
+    data = report_json(report)  # --json keeps them as they are
+    assert data["daemons"][1]["identity"] == hostile
 
 
 def test_an_unbalanced_daemon_is_in_flight_not_lost() -> None:
