@@ -4,7 +4,8 @@ Defensively: keys this reader does not know are ignored, a missing counter is 0,
 document that is not an object, has another ``schema``, a key of the wrong type, or a
 ``role`` other than the tier it was listed in makes that daemon a ``bad_status`` (named in
 the report, never a crash). Over a window, the counters are the differences between two
-readings of the same process (`parse_answer`).
+readings of the same process (`parse_answer`), each member matched with itself by kind and
+name (its index changes when the list does).
 
 Pure: no I/O.
 """
@@ -185,7 +186,9 @@ def parse_answer(answer: StatusAnswer, before: StatusAnswer | None) -> DaemonVie
         first = None
     if first is None or (first.pid, first.started) != (view.pid, view.started):
         return attrs.evolve(view, restarted=first is not None)
-    old = {(m.kind, m.index, m.name): m for m in first.members}
+    # By name, not by index: a list change moves a member to another index (or retires
+    # it), and its counters still run from the same start.
+    old = {(m.kind, m.name): m for m in first.members}
     return attrs.evolve(view, windowed=True, totals=subtract_counts(view.totals, first.totals),
-                        members=tuple(subtract_member(m, old.get((m.kind, m.index, m.name)))
+                        members=tuple(subtract_member(m, old.get((m.kind, m.name)))
                                       for m in view.members))

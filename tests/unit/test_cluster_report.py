@@ -248,6 +248,20 @@ def test_a_window_counts_the_differences_and_marks_restarts() -> None:
     assert not [f for f in report.findings if f.kind == "in_flight"]
 
 
+def test_a_window_matches_members_by_name_when_the_list_moved_them() -> None:
+    first = ClusterSample(taken_at=1990.0, answers=tuple(healthy_cluster()))
+    later = healthy_cluster()
+    for i in range(2):  # the list is now [a1, a0]: each forwarder moved index
+        later[i] = answer("proxy", i, status(
+            "proxy", f"p{i}", lines_in=120, lines_out=120,
+            members=[member("aggregator", 0, "a1:8125", sent=50),
+                     member("aggregator", 1, "a0:8125", sent=70)]))
+    report = build_report(ClusterSample(taken_at=2000.0, answers=tuple(later)),
+                          previous=first)
+    sent = {m.name: m.sent_lines for m in report.daemons[0].members}
+    assert sent == {"a0:8125": 10, "a1:8125": 10}
+
+
 def test_carbon_accepted_is_reported_beside_the_points_sent() -> None:
     sample = ClusterSample(taken_at=2000.0, answers=tuple(healthy_cluster()),
                            carbon_accepted={"carbon.agents.h-a.metricsReceived": 14})
