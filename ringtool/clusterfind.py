@@ -24,6 +24,7 @@ from .clustermodel import (
     AGGREGATOR,
     KERNEL_OVERFLOW,
     PROXY,
+    RETIRED,
     AggregatorIntake,
     CarbonNodeView,
     ClusterSample,
@@ -82,7 +83,7 @@ def _down_members(d: DaemonView) -> list[Finding]:
                     where=f"{d.tier} {d.name} -> {label} [{m.index}] {m.name}",
                     reason="member_down", daemon=d.url, member=m.name,
                     detail=f"seen {m.state}" + (f": {m.reason}" if m.reason else ""))
-            for m in d.members if m.state != "up"]
+            for m in d.members if m.state not in ("up", RETIRED)]
 
 
 def _equations(d: DaemonView) -> list[Finding]:

@@ -23,6 +23,8 @@ AGGREGATOR: Final = "aggregator"
 CARBON: Final = "carbon"
 #: The drop reason of datagrams the kernel dropped (a count of datagrams, not lines).
 KERNEL_OVERFLOW: Final = "kernel_overflow"
+#: The state of a member a reload retired (its counts stay part of the totals).
+RETIRED: Final = "retired"
 #: The finding kinds that are problems (exit status 1).
 PROBLEMS: Final = frozenset({"lost", "unreachable", "diverged", "bad_status"})
 

@@ -262,6 +262,36 @@ def test_a_window_matches_members_by_name_when_the_list_moved_them() -> None:
     assert sent == {"a0:8125": 10, "a1:8125": 10}
 
 
+def test_proxies_members_are_matched_to_aggregators_by_name() -> None:
+    # p1 lists the two aggregators the other way round: by position, a0 would be charged
+    # p1's lines for a1 (a false loss at one, a surplus at the other).
+    def proxy(i: int, names: list[str], sent: list[int],
+              extra: list[dict[str, Any]] | None = None) -> StatusAnswer:
+        members = [member("aggregator", k, n, sent=c)
+                   for k, (n, c) in enumerate(zip(names, sent, strict=True))]
+        return answer("proxy", i, status("proxy", f"p{i}", lines_in=sum(sent),
+                                         lines_out=sum(sent), members=members + (extra or [])))
+    answers = [proxy(0, ["a0:8125", "a1:8125"], [60, 40],
+                     [member("aggregator", 0, "a1:8125", sent=7, state="retired"),
+                      member("aggregator", 1, "old:8125", sent=5, state="retired")]),
+               proxy(1, ["a1:8125", "a0:8125"], [30, 20]),
+               proxy(2, ["a0:8125", "a1:8125"], [10, 10])]
+    answers += [answer("aggregator", i, status("aggregator", f"a{i}", membership="ring",
+                                               lines_in=n, lines_out=n))
+                for i, n in enumerate((90, 87))]
+    report = report_of(answers)
+    assert [(i.position, i.name, i.url is not None, i.sent, i.difference)
+            for i in report.intake] == [(0, "a0:8125", True, 90, 0),
+                                        (1, "a1:8125", True, 87, 0),
+                                        (1, "old:8125", False, 5, None)]
+    assert not [f for f in report.findings if f.kind == "lost"]
+    mismatched = [(f.daemon, f.member) for f in report.findings
+                  if (f.kind, f.reason) == ("diverged", "member_name")]
+    assert mismatched == [("http://proxy1:1", "a1:8125"), ("http://proxy1:1", "a0:8125")]
+    assert report.exit_status == 1
+    assert [f.reason for f in report.findings if f.member == "old:8125"] == ["not_listed"]
+
+
 def test_carbon_accepted_is_reported_beside_the_points_sent() -> None:
     sample = ClusterSample(taken_at=2000.0, answers=tuple(healthy_cluster()),
                            carbon_accepted={"carbon.agents.h-a.metricsReceived": 14})
