@@ -98,14 +98,24 @@ def aggregator_totals(values: Mapping[str, object], *, carbon_nodes: Sequence[st
 
 
 def carbon_members(nodes: Sequence[tuple[str, str, str]],
-                   parts: Sequence[Mapping[str, object]]) -> list[Member]:
-    """The Carbon nodes as /status members, summed over ``parts`` (each worker's figures).
+                   parts: Sequence[Mapping[str, object]], *,
+                   known: Mapping[str, tuple[str, str]] | None = None) -> list[Member]:
+    """The Carbon nodes as /status members, summed over ``parts`` (each worker's figures):
+    the ring's, in ring order, then every other node with figures in a part (one a reload
+    retired, whose counts the totals include: `carbon_instances`) with state ``retired``.
 
     Args:
         nodes: ``(name as configured, host:port, instance path component)`` in ring order.
+        known: a retired node's ``(name, host:port)`` by instance, where known; else its
+            name is its instance and its address ``""``.
     """
+    live = {instance for _, _, instance in nodes}
+    retired = sorted({i for p in parts for i in carbon_instances(p)} - live)
+    names = known or {}
+    every = [*((name, address, instance, False) for name, address, instance in nodes),
+             *((*names.get(i, (i, "")), i, True) for i in retired)]
     members = []
-    for index, (name, address, instance) in enumerate(nodes):
+    for index, (name, address, instance, gone) in enumerate(every):
         head = f"{CARBON}{instance}."
         connected = any(_int(p, head + "connected") for p in parts)
         dropped: dict[str, int] = {}
@@ -114,8 +124,8 @@ def carbon_members(nodes: Sequence[tuple[str, str, str]],
                 dropped[reason] = dropped.get(reason, 0) + n
         members.append(Member(
             kind="carbon", index=index, name=name, address=address,
-            state="up" if connected else "down",
-            reason="" if connected else "not_connected",
+            state="retired" if gone else "up" if connected else "down",
+            reason="" if connected or gone else "not_connected",
             sent_lines=sum(_int(p, head + "sent_lines") for p in parts),
             buffered_lines=sum(_int(p, head + "buffered_lines") + _int(p, head + "spooled_lines")
                                for p in parts),

@@ -187,7 +187,9 @@ def _intake(proxies: Sequence[DaemonView], aggregators: Sequence[DaemonView]
             sent=sent, sent_by=tuple(sent_by), received=received,
             difference=None if received is None or not sent_by else sent - received,
             dropped_at_proxies=dropped, dropped_by=tuple(dropped_by),
-            buffered_at_proxies=buffered, kernel_overflow=kernel, states=tuple(states)))
+            buffered_at_proxies=buffered, kernel_overflow=kernel, states=tuple(states),
+            unreachable_workers=(aggregator.unreachable_workers
+                                 if aggregator is not None and aggregator.reachable else ())))
     return out
 
 
@@ -206,7 +208,7 @@ def _carbon_nodes(aggregators: Sequence[DaemonView],
             node["buffered"] += m.buffered_lines
             _add(node["dropped"], m.dropped_lines)
             node["sent_by"].append((a.name, m.sent_lines))
-            if m.state != "up":
+            if m.state not in ("up", RETIRED):
                 node["down_at"].append((a.name, m.reason))
     return [CarbonNodeView(name=name, address=n["address"], points_sent=n["sent"],
                            points_buffered=n["buffered"], points_dropped=n["dropped"],
@@ -312,6 +314,7 @@ def report_json(report: ClusterReport) -> dict[str, Any]:
             "lines_lost": lost_lines, "points_lost": lost_points,
             "unreachable": sum(1 for f in report.findings if f.kind == "unreachable"),
             "diverged": sum(1 for f in report.findings if f.kind == "diverged"),
+            "partial": sum(1 for f in report.findings if f.kind == "partial"),
             "problems": sum(1 for f in report.findings if f.kind in PROBLEMS)},
         "tiers": {name: summary.as_json() for name, summary in report.tiers.items()},
         "between": between_tiers(report),

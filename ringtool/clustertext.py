@@ -110,5 +110,6 @@ def format_report(report: ClusterReport) -> list[str]:
     else:
         lines.append(f"cluster: PROBLEMS: {summary['lines_lost']} lines lost, "
                      f"{summary['points_lost']} points lost, {summary['unreachable']} "
-                     f"unreachable, {summary['diverged']} diverged")
+                     f"unreachable, {summary['diverged']} diverged"
+                     + (f", {summary['partial']} partial" if summary["partial"] else ""))
     return [printable(line) for line in lines]

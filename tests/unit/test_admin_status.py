@@ -8,7 +8,12 @@ import attrs
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from aggregator.accounting import aggregator_totals, carbon_members, parse_stats_text
+from aggregator.accounting import (
+    aggregator_totals,
+    carbon_instances,
+    carbon_members,
+    parse_stats_text,
+)
 from aggregator.ledger import Accumulator, LedgerOptions
 from common.admin.prometheus import format_metrics, format_readings, metric_name
 from common.admin.routes import parse_route_name, percent_decode
@@ -212,6 +217,25 @@ def test_a_line_whose_every_sample_overflows_is_dropped_as_overflow() -> None:
     totals = aggregator_totals(numeric(read("aggregator", "ledger", acc.statistics())))
     assert acc.dropped["overflow"] == 2
     assert (totals.lines_in, totals.lines_out, totals.dropped_lines["overflow"]) == (2, 1, 1)
+
+
+def test_carbon_members_list_the_nodes_a_reload_retired() -> None:
+    # Node "old" left the ring; worker 1 still has figures for "gone" (not known by name).
+    w0 = {"aggregator.carbon.n.sent_lines": 5, "aggregator.carbon.n.connected": 1,
+          "aggregator.carbon.old.sent_lines": 3, "aggregator.carbon.old.spooled_lines": 2,
+          "aggregator.carbon.old.dropped_lines.shutdown": 1}
+    w1 = {"aggregator.carbon.gone.sent_lines": 4}
+    members = carbon_members([("n:1", "n:1", "n")], [w0, w1],
+                             known={"old": ("old:2003", "old:2003")})
+    assert [(m.index, m.name, m.address, m.state, m.reason, m.sent_lines, m.buffered_lines,
+             dict(m.dropped_lines)) for m in members] == [
+        (0, "n:1", "n:1", "up", "", 5, 0, {}),
+        (1, "gone", "", "retired", "", 4, 0, {}),
+        (2, "old:2003", "old:2003", "retired", "", 3, 2, {"shutdown": 1})]
+    totals = add_totals(aggregator_totals(w, carbon_nodes=carbon_instances(w))
+                        for w in (w0, w1))
+    assert totals.points_sent == sum(m.sent_lines for m in members)
+    assert totals.points_buffered == sum(m.buffered_lines for m in members)
 
 
 def test_aggregator_totals_count_auth_refusals_as_received() -> None:

@@ -83,7 +83,8 @@ def test_down_aggregator_names_each_proxys_drops_for_it() -> None:
     assert report_json(report)["between"] == {"sent": 200, "sent_to_read": 120,
                                               "received": 120, "difference": 0, "unread": 1}
     assert report_json(report)["summary"] == {"lines_lost": 25, "points_lost": 0,
-                                              "unreachable": 1, "diverged": 0, "problems": 2}
+                                              "unreachable": 1, "diverged": 0, "partial": 0,
+                                              "problems": 2}
 
 
 def test_lines_missing_between_the_tiers_are_lost_with_kernel_drops_named() -> None:
@@ -290,6 +291,29 @@ def test_proxies_members_are_matched_to_aggregators_by_name() -> None:
     assert mismatched == [("http://proxy1:1", "a1:8125"), ("http://proxy1:1", "a0:8125")]
     assert report.exit_status == 1
     assert [f.reason for f in report.findings if f.member == "old:8125"] == ["not_listed"]
+
+
+def test_an_aggregator_without_a_worker_is_partial_not_a_loss_between_tiers() -> None:
+    answers = healthy_cluster()
+    answers[3] = answer("aggregator", 1, {
+        **status("aggregator", "a1", membership="ring", lines_in=50, lines_out=45,
+                 points_flushed=7, points_sent=7,
+                 members=[member("carbon", 0, "c:2003", sent=7),
+                          member("carbon", 1, "old:2003", sent=3, state="retired")]),
+        "workers": 2, "ready": False, "not_ready": ["worker_1_unreachable"]})
+    report = report_of(answers)
+    assert not [f for f in report.findings if f.kind in ("lost", "in_flight")]
+    [partial] = [f for f in report.findings if f.kind == "partial"]
+    assert partial.daemon == "http://aggregator1:1" and "worker 1 unreachable" in partial.detail
+    [between] = [f for f in report.findings if f.reason == "partial"]
+    assert between.kind == "note" and between.count == 80
+    assert report.intake[1].unreachable_workers == (1,)
+    assert report.exit_status == 1 and report_json(report)["summary"]["partial"] == 1
+    assert format_report(report)[-1].endswith(", 1 partial")
+    # a retired Carbon node is neither down nor a member_down
+    old = [n for n in report.carbon_nodes if n.name == "old:2003"]
+    assert old[0].down_at == () and old[0].points_sent == 3
+    assert not [f for f in report.findings if f.reason == "member_down"]
 
 
 def test_carbon_accepted_is_reported_beside_the_points_sent() -> None:
