@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import attrs
 
-from .clustermodel import LEVELS, Counts, DaemonView, MemberView, StatusAnswer
+from .clustermodel import LEVELS, RETIRED, Counts, DaemonView, MemberView, StatusAnswer
 
 #: The /status schema this reader understands.
 STATUS_SCHEMA: Final = 1
@@ -186,9 +186,28 @@ def parse_answer(answer: StatusAnswer, before: StatusAnswer | None) -> DaemonVie
         first = None
     if first is None or (first.pid, first.started) != (view.pid, view.started):
         return attrs.evolve(view, restarted=first is not None)
-    # By name, not by index: a list change moves a member to another index (or retires
-    # it), and its counters still run from the same start.
-    old = {(m.kind, m.name): m for m in first.members}
     return attrs.evolve(view, windowed=True, totals=subtract_counts(view.totals, first.totals),
-                        members=tuple(subtract_member(m, old.get((m.kind, m.name)))
-                                      for m in view.members))
+                        members=_subtract_members(view.members, first.members))
+
+
+def _subtract_members(now: tuple[MemberView, ...], then: tuple[MemberView, ...]
+                      ) -> tuple[MemberView, ...]:
+    """Each member's counters since its first reading, matched by kind and name, not by
+    index: a list change moves a member to another index, or retires it (state
+    ``retired``), and its counters still run from the same start. A name retired within
+    the window and live again is a new member (counting from its start) beside the retired
+    one (the old member)."""
+    live_then = {(m.kind, m.name): m for m in then if m.state != RETIRED}
+    retired_then = {(m.kind, m.name): m for m in then if m.state == RETIRED}
+    retired_now = {(m.kind, m.name) for m in now if m.state == RETIRED}
+    out = []
+    for m in now:
+        key = (m.kind, m.name)
+        if m.state == RETIRED:
+            before = retired_then.get(key) or live_then.get(key)
+        elif key in retired_now and key not in retired_then:
+            before = None  # retired in the window, then added back: a new member
+        else:
+            before = live_then.get(key)
+        out.append(subtract_member(m, before))
+    return tuple(out)

@@ -261,6 +261,16 @@ def test_a_window_matches_members_by_name_when_the_list_moved_them() -> None:
                           previous=first)
     sent = {m.name: m.sent_lines for m in report.daemons[0].members}
     assert sent == {"a0:8125": 10, "a1:8125": 10}
+    # p1: a1 removed (its forwarder retired, index -1), then added back (a new one)
+    later[1] = answer("proxy", 1, status(
+        "proxy", "p1", lines_in=120, lines_out=120,
+        members=[member("aggregator", 0, "a0:8125", sent=70),
+                 member("aggregator", 1, "a1:8125", sent=5),
+                 member("aggregator", -1, "a1:8125", sent=45, state="retired")]))
+    report = build_report(ClusterSample(taken_at=2000.0, answers=tuple(later)),
+                          previous=first)
+    assert [(m.name, m.state, m.sent_lines) for m in report.daemons[1].members] == [
+        ("a0:8125", "up", 10), ("a1:8125", "up", 5), ("a1:8125", "retired", 5)]
 
 
 def test_proxies_members_are_matched_to_aggregators_by_name() -> None:
