@@ -39,6 +39,8 @@ EXCHANGE: Final = "aggregator.exchange."
 CARBON: Final = "aggregator.carbon."
 KERNEL_DROPS: Final = "aggregator.intake.kernel_drops"
 FLUSHED: Final = "aggregator.flusher.flushed_lines"
+#: The index of a retired member: it has no place in the ring in force.
+RETIRED_INDEX: Final = -1
 
 
 def _int(values: Mapping[str, object], name: str) -> int:
@@ -102,7 +104,9 @@ def carbon_members(nodes: Sequence[tuple[str, str, str]],
                    known: Mapping[str, tuple[str, str]] | None = None) -> list[Member]:
     """The Carbon nodes as /status members, summed over ``parts`` (each worker's figures):
     the ring's, in ring order, then every other node with figures in a part (one a reload
-    retired, whose counts the totals include: `carbon_instances`) with state ``retired``.
+    retired, whose counts the totals include: `carbon_instances`) with state ``retired``
+    and index `RETIRED_INDEX` (no place in the ring in force; as a proxy lists the
+    aggregators a list change removed).
 
     Args:
         nodes: ``(name as configured, host:port, instance path component)`` in ring order.
@@ -123,7 +127,7 @@ def carbon_members(nodes: Sequence[tuple[str, str, str]],
             for reason, n in _by_key(part, head + "dropped_lines.").items():
                 dropped[reason] = dropped.get(reason, 0) + n
         members.append(Member(
-            kind="carbon", index=index, name=name, address=address,
+            kind="carbon", index=RETIRED_INDEX if gone else index, name=name, address=address,
             state="retired" if gone else "up" if connected else "down",
             reason="" if connected or gone else "not_connected",
             sent_lines=sum(_int(p, head + "sent_lines") for p in parts),
