@@ -8,9 +8,12 @@ Per process (a worker), with ``received`` its ledger's ``received_lines`` (lines
 its own sockets, authentication's refusals aside):
 
 * ``lines_in = received + auth refusals``;
-* ``lines_out = received - forwarded - too_large + received from the other workers - bad
-  lines - the ledger's drops``: the lines aggregated into its own ledger;
-* ``dropped_lines``: ``bad_line``, the ledger's reasons, ``auth_<reason>``,
+* ``lines_out = received - forwarded - too_large + received from the other workers - the
+  ledger's refused lines``: the lines aggregated into its own ledger, a line counting as
+  aggregated when any of its segments reached the ledger (``x:1|c:zz`` is out, its bad
+  segment counted only in Etsy's ``bad_lines_seen``);
+* ``dropped_lines``: the ledger's refused lines by reason (``bad_line``, ``overflow``,
+  ``dogstatsd_event``, ``dogstatsd_service_check``: whole lines, not segments), ``auth_<reason>``,
   ``exchange_<reason>`` and ``kernel_overflow`` (datagrams, not lines: left out of the
   equation, see `common.admin.status`).
 
@@ -36,6 +39,8 @@ EXCHANGE: Final = "aggregator.exchange."
 CARBON: Final = "aggregator.carbon."
 KERNEL_DROPS: Final = "aggregator.intake.kernel_drops"
 FLUSHED: Final = "aggregator.flusher.flushed_lines"
+#: The index of a retired member: it has no place in the ring in force.
+RETIRED_INDEX: Final = -1
 
 
 def _int(values: Mapping[str, object], name: str) -> int:
@@ -68,15 +73,14 @@ def aggregator_totals(values: Mapping[str, object], *, carbon_nodes: Sequence[st
             several workers, worker 0 reads them, each worker its own socket's).
     """
     received = _int(values, LEDGER + "received_lines")
-    bad = _int(values, LEDGER + "bad_lines")
-    ledger_drops = _by_key(values, LEDGER + "dropped_lines.")
+    ledger_drops = _by_key(values, LEDGER + "refused_lines.")
     auth = _by_key(values, AUTH_REFUSED)
     exchange = _by_key(values, EXCHANGE + "dropped_lines.")
     forwarded = _int(values, EXCHANGE + "forwarded_lines")
     from_peers = _int(values, EXCHANGE + "received_lines")
-    lines_out = (received - forwarded - exchange.get("too_large", 0) + from_peers - bad
+    lines_out = (received - forwarded - exchange.get("too_large", 0) + from_peers
                  - sum(ledger_drops.values()))
-    dropped: dict[str, int] = {"bad_line": bad, **ledger_drops}
+    dropped: dict[str, int] = {"bad_line": 0, **ledger_drops}
     dropped.update({f"auth_{reason}": n for reason, n in auth.items()})
     dropped.update({reason if reason.startswith("exchange_") else f"exchange_{reason}": n
                     for reason, n in exchange.items()})
@@ -96,14 +100,26 @@ def aggregator_totals(values: Mapping[str, object], *, carbon_nodes: Sequence[st
 
 
 def carbon_members(nodes: Sequence[tuple[str, str, str]],
-                   parts: Sequence[Mapping[str, object]]) -> list[Member]:
-    """The Carbon nodes as /status members, summed over ``parts`` (each worker's figures).
+                   parts: Sequence[Mapping[str, object]], *,
+                   known: Mapping[str, tuple[str, str]] | None = None) -> list[Member]:
+    """The Carbon nodes as /status members, summed over ``parts`` (each worker's figures):
+    the ring's, in ring order, then every other node with figures in a part (one a reload
+    retired, whose counts the totals include: `carbon_instances`) with state ``retired``
+    and index `RETIRED_INDEX` (no place in the ring in force; as a proxy lists the
+    aggregators a list change removed).
 
     Args:
         nodes: ``(name as configured, host:port, instance path component)`` in ring order.
+        known: a retired node's ``(name, host:port)`` by instance, where known; else its
+            name is its instance and its address ``""``.
     """
+    live = {instance for _, _, instance in nodes}
+    retired = sorted({i for p in parts for i in carbon_instances(p)} - live)
+    names = known or {}
+    every = [*((name, address, instance, False) for name, address, instance in nodes),
+             *((*names.get(i, (i, "")), i, True) for i in retired)]
     members = []
-    for index, (name, address, instance) in enumerate(nodes):
+    for index, (name, address, instance, gone) in enumerate(every):
         head = f"{CARBON}{instance}."
         connected = any(_int(p, head + "connected") for p in parts)
         dropped: dict[str, int] = {}
@@ -111,9 +127,9 @@ def carbon_members(nodes: Sequence[tuple[str, str, str]],
             for reason, n in _by_key(part, head + "dropped_lines.").items():
                 dropped[reason] = dropped.get(reason, 0) + n
         members.append(Member(
-            kind="carbon", index=index, name=name, address=address,
-            state="up" if connected else "down",
-            reason="" if connected else "not_connected",
+            kind="carbon", index=RETIRED_INDEX if gone else index, name=name, address=address,
+            state="retired" if gone else "up" if connected else "down",
+            reason="" if connected or gone else "not_connected",
             sent_lines=sum(_int(p, head + "sent_lines") for p in parts),
             buffered_lines=sum(_int(p, head + "buffered_lines") + _int(p, head + "spooled_lines")
                                for p in parts),

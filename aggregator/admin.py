@@ -90,23 +90,32 @@ class AggregatorAdmin:
         self.serving = False
         self.rates = RateTracker()
         self.unreachable: list[int] = []
+        #: Every Carbon node of a ring in force so far: (name, host:port) by instance.
+        self.known_carbon: dict[str, tuple[str, str]] = {}
+        self.carbon_nodes()
         self.config_fingerprint = config_fingerprint(
             format_toml(config, plain=plain_value), SECRET_KEYS)
 
     def reconfigure(self, config: AggregatorConfig) -> None:
         """A reload applied ``config``: /status shows its fingerprint and interval."""
         self.config = config
+        self.carbon_nodes()  # the ring in force until the boundary: remembered by name
         self.config_fingerprint = config_fingerprint(
             format_toml(config, plain=plain_value), SECRET_KEYS)
 
     # -- the parts --------------------------------------------------------------------------
 
     def carbon_nodes(self) -> list[tuple[str, str, str]]:
+        """The ring's nodes as ``(name, host:port, instance)``; each is remembered (by
+        instance) so that once a reload retires it, its member keeps its name."""
         carbon = self.components.carbon
         if carbon is None:
             return []
-        return [(str(node), f"{node.host}:{node.port}", path_component(str(node)))
-                for node in carbon.placement.ring.nodes]
+        nodes = [(str(node), f"{node.host}:{node.port}", path_component(str(node)))
+                 for node in carbon.placement.ring.nodes]
+        self.known_carbon.update((instance, (name, address))
+                                 for name, address, instance in nodes)
+        return nodes
 
     def ring_fingerprint(self) -> str:
         carbon = self.components.carbon
@@ -175,7 +184,8 @@ class AggregatorAdmin:
             not_ready=self.not_ready(), flush_interval=float(self.config.flush_interval),
             membership_fingerprint=self.ring_fingerprint(),
             config_fingerprint=self.config_fingerprint,
-            members=carbon_members(self.carbon_nodes(), [values for _, _, values in parts]),
+            members=carbon_members(self.carbon_nodes(), [values for _, _, values in parts],
+                                   known=self.known_carbon),
             workers=self.workers, totals=totals)
         figures: list[Reading] = []
         for index, readings, _ in parts:

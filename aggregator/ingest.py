@@ -279,16 +279,20 @@ def ingest_packet(packet: bytes, ledger: Interval, gauges: dict[bytes, float],
 
 
 def ingest_line(line: bytes, ledger: Interval, gauges: dict[bytes, float],
-                parser: LineParser, refuse: Callable[[list[ParseError]], None]) -> None:
+                parser: LineParser, refuse: Callable[[list[ParseError]], None]) -> int:
     """The general path: parse ``line`` and apply every sample, checked.
 
     Args:
         refuse: called, in order, with the line's bad segments (one list) and with each
             sample refused as an `OVERFLOW` (a list of one).
+
+    Returns:
+        The number of samples applied (0: no segment of the line reached the ledger).
     """
     samples, errors = parser.parse_line(line)
     if errors:
         refuse(errors)
+    applied = len(samples)
     for kind, key, value, rate in samples:
         if kind == COUNTER:
             if rate != 1.0:
@@ -296,6 +300,7 @@ def ingest_line(line: bytes, ledger: Interval, gauges: dict[bytes, float],
             total = ledger.counters.get(key, 0.0) + value  # type: ignore[operator]
             if not -_COUNT_LIMIT <= total <= _COUNT_LIMIT:  # also false for nan
                 refuse([ParseError(OVERFLOW, line, "counter")])
+                applied -= 1
                 continue
             ledger.counters[key] = total
         elif kind == TIMER or kind == HISTOGRAM:
@@ -303,6 +308,7 @@ def ingest_line(line: bytes, ledger: Interval, gauges: dict[bytes, float],
             count = counts.get(key, 0.0) + (1.0 / rate)
             if count > _COUNT_LIMIT:
                 refuse([ParseError(OVERFLOW, line, "timer count")])
+                applied -= 1
                 continue
             timer = ledger.timers.get(key)
             if timer is None:
@@ -316,6 +322,7 @@ def ingest_line(line: bytes, ledger: Interval, gauges: dict[bytes, float],
             gauge = gauges.get(key, 0.0) + value  # type: ignore[operator]
             if not -_MAX_DOUBLE <= gauge <= _MAX_DOUBLE:
                 refuse([ParseError(OVERFLOW, line, "gauge")])
+                applied -= 1
                 continue
             gauges[key] = gauge
             ledger.gauges_touched.add(key)
@@ -324,3 +331,4 @@ def ingest_line(line: bytes, ledger: Interval, gauges: dict[bytes, float],
             if members is None:
                 members = ledger.sets[key] = set()
             members.add(value)  # type: ignore[arg-type]
+    return applied

@@ -47,6 +47,8 @@ _KEEP_ON_DELETE: Final = (b"packets_received", b"metrics_received", b"bad_lines_
 
 #: Every reason a line is refused for other than being bad (Etsy's ``bad_lines_seen``).
 DROP_REASONS: Final = (OVERFLOW, DOGSTATSD_EVENT, DOGSTATSD_SERVICE_CHECK)
+#: The reason of `Accumulator.refused_lines` for a line refused as malformed.
+BAD_LINE: Final = "bad_line"
 
 
 @attrs.frozen
@@ -119,6 +121,10 @@ class LedgerStatistics:
     received_lines: int = counter(
         help="lines received on this process's sockets (refused ones included, those "
              "authentication refused aside; with several workers, forwarded ones too)")
+    refused_lines: dict[str, int] = counter(
+        help="lines none of whose segments reached the ledger, by the reason of their "
+             "first refusal (bad_line or a dropped_lines reason); the loss accounting's "
+             "drops, where bad_lines and dropped_lines count segments")
 
 
 class Accumulator:
@@ -144,6 +150,11 @@ class Accumulator:
         self.received_lines_total = 0
         #: Lines (or segments) refused for one of `DROP_REASONS`, since start.
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        #: Whole lines refused (no segment aggregated), by reason, since start: a line
+        #: with one good segment of three reached the ledger, so it is not here.
+        self.refused_lines: dict[str, int] = dict.fromkeys((BAD_LINE, *DROP_REASONS), 0)
+        #: The reason of the first refusal of the line `ingest_checked` is on ("": none).
+        self._refused_as = ""
         #: Epoch seconds of the last message received (set by the shell; None: none yet).
         self.last_message_time: float | None = None
         self.last_timestamp: int | None = None
@@ -204,8 +215,12 @@ class Accumulator:
 
     def ingest_checked(self, line: bytes) -> None:
         """Aggregate one line by the general path (`ingest_line`), counting what it
-        refuses here."""
-        ingest_line(line, self.ledger, self.gauges, self.parser, self._refuse)
+        refuses here (segments, and the line in `refused_lines` if none of it counted)."""
+        self._refused_as = ""
+        if not ingest_line(line, self.ledger, self.gauges, self.parser, self._refuse):
+            reason = self._refused_as
+            if reason:
+                self.refused_lines[reason] += 1
 
     _ingest_line = ingest_checked
 
@@ -216,7 +231,10 @@ class Accumulator:
         the first of each is kept for the log, the counter says the rest.
         """
         reason = errors[0].reason
-        if reason in UNSUPPORTED_REASONS or reason == OVERFLOW:  # always one error
+        dropped = reason in UNSUPPORTED_REASONS or reason == OVERFLOW
+        if not self._refused_as:
+            self._refused_as = reason if dropped else BAD_LINE
+        if dropped:  # always one error
             seen = self.dropped[reason]
             self.dropped[reason] = seen + 1
             if seen and reason != OVERFLOW:
@@ -234,7 +252,7 @@ class Accumulator:
 
     def statistics(self) -> LedgerStatistics:
         return LedgerStatistics(dict(self.dropped), self.bad_lines_total,
-                                self.received_lines_total)
+                                self.received_lines_total, dict(self.refused_lines))
 
     def note_arrival(self, now: float) -> None:
         """Remember when the last message arrived (epoch seconds; Etsy's
@@ -246,6 +264,7 @@ class Accumulator:
         received, and they are bad."""
         self.add_intake(0, lines, lines)
         self.bad_lines_total += lines
+        self.refused_lines[BAD_LINE] += lines
         self.received_lines_total += lines
 
     def add_intake(self, packets: int, lines: int, bad_lines: int) -> None:

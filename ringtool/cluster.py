@@ -24,7 +24,9 @@ What the report holds (its attributes, and the same keys in JSON):
   member's state as that daemon sees it.
 * ``between`` (JSON; `between_tiers`): the proxy -> aggregator hop as a whole.
 * ``intake``: per aggregator (`AggregatorIntake`, by position: the i-th ``--aggregator`` is
-  the proxies' member i, the order of their ``aggregator`` list) what the proxies sent it,
+  the proxies' member i, the order of their ``aggregator`` list; each proxy's members are
+  matched to a position by name, the name most proxies give that index, and a proxy whose
+  member i has another name is a ``diverged`` ``member_name`` finding) what the proxies sent it,
   what it received (``lines_in``), the difference (lost between the tiers: the aggregator
   was down, or the kernel dropped datagrams), what the proxies dropped for it by reason and
   hold for it.
@@ -58,6 +60,7 @@ from .clustermodel import (
     KERNEL_OVERFLOW,
     PROBLEMS,
     PROXY,
+    RETIRED,
     AggregatorIntake,
     CarbonNodeView,
     ClusterReport,
@@ -65,6 +68,7 @@ from .clustermodel import (
     DaemonView,
     Edge,
     Finding,
+    MemberView,
     StatusAnswer,
     TierSummary,
     add_counts,
@@ -107,37 +111,74 @@ def _edges(daemons: Sequence[DaemonView]) -> list[Edge]:
             for d in daemons if d.reachable for m in d.members]
 
 
+def aggregator_names(proxies: Sequence[DaemonView]) -> dict[int, str]:
+    """The name of each aggregator position as the reachable proxies agree on it: per index
+    of their live (not retired) members, the name most of them have there (a tie: the first
+    proxy's)."""
+    votes: dict[int, dict[str, int]] = {}
+    for p in proxies:
+        for m in p.members:
+            if m.kind == AGGREGATOR and m.state != RETIRED:
+                tally = votes.setdefault(m.index, {})
+                tally[m.name] = tally.get(m.name, 0) + 1
+    return {index: max(tally, key=tally.__getitem__) for index, tally in sorted(votes.items())}
+
+
+def _mismatches(proxies: Sequence[DaemonView], names: Mapping[int, str]) -> list[Finding]:
+    """Every proxy whose live member ``i`` is not the aggregator the others name ``i``."""
+    return [Finding(kind="diverged", tier=PROXY,
+                    where=f"proxy {p.name} -> aggregator [{m.index}] {m.name}",
+                    reason="member_name", daemon=p.url, member=m.name,
+                    detail=f"its member {m.index} is {m.name}, the proxies' is "
+                           f"{names[m.index]}: its lines are counted for the aggregator of "
+                           "that name, if any")
+            for p in proxies for m in p.members
+            if m.kind == AGGREGATOR and m.state != RETIRED and names.get(m.index) != m.name]
+
+
 def _intake(proxies: Sequence[DaemonView], aggregators: Sequence[DaemonView]
             ) -> list[AggregatorIntake]:
     """Per aggregator position: what the reachable proxies sent, held and dropped for it,
-    and what it received."""
-    positions = {d.position for d in aggregators}
-    for p in proxies:
-        positions.update(m.index for m in p.members if m.kind == AGGREGATOR)
+    and what it received.
+
+    Members are matched by name (`aggregator_names`: position ``i`` is the aggregator the
+    proxies name ``i``), so a proxy whose list is in another order, or a retired member,
+    is counted for the aggregator it sent to; a member whose name is no position's is an
+    intake of its own, not listed (its lines are not checked).
+    """
+    names = aggregator_names(proxies)
+    position_of: dict[str, int] = {}
+    for index, name in names.items():
+        position_of.setdefault(name, index)
     by_position = {d.position: d for d in aggregators}
+    groups: dict[tuple[int, str | None], list[tuple[DaemonView, MemberView]]] = {
+        (position, None): [] for position in sorted({*by_position, *names})}
+    for p in proxies:
+        for m in p.members:
+            if m.kind != AGGREGATOR:
+                continue
+            position = position_of.get(m.name)
+            key = (position, None) if position is not None else (m.index, m.name)
+            groups.setdefault(key, []).append((p, m))
     out = []
-    for position in sorted(positions):
-        aggregator = by_position.get(position)
+    for (position, unlisted), members in groups.items():
+        aggregator = by_position.get(position) if unlisted is None else None
         sent_by: list[tuple[str, int]] = []
         dropped_by: list[tuple[str, str, int]] = []
         dropped: dict[str, int] = {}
         buffered = 0
         states: list[tuple[str, str, str]] = []
-        names: list[str] = []
-        for p in proxies:
-            for m in p.members:
-                if m.kind != AGGREGATOR or m.index != position:
-                    continue
-                names.append(m.name)
-                sent_by.append((p.name, m.sent_lines))
-                buffered += m.buffered_lines
-                states.append((p.name, m.state, m.reason))
-                _add(dropped, m.dropped_lines)
-                dropped_by += [(p.name, r, n) for r, n in sorted(m.dropped_lines.items()) if n]
+        for p, m in members:
+            sent_by.append((p.name, m.sent_lines))
+            buffered += m.buffered_lines
+            states.append((p.name, m.state, m.reason))
+            _add(dropped, m.dropped_lines)
+            dropped_by += [(p.name, r, n) for r, n in sorted(m.dropped_lines.items()) if n]
         sent = sum(n for _, n in sent_by)
         received = (aggregator.totals.lines_in
                     if aggregator is not None and aggregator.reachable else None)
-        name = names[0] if names else (aggregator.name if aggregator is not None else "?")
+        name = unlisted or names.get(position) or (
+            aggregator.name if aggregator is not None else "?")
         kernel = (aggregator.totals.dropped_lines.get(KERNEL_OVERFLOW, 0)
                   if aggregator is not None and aggregator.reachable else 0)
         out.append(AggregatorIntake(
@@ -146,7 +187,9 @@ def _intake(proxies: Sequence[DaemonView], aggregators: Sequence[DaemonView]
             sent=sent, sent_by=tuple(sent_by), received=received,
             difference=None if received is None or not sent_by else sent - received,
             dropped_at_proxies=dropped, dropped_by=tuple(dropped_by),
-            buffered_at_proxies=buffered, kernel_overflow=kernel, states=tuple(states)))
+            buffered_at_proxies=buffered, kernel_overflow=kernel, states=tuple(states),
+            unreachable_workers=(aggregator.unreachable_workers
+                                 if aggregator is not None and aggregator.reachable else ())))
     return out
 
 
@@ -165,7 +208,7 @@ def _carbon_nodes(aggregators: Sequence[DaemonView],
             node["buffered"] += m.buffered_lines
             _add(node["dropped"], m.dropped_lines)
             node["sent_by"].append((a.name, m.sent_lines))
-            if m.state != "up":
+            if m.state not in ("up", RETIRED):
                 node["down_at"].append((a.name, m.reason))
     return [CarbonNodeView(name=name, address=n["address"], points_sent=n["sent"],
                            points_buffered=n["buffered"], points_dropped=n["dropped"],
@@ -228,6 +271,7 @@ def build_report(sample: ClusterSample, *, previous: ClusterSample | None = None
     intake = _intake(proxies, aggregators)
     carbon = _carbon_nodes(aggregators, sample.carbon_accepted)
     findings = find_problems(daemons, intake, carbon, sample)
+    findings += _mismatches(proxies, aggregator_names(proxies))
     findings += _divergent(PROXY, proxies, None)
     findings += _divergent(AGGREGATOR, aggregators, ring_fingerprint)
     window = sample.taken_at - previous.taken_at if previous is not None else None
@@ -270,6 +314,7 @@ def report_json(report: ClusterReport) -> dict[str, Any]:
             "lines_lost": lost_lines, "points_lost": lost_points,
             "unreachable": sum(1 for f in report.findings if f.kind == "unreachable"),
             "diverged": sum(1 for f in report.findings if f.kind == "diverged"),
+            "partial": sum(1 for f in report.findings if f.kind == "partial"),
             "problems": sum(1 for f in report.findings if f.kind in PROBLEMS)},
         "tiers": {name: summary.as_json() for name, summary in report.tiers.items()},
         "between": between_tiers(report),

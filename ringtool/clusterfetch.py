@@ -54,6 +54,8 @@ async def fetch_json(url: str, *, timeout_seconds: float) -> tuple[Any, str | No
         return json.loads(body), None
     except ValueError:
         return None, f"not JSON: {body[:100]!r}"
+    except RecursionError:  # "[[[[..." nested deeper than the parser's stack
+        return None, f"JSON nested too deep: {body[:100]!r}"
 
 
 def status_url(base: str) -> str:

@@ -24,6 +24,7 @@ from .clustermodel import (
     AGGREGATOR,
     KERNEL_OVERFLOW,
     PROXY,
+    RETIRED,
     AggregatorIntake,
     CarbonNodeView,
     ClusterSample,
@@ -82,7 +83,7 @@ def _down_members(d: DaemonView) -> list[Finding]:
                     where=f"{d.tier} {d.name} -> {label} [{m.index}] {m.name}",
                     reason="member_down", daemon=d.url, member=m.name,
                     detail=f"seen {m.state}" + (f": {m.reason}" if m.reason else ""))
-            for m in d.members if m.state != "up"]
+            for m in d.members if m.state not in ("up", RETIRED)]
 
 
 def _equations(d: DaemonView) -> list[Finding]:
@@ -104,6 +105,13 @@ def _equations(d: DaemonView) -> list[Finding]:
             for unit, gap, what in gaps if gap != 0]
 
 
+def _partial(d: DaemonView) -> list[Finding]:
+    return [Finding(kind="partial", tier=d.tier, where=f"{d.tier} {d.name}",
+                    reason="worker_unreachable", daemon=d.url,
+                    detail=f"worker {w} unreachable: its counts are not in the totals")
+            for w in d.unreachable_workers]
+
+
 def _between(i: AggregatorIntake) -> list[Finding]:
     where = f"between the proxies and aggregator [{i.position}] {i.name}"
     if i.url is None:
@@ -120,6 +128,13 @@ def _between(i: AggregatorIntake) -> list[Finding]:
                         count=i.sent, unit="lines", daemon=i.url, member=i.name,
                         detail=f"the proxies sent it {i.sent} lines; it could not be read, "
                                "so what it received is unknown")]
+    if i.unreachable_workers:  # what it received is known only in part: no loss is told
+        workers = ", ".join(map(str, i.unreachable_workers))
+        return [Finding(kind="note", tier="between", where=where, reason="partial",
+                        count=i.sent, unit="lines", daemon=i.url, member=i.name,
+                        detail=f"the proxies sent it {i.sent} lines, the workers that "
+                               f"answered counted {i.received} (worker {workers} "
+                               "unreachable): not checked")]
     if i.difference is None or i.difference <= 0:
         return []
     kernel = (f"; its kernel dropped {i.kernel_overflow} datagrams (kernel_overflow)"
@@ -145,6 +160,7 @@ def find_problems(daemons: Sequence[DaemonView], intake: Sequence[AggregatorInta
             problems += _daemon_drops(d, AGGREGATOR, "lines")
             remarks += _held(d, "lines")
         else:
+            problems += _partial(d)
             problems += _daemon_drops(d, None, "lines")
             problems += _daemon_drops(d, "carbon", "points")
             remarks += _held(d, "points")
@@ -154,7 +170,7 @@ def find_problems(daemons: Sequence[DaemonView], intake: Sequence[AggregatorInta
                                    reason="restarted", daemon=d.url,
                                    detail="restarted within the window: its counters are "
                                           "since its start"))
-        elif not d.windowed:  # over a window, held levels are not differences
+        elif not d.windowed and not d.unreachable_workers:  # a partial one need not balance
             remarks += _equations(d)
     for i in intake:
         found = _between(i)

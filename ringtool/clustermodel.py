@@ -7,6 +7,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -23,8 +24,13 @@ AGGREGATOR: Final = "aggregator"
 CARBON: Final = "carbon"
 #: The drop reason of datagrams the kernel dropped (a count of datagrams, not lines).
 KERNEL_OVERFLOW: Final = "kernel_overflow"
-#: The finding kinds that are problems (exit status 1).
-PROBLEMS: Final = frozenset({"lost", "unreachable", "diverged", "bad_status"})
+#: The state of a member a reload retired (its counts stay part of the totals).
+RETIRED: Final = "retired"
+#: The finding kinds that are problems (exit status 1). ``partial``: an aggregator answered
+#: without some of its workers (their counts are missing from its totals).
+PROBLEMS: Final = frozenset({"lost", "unreachable", "diverged", "bad_status", "partial"})
+#: How an aggregator's /status names a worker that did not answer (``not_ready``).
+_WORKER_UNREACHABLE: Final = re.compile(r"worker_(\d+)_unreachable")
 
 
 @attrs.frozen
@@ -126,6 +132,13 @@ class DaemonView:
     windowed: bool = False
 
     @property
+    def unreachable_workers(self) -> tuple[int, ...]:
+        """The workers an aggregator left out of its totals (``worker_<i>_unreachable`` in
+        ``not_ready``): its document is partial."""
+        found = (_WORKER_UNREACHABLE.fullmatch(r) for r in self.not_ready)
+        return tuple(int(m.group(1)) for m in found if m is not None)
+
+    @property
     def name(self) -> str:
         """The identity and URL (for messages)."""
         return f"{self.identity} ({self.url})" if self.identity else self.url
@@ -201,6 +214,8 @@ class AggregatorIntake:
     buffered_at_proxies: int
     kernel_overflow: int
     states: tuple[tuple[str, str, str], ...]
+    #: Its workers that did not answer: ``received`` lacks their counts (no loss is told).
+    unreachable_workers: tuple[int, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         out = attrs.asdict(self, recurse=False)
@@ -209,6 +224,7 @@ class AggregatorIntake:
         out["dropped_by"] = [{"proxy": p, "reason": r, "lines": n}
                              for p, r, n in self.dropped_by]
         out["states"] = [{"proxy": p, "state": s, "reason": r} for p, s, r in self.states]
+        out["unreachable_workers"] = list(self.unreachable_workers)
         return out
 
 

@@ -4,19 +4,21 @@ Defensively: keys this reader does not know are ignored, a missing counter is 0,
 document that is not an object, has another ``schema``, a key of the wrong type, or a
 ``role`` other than the tier it was listed in makes that daemon a ``bad_status`` (named in
 the report, never a crash). Over a window, the counters are the differences between two
-readings of the same process (`parse_answer`).
+readings of the same process (`parse_answer`), each member matched with itself by kind and
+name (its index changes when the list does).
 
 Pure: no I/O.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Final
 
 import attrs
 
-from .clustermodel import LEVELS, Counts, DaemonView, MemberView, StatusAnswer
+from .clustermodel import LEVELS, RETIRED, Counts, DaemonView, MemberView, StatusAnswer
 
 #: The /status schema this reader understands.
 STATUS_SCHEMA: Final = 1
@@ -51,13 +53,21 @@ class BadStatus(ValueError):
     """A /status document this reader cannot use."""
 
 
-def _int(data: Mapping[str, Any], key: str) -> int:
-    value = data.get(key, 0)
+def _number(data: Mapping[str, Any], key: str) -> int | float | None:
+    """``data[key]`` as a finite number (None when absent or null)."""
+    value = data.get(key)
     if value is None:
-        return 0
+        return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadStatus(f"{key} is {value!r}, not a number")
-    return int(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BadStatus(f"{key} is {value!r}, not a finite number")
+    return value
+
+
+def _int(data: Mapping[str, Any], key: str) -> int:
+    value = _number(data, key)
+    return 0 if value is None else int(value)
 
 
 def _by_reason(data: Mapping[str, Any], key: str) -> dict[str, int]:
@@ -73,12 +83,22 @@ def _str(data: Mapping[str, Any], key: str) -> str:
 
 
 def _float(data: Mapping[str, Any], key: str) -> float | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadStatus(f"{key} is {value!r}, not a number")
-    return float(value)
+    value = _number(data, key)
+    return None if value is None else float(value)
+
+
+def parse_rates(data: Any) -> dict[str, Any]:
+    """The ``rates`` object: ``interval_seconds``, ``lines_in``, ``lines_out`` (finite
+    numbers, 0 when absent) and ``dropped_lines`` by reason; other keys are left out."""
+    if not isinstance(data, Mapping):
+        raise BadStatus("rates is not an object")
+    dropped = data.get("dropped_lines") or {}
+    if not isinstance(dropped, Mapping):
+        raise BadStatus(f"rates.dropped_lines is {dropped!r}, not an object")
+    out: dict[str, Any] = {key: _float(data, key) or 0.0
+                           for key in ("interval_seconds", "lines_in", "lines_out")}
+    out["dropped_lines"] = {str(reason): _float(dropped, reason) or 0.0 for reason in dropped}
+    return out
 
 
 def parse_counts(data: Any) -> Counts:
@@ -137,7 +157,7 @@ def parse_status(answer: StatusAnswer) -> DaemonView:
         flush_interval=_float(doc, "flush_interval"),
         membership=_str(fingerprints, "membership"), config=_str(fingerprints, "config"),
         workers=_int(doc, "workers") or 1, totals=parse_counts(doc.get("totals") or {}),
-        rates=dict(rates), members=tuple(parse_member(m) for m in members))
+        rates=parse_rates(rates), members=tuple(parse_member(m) for m in members))
 
 
 def parse_answer(answer: StatusAnswer, before: StatusAnswer | None) -> DaemonView:
@@ -166,7 +186,28 @@ def parse_answer(answer: StatusAnswer, before: StatusAnswer | None) -> DaemonVie
         first = None
     if first is None or (first.pid, first.started) != (view.pid, view.started):
         return attrs.evolve(view, restarted=first is not None)
-    old = {(m.kind, m.index, m.name): m for m in first.members}
     return attrs.evolve(view, windowed=True, totals=subtract_counts(view.totals, first.totals),
-                        members=tuple(subtract_member(m, old.get((m.kind, m.index, m.name)))
-                                      for m in view.members))
+                        members=_subtract_members(view.members, first.members))
+
+
+def _subtract_members(now: tuple[MemberView, ...], then: tuple[MemberView, ...]
+                      ) -> tuple[MemberView, ...]:
+    """Each member's counters since its first reading, matched by kind and name, not by
+    index: a list change moves a member to another index, or retires it (state
+    ``retired``), and its counters still run from the same start. A name retired within
+    the window and live again is a new member (counting from its start) beside the retired
+    one (the old member)."""
+    live_then = {(m.kind, m.name): m for m in then if m.state != RETIRED}
+    retired_then = {(m.kind, m.name): m for m in then if m.state == RETIRED}
+    retired_now = {(m.kind, m.name) for m in now if m.state == RETIRED}
+    out = []
+    for m in now:
+        key = (m.kind, m.name)
+        if m.state == RETIRED:
+            before = retired_then.get(key) or live_then.get(key)
+        elif key in retired_now and key not in retired_then:
+            before = None  # retired in the window, then added back: a new member
+        else:
+            before = live_then.get(key)
+        out.append(subtract_member(m, before))
+    return tuple(out)

@@ -5,6 +5,11 @@ rates), each aggregator's intake seen from both sides, each Carbon node's points
 daemon, then the findings (problems in capitals first) and one last summary line:
 ``cluster: ok`` or ``cluster: PROBLEMS: ...``.
 
+Every line is made printable (`printable`): the daemons' strings (identities, reasons,
+``not_ready``, errors) are shown with their control and other non-printable characters
+escaped, so a document cannot move the cursor, set a terminal's title or forge a line
+(``--json`` gives them as they are, JSON-escaped).
+
 Pure: no I/O.
 """
 
@@ -14,6 +19,15 @@ from collections.abc import Mapping
 
 from .cluster import between_tiers, report_json
 from .clustermodel import AGGREGATOR, PROBLEMS, PROXY, ClusterReport, Finding
+
+
+def printable(text: str) -> str:
+    """``text`` with every non-printable character (controls, line separators, ESC) as
+    its Python escape (``\\x1b``, ``\\n``, ``\\u2028``)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
 
 
 def _reasons(dropped: Mapping[str, int | float]) -> str:
@@ -96,5 +110,6 @@ def format_report(report: ClusterReport) -> list[str]:
     else:
         lines.append(f"cluster: PROBLEMS: {summary['lines_lost']} lines lost, "
                      f"{summary['points_lost']} points lost, {summary['unreachable']} "
-                     f"unreachable, {summary['diverged']} diverged")
-    return lines
+                     f"unreachable, {summary['diverged']} diverged"
+                     + (f", {summary['partial']} partial" if summary["partial"] else ""))
+    return [printable(line) for line in lines]

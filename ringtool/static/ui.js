@@ -350,6 +350,7 @@
     if (s.points_lost) parts.push(fmt(s.points_lost) + " points lost");
     if (s.unreachable) parts.push(s.unreachable + " unreachable");
     if (s.diverged) parts.push(s.diverged + " diverged");
+    if (s.partial) parts.push(s.partial + " partial");
     const tiers = report.tiers || {};
     const p = tiers.proxy || {};
     const a = tiers.aggregator || {};
@@ -372,7 +373,7 @@
   function drawFindings(report) {
     const list = document.getElementById("findings");
     while (list.firstChild) list.removeChild(list.firstChild);
-    const problems = new Set(["lost", "unreachable", "diverged", "bad_status"]);
+    const problems = new Set(["lost", "unreachable", "diverged", "bad_status", "partial"]);
     for (const f of report.findings || []) {
       const li = document.createElement("li");
       li.className = "finding " + f.kind + (problems.has(f.kind) ? " problem" : "");

@@ -53,13 +53,16 @@ async def test_collect_reads_every_daemon_and_names_the_ones_that_fail(
         render=[{"target": "carbon.agents.c.metricsReceived", "datapoints": [[2, 60]]}])
     slow = await serve(nursery, status("aggregator", "a1"), delay=5)
     garbage = await serve(nursery, body=b"<html>")
+    deep = await serve(nursery, body=b"[" * 100_000)
     closed = f"http://127.0.0.1:{closed_port()}"
     with trio.fail_after(4):
-        report = await collect(proxies=[proxy, garbage], aggregators=[aggregator, slow, closed],
+        report = await collect(proxies=[proxy, garbage, deep],
+                               aggregators=[aggregator, slow, closed],
                                carbon_query=aggregator, timeout_seconds=0.5)
-    assert [d.reachable for d in report.daemons] == [True, False, True, False, False]
+    assert [d.reachable for d in report.daemons] == [True, False, False, True, False, False]
     errors = {f.daemon: f.detail for f in report.findings if f.kind == "unreachable"}
     assert "not JSON" in errors[garbage]
+    assert "nested too deep" in errors[deep]
     assert "timeout" in errors[slow]
     assert "connect_failed" in errors[closed]
     assert report.intake[0].received == 4 and report.intake[0].difference == 0

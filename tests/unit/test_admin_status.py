@@ -8,7 +8,13 @@ import attrs
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from aggregator.accounting import aggregator_totals, carbon_members, parse_stats_text
+from aggregator.accounting import (
+    aggregator_totals,
+    carbon_instances,
+    carbon_members,
+    parse_stats_text,
+)
+from aggregator.ledger import Accumulator, LedgerOptions
 from common.admin.prometheus import format_metrics, format_readings, metric_name
 from common.admin.routes import parse_route_name, percent_decode
 from common.admin.status import (
@@ -24,7 +30,7 @@ from common.admin.status import (
 )
 from common.httproutes import HTTPError
 from common.mgmt import END, handle_command
-from common.stats import COUNTER, Reading, counter, level, read, text
+from common.stats import COUNTER, Reading, counter, level, numeric, read, text
 
 
 @attrs.frozen
@@ -167,7 +173,8 @@ def test_aggregator_totals_balance_with_the_exchange() -> None:
     # received 4 (from 0) and worker 0 received 1 of the 2 it was sent (1 exchange_full).
     w0 = parse_stats_text(
         "aggregator.ledger.received_lines: 10\naggregator.ledger.bad_lines: 1\n"
-        "aggregator.ledger.dropped_lines.overflow: 1\naggregator.exchange.forwarded_lines: 4\n"
+        "aggregator.ledger.refused_lines.bad_line: 1\n"
+        "aggregator.ledger.refused_lines.overflow: 1\naggregator.exchange.forwarded_lines: 4\n"
         "aggregator.exchange.received_lines: 1\naggregator.exchange.dropped_lines.exchange_full"
         ": 0\naggregator.intake.kernel_drops: 2\naggregator.carbon.n.sent_lines: 5\n"
         "aggregator.carbon.n.buffered_lines: 1\naggregator.carbon.n.spooled_lines: 1\n"
@@ -188,6 +195,47 @@ def test_aggregator_totals_balance_with_the_exchange() -> None:
     assert (total.points_flushed, total.points_sent, total.points_buffered) == (7, 5, 2)
     (member,) = carbon_members([("n:1", "n:1", "n")], [w0, w1])
     assert (member.state, member.sent_lines, member.buffered_lines) == ("up", 5, 2)
+
+
+def test_a_line_with_one_good_segment_is_out_and_bad_segments_stay_etsy_counts() -> None:
+    # 3 lines, 3 bad segments: every line has a good segment, so all 3 reached the ledger;
+    # a 4th line wholly bad is the one line dropped.
+    acc = Accumulator(LedgerOptions())
+    acc.ingest(b"x:1|c:zz|q:yy|w\ngood:1|c\nm:1|c:bad|c\nonly:bad|c")
+    assert set(acc.ledger.counters) >= {b"x", b"good", b"m"}
+    assert acc.bad_lines_total == 4  # Etsy's bad_lines_seen: per segment
+    values = numeric(read("aggregator", "ledger", acc.statistics()))
+    totals = aggregator_totals(values)
+    assert (totals.lines_in, totals.lines_out, totals.dropped_lines["bad_line"]) == (4, 3, 1)
+    assert totals.lines_in == totals.lines_out + sum(
+        n for k, n in totals.dropped_lines.items() if k != "kernel_overflow")
+
+
+def test_a_line_whose_every_sample_overflows_is_dropped_as_overflow() -> None:
+    acc = Accumulator(LedgerOptions())
+    acc.ingest(b"big:1e308|c|@0.0001\nbig:1e308|c|@0.0001:1|c")
+    totals = aggregator_totals(numeric(read("aggregator", "ledger", acc.statistics())))
+    assert acc.dropped["overflow"] == 2
+    assert (totals.lines_in, totals.lines_out, totals.dropped_lines["overflow"]) == (2, 1, 1)
+
+
+def test_carbon_members_list_the_nodes_a_reload_retired() -> None:
+    # Node "old" left the ring; worker 1 still has figures for "gone" (not known by name).
+    w0 = {"aggregator.carbon.n.sent_lines": 5, "aggregator.carbon.n.connected": 1,
+          "aggregator.carbon.old.sent_lines": 3, "aggregator.carbon.old.spooled_lines": 2,
+          "aggregator.carbon.old.dropped_lines.shutdown": 1}
+    w1 = {"aggregator.carbon.gone.sent_lines": 4}
+    members = carbon_members([("n:1", "n:1", "n")], [w0, w1],
+                             known={"old": ("old:2003", "old:2003")})
+    assert [(m.index, m.name, m.address, m.state, m.reason, m.sent_lines, m.buffered_lines,
+             dict(m.dropped_lines)) for m in members] == [
+        (0, "n:1", "n:1", "up", "", 5, 0, {}),
+        (-1, "gone", "", "retired", "", 4, 0, {}),
+        (-1, "old:2003", "old:2003", "retired", "", 3, 2, {"shutdown": 1})]
+    totals = add_totals(aggregator_totals(w, carbon_nodes=carbon_instances(w))
+                        for w in (w0, w1))
+    assert totals.points_sent == sum(m.sent_lines for m in members)
+    assert totals.points_buffered == sum(m.buffered_lines for m in members)
 
 
 def test_aggregator_totals_count_auth_refusals_as_received() -> None:
