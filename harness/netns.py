@@ -20,8 +20,8 @@ request made there belongs to that host afterwards too.
 `Network.close` removes every namespace (their veths go with them), every /etc/netns folder
 and, if this network made it, the /run/netns mount that ``ip netns`` sets up; the processes
 run in the hosts must be stopped first (the caller owns them). Namespaces are named
-``tdhosts<pid>-<host>``; `remove_stale` removes those of processes that are gone (a test
-killed before its cleanup), and only those.
+``tdhosts<pid>-<host>``; a new `Network` first removes (`remove_stale`) those of processes
+that are gone (a test killed before its cleanup), and only those.
 
 SHELL (ip, namespaces).
 """
@@ -35,6 +35,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -47,6 +48,8 @@ PREFIX = "tdhosts"
 _NAME = re.compile(rf"^{PREFIX}(\d+)-")
 #: setns(2)'s flag for a network namespace.
 CLONE_NEWNET = 0x40000000
+#: How long what is left in a namespace being removed gets between SIGTERM and SIGKILL.
+STOP_SECONDS = 5.0
 #: Linux's limit on interface names (IFNAMSIZ - 1).
 MAX_LINK_NAME = 15
 
@@ -75,37 +78,67 @@ def _setns(fd: int) -> None:
 
 
 def _owner_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not: a killed test's may wait long to be reaped)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _namespaces() -> list[str]:
     return [line.split()[0] for line in ip("netns", "list").splitlines() if line.strip()]
 
 
-def _remove_namespace(namespace: str) -> None:
-    """Kill what still runs in ``namespace`` (by pid), delete it and its /etc/netns folder."""
+def _pids(namespace: str) -> list[int]:
     with contextlib.suppress(NetnsError):
-        for pid in ip("netns", "pids", namespace).split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
+        return [int(pid) for pid in ip("netns", "pids", namespace).split()]
+    return []
+
+
+def _signal(pids: Sequence[int], signum: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def _remove_namespace(namespace: str) -> None:
+    """Stop what still runs in ``namespace`` (by pid: SIGTERM, so an aggregator removes its
+    workers' runtime folder, then SIGKILL after STOP_SECONDS), delete it and its /etc/netns
+    folder."""
+    pids = _pids(namespace)
+    if pids:
+        _signal(pids, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_SECONDS
+        while any(_owner_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _signal(_pids(namespace), signal.SIGKILL)
     with contextlib.suppress(NetnsError):
         ip("netns", "delete", namespace)
     shutil.rmtree(ETC_NETNS / namespace, ignore_errors=True)
 
 
 def remove_stale() -> list[str]:
-    """Remove the namespaces of this module whose owner process is gone; their names."""
+    """Remove the namespaces of this module whose owner process is gone; their names. With
+    any removed, /etc/netns and the /run/netns mount go too if nothing else is left in them
+    (the killed owner made them, most likely)."""
     stale = [ns for ns in _namespaces()
              if (m := _NAME.match(ns)) and not _owner_alive(int(m[1]))]
     for namespace in stale:
         _remove_namespace(namespace)
+    if stale:
+        _remove_empty_folders(etc=True, run=True)
     return stale
+
+
+def _remove_empty_folders(*, etc: bool, run: bool) -> None:
+    if etc:
+        with contextlib.suppress(OSError):
+            ETC_NETNS.rmdir()  # only if empty: another user's folders stay
+    if run and RUN_NETNS.exists() and not any(RUN_NETNS.iterdir()):
+        subprocess.run(["umount", str(RUN_NETNS)], capture_output=True, timeout=30)
+        with contextlib.suppress(OSError):
+            RUN_NETNS.rmdir()
 
 
 class Network:
@@ -120,6 +153,7 @@ class Network:
     def __init__(self, prefix: str, *, dns: int) -> None:
         self.prefix = prefix
         self.dns_address = f"{prefix}.{dns}"
+        remove_stale()
         self.tag = f"{PREFIX}{os.getpid()}"
         self.hosts: dict[str, str] = {}  # host -> its address
         self._made_run_netns = not RUN_NETNS.exists()
@@ -195,13 +229,7 @@ class Network:
         for namespace in reversed(self._namespaces):
             _remove_namespace(namespace)
         self._namespaces.clear()
-        if self._made_etc_netns:
-            with contextlib.suppress(OSError):
-                ETC_NETNS.rmdir()  # only if empty: another user's folders stay
-        if self._made_run_netns and RUN_NETNS.exists() and not any(RUN_NETNS.iterdir()):
-            subprocess.run(["umount", str(RUN_NETNS)], capture_output=True, timeout=30)
-            with contextlib.suppress(OSError):
-                RUN_NETNS.rmdir()
+        _remove_empty_folders(etc=self._made_etc_netns, run=self._made_run_netns)
 
     def __enter__(self) -> Network:
         return self

@@ -2,11 +2,12 @@
 
 `LineReceiver` listens on 127.0.0.1 port 0 (so no test needs a fixed port; a test whose
 Carbon hosts are network namespaces gives Carbon's own 2003) and serves every connection from
-one background thread with a selector; `LineReceiver.peers` names each connection's sender. It keeps each connection's unfinished
-last line and hands a `LineHandler` what arrives: a connection opened; a block of complete
-lines (each ending in ``\\n``) with its arrival time; a connection closed, with what it left
-after its last newline. The sinks decide what to keep (`harness.sink` every line,
-`harness.tally` sums); a handler is called from the receiver's thread and takes its own lock.
+one background thread with a selector; `LineReceiver.peers` names each connection's sender.
+It keeps each connection's unfinished last line and hands a `LineHandler` what arrives: a
+connection opened; a block of complete lines (each ending in ``\\n``) with its arrival time;
+a connection closed, with what it left after its last newline. The sinks decide what to keep
+(`harness.sink` every line, `harness.tally` sums); a handler is called from the receiver's
+thread and takes its own lock.
 
 SHELL (sockets, a thread).
 """

@@ -39,7 +39,7 @@ from common.shard import shard_index
 from harness.checkout import REPO_ROOT
 from harness.daemon import DaemonProcess, wait_until
 from harness.dnsmasq import Dnsmasq, dnsmasq_available, lookup_command, parse_getent
-from harness.netns import Network, remove_stale
+from harness.netns import Network
 from harness.sink import GraphiteSink
 from harness.tallyd import AggregatorProcess, ProxyProcess, TallydProcess
 
@@ -185,7 +185,6 @@ def _prerequisites() -> None:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     _prerequisites()
-    remove_stale()
     tmp = tmp_path_factory.mktemp("hosts")
     processes: list[DaemonProcess] = []
     sinks: dict[str, GraphiteSink] = {}
