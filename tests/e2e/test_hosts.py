@@ -46,6 +46,7 @@ from harness.tallyd import AggregatorProcess, ProxyProcess, TallydProcess
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 DEPLOYMENT_DOC = REPO_ROOT / "docs" / "deployment.md"
+DNS_DOC = REPO_ROOT / "docs" / "dns.md"
 ZONE = "example.net"
 PROXY_NAME = f"statsd.{ZONE}"
 #: host -> last octet of its address on 10.213.0.0/24; agg-2-new is where agg-2 moves to.
@@ -68,12 +69,28 @@ def address(host: str) -> str:
     return f"{PREFIX}.{HOSTS[host]}"
 
 
-def records(agg2: str = "agg-2") -> dict[str, list[str]]:
-    """The zone: the proxies under one name, every other host under its own."""
-    zone = {PROXY_NAME: [address(p) for p in PROXIES],
-            f"agg-1.{ZONE}": [address("agg-1")], f"agg-2.{ZONE}": [address(agg2)]}
-    zone.update({f"{c}.{ZONE}": [address(c)] for c in CARBONS})
-    return zone
+def documented_zone(tmp: Path, path: Path = DNS_DOC) -> dict[str, list[str]]:
+    """The A records of docs/dns.md's zone, name -> addresses, as BIND's named-checkzone
+    reads them (it fails on a zone BIND would refuse)."""
+    zone = re.search(rf"<!-- dns: zone {re.escape(ZONE)} -->\n```dns\n(.*?)```",
+                     path.read_text(), re.DOTALL)
+    assert zone is not None, f"no zone block in {path}"
+    zone_file = tmp / f"{ZONE}.zone"
+    zone_file.write_text(zone[1])
+    result = subprocess.run(["named-checkzone", "-D", "-o", "-", ZONE, str(zone_file)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out: dict[str, list[str]] = {}
+    for line in result.stdout.splitlines():
+        fields = line.split()
+        if len(fields) == 5 and fields[2:4] == ["IN", "A"]:
+            out.setdefault(fields[0].rstrip("."), []).append(fields[4])
+    return out
+
+
+def moved(zone: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The zone after agg-2's record was changed to its new host's address."""
+    return {**zone, f"agg-2.{ZONE}": [address("agg-2-new")]}
 
 
 def documented_commands(path: Path = DEPLOYMENT_DOC) -> dict[str, str]:
@@ -102,6 +119,19 @@ def test_documented_commands_are_complete() -> None:
         program(commands[role])
 
 
+def test_documented_zone_names_every_host(tmp_path: Path) -> None:
+    if shutil.which("named-checkzone") is None:
+        _missing("named-checkzone (bind9-utils)")
+    zone = documented_zone(tmp_path)
+    assert zone[PROXY_NAME] == [address(p) for p in PROXIES]
+    for host in (*AGGREGATORS, *CARBONS):
+        assert zone[f"{host}.{ZONE}"] == [address(host)]
+    assert zone[f"ns1.{ZONE}"] == [address("dns")]
+    commands = " ".join(documented_commands().values())
+    used = set(re.findall(rf"[a-z0-9-]+\.{re.escape(ZONE)}", commands))
+    assert used <= set(zone), f"names the commands use but the zone lacks: {used - set(zone)}"
+
+
 # -- the cluster --------------------------------------------------------------------------
 
 
@@ -110,6 +140,7 @@ class Cluster:
     net: Network
     dns: Dnsmasq
     sinks: dict[str, GraphiteSink]
+    zone: dict[str, list[str]]
     aggregators: dict[str, AggregatorProcess] = field(default_factory=dict)
     proxies: dict[str, ProxyProcess] = field(default_factory=dict)
     commands: dict[str, str] = field(default_factory=dict)
@@ -174,12 +205,18 @@ def _prerequisites() -> None:
         pytest.skip("network namespaces need root")
     missing = [tool for tool, ok in (("ip (iproute2)", shutil.which("ip")),
                                      ("unshare (util-linux)", shutil.which("unshare")),
-                                     ("dnsmasq (dnsmasq-base)", dnsmasq_available())) if not ok]
+                                     ("dnsmasq (dnsmasq-base)", dnsmasq_available()),
+                                     ("named-checkzone (bind9-utils)",
+                                      shutil.which("named-checkzone"))) if not ok]
     if missing:
-        message = f"missing {', '.join(missing)}: run tools/bootstrap --test as root"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        _missing(", ".join(missing))
+
+
+def _missing(what: str) -> None:
+    message = f"missing {what}: run tools/bootstrap --test as root"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
@@ -192,15 +229,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         for host, octet in HOSTS.items():
             net.add_host(host, octet)
+        zone = documented_zone(tmp)
         dns = Dnsmasq(prefix=net.argv("dns", [], hostname=False), address=address("dns"),
-                      zone=ZONE, hosts_file=tmp / "zone.hosts", records=records())
+                      zone=ZONE, hosts_file=tmp / "zone.hosts", records=zone)
         processes.append(dns)
         for host in CARBONS:
             with net.entered(host):
                 sinks[host] = GraphiteSink("0.0.0.0", port=CARBON_PORT)
             sinks[host].start()
         dns.wait_ready()
-        cluster = Cluster(net, dns, sinks, commands=documented_commands())
+        cluster = Cluster(net, dns, sinks, zone=zone, commands=documented_commands())
         try:
             for host in AGGREGATORS:
                 processes.append(cluster.start_aggregator(host))
@@ -361,7 +399,7 @@ def test_moved_aggregator_followed_without_restart(cluster: Cluster) -> None:
                WAIT_SECONDS, interval=0.2, message="lines held for agg-2")
 
     cluster.start_aggregator("agg-2-new")
-    cluster.dns.set_records(records(agg2="agg-2-new"))
+    cluster.dns.set_records(moved(cluster.zone))
     new = f"{address('agg-2-new')}:8125"
     wait_until(lambda: all(cluster.resolve(p, f"agg-2.{ZONE}") == [address("agg-2-new")]
                            for p in PROXIES), WAIT_SECONDS, message="the record changed")
