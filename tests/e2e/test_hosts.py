@@ -342,6 +342,12 @@ def send_per_lookup(cluster: Cluster, names: list[str], repeats: int) -> None:
 # -- the tests ----------------------------------------------------------------------------
 
 
+def test_each_daemon_is_its_own_host(cluster: Cluster) -> None:
+    for host in (*PROXIES, *AGGREGATORS):
+        assert cluster.status(host)["identity"] == host  # the host name, as on a real host
+    assert len({proc.fingerprint() for proc in cluster.proxies.values()}) == 1
+
+
 def test_clients_reach_both_proxies_by_one_name(cluster: Cluster) -> None:
     answers = [cluster.resolve("client", PROXY_NAME) for _ in range(4)]
     assert all(sorted(a) == sorted(address(p) for p in PROXIES) for a in answers), answers
