@@ -1,11 +1,13 @@
 """The receiving half of every Carbon sink here: accept plaintext connections, cut lines.
 
-`LineReceiver` listens on 127.0.0.1 port 0 (so no test needs a fixed port) and serves every
-connection from one background thread with a selector. It keeps each connection's unfinished
-last line and hands a `LineHandler` what arrives: a connection opened; a block of complete
-lines (each ending in ``\\n``) with its arrival time; a connection closed, with what it left
-after its last newline. The sinks decide what to keep (`harness.sink` every line,
-`harness.tally` sums); a handler is called from the receiver's thread and takes its own lock.
+`LineReceiver` listens on 127.0.0.1 port 0 (so no test needs a fixed port; a test whose
+Carbon hosts are network namespaces gives Carbon's own 2003) and serves every connection from
+one background thread with a selector; `LineReceiver.peers` names each connection's sender.
+It keeps each connection's unfinished last line and hands a `LineHandler` what arrives: a
+connection opened; a block of complete lines (each ending in ``\\n``) with its arrival time;
+a connection closed, with what it left after its last newline. The sinks decide what to keep
+(`harness.sink` every line, `harness.tally` sums); a handler is called from the receiver's
+thread and takes its own lock.
 
 SHELL (sockets, a thread).
 """
@@ -45,15 +47,17 @@ class LineReceiver:
         read_bytes: the most read from a connection at once.
     """
 
-    def __init__(self, handler: LineHandler, host: str = "127.0.0.1", *,
+    def __init__(self, handler: LineHandler, host: str = "127.0.0.1", *, port: int = 0,
                  receive_buffer_bytes: int | None = None,
                  read_bytes: int = DEFAULT_READ_BYTES) -> None:
         self.handler = handler
+        #: connection number -> the sender's address (host, as accept() gave it)
+        self.peers: dict[int, str] = {}
         self.receive_buffer_bytes = receive_buffer_bytes
         self.read_bytes = read_bytes
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((host, 0))
+        self._listener.bind((host, port))
         self._listener.listen(BACKLOG)
         self._listener.setblocking(False)
         self._stop = threading.Event()
@@ -83,7 +87,7 @@ class LineReceiver:
             for key, _ in selector.select(POLL_SECONDS):
                 if key.data is None:
                     try:
-                        conn, _ = self._listener.accept()
+                        conn, peer = self._listener.accept()
                     except BlockingIOError:
                         continue
                     conn.setblocking(False)
@@ -92,6 +96,7 @@ class LineReceiver:
                                         self.receive_buffer_bytes)
                     selector.register(conn, selectors.EVENT_READ, conn)
                     partial[conn] = (serial, b"")
+                    self.peers[serial] = str(peer[0])
                     self.handler.opened(serial, time.monotonic())
                     serial += 1
                     continue

@@ -100,7 +100,7 @@ class GraphiteSink:
     Use as a context manager, or call :meth:`start` and :meth:`close`.
     """
 
-    def __init__(self, host: str = "127.0.0.1", *, gap: float | None = None,
+    def __init__(self, host: str = "127.0.0.1", *, port: int = 0, gap: float | None = None,
                  slots: tuple[float, float] | None = None,
                  settle: float = DEFAULT_SETTLE_SECONDS) -> None:
         self.gap = gap
@@ -110,7 +110,7 @@ class GraphiteSink:
         self._records: list[Record] = []
         self._connections: dict[int, _Connection] = {}
         self._groups: list[_Group] = []
-        self._receiver = LineReceiver(self, host)
+        self._receiver = LineReceiver(self, host, port=port)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -121,6 +121,10 @@ class GraphiteSink:
     @property
     def port(self) -> int:
         return self.address[1]
+
+    def peer(self, connection: int) -> str:
+        """The address connection number ``connection`` came from."""
+        return self._receiver.peers[connection]
 
     def start(self) -> GraphiteSink:
         self._receiver.start()
