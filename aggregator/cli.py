@@ -31,6 +31,7 @@ from common.config import (
 )
 from common.errors import ConfigError, find_config_error
 from common.logging import configure_logging, log_event
+from common.sdnotify import READY, notify
 from common.signals import force_exit, ignore_stop_signal, run_signal_handler
 from common.supervisor import read_worker_description
 
@@ -117,7 +118,9 @@ async def run(config: AggregatorConfig, args: argparse.Namespace,
         async with trio.open_nursery() as serving:
             await serving.start(partial(serve, config, shutdown_trigger=stop.wait,
                                         reload_trigger=reload_receive.receive, worker=worker))
-            if worker is not None and worker.ready_pipe is not None:
+            if worker is None:
+                notify(READY)  # systemd's Type=notify (a supervisor's: workers/pool.py)
+            elif worker.ready_pipe is not None:
                 report_to_supervisor(worker.ready_pipe, worker.index, "ready")
         nursery.cancel_scope.cancel()  # served: the signal loop and the watch end
 

@@ -69,6 +69,7 @@ from common.config import (
 from common.errors import ConfigError, find_config_error
 from common.listener import BoundSocket, adopt_socket, bind_listener, close_listener
 from common.logging import configure_logging, log_event
+from common.sdnotify import READY, notify
 from common.signals import force_exit, ignore_stop_signal, run_signal_handler
 from common.supervisor import (
     CONFIG_ERROR_EXIT,
@@ -171,8 +172,12 @@ async def run(config: ProxyConfig, bound: list[BoundSocket] | None, index: int,
     async with trio.open_nursery() as nursery:
         await nursery.start(partial(run_signal_handler, on_stop=stop.set, on_force=force_exit,
                                     on_reload=partial(queue_reload, load, reload_send)))
-        await serve(config, shutdown_trigger=stop.wait, bound=bound, process_index=index,
-                    reload_trigger=reload_receive.receive, pending=pending)
+        async with trio.open_nursery() as serving:
+            await serving.start(partial(serve, config, shutdown_trigger=stop.wait, bound=bound,
+                                        process_index=index,
+                                        reload_trigger=reload_receive.receive, pending=pending))
+            # systemd's Type=notify: every process of --processes says so (NotifyAccess=all)
+            notify(READY)
         nursery.cancel_scope.cancel()
 
 

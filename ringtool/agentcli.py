@@ -29,6 +29,7 @@ from common.address import format_host_port, split_host_port
 from common.errors import ConfigError, find_config_error
 from common.httproutes import DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT_SECONDS, HTTPLimits
 from common.logging import configure_logging, log_event
+from common.sdnotify import READY, notify
 from common.signals import force_exit, ignore_stop_signal, run_signal_handler
 
 from .agent import DEFAULT_LISTEN, DEFAULT_MAX_UPLOAD_BYTES, Agent, AgentConfig, serve_agent
@@ -142,6 +143,7 @@ async def run(agent: Agent) -> None:
         log_event(LOGGER, "listening", kind="http", address=format_host_port(host, port))
         log_event(LOGGER, "started", data_dir=agent.root, token=config.token is not None,
                   max_upload_bytes=config.max_upload_bytes)
+        notify(READY)  # systemd's Type=notify
         await stop.wait()
         nursery.cancel_scope.cancel()
     stats = agent.statistics()

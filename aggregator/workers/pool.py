@@ -60,6 +60,7 @@ from common.errors import ConfigError
 from common.listener import BoundSocket, bind_listeners, close_listener
 from common.logging import log_event
 from common.mgmt_server import bind_mgmt_socket
+from common.sdnotify import READY, notify
 from common.supervisor import (
     CONFIG_ERROR_EXIT,
     LET_GO,
@@ -222,6 +223,7 @@ class WorkerPool:
                   runtime_dir=self.runtime_dir, flush_interval=config.flush_interval,
                   carbon=",".join(str(n) for n in config.carbon) or "none",
                   level=logging.INFO if ready == self.workers else logging.WARNING)
+        notify(READY)  # systemd's Type=notify: the supervisor is the service's main process
 
 
 def open_pool(config: AggregatorConfig, workers: int, bound: Sequence[BoundSocket],
