@@ -27,7 +27,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from harness.checkout import CACHE_DIR
@@ -67,7 +67,7 @@ def debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def _mounts_under(folder: Path) -> list[str]:
+def mounts_under(folder: Path) -> list[str]:
     """Mount points at or below ``folder``, deepest first (from /proc/self/mountinfo)."""
     prefix = str(folder)
     points = []
@@ -80,7 +80,7 @@ def _mounts_under(folder: Path) -> list[str]:
 
 
 def unmount_all(folder: Path) -> None:
-    for point in _mounts_under(folder):
+    for point in mounts_under(folder):
         subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
 
@@ -151,7 +151,7 @@ class PrivateDockerd:
     """Debian's dockerd with its state in a folder of its own; see the module docstring."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
+        self.folder = Path(folder).resolve()
         self.socket = self.folder / "docker.sock"
         self.pidfile = self.folder / "docker.pid"
         self.log = self.folder / "dockerd.log"
@@ -224,11 +224,11 @@ class PrivateDockerd:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 30
-            while _alive(pid) and time.monotonic() < deadline:
+            while pid_alive(pid) and time.monotonic() < deadline:
                 if self._process is not None and self._process.pid == pid:
                     self._process.poll()
                 time.sleep(0.1)
-            if _alive(pid):
+            if pid_alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         if self._process is not None:
@@ -274,13 +274,17 @@ class PrivateDockerd:
             IP_FORWARD.write_text(self._ip_forward)
 
     def __enter__(self) -> PrivateDockerd:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # a start that failed halfway has changed the host too
+            raise
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -325,12 +329,3 @@ def host_state() -> dict[str, object]:
     return {"ip_forward": IP_FORWARD.read_text().strip(),
             "docker0": Path("/sys/class/net/docker0").exists(),
             "iptables": iptables_rules()}
-
-
-@contextlib.contextmanager
-def private_dockerd(folder: Path) -> Iterator[PrivateDockerd]:
-    engine = PrivateDockerd(folder)
-    try:
-        yield engine.start()
-    finally:
-        engine.stop()

@@ -34,6 +34,8 @@ from harness.dockerd import (
     PrivateDockerd,
     host_state,
     missing_tools,
+    mounts_under,
+    pid_alive,
 )
 from harness.port import free_port
 
@@ -131,6 +133,34 @@ def sent(stack: Stack) -> dict[str, object]:
                         "--count", str(NAMES * PER_NAME), "--rate", "400", timeout=120)
     report: dict[str, object] = json.loads(out.strip().splitlines()[-1])
     return report
+
+
+def test_a_failing_test_still_leaves_the_host_as_it_was(tmp_path: Path) -> None:
+    """The cleanup the stack fixture relies on, when the code inside it raises."""
+    _require_engine()
+    before = host_state()
+    engine = PrivateDockerd(tmp_path / "engine")
+    pid = None
+    with pytest.raises(RuntimeError, match="on purpose"), engine:
+        engine.import_base()
+        engine.docker("run", "-d", BASE_IMAGE, "sleep", "600", timeout=120)
+        assert Path("/sys/class/net/docker0").exists()
+        assert mounts_under(engine.folder), "a running container has mounts"
+        pid = int(engine.pidfile.read_text())
+        raise RuntimeError("on purpose")
+    assert pid is not None and not pid_alive(pid)
+    assert not engine.folder.exists() and not mounts_under(engine.folder)
+    assert host_state() == before
+
+
+def test_every_service_runs_under_init_and_not_as_root(stack: Stack) -> None:
+    users = {"carbon-a": "2003", "graphite-web": "2003", "aggregator-1": "8125", "proxy": "8125"}
+    for service, uid in users.items():
+        for container in stack.containers(service):
+            init = stack.engine.docker("exec", container, "cat", "/proc/1/comm", timeout=60)
+            assert init.strip() == "docker-init", (service, init)
+            assert stack.engine.docker("exec", container, "id", "-u",
+                                       timeout=60).strip() == uid, service
 
 
 def ring_nodes(paths: list[str]) -> dict[str, str]:
