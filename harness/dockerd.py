@@ -150,7 +150,11 @@ def _default_mtu() -> int:
 class PrivateDockerd:
     """Debian's dockerd with its state in a folder of its own; see the module docstring."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path | None = None) -> None:
+        # containerd's sockets go under the exec root, and a Unix socket path is at most 104
+        # bytes: a short folder in /tmp by default (pytest's tmp_path can be too long).
+        if folder is None:
+            folder = Path(tempfile.mkdtemp(prefix="tallyd-dockerd-", dir="/tmp"))
         self.folder = Path(folder).resolve()
         self.socket = self.folder / "docker.sock"
         self.pidfile = self.folder / "docker.pid"

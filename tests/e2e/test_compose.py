@@ -101,10 +101,10 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack() -> Iterator[Stack]:
     _require_engine()
     before = host_state()
-    engine = PrivateDockerd(Path(tmp_path_factory.mktemp("dockerd")))
+    engine = PrivateDockerd()
     stack = Stack(engine, free_port())
     try:
         engine.start()
@@ -135,11 +135,11 @@ def sent(stack: Stack) -> dict[str, object]:
     return report
 
 
-def test_a_failing_test_still_leaves_the_host_as_it_was(tmp_path: Path) -> None:
+def test_a_failing_test_still_leaves_the_host_as_it_was() -> None:
     """The cleanup the stack fixture relies on, when the code inside it raises."""
     _require_engine()
     before = host_state()
-    engine = PrivateDockerd(tmp_path / "engine")
+    engine = PrivateDockerd()
     pid = None
     with pytest.raises(RuntimeError, match="on purpose"), engine:
         engine.import_base()
