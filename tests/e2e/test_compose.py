@@ -228,3 +228,22 @@ def test_graphite_web_reads_the_whole_ring(stack: Stack, sent: dict[str, object]
         if time.monotonic() > deadline:
             raise AssertionError(f"graphite-web lists {sorted(found)}")
         time.sleep(2)
+
+
+def test_the_load_generator_scales_up_from_zero(stack: Stack) -> None:
+    """``loadgen`` has no container until scaled up; then its own command feeds the ring."""
+    assert stack.containers("loadgen") == []
+    path = "stats_counts.loadgen.c0"
+    root = stack.volume_dir(ring_nodes([path])[path])
+    stack.compose("up", "-d", "--no-recreate", "--scale", "loadgen=1", timeout=300)
+    try:
+        assert len(stack.containers("loadgen")) == 1
+        assert len(stack.containers("proxy")) == 2
+        deadline = time.monotonic() + 60
+        while not whisper_total(root, path):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {path} in {root}\n{stack.logs()}")
+            time.sleep(2)
+    finally:
+        stack.compose("up", "-d", "--no-recreate", "--scale", "loadgen=0", timeout=300)
+    assert stack.containers("loadgen") == []
