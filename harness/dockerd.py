@@ -113,11 +113,11 @@ def base_tarball() -> Path:
         (rootfs / "var" / "cache" / "apt" / "archives").mkdir(parents=True, exist_ok=True)
         for deb in (rootfs / "var" / "cache" / "apt" / "archives").glob("*.deb"):
             deb.unlink()
-        partial = BASE_TARBALL.with_suffix(".tar.partial")
+        partial = work / "base.tar"  # beside it: a rename is atomic, and a run's own file
         with partial.open("wb") as out:
             subprocess.run(["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."],
                            stdout=out, check=True, timeout=300)
-        partial.rename(BASE_TARBALL)
+        partial.replace(BASE_TARBALL)
     finally:
         unmount_all(work)
         shutil.rmtree(work, ignore_errors=True)
