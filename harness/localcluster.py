@@ -240,7 +240,8 @@ class LocalCluster:
 
     def summary(self) -> list[str]:
         """What to print once every tier is up: where to send, where the demo series goes."""
-        rel = os.path.relpath(self.data, Path.cwd())
+        rel = str(self.data.relative_to(Path.cwd()) if self.data.is_relative_to(Path.cwd())
+                  else self.data)
         route = self.proxies[0].get_json("/route/" + DEMO_NAME)
         owner = self.aggregators[route["aggregator"]]
         paths = owner.get_json("/route/" + DEMO_NAME)["paths"]
@@ -249,7 +250,9 @@ class LocalCluster:
                  f"    echo '{DEMO_NAME}:1|c' > /dev/udp/127.0.0.1/{self.statsd_port}",
                  f"{DEMO_NAME} goes to {owner.name} (worker {route.get('worker', 0)}), "
                  "and its series to the Carbon node the ring names:"]
-        for item in paths:
+        for item in paths:  # a counter's (the name is not seen yet: every type's are listed)
+            if item["path"] not in (f"stats_counts.{DEMO_NAME}", f"stats.{DEMO_NAME}"):
+                continue
             for node in item["carbon"]:
                 instance = node.rsplit(":", 1)[1]
                 where = localcarbon.whisper_file(Path(rel) / f"carbon-{instance}", item["path"])
