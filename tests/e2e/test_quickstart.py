@@ -18,7 +18,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -84,12 +83,9 @@ def run_local(carbon_available: Path, tmp_path_factory: pytest.TempPathFactory
     env.update(TALLYD_STATSD_PORT=str(ports["statsd"]), TALLYD_GRAPHITE_PORT=str(ports["graphite"]),
                TALLYD_UI_PORT=str(ports["ui"]), TALLYD_FLUSH_INTERVAL="1",
                TALLYD_DATA_DIR=str(data))
-    started = time.monotonic()
     proc = RunLocal(["bash", str(RUN_LOCAL)], env=env)
     try:
         proc.wait_for_log(r"Ctrl-C stops everything", timeout=BRING_UP_TIMEOUT_SECONDS)
-        print(f"\ntools/run-local: cluster up in {time.monotonic() - started:.1f} s",
-              file=sys.__stderr__)
         yield proc, {**{k: str(v) for k, v in ports.items()}, "data": str(data)}
         with pytest.raises(subprocess.TimeoutExpired):
             proc.proc.wait(0)  # still running: it never died under the commands
