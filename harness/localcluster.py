@@ -300,6 +300,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main() -> int:
+    # Whatever was inherited: a shell's background job starts with SIGINT ignored, and Python
+    # then installs no handler of its own.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     cluster = LocalCluster(os.environ)
     started = time.monotonic()
@@ -313,7 +316,8 @@ def main() -> int:
             say(line)
         cluster.watch()
     except KeyboardInterrupt:
-        say("stopping (proxies, aggregators' last flush, then carbon)")
+        say("stopping: the proxies drain, the aggregators flush the interval in progress "
+            f"(up to {cluster.interval} s), carbon writes it")
     except (DaemonError, OSError) as exc:
         say(f"error: {exc}")
         status = 1
