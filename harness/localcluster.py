@@ -308,8 +308,10 @@ def main() -> int:
     started = time.monotonic()
     status = 0
     try:
-        say(f"starting 2 carbon-caches, graphite-web, {AGGREGATORS} aggregators "
-            f"({WORKERS} workers each), {PROXIES} proxies and the cluster page")
+        say(f"starting {len(CARBON_INSTANCES)} carbon-caches"
+            + (", graphite-web" if cluster.graphite_port else "")
+            + f", {AGGREGATORS} aggregators ({WORKERS} workers each), {PROXIES} proxies"
+            + (" and the cluster page" if cluster.ui_port else ""))
         cluster.start()
         say(f"local cluster up in {time.monotonic() - started:.1f} s")
         for line in cluster.summary():

@@ -30,7 +30,7 @@ from harness import localcluster
 from harness.carbon import CARBON_DIR, LOCALCARBON, localcarbon
 from harness.checkout import REPO_ROOT
 from harness.daemon import DaemonProcess
-from harness.port import free_port, free_port_both, udp_port_bound
+from harness.port import free_port, free_port_both, udp_port_bound, udp_port_state
 
 pytestmark = pytest.mark.e2e
 
@@ -72,24 +72,29 @@ class RunLocal(DaemonProcess):
 Cluster = tuple[RunLocal, dict[str, str]]
 
 
-@pytest.fixture(scope="module")
-def run_local(carbon_available: Path, tmp_path_factory: pytest.TempPathFactory
-              ) -> Iterator[Cluster]:
-    """tools/run-local, shared by the tests of this module; stopped with SIGTERM at the end,
-    which must stop every daemon with exit status 0 and leave no process behind."""
-    data = tmp_path_factory.mktemp("quickstart") / "run"
-    ports = {"statsd": free_port_both(), "graphite": free_port(), "ui": free_port()}
+def start_run_local(data: Path, ports: dict[str, int]) -> RunLocal:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TALLYD_")}
     env.update(TALLYD_STATSD_PORT=str(ports["statsd"]), TALLYD_GRAPHITE_PORT=str(ports["graphite"]),
                TALLYD_UI_PORT=str(ports["ui"]), TALLYD_FLUSH_INTERVAL="1",
                TALLYD_DATA_DIR=str(data))
-    proc = RunLocal(["bash", str(RUN_LOCAL)], env=env)
+    return RunLocal(["bash", str(RUN_LOCAL)], env=env)
+
+
+@pytest.fixture(scope="module")
+def run_local(carbon_available: Path, tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[Cluster]:
+    """tools/run-local, shared by the tests of this module; stopped with SIGTERM at the end,
+    which must stop every daemon with exit status 0 and leave no process behind. Ctrl-C: SIGINT
+    to tools/run-local alone (it runs in its own session, as the daemons run in theirs)."""
+    data = tmp_path_factory.mktemp("quickstart") / "run"
+    ports = {"statsd": free_port_both(), "graphite": free_port(), "ui": free_port()}
+    proc = start_run_local(data, ports)
     try:
         proc.wait_for_log(r"Ctrl-C stops everything", timeout=BRING_UP_TIMEOUT_SECONDS)
         yield proc, {**{k: str(v) for k, v in ports.items()}, "data": str(data)}
         with pytest.raises(subprocess.TimeoutExpired):
             proc.proc.wait(0)  # still running: it never died under the commands
-        proc.proc.send_signal(signal.SIGTERM)
+        proc.proc.send_signal(signal.SIGINT)
         assert proc.proc.wait(90) == 0, proc.describe()
         log = proc.log_text(None)
         for name in ("proxy-0", "proxy-1", "agg-0", "agg-1", "ui"):
@@ -261,6 +266,43 @@ def test_readme_graph_urls_and_both_nodes_in_graphite(run_local: Cluster) -> Non
     series = http_json(localize(wildcard, ports) + "&format=json")
     got = {s["target"] for s in series}  # type: ignore[attr-defined]
     assert set(one_each.values()) <= got, (one_each, got)
+
+
+def pid_of(data: Path, name: str) -> int:
+    return int((data / "pids" / f"{name}.pid").read_text())
+
+
+def test_a_killed_run_is_cleaned_up_and_a_dead_daemon_stops_the_cluster(
+        carbon_available: Path, tmp_path: Path) -> None:
+    """run-local SIGKILLed leaves its daemons: the next run stops them by their pid files before
+    it binds anything (no stale proxy shares the port). A daemon that dies stops the whole
+    cluster, exit status 1. Without graphite-web and the page (their variables at 0)."""
+    data = tmp_path / "run"
+    ports = {"statsd": free_port_both(), "graphite": 0, "ui": 0}
+    runs = [start_run_local(data, ports)]
+    try:
+        runs[0].wait_for_log(r"Ctrl-C stops everything", timeout=BRING_UP_TIMEOUT_SECONDS)
+        left = {name: pid_of(data, name) for name in ("proxy-0", "proxy-1", "agg-0", "agg-1")}
+        runs[0].proc.kill()  # the launcher only: its daemons live on in their own sessions
+        runs[0].proc.wait(10)
+        assert all(localcarbon.pid_alive(pid) for pid in left.values())
+        runs.append(start_run_local(data, ports))
+        runs[1].wait_for_log(r"Ctrl-C stops everything", timeout=BRING_UP_TIMEOUT_SECONDS)
+        log = runs[1].log_text(None)
+        for name, pid in left.items():
+            assert f"stopping {name} (pid {pid}) left by an earlier run" in log, log
+            assert not localcarbon.pid_alive(pid), name
+        assert udp_port_state(int(ports["statsd"])).sockets == 2, "only the new proxies"
+        assert "graph: " not in log and "cluster page (" not in log, log
+        os.kill(pid_of(data, "agg-1"), signal.SIGKILL)
+        assert runs[1].proc.wait(90) == 1, runs[1].describe()
+        assert "agg-1 exited" in runs[1].log_text(None), runs[1].describe()
+        assert not list((data / "pids").glob("*.pid")), runs[1].describe()
+        assert not udp_port_bound(int(ports["statsd"]))
+    finally:
+        for run in runs:
+            run.kill()
+        localcluster.stop_leftovers(data)
 
 
 def test_readme_documents_run_local_variables() -> None:
