@@ -299,7 +299,11 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main() -> int:
+def main(argv: Sequence[str] = ()) -> int:
+    if argv:
+        say("tools/run-local takes no arguments; its settings are the TALLYD_* variables "
+            "(README.md, Quick start)")
+        return 2
     # Whatever was inherited: a shell's background job starts with SIGINT ignored, and Python
     # then installs no handler of its own.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -333,4 +337,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
