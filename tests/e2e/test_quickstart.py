@@ -308,3 +308,8 @@ def test_a_killed_run_is_cleaned_up_and_a_dead_daemon_stops_the_cluster(
 def test_readme_documents_run_local_variables() -> None:
     table = dict(re.findall(r"^\| `(TALLYD_[A-Z_]+)` \| `([^`]*)` \|", README.read_text(), re.M))
     assert table == {name: default for name, (default, _) in localcluster.ENVIRONMENT.items()}
+
+
+def test_run_local_refuses_arguments() -> None:
+    result = bash(f"{RUN_LOCAL} --workers 1")
+    assert result.returncode == 2 and "TALLYD_" in result.stdout, result
