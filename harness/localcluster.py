@@ -30,6 +30,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -197,6 +198,15 @@ class LocalCluster:
         for sub in ("logs", "pids", "graphite"):
             self.path(sub).mkdir(parents=True, exist_ok=True)
         stop_leftovers(self.data)
+        # reuse_port would let our proxies share the port with anyone else who set it (another
+        # checkout's run-local): ask for it alone first.
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+            with socket.socket(socket.AF_INET, kind) as probe:
+                try:
+                    probe.bind(("127.0.0.1", self.statsd_port))
+                except OSError as exc:
+                    raise DaemonError(f"127.0.0.1:{self.statsd_port} is taken ({exc.strerror}); "
+                                      "set TALLYD_STATSD_PORT to another port") from None
         with ThreadPoolExecutor() as pool:  # on Ctrl-C, leaving it waits for the started ones
             carbon = [pool.submit(start_carbon, self.data, i, self.interval)
                       for i in CARBON_INSTANCES]
@@ -308,7 +318,11 @@ def main(argv: Sequence[str] = ()) -> int:
     # then installs no handler of its own.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
-    cluster = LocalCluster(os.environ)
+    try:
+        cluster = LocalCluster(os.environ)
+    except ValueError as exc:
+        say(f"error: a TALLYD_* variable is not a number: {exc}")
+        return 2
     started = time.monotonic()
     status = 0
     try:

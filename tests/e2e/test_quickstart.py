@@ -313,3 +313,16 @@ def test_readme_documents_run_local_variables() -> None:
 def test_run_local_refuses_arguments() -> None:
     result = bash(f"{RUN_LOCAL} --workers 1")
     assert result.returncode == 2 and "TALLYD_" in result.stdout, result
+
+
+def test_run_local_refuses_a_taken_statsd_port(tmp_path: Path) -> None:
+    """Its proxies set reuse_port: without this check they would share the port with anyone
+    else who set it too (another checkout's run-local), and split its traffic."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        port = other.getsockname()[1]
+        result = bash(f"TALLYD_STATSD_PORT={port} TALLYD_GRAPHITE_PORT=0 TALLYD_UI_PORT=0 "
+                      f"TALLYD_DATA_DIR={tmp_path / 'run'} {RUN_LOCAL}")
+    assert result.returncode == 1 and f"127.0.0.1:{port} is taken" in result.stdout, result
+    assert not list((tmp_path / "run" / "pids").glob("*.pid"))
