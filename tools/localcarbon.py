@@ -20,9 +20,10 @@ python3. carbon itself runs from the separate venv that ``tools/bootstrap`` inst
         file for that path yet. Tagged series (``stats_counts.hits;env=prod``, what a DogStatsD
         ``|#env:prod`` becomes) are found where carbon stores them, under ``_tagged/`` (see
         :func:`whisper_relpaths`); the tags may be given in any order.
-    localcarbon.py web-start --data-dir DIR [--port P] [--bind ADDRESS]
+    localcarbon.py web-start --data-dir DIR [--port P] [--bind ADDRESS] [--whisper-dir W...]
         Serves graphite-web (installed in the same venv by tools/bootstrap) on ADDRESS:P
-        (default 127.0.0.1, a free port), reading DIR's Whisper files: writes
+        (default 127.0.0.1, a free port), reading DIR's Whisper files (or those of every
+        ``--whisper-dir``: several carbon-caches of one ring shown as one tree): writes
         DIR/webapp/tallyd_graphite_settings.py (data dirs, a SECRET_KEY made once), runs
         ``django-admin migrate`` once (DIR/storage/graphite.db), starts a threaded WSGI server
         (the standard library's wsgiref) in the background (log: DIR/graphite-web.log), waits
@@ -354,6 +355,8 @@ INDEX_FILE = {index!r}
 # carbon's cache-query port is an ephemeral one (see carbon.conf): read the Whisper files only;
 # carbon writes them about once a second.
 CARBONLINK_HOSTS = []
+# Every Whisper tree graphite-web reads (several carbon-caches of one ring: each series is in one).
+STANDARD_DIRS = {dirs!r}
 """
 
 # A threaded WSGI server from the standard library around graphite-web's Django application:
@@ -392,7 +395,7 @@ def web_env(webapp: Path) -> dict[str, str]:
     )
 
 
-def write_web_settings(data_dir: Path, bind: str) -> Path:
+def write_web_settings(data_dir: Path, bind: str, whisper_dirs: list[str] | None = None) -> Path:
     webapp = data_dir / "webapp"
     webapp.mkdir(parents=True, exist_ok=True)
     for sub in ("storage/whisper", "log/webapp"):
@@ -407,6 +410,7 @@ def write_web_settings(data_dir: Path, bind: str) -> Path:
         secret=key_file.read_text().strip(), hosts=hosts, storage=str(storage),
         whisper=str(storage / "whisper"), log=str(data_dir / "log" / "webapp"),
         index=str(storage / "index"),
+        dirs=[str(Path(d).resolve()) for d in whisper_dirs or [storage / "whisper"]],
     ))
     (webapp / WEB_SERVER_SCRIPT).write_text(WEB_SERVER)
     return webapp
@@ -431,7 +435,7 @@ def cmd_web_start(args: argparse.Namespace) -> None:
     if state and pid_alive(int(state["pid"])) and pid_is(int(state["pid"]), WEB_SERVER_SCRIPT):
         fail(f"graphite-web already running for {data_dir}: "
              f"url=http://{state['bind']}:{state['port']}/ pid={state['pid']}")
-    webapp = write_web_settings(data_dir, args.bind)
+    webapp = write_web_settings(data_dir, args.bind, args.whisper_dir)
     env = web_env(webapp)
     if not (data_dir / "storage" / "graphite.db").exists():
         # graphite-web's own tables (tags, dashboards, users): made once, about 3 s.
@@ -661,6 +665,8 @@ def main(argv: list[str] | None = None) -> None:
     web_start.add_argument("--port", type=int, default=0,
                            help="HTTP port (default: a free port on the bind address)")
     web_start.add_argument("--bind", default="127.0.0.1")
+    web_start.add_argument("--whisper-dir", action="append", metavar="DIR",
+                           help="a Whisper tree to read (repeatable; default DIR/storage/whisper)")
     web_start.add_argument("--timeout", type=float, default=60.0)
     web_start.set_defaults(func=cmd_web_start)
 
