@@ -93,13 +93,16 @@ MUST_STAY_ZERO: tuple[tuple[str, str], ...] = (
 #: Paths that look like drop counts but are not intake lines, or count lines another entry
 #: already counts: Carbon output (paths); the intake's figures (datagrams and connections;
 #: its overlong stream lines are in bad_lines_seen); the ledger's bad_lines (Etsy's
-#: bad_lines_seen as a total); the per-second rates of Etsy's counters.
+#: bad_lines_seen as a total); its refused_lines (every refusal again, per line); the
+#: per-second rates of Etsy's counters.
 NOT_LINE_DROPS: tuple[str, ...] = (
     r"^stats\.statsd\.tallyd\.aggregator\.[^.]+\.carbon\.",
     r"^stats\.statsd\.tallyd\.aggregator\.[^.]+\.intake\.(stream_connections"
     r"|stream_connections_refused|stream_connections_evicted|stream_connections_idle_closed"
     r"|overlong_stream_lines|truncated_datagrams|kernel_drops)$",
     r"^stats\.statsd\.tallyd\.aggregator\.[^.]+\.ledger\.bad_lines$",
+    # The same refusals counted once per whole line (the loss accounting's view of them).
+    r"^stats\.statsd\.tallyd\.aggregator\.[^.]+\.ledger\.refused_lines\.",
     r"^stats\.statsd\.(bad_lines_seen|metrics_received|packets_received)$",
 )
 #: A nonzero series whose name says "drop" that no list above names fails the test: a new
