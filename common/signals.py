@@ -16,10 +16,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
+from .errors import find_config_error
 from .logging import log_event
 
 LOGGER = logging.getLogger(__name__)
@@ -59,3 +61,18 @@ def ignore_stop_signal() -> None:
     """Once a process has stopped: a late duplicate SIGTERM (service managers signal the
     whole process group) must not turn its clean exit into a death by signal."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def run_until_stopped(main: Callable[..., Awaitable[None]], *args: Any) -> int:
+    """``trio.run(main, *args)`` for a daemon's entry point: a `ConfigError` raised inside
+    (even wrapped in an exception group) comes out as itself, for the CLI's one-line error
+    and exit code; once it has stopped, a late duplicate SIGTERM is ignored. Returns 0."""
+    try:
+        trio.run(main, *args)
+    except (Exception, KeyboardInterrupt) as exc:
+        error = find_config_error(exc)
+        if error is None:
+            raise
+        raise error from None
+    ignore_stop_signal()
+    return 0

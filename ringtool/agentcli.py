@@ -26,11 +26,11 @@ from typing import Any
 import trio
 
 from common.address import format_host_port, split_host_port
-from common.errors import ConfigError, find_config_error
+from common.errors import ConfigError
 from common.httproutes import DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_TIMEOUT_SECONDS, HTTPLimits
 from common.logging import configure_logging, log_event
 from common.sdnotify import READY, notify
-from common.signals import force_exit, ignore_stop_signal, run_signal_handler
+from common.signals import force_exit, run_signal_handler, run_until_stopped
 
 from .agent import DEFAULT_LISTEN, DEFAULT_MAX_UPLOAD_BYTES, Agent, AgentConfig, serve_agent
 
@@ -155,12 +155,4 @@ def run_agent(args: argparse.Namespace) -> int:
     """``tallyd-ring agent``: serve until stopped; 0 after a stop signal."""
     configure_logging(args.log_level)
     agent = Agent(build_config(args))
-    try:
-        trio.run(run, agent)
-    except (Exception, KeyboardInterrupt) as exc:
-        error = find_config_error(exc)
-        if error is None:
-            raise
-        raise error from None
-    ignore_stop_signal()
-    return 0
+    return run_until_stopped(run, agent)

@@ -47,19 +47,7 @@ def add_cluster_parser(commands: Any) -> None:
         description="Read every daemon's /status and print, per tier, the lines in, out and "
                     "dropped by reason, what was lost between the tiers and where, and every "
                     "daemon unreachable or whose membership differs.")
-    cluster.add_argument("--ring", metavar="RING",
-                         help="ring file: its [cluster] table lists the daemons; its carbon "
-                              "ring is the one every aggregator should have")
-    cluster.add_argument("--proxy", action="extend", nargs="+", default=None, metavar="URL",
-                         help="a proxy's HTTP admin (http://HOST:PORT); replaces the ring "
-                              "file's list")
-    cluster.add_argument("--aggregator", action="extend", nargs="+", default=None,
-                         metavar="URL",
-                         help="an aggregator's HTTP admin, in the proxies' aggregator order; "
-                              "replaces the ring file's list")
-    cluster.add_argument("--carbon-query", metavar="URL",
-                         help="graphite-web base URL: also read carbon.agents.*."
-                              "metricsReceived (the points Carbon accepted)")
+    add_target_arguments(cluster)
     cluster.add_argument("--interval", type=float, default=None, metavar="SECONDS",
                          help="read twice, SECONDS apart, and account for that window only")
     cluster.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS,
@@ -68,6 +56,24 @@ def add_cluster_parser(commands: Any) -> None:
                               f"{DEFAULT_TIMEOUT_SECONDS:g})")
     cluster.add_argument("--json", action="store_true", help="print the report as JSON")
     cluster.set_defaults(handler=run_cluster)
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that say which daemons to read (``cluster`` and ``ui`` share them):
+    ``--ring``, ``--proxy``, ``--aggregator``, ``--carbon-query`` (`load_targets`)."""
+    parser.add_argument("--ring", metavar="RING",
+                        help="ring file: its [cluster] table lists the daemons; its carbon "
+                             "ring is the one every aggregator should have")
+    parser.add_argument("--proxy", action="extend", nargs="+", default=None, metavar="URL",
+                        help="a proxy's HTTP admin (http://HOST:PORT); replaces the ring "
+                             "file's list")
+    parser.add_argument("--aggregator", action="extend", nargs="+", default=None,
+                        metavar="URL",
+                        help="an aggregator's HTTP admin, in the proxies' aggregator order; "
+                             "replaces the ring file's list")
+    parser.add_argument("--carbon-query", metavar="URL",
+                        help="graphite-web base URL: also read carbon.agents.*."
+                             "metricsReceived (the points Carbon accepted)")
 
 
 def load_targets(args: argparse.Namespace) -> tuple[ClusterTable, str | None]:

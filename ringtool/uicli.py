@@ -27,12 +27,12 @@ from typing import Any, Final
 import trio
 
 from common.address import format_host_port, split_host_port
-from common.errors import ConfigError, find_config_error
+from common.errors import ConfigError
 from common.logging import configure_logging, log_event
-from common.signals import force_exit, ignore_stop_signal, run_signal_handler
+from common.signals import force_exit, run_signal_handler, run_until_stopped
 
 from .cluster import report_json
-from .clustercli import load_targets
+from .clustercli import add_target_arguments, load_targets
 from .clusterfetch import collect
 from .ringfile import ClusterTable
 from .ui import DEFAULT_LISTEN, ClusterPage, Collector, serve_ui
@@ -53,17 +53,7 @@ def add_ui_parser(commands: Any) -> None:
         description="Serve a page that draws the cluster from every daemon's /status, "
                     "refreshed every 2 s: rates, buffers and drops per edge, down daemons "
                     "and divergent membership fingerprints.")
-    ui.add_argument("--ring", metavar="RING",
-                    help="ring file: its [cluster] table lists the daemons; its carbon ring "
-                         "is the one every aggregator should have")
-    ui.add_argument("--proxy", action="extend", nargs="+", default=None, metavar="URL",
-                    help="a proxy's HTTP admin (http://HOST:PORT); replaces the ring file's "
-                         "list")
-    ui.add_argument("--aggregator", action="extend", nargs="+", default=None, metavar="URL",
-                    help="an aggregator's HTTP admin, in the proxies' aggregator order; "
-                         "replaces the ring file's list")
-    ui.add_argument("--carbon-query", metavar="URL",
-                    help="graphite-web base URL: also read carbon.agents.*.metricsReceived")
+    add_target_arguments(ui)
     ui.add_argument("--timeout", type=float, default=DEFAULT_UI_TIMEOUT_SECONDS,
                     metavar="SECONDS",
                     help="seconds each daemon has to answer a reading (default "
@@ -129,12 +119,4 @@ def run_ui(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     page = ClusterPage(build_collector(table, ring_fingerprint=fingerprint,
                                        timeout_seconds=args.timeout))
-    try:
-        trio.run(run, page, host, port, table)
-    except (Exception, KeyboardInterrupt) as exc:
-        error = find_config_error(exc)
-        if error is None:
-            raise
-        raise error from None
-    ignore_stop_signal()
-    return 0
+    return run_until_stopped(run, page, host, port, table)
