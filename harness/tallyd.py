@@ -127,6 +127,17 @@ class ProxyProcess(TallydProcess):
 
     name = "tallyd-proxy"
 
+    def kill(self) -> None:
+        """SIGKILL the proxy; a ``--processes`` supervisor killed so cannot remove its
+        private directory (``reload.json``): it is removed here, from its
+        ``event=supervising`` line."""
+        super().kill()
+        for line in self.log_text(None).splitlines():
+            runtime_dir = parse_logfmt(line).get("runtime_dir")
+            if "event=supervising" in line and runtime_dir and \
+                    os.path.basename(runtime_dir).startswith("tallyd-proxy-"):
+                shutil.rmtree(runtime_dir, ignore_errors=True)
+
     def stats(self) -> dict[str, str]:
         """The admin ``stats`` reply as a dict."""
         reply = mgmt_command(self.mgmt, "stats")

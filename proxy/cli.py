@@ -347,8 +347,11 @@ class ProcessSet:
         return RESTART_PAUSE_SECONDS
 
     async def announce(self, pids: Sequence[int], stopping: trio.Event) -> None:
+        # runtime_dir: where reload.json lives (removed at exit; a supervisor SIGKILLed
+        # cannot, so whoever killed it can, from this line).
         log_event(LOGGER, "supervising", processes=self.processes,
-                  pids=",".join(str(p) for p in pids))
+                  pids=",".join(str(p) for p in pids),
+                  runtime_dir=os.path.dirname(self.reload_file) if self.reload_file else "")
 
 
 @attrs.define

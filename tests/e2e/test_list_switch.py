@@ -173,6 +173,9 @@ def test_two_proxies_switch_at_one_instant_totals_exact_no_interval_written_twic
     finally:
         for proxy in proxies:
             proxy.kill()
+    # The --processes supervisor was SIGKILLed: the harness removed its private directory.
+    runtime_dir = parse_logfmt(proxies[1].wait_for_log("event=supervising", 5))["runtime_dir"]
+    assert runtime_dir and not os.path.exists(runtime_dir)
     on_a, on_b = writes(sinks[0]), writes(sinks[1])
     assert not set(on_a) & set(on_b), "a (path, interval) written by both aggregators"
     moved = {name for name, _ in on_b}
