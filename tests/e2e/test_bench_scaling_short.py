@@ -75,9 +75,12 @@ def test_scaling_short_prints_the_whole_table(etsy_available: Path) -> None:
         return
     assert [w for w in model if w != "W (cores)"] == ["1", "2", "4", "8", "16"], out
     # the model reproduces what it was derived from: W=1's cost, and W=2's for direct traffic
-    # (unless noise put W=2 below W=1, where the forwarding cost is clipped to 0)
+    # (unless noise clipped the forwarding cost to 0: W=2 measured below W=1 plus the proxied
+    # run's spread, which short mode's few 10 ms ticks of CPU can do)
     cpu = dict(zip(head, (float(c.split()[0]) for c in rows["CPU per line, 20 lines/dgram"]),
                    strict=True))
     assert float(model["1"][0]) == pytest.approx(cpu["tallyd W=1"], abs=0.01), out
-    if cpu["tallyd W=2"] >= cpu["tallyd W=1"]:
+    forward = re.search(r"forward ([\d.]+) us per foreign line", out)
+    assert forward, out
+    if float(forward.group(1)) > 0:
         assert float(model["2"][0]) == pytest.approx(cpu["tallyd W=2"], abs=0.01), out
