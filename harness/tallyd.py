@@ -128,9 +128,12 @@ class ProxyProcess(TallydProcess):
     name = "tallyd-proxy"
 
     def kill(self) -> None:
-        """SIGKILL the proxy; a ``--processes`` supervisor killed so cannot remove its
-        private directory (``reload.json``): it is removed here, from its
+        """SIGKILL the proxy with every process of its session (a ``--processes``
+        supervisor's children would go on serving without it); a supervisor killed so cannot
+        remove its private directory (``reload.json``): it is removed here, from its
         ``event=supervising`` line."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         super().kill()
         for line in self.log_text(None).splitlines():
             runtime_dir = parse_logfmt(line).get("runtime_dir")
