@@ -11,6 +11,8 @@ import socket
 import time
 from collections.abc import Iterable
 
+import trio
+
 
 def mgmt_command(address: tuple[str, int], command: str, *, timeout: float = 2.0) -> str:
     """Send one Etsy-style management command and return the reply received within ``timeout``.
@@ -45,3 +47,16 @@ def send_udp(address: tuple[str, int], datagrams: Iterable[bytes]) -> None:
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         for datagram in datagrams:
             sock.sendto(datagram, address)
+
+
+async def mgmt_stats(address: str) -> dict[str, str]:
+    """The management ``stats`` reply of ``HOST:PORT`` as a dict, from inside trio (tests
+    that run a daemon's ``serve()`` in-process)."""
+    host, _, port = address.rpartition(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(b"stats\n")
+        reply = b""
+        while not reply.endswith(b"END\n\n"):
+            reply += await stream.receive_some(65_536)
+    return dict(line.split(": ", 1) for line in reply.decode().splitlines() if ": " in line)

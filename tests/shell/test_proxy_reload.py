@@ -19,6 +19,7 @@ import trio
 from common.config import config_from_mapping
 from common.errors import ConfigError
 from common.shard import shard_index
+from harness.client import mgmt_stats
 from proxy.admin import ProxyAdmin
 from proxy.cli import ProcessSet, config_from_description, read_reload_file
 from proxy.config import ProxyConfig
@@ -137,17 +138,6 @@ class Sender:
                 await trio.sleep(self.period)
 
 
-async def admin_stats(address: str) -> dict[str, str]:
-    host, _, port = address.rpartition(":")
-    stream = await trio.open_tcp_stream(host, int(port))
-    async with stream:
-        await stream.send_all(b"stats\n")
-        reply = b""
-        while not reply.endswith(b"END\n\n"):
-            reply += await stream.receive_some(65_536)
-    return dict(line.split(": ", 1) for line in reply.decode().splitlines() if ": " in line)
-
-
 async def wait_for(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
     with trio.fail_after(seconds):
         while not predicate():  # noqa: ASYNC110
@@ -179,9 +169,9 @@ async def test_lines_before_the_instant_go_by_the_old_list_and_after_by_the_new(
             await reloads.send(make_config([a.spec, b.spec], aggregators_from=at,
                                            forward=forward))
             await trio.sleep(at - GUARD - 0.05 - wall())
-            pending = await admin_stats(mgmt)
+            pending = await mgmt_stats(mgmt)
             await trio.sleep(at + 0.05 - wall())
-            done = await admin_stats(mgmt)
+            done = await mgmt_stats(mgmt)
         await wait_for(lambda: len(a.lines) + len(b.lines) >= len(sender.sent))
         await trio.sleep(0.05)
     new_list = [a, b]
@@ -221,14 +211,7 @@ async def test_a_removed_aggregator_drains_a_kept_one_moves_and_totals_stay_exac
             await trio.sleep(0.1)
             await reloads.send(make_config([b.spec, c.spec], aggregators_from=at))
         await wait_for(lambda: len(events(caplog, "aggregator_retired")) == 1)
-        host, _, port = mgmt.rpartition(":")
-        stream = await trio.open_tcp_stream(host, int(port))
-        async with stream:
-            await stream.send_all(b"stats\n")
-            reply = b""
-            while not reply.endswith(b"END\n\n"):
-                reply += await stream.receive_some(65_536)
-    stats = dict(line.split(": ", 1) for line in reply.decode().splitlines() if ": " in line)
+        stats = await mgmt_stats(mgmt)
     sent_at = {line: t for t, line in sender.sent}
     assert sorted(a.lines + b.lines + c.lines) == sorted(sent_at)
     old, new = [a, b], [b, c]
@@ -536,7 +519,7 @@ async def test_old_list_lines_still_queued_at_the_instant_are_counted_late(
             await reloads.send(make_config([a.spec], forward="tcp", aggregators_from=at,
                                            graceful_timeout=0.2))
         await wait_for(lambda: bool(events(caplog, "aggregator_retired")))
-        stats = await admin_stats(mgmt)
+        stats = await mgmt_stats(mgmt)
     changed, = events(caplog, "membership_changed")
     retired, = events(caplog, "aggregator_retired")
     assert changed["late_lines"] > 0

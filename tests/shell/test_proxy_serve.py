@@ -19,6 +19,7 @@ from common.listener import BoundAddresses
 from common.shard import shard_index, worker_index
 from common.stats import COUNTER, TEXT, Reading
 from common.supervisor import WORKER_ENV
+from harness.client import mgmt_stats
 from proxy import cli
 from proxy.cli import ProcessSet, config_description, config_from_description, run_child
 from proxy.config import ProxyConfig
@@ -92,17 +93,6 @@ async def wait_for(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
             await trio.sleep(0.01)
 
 
-async def admin_stats(address: str) -> dict[str, str]:
-    host, _, port = address.rpartition(":")
-    stream = await trio.open_tcp_stream(host, int(port))
-    async with stream:
-        await stream.send_all(b"stats\n")
-        reply = b""
-        while not reply.endswith(b"END\n\n"):
-            reply += await stream.receive_some(65_536)
-    return dict(line.split(": ", 1) for line in reply.decode().splitlines() if ": " in line)
-
-
 def lines_for(n: int, count: int, start: int = 0) -> list[bytes]:
     return [b"svc.m%d:%d|c" % (i % 37, i) for i in range(start, start + count)]
 
@@ -149,7 +139,7 @@ async def test_serve_down_aggregator_buffers_drops_counted_and_recovers() -> Non
             await send_udp(addresses.first("udp"), [b"\n".join(lines[start:start + 10])])
             await trio.sleep(0.002)
         await wait_for(lambda: len(sinks[0].lines) == len(mine))
-        stats = await admin_stats(addresses.mgmt)
+        stats = await mgmt_stats(addresses.mgmt)
         assert stats["proxy.forwarder.1.state"] == "down"
         assert int(stats["proxy.forwarder.1.dropped_lines.destination_down"]) > 0
         assert stats["proxy.forwarder.0.state"] == "up"
@@ -172,7 +162,7 @@ async def test_serve_down_aggregator_buffers_drops_counted_and_recovers() -> Non
             await wait_for(lambda: back.lines[-len(extra):] == extra)
             nursery.cancel_scope.cancel()
         back.sock.close()
-        stats = await admin_stats(addresses.mgmt)
+        stats = await mgmt_stats(addresses.mgmt)
         assert stats["proxy.forwarder.1.state"] == "up"
     assert sinks[0].lines == mine
 
@@ -211,7 +201,7 @@ async def test_serve_token_auth_forwards_only_authenticated_lines_stripped() -> 
         await send_udp(addresses.first("udp"), [b"tok.a:1|c\nold.b:1|c\nc:1|c\nx.d:1|c",
                                                 b"tok.e:2|g"])
         await wait_for(lambda: len(sink.lines) == 2)
-        stats = await admin_stats(addresses.mgmt)
+        stats = await mgmt_stats(addresses.mgmt)
     assert sink.lines == [b"a:1|c", b"e:2|g"]
     assert (stats["proxy.router.received_lines"],
             stats["proxy.forwarders.sent_lines"]) == ("5", "2")
@@ -274,7 +264,7 @@ async def test_serve_follows_dns_change_without_moving_names(monkeypatch: Any) -
         await wait_for(lambda: first.lines == mine)
         current["ip"] = "127.0.0.2"
         with trio.fail_after(5):
-            while (await admin_stats(addresses.mgmt))[  # noqa: ASYNC110
+            while (await mgmt_stats(addresses.mgmt))[  # noqa: ASYNC110
                     "proxy.forwarder.0.address"] != f"127.0.0.2:{first.port}":
                 await trio.sleep(0.02)
         await send_udp(addresses.first("udp"), [b"\n".join(n + b":1|c" for n in names)])
@@ -305,14 +295,14 @@ async def test_serve_tcp_forwarding_reconnects_after_aggregator_restart() -> Non
             await wait_for(lambda: b"".join(received) == b"before:1|c\n")
             first.cancel()  # the aggregator goes away; its connections close
             with trio.fail_after(5):
-                while (await admin_stats(addresses.mgmt))[  # noqa: ASYNC110
+                while (await mgmt_stats(addresses.mgmt))[  # noqa: ASYNC110
                         "proxy.forwarder.0.state"] != "down":
                     await trio.sleep(0.02)
             await send_udp(addresses.first("udp"), [b"during:1|c\nduring:2|c"])
             await trio.sleep(0.2)
             await nursery.start(run_aggregator, trio.CancelScope(), port)
             await wait_for(lambda: b"".join(received).endswith(b"during:1|c\nduring:2|c\n"))
-            stats = await admin_stats(addresses.mgmt)
+            stats = await mgmt_stats(addresses.mgmt)
             assert stats["proxy.forwarder.0.state"] == "up"
             assert int(stats["proxy.forwarder.0.connects"]) == 2
         nursery.cancel_scope.cancel()
@@ -333,7 +323,7 @@ async def test_serve_counts_overlong_stream_line_over_many_reads() -> None:
                 await trio.sleep(0.02)
             await stream.send_all(b"|c\nb:2|c\n")
         await wait_for(lambda: len(sink.lines) == 2)
-        stats = await admin_stats(addresses.mgmt)
+        stats = await mgmt_stats(addresses.mgmt)
     assert sink.lines == [b"a:1|c", b"b:2|c"]
     assert stats["proxy.router.dropped_lines.line_too_long"] == "1"
     assert stats["proxy.forwarders.dropped_lines.line_too_long"] == "1"
@@ -470,7 +460,7 @@ async def test_serve_sends_to_owning_worker_and_follows_a_changed_answer() -> No
             nursery.start_soon(sink.run)
         config = make_config([f"127.0.0.1:{main.port}:{admin.port}"], health_interval=0.05)
         async with running_proxy(config, [main]) as (addresses, _):
-            assert (await admin_stats(addresses.mgmt))["proxy.forwarder.0.workers"] == "2"
+            assert (await mgmt_stats(addresses.mgmt))["proxy.forwarder.0.workers"] == "2"
             await send_udp(addresses.first("udp"), [b"\n".join(lines[i:i + 20])
                                                     for i in range(0, len(lines), 20)])
             await wait_for(lambda: sum(len(s.lines) for s in workers) == len(lines))
@@ -479,7 +469,7 @@ async def test_serve_sends_to_owning_worker_and_follows_a_changed_answer() -> No
                                       if worker_index(line.split(b":")[0], 2) == index]
             assert main.datagrams == []
             admin.answer = "ERROR"  # e.g. restarted as an older tallyd: the main port again
-            while (await admin_stats(addresses.mgmt))[  # noqa: ASYNC110
+            while (await mgmt_stats(addresses.mgmt))[  # noqa: ASYNC110
                     "proxy.forwarder.0.workers"] != "0":
                 await trio.sleep(0.02)
             await send_udp(addresses.first("udp"), [b"\n".join(lines)])
